@@ -1,0 +1,30 @@
+"""AWS clients through prefect-aws `AwsCredentials`, with botocore's standard retry mode.
+
+A saved `AwsCredentials` block is used when the environment names one (a role per environment); otherwise
+the default credential chain. `endpoint_url` points at an AWS API emulator in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_aws import AwsClientParameters, AwsCredentials
+
+from tasks.environments import AwsSettings
+
+# botocore retries throttling and 5xx with backoff itself; Prefect task retries sit on top of this.
+BOTOCORE_RETRIES = {"retries": {"mode": "standard", "max_attempts": 5}}
+
+
+def aws_credentials(aws: AwsSettings) -> AwsCredentials:
+    parameters = AwsClientParameters(endpoint_url=aws.endpoint_url, config=BOTOCORE_RETRIES)
+    if aws.credentials_block:
+        credentials = AwsCredentials.load(aws.credentials_block, _sync=True)  # type: ignore[call-arg]
+        return credentials.model_copy(
+            update={"region_name": credentials.region_name or aws.region, "aws_client_parameters": parameters}
+        )
+    return AwsCredentials(region_name=aws.region, aws_client_parameters=parameters)
+
+
+def aws_client(service: str, aws: AwsSettings) -> Any:
+    return aws_credentials(aws).get_client(service)

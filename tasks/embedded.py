@@ -1,0 +1,245 @@
+"""The embedded default: a throwaway local PostgreSQL server the tool starts itself.
+
+Server binaries come from the machine (`/usr/lib/postgresql/<v>/bin`, or `initdb` on PATH) and otherwise
+from the `pgserver` wheel, which bundles PostgreSQL 16. PostgreSQL refuses to run as root: as root the
+server runs as an unprivileged user (`postgres` when it exists, else one we create) through `runuser`.
+The server listens on 127.0.0.1 only, on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg import sql
+from pydantic import SecretStr
+
+from tasks.secrets import Connection, connected
+
+SERVER_USER_FALLBACK = "rdsmigrations"
+
+
+class EmbeddedServerError(Exception):
+    pass
+
+
+def _version_of(bindir: Path) -> tuple[int, ...]:
+    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in match.groups() if g) if match else (0,)
+
+
+def candidate_bindirs() -> list[Path]:
+    """Every directory holding PostgreSQL server binaries, newest version first."""
+    found: list[Path] = []
+    configured = os.environ.get("RDS_MIGRATIONS_PG_BINDIR")
+    if configured:
+        found.append(Path(configured))
+    found += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    on_path = shutil.which("initdb")
+    if on_path:
+        found.append(Path(on_path).resolve().parent)
+    try:
+        import pgserver  # type: ignore[import-untyped]
+
+        found.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    unique = []
+    for path in found:
+        if (path / "postgres").exists() and (path / "initdb").exists() and path not in unique:
+            unique.append(path)
+    return sorted(unique, key=_version_of, reverse=True) if not configured else unique
+
+
+def server_bindir() -> Path:
+    dirs = candidate_bindirs()
+    if not dirs:
+        raise EmbeddedServerError(
+            "no PostgreSQL server binaries found: install postgresql (apt-get install postgresql) "
+            "or the pgserver wheel (uv sync installs it), or set RDS_MIGRATIONS_PG_BINDIR"
+        )
+    # Prefer the machine's own server; pgserver's bundled one is the fallback.
+    system = [d for d in dirs if "pgserver" not in str(d)]
+    return (system or dirs)[0]
+
+
+def client_binary(name: str) -> Path:
+    """The newest `pg_dump`/`pg_restore`/`psql` available: a newer client reads older servers."""
+    for bindir in candidate_bindirs():
+        if (bindir / name).exists():
+            return bindir / name
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise EmbeddedServerError(f"{name} not found: install postgresql-client or the pgserver wheel")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_user() -> str | None:
+    """None when we are not root; otherwise the unprivileged user that runs the server."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", SERVER_USER_FALLBACK):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER_FALLBACK],
+        check=True,
+        capture_output=True,
+    )
+    return SERVER_USER_FALLBACK
+
+
+@dataclass
+class LocalServer:
+    """One PostgreSQL data directory on this machine, started and stopped with pg_ctl."""
+
+    data_dir: Path
+    superuser: str = "postgres"
+    password: SecretStr | None = None  # None: trust auth on 127.0.0.1 (a throwaway dev server)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.bindir = server_bindir()
+        self.run_as = _server_user()
+
+    # -- process control ----------------------------------------------------------------------------------
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, cwd="/")
+        if check and result.returncode != 0:
+            raise EmbeddedServerError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        return result
+
+    def _prepare_directory(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_as:
+            user = pwd.getpwnam(self.run_as)
+            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+            probe = subprocess.run(["runuser", "-u", self.run_as, "--", "test", "-w", str(self.data_dir)])
+            if probe.returncode != 0:
+                raise EmbeddedServerError(
+                    f"{self.data_dir}: user {self.run_as} cannot reach this directory (a parent is not "
+                    f"traversable); set RDS_MIGRATIONS_HOME to a directory under /tmp"
+                )
+        self.data_dir.chmod(0o700)
+
+    @property
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def initialise(self) -> None:
+        self._prepare_directory()
+        args = ["initdb", "-D", str(self.data_dir), "-U", self.superuser, "-E", "UTF8", "--locale=C"]
+        if self.password is None:
+            args += ["--auth=trust"]
+            self._run(*args)
+            return
+        with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, delete=False) as pwfile:
+            pwfile.write(self.password.get_secret_value())
+        try:
+            if self.run_as:
+                user = pwd.getpwnam(self.run_as)
+                os.chown(pwfile.name, user.pw_uid, user.pw_gid)
+            self._run(*args, "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile.name}")
+        finally:
+            os.unlink(pwfile.name)
+
+    @property
+    def port(self) -> int | None:
+        """The port of the running server, read from postmaster.pid; None when it is not running."""
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (FileNotFoundError, IndexError, ValueError, PermissionError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return port
+
+    def start(self, port: int | None = None) -> int:
+        if not self.initialised:
+            self.initialise()
+        running = self.port
+        if running:
+            return running
+        port = port or free_port()
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "server.log"),
+                  "-w", "-t", "60", "start")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.port:
+                return port
+            time.sleep(0.1)
+        raise EmbeddedServerError(f"server in {self.data_dir} did not report its port")
+
+    def stop(self) -> None:
+        if self.port:
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+
+    # -- databases ----------------------------------------------------------------------------------------
+    def connection(self, dbname: str = "postgres") -> Connection:
+        port = self.port
+        if port is None:
+            raise EmbeddedServerError(f"the local server in {self.data_dir} is not running")
+        return Connection(
+            host="127.0.0.1",
+            port=port,
+            dbname=dbname,
+            user=self.superuser,
+            password=self.password or SecretStr(""),
+            source=f"embedded:{self.data_dir}",
+        )
+
+    def ensure_database(self, dbname: str) -> Connection:
+        with connected(self.connection()) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return self.connection(dbname)
+
+    def drop_database(self, dbname: str) -> None:
+        with connected(self.connection()) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def embedded_home() -> Path:
+    """Where the embedded server and local snapshots live: `RDS_MIGRATIONS_HOME` or `./.rds-migrations`."""
+    return Path(os.environ.get("RDS_MIGRATIONS_HOME") or ".rds-migrations").resolve()
+
+
+def embedded_server() -> LocalServer:
+    return LocalServer(embedded_home() / "postgres")
+
+
+def ensure_embedded_database(dbname: str) -> Connection:
+    """Start the embedded server if it is not running and return a connection to `dbname`, created if new."""
+    server = embedded_server()
+    server.start()
+    return server.ensure_database(dbname)

@@ -1,0 +1,241 @@
+"""Environments: how to reach, snapshot and notify each database, and the policy it runs under.
+
+Read from `deployments/environments.toml` (or the file named by `RDS_MIGRATIONS_ENVIRONMENTS`). The file
+holds names and identifiers only, never a secret value: credentials come from Secrets Manager, from an
+environment variable holding a URL, or from the embedded local server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_ENVIRONMENTS_FILE = Path("deployments/environments.toml")
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# RDS identifiers: a letter first, then letters, digits and single hyphens, no trailing hyphen.
+RDS_IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
+
+
+def _rds_identifier(value: str) -> str:
+    if not RDS_IDENTIFIER.match(value):
+        raise ValueError(
+            "not a valid RDS identifier (a letter first, then letters, digits and single hyphens, "
+            "no trailing hyphen, at most 63 characters)"
+        )
+    return value
+
+
+RdsIdentifier = Annotated[str, AfterValidator(_rds_identifier)]
+DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class ConfigError(Exception):
+    """The environments file is missing, malformed, or names something that does not exist."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- where credentials come from --------------------------------------------------------------------------
+
+
+class AwsSettings(_Strict):
+    """How to reach AWS for this environment: region, and the prefect-aws credentials block (a role)."""
+
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    credentials_block: str | None = Field(default=None, pattern=BLOCK_NAME.pattern)
+    endpoint_url: str | None = None  # an AWS API emulator in tests; never set in production
+
+
+class SecretsManagerCredentials(_Strict):
+    """An RDS-style secret in AWS Secrets Manager (JSON: username, password, host, port, dbname)."""
+
+    kind: Literal["secrets_manager"]
+    secret_id: str = Field(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9/_+=.@:-]+$")
+
+
+class UrlFromEnvCredentials(_Strict):
+    """A libpq URL read at run time from an environment variable (the variable's name is all this holds)."""
+
+    kind: Literal["url_env"]
+    variable: str = Field(default="DATABASE_URL", pattern=ENV_VAR_NAME.pattern)
+
+
+class EmbeddedCredentials(_Strict):
+    """A database on the throwaway local PostgreSQL server the tool starts itself."""
+
+    kind: Literal["embedded"]
+    database: str = Field(pattern=DATABASE_NAME.pattern)
+
+
+Credentials = Annotated[
+    SecretsManagerCredentials | UrlFromEnvCredentials | EmbeddedCredentials, Field(discriminator="kind")
+]
+
+# ---- how to snapshot ---------------------------------------------------------------------------------------
+
+
+class RdsInstanceSnapshot(_Strict):
+    kind: Literal["rds_instance"]
+    instance_id: RdsIdentifier
+    max_wait_seconds: int = Field(default=3600, ge=30, le=6 * 3600)
+
+
+class AuroraClusterSnapshot(_Strict):
+    kind: Literal["aurora_cluster"]
+    cluster_id: RdsIdentifier
+    max_wait_seconds: int = Field(default=3600, ge=30, le=6 * 3600)
+
+
+class PgDumpSnapshot(_Strict):
+    kind: Literal["pg_dump"]
+    directory: Path = Path(".rds-migrations/snapshots")
+
+
+class NoSnapshot(_Strict):
+    kind: Literal["none"]
+
+
+Snapshotting = Annotated[
+    RdsInstanceSnapshot | AuroraClusterSnapshot | PgDumpSnapshot | NoSnapshot, Field(discriminator="kind")
+]
+
+# ---- how to notify -----------------------------------------------------------------------------------------
+
+
+class SlackNotify(_Strict):
+    kind: Literal["slack"]
+    webhook_block: str = Field(pattern=BLOCK_NAME.pattern)
+    on_noop: bool = False
+
+
+class ConsoleNotify(_Strict):
+    kind: Literal["console"]
+    on_noop: bool = True
+
+
+Notification = Annotated[SlackNotify | ConsoleNotify, Field(discriminator="kind")]
+
+# ---- where the rehearsal runs ------------------------------------------------------------------------------
+
+
+class Rehearsal(_Strict):
+    """Where migrations are rehearsed from scratch before they touch the target.
+
+    - `target_server`: a temporary database created and dropped on the target's own server
+      (same version and extensions as the target; no lock on the real database);
+    - `embedded`: the throwaway local server the tool starts;
+    - `url_env`: a scratch server whose URL is in an environment variable (a CI service container);
+    - `none`: skip the rehearsal (not allowed where the policy requires it).
+    """
+
+    kind: Literal["target_server", "embedded", "url_env", "none"] = "target_server"
+    variable: str = Field(default="REHEARSAL_DATABASE_URL", pattern=ENV_VAR_NAME.pattern)
+
+
+# ---- policy -----------------------------------------------------------------------------------------------
+
+
+class Policy(_Strict):
+    snapshot_required: bool = False
+    rehearsal_required: bool = True
+    lint_blocks_on: Literal["error", "warning", "never"] = "error"
+    lock_timeout_ms: int = Field(default=2_000, ge=1, le=600_000)
+    statement_timeout_ms: int = Field(default=15 * 60_000, ge=1, le=24 * 3600_000)
+    migration_lock_wait_seconds: float = Field(default=60, ge=0, le=3600)
+    allow_python_migrations: bool = False
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self) -> Policy:
+        if self.lock_timeout_ms > self.statement_timeout_ms:
+            raise ValueError(
+                f"lock_timeout_ms ({self.lock_timeout_ms}) must not exceed statement_timeout_ms "
+                f"({self.statement_timeout_ms})"
+            )
+        return self
+
+
+class Environment(_Strict):
+    name: str = Field(pattern=ENVIRONMENT_NAME.pattern)
+    tier: Literal["staging", "production"]
+    description: str = ""
+    aws: AwsSettings | None = None
+    credentials: Credentials
+    snapshot: Snapshotting
+    notify: Notification
+    rehearsal: Rehearsal = Rehearsal()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _policy_is_satisfiable(self) -> Environment:
+        needs_aws = self.credentials.kind == "secrets_manager" or self.snapshot.kind in (
+            "rds_instance",
+            "aurora_cluster",
+        )
+        if needs_aws and self.aws is None:
+            raise ValueError("an [aws] section (region, credentials_block) is needed for Secrets Manager and RDS")
+        if self.policy.snapshot_required and self.snapshot.kind == "none":
+            raise ValueError("policy.snapshot_required is true but snapshot.kind is 'none'")
+        if self.policy.rehearsal_required and self.rehearsal.kind == "none":
+            raise ValueError("policy.rehearsal_required is true but rehearsal.kind is 'none'")
+        return self
+
+
+class EnvironmentsFile(_Strict):
+    environments: dict[str, Environment]
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _name_from_key(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: ({"name": k, **v} if isinstance(v, dict) else v) for k, v in value.items()}
+        return value
+
+
+def environments_file(project_root: Path | None = None) -> Path:
+    configured = os.environ.get("RDS_MIGRATIONS_ENVIRONMENTS")
+    path = Path(configured) if configured else DEFAULT_ENVIRONMENTS_FILE
+    return path if path.is_absolute() else (project_root or Path.cwd()) / path
+
+
+def load_environments(path: Path) -> dict[str, Environment]:
+    """Parse and check an environments file; every problem names the file and the field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: environments file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return EnvironmentsFile.model_validate(raw).environments
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_environment(name: str, path: Path | None = None) -> Environment:
+    path = path or environments_file()
+    if not ENVIRONMENT_NAME.match(name):
+        raise ConfigError(f"environment name {name!r} is not valid (lowercase letters, digits and hyphens)")
+    environments = load_environments(path)
+    if name not in environments:
+        raise ConfigError(f"{path}: no environment named {name!r} (known: {', '.join(sorted(environments))})")
+    return environments[name]

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real PostgreSQL server, the AWS API emulator (moto server), a Slack webhook sink,
+and one Prefect test harness for the whole session. Every service is started here, by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
+
+from tasks.embedded import LocalServer  # noqa: E402
+from tasks.secrets import Connection  # noqa: E402
+
+# The canary: a password no log line, result, artifact, Slack message or exception may ever contain.
+CANARY_PASSWORD = "canary-PW@x:/?#'\"-9f31c7"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A real PostgreSQL server with password (scram) auth; its superuser password is the canary."""
+    base = Path(os.environ.get("RDS_MIGRATIONS_TEST_TMP") or tmp_path_factory.mktemp("pg"))
+    server = LocalServer(base / f"data-{uuid.uuid4().hex[:6]}", password=SecretStr(CANARY_PASSWORD))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(pg_server: LocalServer) -> Iterator[Connection]:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    connection = pg_server.ensure_database(name)
+    yield connection
+    pg_server.drop_database(name)
+
+
+# ---- AWS API emulator ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        os.environ[key] = value
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_endpoint(moto_endpoint: str) -> str:
+    """The emulator, emptied before each test."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).read()
+    return moto_endpoint
+
+
+# ---- Slack webhook sink ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SlackSink:
+    """A local HTTP server that records what is posted to it, answering with `status`."""
+
+    url: str
+    messages: list[dict] = field(default_factory=list)
+    status: int = 200
+
+    def texts(self) -> list[str]:
+        return [m.get("text", "") for m in self.messages]
+
+
+@pytest.fixture
+def slack_sink() -> Iterator[SlackSink]:
+    sink = SlackSink(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                sink.messages.append(json.loads(body))
+            except ValueError:
+                sink.messages.append({"raw": body.decode("utf-8", "replace")})
+            self.send_response(sink.status)
+            self.end_headers()
+            self.wfile.write(b"ok" if sink.status < 400 else b"no_service")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sink.url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-webhook-token"
+    yield sink
+    server.shutdown()
+
+
+# ---- Prefect ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One Prefect test harness (a temporary API server) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
