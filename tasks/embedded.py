@@ -8,6 +8,7 @@ The server listens on 127.0.0.1 only, on a free port.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -119,6 +120,16 @@ class LocalServer:
         self.data_dir = self.data_dir.resolve()
         self.bindir = server_bindir()
         self.run_as = _server_user()
+        if self.run_as and not self._reachable(self.data_dir.parent):
+            # A parent the server's user cannot traverse (e.g. a 0700 temp dir): keep the data under /tmp,
+            # at a path derived from the requested one so later runs find the same server.
+            digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+            self.data_dir = Path(tempfile.gettempdir()) / f"rds-migrations-pg-{digest}" / self.data_dir.name
+
+    def _reachable(self, directory: Path) -> bool:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = subprocess.run(["runuser", "-u", str(self.run_as), "--", "test", "-x", str(directory)])
+        return probe.returncode == 0
 
     # -- process control ----------------------------------------------------------------------------------
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -135,12 +146,6 @@ class LocalServer:
         if self.run_as:
             user = pwd.getpwnam(self.run_as)
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
-            probe = subprocess.run(["runuser", "-u", self.run_as, "--", "test", "-w", str(self.data_dir)])
-            if probe.returncode != 0:
-                raise EmbeddedServerError(
-                    f"{self.data_dir}: user {self.run_as} cannot reach this directory (a parent is not "
-                    f"traversable); set RDS_MIGRATIONS_HOME to a directory under /tmp"
-                )
         self.data_dir.chmod(0o700)
 
     @property
@@ -202,6 +207,11 @@ class LocalServer:
     def stop(self) -> None:
         if self.port:
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+
+    def destroy(self) -> None:
+        """Stop the server and delete its data directory (throwaway servers: tests, rehearsals)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- databases ----------------------------------------------------------------------------------------
     def connection(self, dbname: str = "postgres") -> Connection:

@@ -159,7 +159,11 @@ class Policy(_Strict):
     lock_timeout_ms: int = Field(default=2_000, ge=1, le=600_000)
     statement_timeout_ms: int = Field(default=15 * 60_000, ge=1, le=24 * 3600_000)
     migration_lock_wait_seconds: float = Field(default=60, ge=0, le=3600)
-    allow_python_migrations: bool = False
+    # A lock timeout (55P03) rolls a transactional migration back; it is retried this many times.
+    lock_timeout_retries: int = Field(default=5, ge=0, le=50)
+    lock_retry_base_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+    lock_retry_max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
+    allow_out_of_order: bool = False
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Policy:

@@ -32,7 +32,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]
     server = LocalServer(base / f"data-{uuid.uuid4().hex[:6]}", password=SecretStr(CANARY_PASSWORD))
     server.start()
     yield server
-    server.stop()
+    server.destroy()
 
 
 @pytest.fixture
