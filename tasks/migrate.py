@@ -455,3 +455,76 @@ def _redacted(failure: MigrationFailure, password: str) -> MigrationFailure:
 def _shorten(statement: str, limit: int = 300) -> str:
     flat = " ".join(statement.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ---- rollback (rehearsals; operators) --------------------------------------------------------------------
+
+UNRECORD_SQL = f"""
+WITH migration AS (
+    DELETE FROM _yoyo_migration WHERE migration_hash = %(hash)s RETURNING 1
+), log AS (
+    INSERT INTO _yoyo_log (id, migration_hash, migration_id, operation, username, hostname, comment,
+                           created_at_utc)
+    VALUES (%(log_id)s, %(hash)s, %(id)s, 'rollback', current_user, %(hostname)s, 'rds-migrations',
+            now() AT TIME ZONE 'utc') RETURNING 1
+)
+DELETE FROM {HISTORY_TABLE} WHERE migration_id = %(id)s
+"""
+
+
+def roll_back(connection: Connection, migration: Migration, policy: Policy) -> None:
+    """Run a migration's rollback file and remove it from the history, in one transaction where it can."""
+    if migration.rollback_statements is None:
+        raise ValueError(f"{migration.id} has no rollback file")
+    params = {"hash": get_migration_hash(migration.id), "id": migration.id, "log_id": str(uuid.uuid1()),
+              "hostname": socket.gethostname()[:255]}
+    with _session(connection, policy=policy) as conn, migration_lock(conn, policy.migration_lock_wait_seconds):
+        statement = ""
+        try:
+            with conn.transaction() if migration.transactional else _no_transaction():
+                for statement in migration.rollback_statements:
+                    conn.execute(statement, prepare=False)
+                if migration.transactional:
+                    conn.execute(UNRECORD_SQL, params)
+        except psycopg.Error as exc:
+            failure = _failure(migration, statement, exc)
+            raise MigrationError(f"rollback of {failure}", ApplyReport(failed=failure)) from None
+        if not migration.transactional:
+            with conn.transaction():
+                conn.execute(UNRECORD_SQL, params)
+
+
+@contextmanager
+def _no_transaction() -> Iterator[None]:
+    yield
+
+
+# ---- the Prefect task ------------------------------------------------------------------------------------
+
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from tasks.transient import retry_on_transient  # noqa: E402
+
+
+@task(
+    name="migrate",
+    retries=2,  # only when the database was unreachable: a failing migration is never retried here
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def migrate(connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None = None,
+            git_sha: str = "unknown", run_id: str | None = None) -> ApplyReport:
+    """Apply the pending migrations under the migration lock.
+
+    Example:
+        report = migrate(connection, catalog, environment.policy, git_sha="1a2b3c4")
+    """
+    log = get_run_logger()
+    report = apply_pending(connection, catalog, policy, target=target, git_sha=git_sha, run_id=run_id, log=log)
+    log.info("Applied %d migration(s) in %.1fs", len(report.applied), report.duration_seconds)
+    return report

@@ -196,3 +196,32 @@ def fetch_connection(environment: Environment) -> Connection:
     if isinstance(credentials, UrlFromEnvCredentials):
         return read_url_from_env(credentials)
     return read_embedded(credentials)
+
+
+# ---- the Prefect task ------------------------------------------------------------------------------------
+
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from tasks.transient import retry_on_transient  # noqa: E402
+
+
+@task(
+    name="fetch-secret",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    persist_result=False,  # the password is never written to result storage
+    cache_policy=NO_CACHE,
+)
+def fetch_secret(environment: Environment) -> Connection:
+    """Read the environment's database credentials.
+
+    Example:
+        connection = fetch_secret(load_environment("staging"))
+    """
+    connection = fetch_connection(environment)
+    get_run_logger().info("Credentials read from %s for %s", connection.source, connection.describe())
+    return connection

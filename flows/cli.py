@@ -1,0 +1,191 @@
+"""`rds-migrations`: a thin command line over the same functions the flows call.
+
+Exit codes: 0 success, 1 validation or migration failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Before Prefect is imported: no telemetry, and time for the ephemeral API to start on a busy laptop.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from tasks.embedded import EmbeddedServerError  # noqa: E402
+from tasks.environments import ConfigError, Environment, load_environment  # noqa: E402
+from tasks.secrets import DatabaseUnreachable, SecretError  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DATABASE_URL_ENVIRONMENT = "database-url"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rds-migrations",
+        description="Safe, observable PostgreSQL schema migrations for AWS RDS, orchestrated by Prefect.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run staging then production on an embedded local PostgreSQL")
+    demo.add_argument("--reset", action="store_true", help="start from empty databases (drops the demo data)")
+
+    def target_options(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--env", metavar="NAME", help="an environment in deployments/environments.toml")
+        group.add_argument(
+            "--database-url", metavar="URL",
+            help="a plain PostgreSQL (or set DATABASE_URL): no snapshot, console notifications",
+        )
+
+    def migrations_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--migrations", default="migrations", metavar="DIR", help="default: migrations")
+
+    validate = commands.add_parser("validate", help="static checks, lint, rehearsal (and plan with a database)")
+    migrations_option(validate)
+    validate.add_argument("--database-url", metavar="URL",
+                          help="rehearse on this server (a scratch database is created) and plan against it")
+    validate.add_argument("--env", metavar="NAME", default=None,
+                          help="lint policy of this environment (default: production's rules)")
+    validate.add_argument("--markdown", metavar="FILE", type=Path,
+                          help="also write the report as markdown (e.g. $GITHUB_STEP_SUMMARY)")
+
+    plan = commands.add_parser("plan", help="what is pending on a database (read-only)")
+    target_options(plan)
+    migrations_option(plan)
+
+    run = commands.add_parser("run", help="run the staging or production flow (by the environment's tier)")
+    target_options(run)
+    migrations_option(run)
+    run.add_argument("--git-sha", default=None, help="the commit being applied (default: git rev-parse HEAD)")
+    run.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    run.add_argument("--target", metavar="VERSION", help="apply up to and including this migration")
+    return parser
+
+
+def _environment(args: argparse.Namespace) -> Environment:
+    if getattr(args, "database_url", None):
+        os.environ["DATABASE_URL"] = args.database_url
+    if args.env:
+        return load_environment(args.env)
+    if os.environ.get("DATABASE_URL"):
+        return load_environment(DATABASE_URL_ENVIRONMENT)
+    raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
+
+
+def git_sha() -> str:
+    import subprocess
+
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and sha else "local"
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tasks.embedded import embedded_server
+    from tasks.migrate import plan
+    from tasks.secrets import connection_from_url
+    from tasks.validate import check_migrations, rehearse, with_plan, with_rehearsal
+
+    policy = load_environment(args.env or "production").policy
+    catalog, report = check_migrations(Path(args.migrations), Path.cwd(), policy)
+    if report.ok:
+        url = args.database_url or os.environ.get("DATABASE_URL")
+        if url:
+            connection = connection_from_url(url, "--database-url")
+            report = with_plan(report, plan(connection, catalog, allow_out_of_order=policy.allow_out_of_order))
+            server = connection
+        else:
+            local = embedded_server()
+            local.start()
+            server = local.connection()
+        report = with_rehearsal(report, rehearse(catalog, server, policy))
+    print(report.to_text())
+    if args.markdown:
+        with args.markdown.open("a", encoding="utf-8") as out:
+            out.write(report.to_markdown())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tasks.catalog import read_catalog
+    from tasks.migrate import plan
+    from tasks.secrets import fetch_connection
+
+    environment = _environment(args)
+    catalog = read_catalog(Path(args.migrations), Path.cwd())
+    if catalog.problems:
+        print("\n".join(f"ERROR {p}" for p in catalog.problems))
+        return EXIT_FAILED
+    current = plan(fetch_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order)
+    print(f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending")
+    for migration_id in current.pending:
+        print(f"  pending {migration_id}")
+    for problem in current.problems:
+        print(f"  ERROR {problem}")
+    return EXIT_FAILED if current.problems else EXIT_OK
+
+
+def run_flow(environment: Environment, **parameters: object) -> int:
+    """Run the environment's flow in this process (Prefect's ephemeral API when no server is configured)."""
+    from flows.production import production
+    from flows.staging import staging
+
+    flow = production if environment.tier == "production" else staging
+    state = flow(environment=environment.name, return_state=True, **parameters)
+    if state.is_completed():
+        return EXIT_OK
+    try:
+        state.result()
+    except (ConfigError, UsageError) as exc:
+        print(f"rds-migrations: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - reported; the flow already notified
+        print(f"rds-migrations: {environment.name}: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    environment = _environment(args)
+    return run_flow(
+        environment,
+        git_sha=args.git_sha or git_sha(),
+        dry_run=args.dry_run,
+        target=args.target,
+        migrations_dir=args.migrations,
+        trigger="cli",
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import demo
+
+    return demo(reset=args.reset)
+
+
+COMMANDS = {"demo": cmd_demo, "validate": cmd_validate, "plan": cmd_plan, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError) as exc:
+        print(f"rds-migrations: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SecretError, DatabaseUnreachable, EmbeddedServerError) as exc:
+        print(f"rds-migrations: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The staging flow: run from the Prefect UI (or the CLI) against a staging-tier environment."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.pipeline import run_pipeline
+from tasks.environments import ConfigError, load_environment
+from tasks.notify import RunSummary
+
+
+@flow(name="migrate-staging")
+def staging(
+    git_sha: str = "unknown",
+    dry_run: bool = False,
+    target: str | None = None,
+    environment: str = "staging",
+    migrations_dir: str = "migrations",
+    trigger: str = "manual",
+) -> RunSummary:
+    """Validate, snapshot (by policy), migrate and notify a staging database.
+
+    Args:
+        git_sha: the commit whose migrations/ directory is being applied.
+        dry_run: validate and plan only; nothing is snapshotted or applied.
+        target: apply up to and including this migration id or version number.
+        environment: an environment of tier "staging" in deployments/environments.toml.
+        migrations_dir: the migrations directory, relative to the project.
+        trigger: who asked for this run ("manual", "github", "schedule", "cli").
+    """
+    env = load_environment(environment)
+    if env.tier != "staging":
+        raise ConfigError(f"environment {environment!r} is tier {env.tier!r}: run it with the production flow")
+    return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
+                        trigger=trigger)

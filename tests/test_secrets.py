@@ -1,0 +1,105 @@
+"""fetch-secret: RDS secrets from Secrets Manager over real HTTP to the AWS API emulator."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tasks.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
+from tasks.secrets import (
+    SecretError,
+    connection_from_url,
+    parse_rds_secret,
+    read_secrets_manager,
+    read_url_from_env,
+)
+from tests.conftest import CANARY_PASSWORD
+
+GOOD = {"username": "app", "password": CANARY_PASSWORD, "host": "db.internal", "port": 5432, "dbname": "app"}
+
+
+def put_secret(endpoint: str, name: str, **value: object) -> None:
+    client = boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=endpoint)
+    client.create_secret(Name=name, **value)
+
+
+def read(endpoint: str, name: str):
+    return read_secrets_manager(
+        SecretsManagerCredentials(kind="secrets_manager", secret_id=name),
+        AwsSettings(region="eu-west-1", endpoint_url=endpoint),
+    )
+
+
+def test_reads_the_rds_secret_with_a_string_port(aws_endpoint: str) -> None:
+    put_secret(aws_endpoint, "rds/app", SecretString=json.dumps({**GOOD, "port": "6543"}))
+    connection = read(aws_endpoint, "rds/app")
+    assert (connection.host, connection.port, connection.dbname, connection.user) == ("db.internal", 6543, "app", "app")
+    assert connection.password.get_secret_value() == CANARY_PASSWORD
+    assert CANARY_PASSWORD not in repr(connection) and CANARY_PASSWORD not in str(connection)
+    assert CANARY_PASSWORD not in connection.model_dump_json()
+
+
+def test_reads_secret_binary(aws_endpoint: str) -> None:
+    put_secret(aws_endpoint, "rds/binary", SecretBinary=json.dumps(GOOD).encode())
+    assert read(aws_endpoint, "rds/binary").port == 5432
+
+
+def test_reads_only_awscurrent(aws_endpoint: str) -> None:
+    put_secret(aws_endpoint, "rds/rotating", SecretString=json.dumps(GOOD))
+    client = boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=aws_endpoint)
+    client.put_secret_value(SecretId="rds/rotating", SecretString=json.dumps({**GOOD, "host": "pending.internal"}),
+                            VersionStages=["AWSPENDING"])
+    assert read(aws_endpoint, "rds/rotating").host == "db.internal"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not an object"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "host"}), "'host'"),
+        (json.dumps({k: v for k, v in GOOD.items() if k not in ("password", "dbname")}), "'password', 'dbname'"),
+        (json.dumps({**GOOD, "port": "five"}), "field 'port' must be a whole number"),
+        (json.dumps({**GOOD, "port": 70000}), "field 'port' is out of range"),
+        (json.dumps({**GOOD, "username": 42}), "field 'username' must be a string"),
+    ],
+)
+def test_malformed_secrets_name_the_field_never_the_value(aws_endpoint: str, value: str, expected: str) -> None:
+    put_secret(aws_endpoint, "rds/bad", SecretString=value)
+    with pytest.raises(SecretError) as raised:
+        read(aws_endpoint, "rds/bad")
+    assert expected in str(raised.value)
+    assert "secretsmanager:rds/bad" in str(raised.value)
+    assert CANARY_PASSWORD not in str(raised.value)
+
+
+def test_missing_secret_is_a_clear_aws_error(aws_endpoint: str) -> None:
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        read(aws_endpoint, "rds/nothing-here")
+
+
+def test_url_from_env_keeps_the_password_out_of_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import quote
+
+    monkeypatch.setenv("APP_DB", f"postgresql://app:{quote(CANARY_PASSWORD, safe='')}@db:5433/app")
+    connection = read_url_from_env(UrlFromEnvCredentials(kind="url_env", variable="APP_DB"))
+    assert connection.password.get_secret_value() == CANARY_PASSWORD
+    assert (connection.host, connection.port) == ("db", 5433)
+    assert CANARY_PASSWORD not in repr(connection)
+    with pytest.raises(SecretError, match="APP_DB_MISSING is not set"):
+        read_url_from_env(UrlFromEnvCredentials(kind="url_env", variable="APP_DB_MISSING"))
+
+
+def test_a_bad_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SecretError) as raised:
+        connection_from_url(f"postgresql://u:{CANARY_PASSWORD}@h/d?bogus=1", "env:X")
+    assert CANARY_PASSWORD not in str(raised.value)
+
+
+def test_parse_rejects_boolean_port() -> None:
+    with pytest.raises(SecretError, match="port"):
+        parse_rds_secret(json.dumps({**GOOD, "port": True}), "s")

@@ -1,0 +1,130 @@
+"""validate: the catalog's static checks, rehearsal and plan (lint has its own tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.catalog import read_catalog
+from tasks.environments import Policy
+from tasks.migrate import apply_pending, plan
+from tasks.secrets import Connection
+from tasks.validate import check_migrations, rehearse
+from tests.helpers import write_migrations
+
+POLICY = Policy()
+
+
+def problems_of(project: Path, files: dict[str, str], directory: str = "migrations") -> list[str]:
+    write_migrations(project, files, directory)
+    return [str(p) for p in read_catalog(Path(directory), project).problems]
+
+
+def test_duplicate_versions_fail_and_name_both_files(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, {
+        "001_init.js": "exports.up = () => {}\n",
+        "001_init.sql": "CREATE TABLE a (id bigint);\n",
+        "0002.a.sql": "CREATE TABLE b (id bigint);\n",
+        "0002.b.sql": "CREATE TABLE c (id bigint);\n",
+    })
+    joined = "\n".join(problems)
+    assert "001_init.js" in joined and "001_init.sql" in joined
+    assert "version 2 is used by 2 files: 0002.a.sql, 0002.b.sql" in joined
+
+
+def test_unknown_depends_orphan_rollback_and_bad_names(tmp_path: Path) -> None:
+    problems = "\n".join(problems_of(tmp_path, {
+        "0001.a.sql": "-- depends: 0000.nothing\nCREATE TABLE a (id bigint);\n",
+        "0002.gone.rollback.sql": "DROP TABLE gone;\n",
+        "create_things.sql": "CREATE TABLE x (id bigint);\n",
+        "0003.code.py": "steps = []\n",
+        "0004.empty.sql": "-- nothing here\n",
+        "README.md": "notes are fine\n",
+    }))
+    assert "0001.a.sql: -- depends: 0000.nothing names no migration" in problems
+    assert "0002.gone.rollback.sql: rollback file with no migration" in problems
+    assert "create_things.sql: a migration's name must start with a version number" in problems
+    assert "0003.code.py: Python migrations are not run" in problems
+    assert "0004.empty.sql: the migration holds no SQL statement" in problems
+    assert "README.md" not in problems
+
+
+def test_missing_empty_and_outside_directories_are_errors(tmp_path: Path) -> None:
+    assert "does not exist" in read_catalog(Path("migrations"), tmp_path).problems[0].message
+    (tmp_path / "migrations").mkdir()
+    assert "holds no migrations" in read_catalog(Path("migrations"), tmp_path).problems[0].message
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    assert "inside the project" in read_catalog(outside, tmp_path).problems[0].message
+    (tmp_path / "escape").symlink_to(outside, target_is_directory=True)
+    assert "inside the project" in read_catalog(Path("escape"), tmp_path).problems[0].message
+
+
+def test_symlinked_file_out_of_the_project_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-evil.sql"
+    outside.write_text("DROP TABLE users;\n")
+    directory = write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
+    (directory / "0002.evil.sql").symlink_to(outside)
+    assert "symlink to a file outside the project" in str(read_catalog(directory, tmp_path).problems)
+
+
+def test_depends_orders_migrations(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {
+        "0001.b.sql": "-- depends: 0002.a\nCREATE TABLE b (id bigint);\n",
+        "0002.a.sql": "CREATE TABLE a (id bigint);\n",
+        "0003.c.sql": "CREATE TABLE c (id bigint);\n",
+    })
+    assert read_catalog(Path("migrations"), tmp_path).ids == ("0002.a", "0001.b", "0003.c")
+
+
+def test_check_migrations_reports_lint_and_static_problems_together(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {
+        "0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n",
+        "0002.required.sql": "ALTER TABLE users ADD COLUMN email text NOT NULL;\n",
+        "0002.dup.sql": "SELECT 1;\n",
+    })
+    _, report = check_migrations(Path("migrations"), tmp_path, POLICY)
+    assert not report.ok
+    assert any("adding-required-field" == f.rule for f in report.blocking_findings)
+    assert any("version 2" in p for p in report.problems)
+    assert "adding-required-field" in report.to_markdown()
+
+
+def test_rehearsal_applies_rolls_back_and_reapplies(tmp_path: Path, database: Connection) -> None:
+    write_migrations(tmp_path, {
+        "0001.a.sql": "CREATE TABLE a (id bigint);\n",
+        "0002.b.sql": "CREATE TABLE b (id bigint);\n",
+        "0002.b.rollback.sql": "DROP TABLE b;\n",
+        "0003.c.sql": "CREATE TABLE c (id bigint);\n",
+        "0003.c.rollback.sql": "DROP TABLE c;\n",
+    })
+    catalog = read_catalog(Path("migrations"), tmp_path)
+    result = rehearse(catalog, database, POLICY)
+    assert result.failure is None
+    assert result.rolled_back == ("0003.c", "0002.b")
+    assert plan(database, catalog).pending == catalog.ids  # the target itself was not touched
+
+
+def test_rehearsal_catches_a_broken_rollback(tmp_path: Path, database: Connection) -> None:
+    write_migrations(tmp_path, {
+        "0001.a.sql": "CREATE TABLE a (id bigint);\n",
+        "0001.a.rollback.sql": "DROP TABLE not_a;\n",
+    })
+    result = rehearse(read_catalog(Path("migrations"), tmp_path), database, POLICY)
+    assert result.failure and "0001.a" in result.failure and "42P01" in result.failure
+
+
+def test_plan_is_read_only(tmp_path: Path, database: Connection) -> None:
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
+    catalog = read_catalog(Path("migrations"), tmp_path)
+    assert plan(database, catalog).pending == ("0001.a",)
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%yoyo%'").fetchone()[0] == 0
+    apply_pending(database, catalog, POLICY)
+    assert plan(database, catalog).pending == ()
+
+
+@pytest.mark.parametrize("text", ["-- transactional: maybe\nSELECT 1;\n"])
+def test_bad_directive_value(tmp_path: Path, text: str) -> None:
+    assert "transactional: must be true or false" in "\n".join(problems_of(tmp_path, {"0001.a.sql": text}))
