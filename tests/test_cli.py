@@ -1,0 +1,92 @@
+"""The `rds-migrations` console command, run as a user runs it (a subprocess), against real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tasks.secrets import Connection
+from tests.conftest import CANARY_PASSWORD
+from tests.helpers import write_migrations
+
+PROJECT = Path(__file__).parents[1]
+
+
+def url_of(c: Connection) -> str:
+    return f"postgresql://{c.user}:{quote(c.password.get_secret_value(), safe='')}@{c.host}:{c.port}/{c.dbname}"
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml"),
+                   **(env or {})}
+    environment.pop("DATABASE_URL", None) if env is None or "DATABASE_URL" not in env else None
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert CANARY_PASSWORD not in result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    return tmp_path
+
+
+def test_validate_the_sample_migrations_with_rehearsal_and_plan(project: Path, database: Connection) -> None:
+    result = cli("validate", "--migrations", str(PROJECT / "migrations"), "--database-url", url_of(database),
+                 cwd=PROJECT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rehearsal on" in result.stdout and ": ok" in result.stdout
+    assert "pending 0001.create-users" in result.stdout
+
+
+def test_validate_fails_with_exit_1_naming_both_duplicate_files(project: Path) -> None:
+    write_migrations(project, {"001_init.sql": "SELECT 1;\n", "001_init.js": "x\n"})
+    result = cli("validate", cwd=project)
+    assert result.returncode == 1
+    assert "001_init.js" in result.stdout and "001_init.sql" in result.stdout
+
+
+def test_markdown_report_for_the_step_summary(project: Path, database: Connection) -> None:
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    result = cli("validate", "--database-url", url_of(database), "--markdown", "summary.md", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "## Migration validation passed" in (project / "summary.md").read_text()
+
+
+def test_plan_then_run_then_nothing_pending(project: Path, database: Connection) -> None:
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
+                               "0002.b.sql": "CREATE TABLE b (id bigint PRIMARY KEY);\n"})
+    env = {"DATABASE_URL": url_of(database)}
+    planned = cli("plan", cwd=project, env=env)
+    assert planned.returncode == 0 and "2 pending" in planned.stdout
+    ran = cli("run", "--git-sha", "abcdef1", cwd=project, env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "0 pending" in cli("plan", cwd=project, env=env).stdout
+
+
+def test_run_a_failing_migration_exits_1_and_names_it(project: Path, database: Connection) -> None:
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
+                               "0002.b.sql": "INSERT INTO a VALUES (1), (1);\n"})
+    result = cli("run", "--database-url", url_of(database), "--git-sha", "abcdef1", cwd=project)
+    assert result.returncode == 1
+    assert "0002.b" in result.stderr and "23505" in result.stderr
+
+
+def test_usage_and_config_errors_exit_2(project: Path) -> None:
+    assert cli("run", cwd=project).returncode == 2
+    result = cli("plan", "--env", "no-such-env", cwd=project)
+    assert result.returncode == 2 and "no environment named 'no-such-env'" in result.stderr
+    assert cli("frobnicate", cwd=project).returncode == 2
+
+
+def test_wrong_password_exits_1_without_the_password(project: Path, database: Connection) -> None:
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    wrong = database.model_copy(update={"password": type(database.password)(CANARY_PASSWORD + "x")})
+    result = cli("plan", "--database-url", url_of(wrong), cwd=project)
+    assert result.returncode == 1 and "password authentication failed" in result.stderr
