@@ -7,8 +7,6 @@ notifications. Run it twice: the second run applies nothing and takes no snapsho
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tasks.embedded import embedded_home, embedded_server
 from tasks.environments import load_environment
 
@@ -44,7 +42,7 @@ def demo(reset: bool = False) -> int:
     finally:
         server.stop()
     _banner("snapshots")
-    dumps = sorted((Path(".rds-migrations") / "snapshots").glob("*.dump"))
+    dumps = sorted((embedded_home() / "snapshots").glob("*.dump"))
     for dump in dumps:
         print(f"  {dump}  ({dump.stat().st_size:,} bytes)")
     if not dumps:

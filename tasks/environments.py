@@ -105,7 +105,7 @@ class AuroraClusterSnapshot(_Strict):
 
 class PgDumpSnapshot(_Strict):
     kind: Literal["pg_dump"]
-    directory: Path = Path(".rds-migrations/snapshots")
+    directory: Path | None = None  # default: <RDS_MIGRATIONS_HOME>/snapshots; relative paths: the working dir
 
 
 class NoSnapshot(_Strict):

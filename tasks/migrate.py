@@ -297,7 +297,8 @@ def lock_holder(conn: psycopg.Connection) -> str:
     if row is None:
         return "holder unknown"
     pid, application, client, started = row
-    return f"locked by {application or 'an unnamed session'} (pid {pid}, from {client or 'local socket'}, since {started:%H:%M:%S})"
+    where = client or "local socket"
+    return f"locked by {application or 'an unnamed session'} (pid {pid}, from {where}, since {started:%H:%M:%S})"
 
 
 def apply_pending(

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, SecretStr
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from tasks.environments import (
     AwsSettings,
@@ -164,7 +164,7 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        raise SecretError(f"{source}: not a valid PostgreSQL URL (postgresql://user:password@host:port/dbname)") from None
+        raise SecretError(f"{source}: not a valid PostgreSQL URL (postgresql://user:pass@host:port/dbname)") from None
     unknown = set(params) - {"host", "port", "dbname", "user", "password", "sslmode"}
     if unknown:
         raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))}")

@@ -6,7 +6,7 @@ Never retried: a failing migration, a bad or missing secret, wrong credentials, 
 from __future__ import annotations
 
 import psycopg
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 TRANSIENT_AWS_CODES = frozenset({
@@ -29,7 +29,7 @@ def is_transient(exc: BaseException) -> bool:
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error.get("Code") in TRANSIENT_AWS_CODES or status >= 500
-    return isinstance(exc, BotocoreConnectionError | ReadTimeoutError)
+    return isinstance(exc, BotocoreConnectionError | ReadTimeoutError | ConnectionClosedError)
 
 
 def retry_on_transient(task: object, task_run: object, state: object) -> bool:

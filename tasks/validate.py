@@ -93,7 +93,8 @@ class ValidationReport:
 
     def to_markdown(self) -> str:
         status = "passed" if self.ok else "failed"
-        out = [f"## Migration validation {status}", "", f"{len(self.migrations)} migrations in `{self.migrations_dir}`."]
+        out = [f"## Migration validation {status}", "",
+               f"{len(self.migrations)} migrations in `{self.migrations_dir}`."]
         if self.errors:
             out += ["", "### Errors", ""] + [f"- {_md(e)}" for e in self.errors]
         if self.findings:

@@ -200,7 +200,8 @@ def test_lock_timeout_gives_up_after_the_retries_with_database_unchanged(
     assert raised.value.report.failed.attempts == 3
     assert "after 3 attempts" in str(raised.value) and "rolled back" in str(raised.value)
     with connected(database) as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='busy'").fetchone()[0] == 1
+        columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='busy'")
+        assert columns.fetchone()[0] == 1
 
 
 def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path: Path, database: Connection) -> None:
