@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -47,7 +48,9 @@ def run_pipeline(
     migrations_dir: str,
     trigger: str,
     project_root: Path | None = None,
+    approve: Callable[[ValidationReport], str] | None = None,
 ) -> RunSummary:
+    """Run the steps in order; `approve` (production's gate) is asked after the plan, before any write."""
     log = get_run_logger()
     check_parameters(git_sha, trigger, target, migrations_dir)
     project_root = project_root or Path.cwd()
@@ -63,6 +66,10 @@ def run_pipeline(
         connection = fetch_secret(environment)
         step = "validate"
         report = rehearse_and_plan(environment, catalog, report, connection, target)
+        if report.pending and not dry_run and approve is not None:
+            step = "approval"
+            _publish_plan(environment, report)
+            log.info("Approved by %s", approve(report))
         if report.pending and not dry_run:
             if environment.snapshot.kind != "none":
                 step = "snapshot"

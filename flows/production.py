@@ -6,8 +6,11 @@ lint findings must block.
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import flow
 
+from flows.approval import request_approval
 from flows.pipeline import run_pipeline
 from tasks.environments import ConfigError, Environment, load_environment
 from tasks.notify import RunSummary
@@ -43,5 +46,8 @@ def production(
     """
     env = load_environment(environment)
     check_production_policy(env)
+    approve = None
+    if env.policy.approval_required:
+        approve = partial(request_approval, env.name, timeout_seconds=env.policy.approval_timeout_seconds)
     return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
-                        trigger=trigger)
+                        trigger=trigger, approve=approve)

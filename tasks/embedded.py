@@ -68,6 +68,8 @@ def server_bindir() -> Path:
             "no PostgreSQL server binaries found: install postgresql (apt-get install postgresql) "
             "or the pgserver wheel (uv sync installs it), or set RDS_MIGRATIONS_PG_BINDIR"
         )
+    if os.environ.get("RDS_MIGRATIONS_PG_BINDIR"):
+        return dirs[0]
     # Prefer the machine's own server; pgserver's bundled one is the fallback.
     system = [d for d in dirs if "pgserver" not in str(d)]
     return (system or dirs)[0]

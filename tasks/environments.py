@@ -164,6 +164,9 @@ class Policy(_Strict):
     lock_retry_base_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     lock_retry_max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
     allow_out_of_order: bool = False
+    # Production only: pause after the plan until a person approves (Prefect UI or one API call).
+    approval_required: bool = False
+    approval_timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Policy:
