@@ -11,6 +11,7 @@ from functools import partial
 from prefect import flow
 
 from flows.approval import request_approval
+from flows.exclusive import one_run_per_environment
 from flows.pipeline import run_pipeline
 from tasks.environments import ConfigError, Environment, load_environment
 from tasks.notify import RunSummary
@@ -49,5 +50,6 @@ def production(
     approve = None
     if env.policy.approval_required:
         approve = partial(request_approval, env.name, timeout_seconds=env.policy.approval_timeout_seconds)
-    return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
-                        trigger=trigger, approve=approve)
+    with one_run_per_environment(env.name):
+        return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
+                            trigger=trigger, approve=approve)

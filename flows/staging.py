@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.exclusive import one_run_per_environment
 from flows.pipeline import run_pipeline
 from tasks.environments import ConfigError, load_environment
 from tasks.notify import RunSummary
@@ -31,5 +32,6 @@ def staging(
     env = load_environment(environment)
     if env.tier != "staging":
         raise ConfigError(f"environment {environment!r} is tier {env.tier!r}: run it with the production flow")
-    return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
-                        trigger=trigger)
+    with one_run_per_environment(env.name):
+        return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
+                            trigger=trigger)

@@ -1,0 +1,109 @@
+"""prefect.yaml, the GitHub workflows, the README and the IAM policies agree with the code (no services)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).parents[1]
+WORKFLOWS = sorted((PROJECT / ".github" / "workflows").glob("*.yml"))
+PREFECT_YAML = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}
+
+
+def flow_of(entrypoint: str):
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(str(PROJECT / entrypoint))
+
+
+def test_workflows_validate_offline_against_the_github_schema() -> None:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+                            capture_output=True, text=True)
+    assert len(WORKFLOWS) >= 3
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_every_entrypoint_imports_and_names_a_flow(name: str) -> None:
+    flow = flow_of(DEPLOYMENTS[name]["entrypoint"])
+    assert flow.name.startswith(("migrate-", "refresh-", "restore-"))
+    parameters = set(flow.parameters.properties)
+    assert set(DEPLOYMENTS[name].get("parameters", {})) <= parameters
+
+
+def test_every_deployment_a_workflow_runs_exists() -> None:
+    named = {f"{flow_of(d['entrypoint']).name}/{d['name']}" for d in DEPLOYMENTS.values()}
+    runs = set()
+    for workflow in WORKFLOWS:
+        runs |= set(re.findall(r"'([a-z-]+/[a-z-]+)'", workflow.read_text()))
+    assert {"migrate-production/production", "migrate-staging/staging"} <= runs
+    assert runs <= named
+
+
+def test_every_cli_command_in_workflows_and_readme_exists() -> None:
+    from flows.cli import COMMANDS
+
+    texts = [w.read_text() for w in WORKFLOWS] + [(PROJECT / "README.md").read_text()]
+    used = {c for text in texts for c in re.findall(r"rds-migrations ([a-z][a-z-]+)", text)}
+    assert used and used <= set(COMMANDS), used - set(COMMANDS)
+
+
+def test_the_push_trigger_watches_migrations_and_its_own_file() -> None:
+    migrate = yaml.safe_load((PROJECT / ".github/workflows/migrate.yml").read_text())
+    paths = migrate[True]["push"]["paths"]  # YAML 1.1 reads the key `on` as True
+    assert "migrations/**" in paths and ".github/workflows/migrate.yml" in paths
+    assert "--watch" in (PROJECT / ".github/workflows/migrate.yml").read_text()
+    for workflow in WORKFLOWS:
+        data = yaml.safe_load(workflow.read_text())
+        assert data["permissions"] == {"contents": "read"}
+        assert all("timeout-minutes" in job for job in data["jobs"].values())
+
+
+def test_prefect_yaml_policies() -> None:
+    assert DEPLOYMENTS["production"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    schedule = DEPLOYMENTS["staging-refresh"]["schedules"][0]
+    assert schedule["cron"] and schedule["timezone"]
+    assert "git_clone" in json.dumps(PREFECT_YAML["pull"])
+
+
+def policy(name: str) -> dict:
+    return json.loads((PROJECT / "deployments/iam" / name).read_text())
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_github_oidc_trust_is_pinned_to_the_environment(environment: str) -> None:
+    (statement,) = policy(f"github-oidc-trust-{environment}.json")["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    condition = statement["Condition"]["StringEquals"]
+    assert condition["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    assert condition["token.actions.githubusercontent.com:sub"].endswith(f":environment:{environment}")
+    assert "StringLike" not in statement["Condition"]
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_migrate_role_is_least_privilege(environment: str) -> None:
+    statements = policy(f"migrate-{environment}.json")["Statement"]
+    actions = {a for s in statements for a in s["Action"]}
+    assert not any(a.endswith("*") for a in actions)
+    assert not any(a.startswith(("rds:Delete", "rds:Modify", "rds:Restore")) for a in actions)
+    writes = [s for s in statements if any(a.startswith("rds:Create") or a.startswith("rds:Add") for a in s["Action"])]
+    assert all(r != "*" for s in writes for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))
+    secret = next(s for s in statements if "secretsmanager:GetSecretValue" in s["Action"])
+    assert f"app-{environment}" in secret["Resource"]
+
+
+def test_refresh_role_denies_production_explicitly() -> None:
+    statements = policy("refresh-staging.json")["Statement"]
+    deny = [s for s in statements if s["Effect"] == "Deny"]
+    assert deny and all("app-production" in r for s in deny for r in s["Resource"])
+    for s in statements:
+        if s["Effect"] == "Allow" and {"rds:DeleteDBInstance", "rds:ModifyDBInstance"} & set(s["Action"]):
+            assert "app-staging" in s["Resource"] and "production" not in s["Resource"]
