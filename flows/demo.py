@@ -7,8 +7,9 @@ notifications. Run it twice: the second run applies nothing and takes no snapsho
 
 from __future__ import annotations
 
-from tasks.embedded import embedded_home, embedded_server
+from tasks.embedded import embedded_server
 from tasks.environments import load_environment
+from tasks.snapshot import dump_directory
 
 STAGING, PRODUCTION = "local", "local-production"
 
@@ -28,7 +29,7 @@ def demo(reset: bool = False) -> int:
     if reset:
         for environment in environments.values():
             server.drop_database(environment.credentials.database)  # type: ignore[union-attr]
-        for dump in (embedded_home() / "snapshots").glob("*"):
+        for dump in dump_directory(environments[PRODUCTION].snapshot).glob("*"):  # type: ignore[arg-type]
             dump.unlink()
         print("reset: demo databases dropped, local snapshots deleted")
     sha = git_sha()
@@ -42,7 +43,7 @@ def demo(reset: bool = False) -> int:
     finally:
         server.stop()
     _banner("snapshots")
-    dumps = sorted((embedded_home() / "snapshots").glob("*.dump"))
+    dumps = sorted(dump_directory(environments[PRODUCTION].snapshot).glob("*.dump"))  # type: ignore[arg-type]
     for dump in dumps:
         print(f"  {dump}  ({dump.stat().st_size:,} bytes)")
     if not dumps:

@@ -164,6 +164,9 @@ class Policy(_Strict):
     lock_retry_base_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     lock_retry_max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
     allow_out_of_order: bool = False
+    # An INVALID index left by a failed CREATE INDEX CONCURRENTLY of a pending migration: drop it and build it
+    # again, or refuse the run with the DROP command to run.
+    invalid_index: Literal["drop_and_retry", "refuse"] = "refuse"
     # Production only: pause after the plan until a person approves (Prefect UI or one API call).
     approval_required: bool = False
     approval_timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
@@ -178,6 +181,41 @@ class Policy(_Strict):
         return self
 
 
+# ---- staging refresh ---------------------------------------------------------------------------------------
+
+
+class Refresh(_Strict):
+    """Refresh this staging environment from a snapshot of `source_environment` (production), masked first.
+
+    Every name the refresh creates, renames or deletes (RDS instance and cluster identifiers, or database
+    names for the local kind) must match `identifier_pattern` in full and must never be the source's own
+    name nor start with it and a hyphen or an underscore.
+    """
+
+    source_environment: str = Field(pattern=ENVIRONMENT_NAME.pattern)
+    identifier_pattern: str = r"^[a-z0-9_-]*staging[a-z0-9_-]*$"
+    keep_old: bool = False  # keep the replaced copy (renamed <id>-old-<time>) instead of deleting it
+    masking_dir: Path = Path("deployments/masking")  # *.sql run in name order, in one transaction
+    use_fresh_snapshot: bool = False  # snapshot the source now instead of using its newest snapshot
+    max_wait_seconds: int = Field(default=4 * 3600, ge=60, le=24 * 3600)  # per restore / rename wait
+
+    @field_validator("identifier_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("masking_dir")
+    @classmethod
+    def _inside_project(cls, value: Path) -> Path:
+        if value.is_absolute() or ".." in value.parts:
+            raise ValueError("must be a relative path inside the project")
+        return value
+
+
 class Environment(_Strict):
     name: str = Field(pattern=ENVIRONMENT_NAME.pattern)
     tier: Literal["staging", "production"]
@@ -188,6 +226,29 @@ class Environment(_Strict):
     notify: Notification
     rehearsal: Rehearsal = Rehearsal()
     policy: Policy = Policy()
+    refresh: Refresh | None = None
+
+    @model_validator(mode="after")
+    def _refresh_is_possible(self) -> Environment:
+        if self.refresh is None:
+            return self
+        if self.tier != "staging":
+            raise ValueError(f"refresh: only a tier 'staging' environment can be refreshed, not tier {self.tier!r}")
+        if self.refresh.source_environment == self.name:
+            raise ValueError("refresh.source_environment: an environment cannot be refreshed from itself")
+        if self.snapshot.kind == "rds_instance":
+            live: str | None = self.snapshot.instance_id
+        elif self.snapshot.kind == "aurora_cluster":
+            live = self.snapshot.cluster_id
+        elif self.snapshot.kind == "pg_dump":  # the local kind: a database name, known now when embedded
+            live = self.credentials.database if isinstance(self.credentials, EmbeddedCredentials) else None
+        else:
+            raise ValueError("refresh: snapshot.kind 'none' says nothing to refresh (rds_instance, "
+                             "aurora_cluster or pg_dump)")
+        if live is not None and not re.fullmatch(self.refresh.identifier_pattern, live):
+            raise ValueError(f"refresh.identifier_pattern: {live!r}, the database this refresh replaces, "
+                             "does not match it")
+        return self
 
     @model_validator(mode="after")
     def _policy_is_satisfiable(self) -> Environment:

@@ -64,7 +64,7 @@ class RunSummary:
 # ---- rendering ---------------------------------------------------------------------------------------------
 
 
-def _mrkdwn(text: str) -> str:
+def mrkdwn(text: str) -> str:
     """Slack reads &, < and > as control characters, even inside code spans."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -77,7 +77,7 @@ def _listed(ids: Sequence[str], quote: Callable[[str], str]) -> str:
     return f"{shown} … and {rest} more" if rest > 0 else shown
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
@@ -125,7 +125,7 @@ def _no_snapshot_note(summary: RunSummary) -> str | None:
 
 def render_message(summary: RunSummary) -> tuple[str, str]:
     """(subject, body) for a Slack message in mrkdwn."""
-    m = _mrkdwn
+    m = mrkdwn
 
     def code(text: str) -> str:
         return f"`{m(text)}`"
@@ -149,7 +149,7 @@ def render_message(summary: RunSummary) -> tuple[str, str]:
     if summary.snapshot_id:
         where = f" at {code(summary.snapshot_location)}" if summary.snapshot_location else ""
         lines.append(f"*Snapshot:* {code(summary.snapshot_id)}{where}")
-    lines.append(f"*Duration:* {_duration(summary.duration_seconds)}")
+    lines.append(f"*Duration:* {format_duration(summary.duration_seconds)}")
     if summary.run_url:
         url = summary.run_url.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
         lines.append(f"*Run:* <{url}|Prefect flow run>")
@@ -180,7 +180,7 @@ def render_console(summary: RunSummary) -> str:
     if summary.snapshot_id:
         where = f" at {summary.snapshot_location}" if summary.snapshot_location else ""
         lines.append(f"  snapshot:   {summary.snapshot_id}{where}")
-    lines.append(f"  duration:   {_duration(summary.duration_seconds)}")
+    lines.append(f"  duration:   {format_duration(summary.duration_seconds)}")
     if summary.run_url:
         lines.append(f"  run:        {summary.run_url}")
     if summary.outcome == "failed":
@@ -217,7 +217,7 @@ class _Redact(logging.Filter):
 
 
 @contextmanager
-def _slack_sdk_logs_redacted(url: str) -> Iterator[None]:
+def slack_sdk_logs_redacted(url: str) -> Iterator[None]:
     """slack_sdk logs the full webhook URL at INFO when it retries and at DEBUG on every post."""
     path = urlsplit(url).path
     token = path.rstrip("/").rsplit("/", 1)[-1]
@@ -230,7 +230,7 @@ def _slack_sdk_logs_redacted(url: str) -> Iterator[None]:
         sdk_logger.removeFilter(redact)
 
 
-def _failure_detail(exc: Exception) -> str:
+def failure_detail(exc: Exception) -> str:
     """The exception type and, for an HTTP error answer, Slack's error code; never the exception text."""
     detail = type(exc).__name__
     if isinstance(exc, NotificationError):
@@ -247,11 +247,11 @@ def send_slack(webhook: SlackWebhook, summary: RunSummary, log: Log) -> bool:
     url = webhook.url.get_secret_value()
     try:
         subject, body = render_message(summary)
-        with _slack_sdk_logs_redacted(url):
+        with slack_sdk_logs_redacted(url):
             webhook.notify(body, subject, _sync=True)  # type: ignore[call-arg]
     except Exception as exc:  # noqa: BLE001 - a notification never changes the migration outcome
         log.warning(
-            "Slack notification failed (%s); the migration outcome is unchanged", _failure_detail(exc)
+            "Slack notification failed (%s); the migration outcome is unchanged", failure_detail(exc)
         )
         return False
     log.info("Slack notification sent for %s (%s)", summary.environment, summary.outcome)

@@ -436,12 +436,19 @@ def _rds_result(
 # ---- pg_dump (the embedded / local default) ---------------------------------------------------------------
 
 
+def dump_directory(config: PgDumpSnapshot) -> Path:
+    """Where an environment's pg_dump snapshots live: its `directory` (relative to the working directory),
+    or `<RDS_MIGRATIONS_HOME>/snapshots` beside the embedded server."""
+    from tasks.embedded import embedded_home
+
+    return (Path(config.directory) if config.directory else embedded_home() / "snapshots").resolve()
+
+
 def _take_pg_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, tags: dict[str, str],
                   when: datetime, log: Logger) -> Snapshot:
-    from tasks.embedded import client_binary, embedded_home
+    from tasks.embedded import client_binary
 
-    # A relative directory is under the working directory; none given: beside the embedded server.
-    directory = (Path(config.directory) if config.directory else embedded_home() / "snapshots").resolve()
+    directory = dump_directory(config)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {
         "identifier": identifier,

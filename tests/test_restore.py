@@ -1,0 +1,187 @@
+"""The restore flow: one of an environment's snapshots restored to a NEW name and swapped in, the replaced copy
+kept. The local kind against a real PostgreSQL (through the flow under Prefect), RDS instance and Aurora calls
+over real HTTP to the AWS emulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.catalog import read_catalog
+from tasks.migrate import apply_pending
+from tasks.refresh import RefreshError, restore_environment
+from tasks.secrets import connected, fetch_connection
+from tests import test_refresh as shared
+from tests.conftest import CANARY_PASSWORD, SlackSink
+from tests.test_refresh import LOG, POLICY, PROJECT, STAMP1, T1, Aws, Local, fingerprint, no_sleep
+
+# The fixtures of the refresh tests: the same two local databases, the same emulated AWS account.
+local, flow_project, aws = shared.local, shared.flow_project, shared.aws
+
+PRODUCTION_CREDENTIALS = shared.STAGING_CREDENTIALS.model_copy(update={"host": "app-production.example"})
+RESTORED, OLD = f"app-production-restored-{STAMP1}", f"app-production-old-{STAMP1}"
+SNAPSHOT = "rdsm-production-aaaaaaa-20261123t010000"
+
+
+def production_environment(endpoint: str | None, snapshot: dict | None = None):
+    _, production = shared.rds_environments(endpoint, production=snapshot)
+    return production
+
+
+def restore(aws: Aws, snapshot_id: str, snapshot: dict | None = None):
+    return restore_environment(production_environment(aws.endpoint, snapshot), snapshot_id, PRODUCTION_CREDENTIALS,
+                               now=T1, rds_client=aws.rds, log=LOG, sleep=no_sleep)
+
+
+# ---- the local kind, through the flow ----------------------------------------------------------------------
+
+
+def break_production(local: Local) -> None:
+    """A bad deployment: the pending migrations applied, and data lost."""
+    apply_pending(local.production, read_catalog(PROJECT / "migrations", PROJECT), POLICY)
+    with connected(local.production) as conn:
+        conn.execute("DELETE FROM users WHERE display_name = 'Bob Real'")
+
+
+@pytest.mark.integration
+def test_restore_flow_swaps_the_dump_in_and_keeps_the_replaced_database(flow_project: Local) -> None:
+    from flows.restore import restore_snapshot
+
+    local = flow_project
+    [dump] = [p.stem for p in local.snapshots.glob("*.dump")]
+    before = fingerprint(local.production)
+    break_production(local)
+    broken = fingerprint(local.production)
+
+    state = restore_snapshot(environment="prod-local", snapshot_id=dump, git_sha="abc1234", return_state=True)
+
+    assert state.is_completed(), state.message
+    result = state.result().result
+    assert fingerprint(local.production) == before  # the data and history of the dump, unmasked
+    assert result.old == f"{local.production.dbname}_old_" + result.old.rsplit("_old_", 1)[1]
+    assert fingerprint(local.production.with_database(result.old)) == broken  # kept, for the post-mortem
+    assert local.databases() == sorted([local.production.dbname, local.staging.dbname, result.old])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("snapshot_id", ["../../etc/passwd", "rdsm-x;DROP DATABASE y"])
+def test_restore_flow_refuses_a_bad_snapshot_id_and_says_so(flow_project: Local, slack_sink: SlackSink,
+                                                             monkeypatch: pytest.MonkeyPatch, snapshot_id: str) -> None:
+    from flows.restore import restore_snapshot
+
+    local = flow_project
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__NAME", "restore")
+    before = fingerprint(local.staging)
+
+    state = restore_snapshot(environment="stage-local", snapshot_id=snapshot_id, return_state=True)
+
+    assert state.is_failed()
+    assert fingerprint(local.staging) == before
+    assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
+    [message] = slack_sink.texts()
+    assert "Restore FAILED at step parameters" in message and "is not a snapshot identifier" in message
+    assert "restore-snapshot/restore" in message and "environment=`stage-local`" in message
+    assert f"snapshot_id=`&lt;refused: {len(snapshot_id)} characters, not repeated&gt;`" in message
+    assert snapshot_id not in message and "prefect deployment run" not in message  # never repeated
+    assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
+
+
+@pytest.mark.integration
+def test_a_dump_of_another_environment_or_a_missing_one_is_refused(local: Local) -> None:
+    staging_dump = shared.take_snapshot(local.environment("stage-local"), local.staging, git_sha="local",
+                                        flow_run_id=None, trigger="test", now=T1, log=LOG)
+    production = local.environment("prod-local")
+    before = fingerprint(local.production)
+
+    with pytest.raises(RefreshError, match="was taken of environment 'stage-local', not 'prod-local'"):
+        restore_environment(production, staging_dump.identifier, fetch_connection(production), now=T1, log=LOG)
+    with pytest.raises(RefreshError, match="no complete dump rdsm-prod-local-nope"):
+        restore_environment(production, "rdsm-prod-local-nope", fetch_connection(production), now=T1, log=LOG)
+
+    assert fingerprint(local.production) == before
+    assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
+
+
+# ---- RDS against the AWS emulator -----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_rds_restore_calls_in_order_restore_then_rename_and_keep(aws: Aws) -> None:
+    [live] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-production")["DBInstances"]
+
+    result = restore(aws, SNAPSHOT)
+
+    assert aws.writes() == [
+        ("RestoreDBInstanceFromDBSnapshot", {
+            "DBInstanceIdentifier": RESTORED, "DBSnapshotIdentifier": SNAPSHOT,
+            "DBInstanceClass": "db.r6g.large",  # production's own settings, not staging's
+            "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live["VpcSecurityGroups"]],
+            "DBParameterGroupName": live["DBParameterGroups"][0]["DBParameterGroupName"],
+            "Tags": [{"Key": "rds-migrations:managed-by", "Value": "rds-migrations"},
+                     {"Key": "rds-migrations:restored-from", "Value": SNAPSHOT}]}),
+        ("ModifyDBInstance", {"DBInstanceIdentifier": "app-production", "NewDBInstanceIdentifier": OLD,
+                              "ApplyImmediately": True}),
+        ("ModifyDBInstance", {"DBInstanceIdentifier": RESTORED, "NewDBInstanceIdentifier": "app-production",
+                              "ApplyImmediately": True}),
+    ]  # no password reset, nothing deleted
+    assert aws.instances() == ["app-production", OLD, "app-staging"]
+    assert (result.live, result.new, result.old, result.old_deleted) == ("app-production", RESTORED, OLD, False)
+
+
+@pytest.mark.integration
+def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> None:
+    aws.rds.create_db_cluster(DBClusterIdentifier="app-production", Engine="aurora-postgresql",
+                              MasterUsername="app", MasterUserPassword="production-PW-1")
+    aws.rds.create_db_instance(DBInstanceIdentifier="app-production-1", DBClusterIdentifier="app-production",
+                               Engine="aurora-postgresql", DBInstanceClass="db.r6g.xlarge")
+    aws.rds.create_db_cluster_snapshot(DBClusterSnapshotIdentifier=SNAPSHOT, DBClusterIdentifier="app-production")
+    [live] = aws.rds.describe_db_clusters(DBClusterIdentifier="app-production")["DBClusters"]
+    aws.calls.clear()
+
+    restore(aws, SNAPSHOT, {"kind": "aurora_cluster", "cluster_id": "app-production"})
+
+    assert [(op, {k: v for k, v in params.items() if k != "Tags"}) for op, params in aws.writes()] == [
+        ("RestoreDBClusterFromSnapshot", {"DBClusterIdentifier": RESTORED, "SnapshotIdentifier": SNAPSHOT,
+                                          "Engine": "aurora-postgresql", "EngineVersion": live["EngineVersion"],
+                                          "DBSubnetGroupName": live["DBSubnetGroup"],
+                                          "DBClusterParameterGroupName": live["DBClusterParameterGroup"]}),
+        ("CreateDBInstance", {"DBInstanceIdentifier": f"app-production-writer-{STAMP1}",
+                              "DBClusterIdentifier": RESTORED, "DBInstanceClass": "db.r6g.xlarge",
+                              "Engine": "aurora-postgresql"}),
+        ("ModifyDBCluster", {"DBClusterIdentifier": "app-production", "NewDBClusterIdentifier": OLD,
+                             "ApplyImmediately": True}),
+        ("ModifyDBCluster", {"DBClusterIdentifier": RESTORED, "NewDBClusterIdentifier": "app-production",
+                             "ApplyImmediately": True}),
+    ]
+
+
+@pytest.mark.integration
+def test_a_snapshot_of_another_instance_is_refused_before_any_write(aws: Aws) -> None:
+    aws.rds.create_db_snapshot(DBSnapshotIdentifier="rdsm-staging-aaaaaaa-20261123t010000",
+                               DBInstanceIdentifier="app-staging")
+    aws.calls.clear()
+    for snapshot_id, error in (("rdsm-staging-aaaaaaa-20261123t010000", "was taken of app-staging, not app-production"),
+                               ("rdsm-production-nope", "no available snapshot rdsm-production-nope")):
+        with pytest.raises(RefreshError, match=error):
+            restore(aws, snapshot_id)
+    assert aws.writes() == []
+    assert aws.instances() == ["app-production", "app-staging"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("snapshot_id", ["arn:aws:rds:eu-west-1:1:snapshot:x", "rdsm--x", "rdsm-x-", "x y", "",
+                                         "rds:", "a" * 300, "1abc", "-rf", "rdsm-x.dump", "../rdsm-x"])
+def test_a_bad_snapshot_id_is_refused_before_any_call(aws: Aws, snapshot_id: str) -> None:
+    with pytest.raises(RefreshError, match="is not a snapshot identifier"):
+        restore(aws, snapshot_id)
+    assert aws.calls == []
+
+
+@pytest.mark.integration
+def test_an_automated_snapshot_id_is_accepted(aws: Aws) -> None:
+    [automated] = aws.rds.describe_db_snapshots(DBInstanceIdentifier="app-production",
+                                                SnapshotType="automated")["DBSnapshots"]
+    result = restore(aws, automated["DBSnapshotIdentifier"])
+    assert result.snapshot.identifier.startswith("rds:app-production-")
+    assert aws.instances() == ["app-production", OLD, "app-staging"]
