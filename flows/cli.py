@@ -66,6 +66,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--git-sha", default=None, help="the commit being applied (default: git rev-parse HEAD)")
     run.add_argument("--dry-run", action="store_true", help="validate and plan only")
     run.add_argument("--target", metavar="VERSION", help="apply up to and including this migration")
+
+    setup = commands.add_parser("setup-prefect", help="create the work pool and each environment's concurrency "
+                                                      "limit on the Prefect server (idempotent)")
+    setup.add_argument("environments", nargs="+", metavar="ENV", help="environments in the environments file")
+    setup.add_argument("--work-pool", default="rds-migrations", help="default: rds-migrations")
+    setup.add_argument("--type", dest="pool_type", default="process", help="work pool type (default: process)")
+
+    resolve = commands.add_parser(
+        "resolve", help="explain a dirty database (a non-transactional migration that did not finish), "
+                        "or record how you resolved it by hand",
+    )
+    target_options(resolve)
+    migrations_option(resolve)
+    resolve.add_argument("migration", nargs="?", metavar="MIGRATION_ID", help="the dirty migration")
+    how = resolve.add_mutually_exclusive_group()
+    how.add_argument("--mark-applied", action="store_true",
+                     help="you finished it by hand: record it as applied")
+    how.add_argument("--mark-not-applied", action="store_true",
+                     help="you undid it by hand: it stays pending and runs again")
     return parser
 
 
@@ -126,13 +145,50 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if catalog.problems:
         print("\n".join(f"ERROR {p}" for p in catalog.problems))
         return EXIT_FAILED
-    current = plan(fetch_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order)
+    current = plan(fetch_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order,
+                   environment=environment.name)
     print(f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending")
     for migration_id in current.pending:
         print(f"  pending {migration_id}")
+    for index in current.invalid_indexes:
+        print(f"  WARNING {index}: the run will {index_action(environment)}")
     for problem in current.problems:
         print(f"  ERROR {problem}")
     return EXIT_FAILED if current.problems else EXIT_OK
+
+
+def index_action(environment: Environment) -> str:
+    if environment.policy.invalid_index == "drop_and_retry":
+        return "drop it and build it again (policy.invalid_index)"
+    return "refuse until it is dropped (policy.invalid_index)"
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Without MIGRATION_ID: explain what is dirty. With it: record the operator's resolution."""
+    from tasks.catalog import read_catalog
+    from tasks.migrate import LockTimeout, ResolveError, explain_state, resolve_dirty
+    from tasks.secrets import fetch_connection
+
+    marked = args.mark_applied or args.mark_not_applied
+    if args.migration is None and marked:
+        raise UsageError("name the migration to mark: resolve --env NAME MIGRATION_ID --mark-applied")
+    if args.migration is not None and not marked:
+        raise UsageError("say how it was resolved: --mark-applied (finished by hand) or --mark-not-applied "
+                         "(undone by hand)")
+    environment = _environment(args)
+    catalog = read_catalog(Path(args.migrations), Path.cwd())
+    connection = fetch_connection(environment)
+    if args.migration is None:
+        clean, explanation = explain_state(connection, catalog, environment=environment.name)
+        print(explanation)
+        return EXIT_OK if clean else EXIT_FAILED
+    try:
+        print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
+                            policy=environment.policy))
+    except (ResolveError, LockTimeout) as exc:
+        print(f"rds-migrations: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def run_flow(environment: Environment, **parameters: object) -> int:
@@ -166,13 +222,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_setup_prefect(args: argparse.Namespace) -> int:
+    from flows.setup import setup_prefect
+
+    for name in args.environments:
+        load_environment(name)  # a typo is a usage error, not a limit nobody uses
+    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type)))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import demo
 
     return demo(reset=args.reset)
 
 
-COMMANDS = {"demo": cmd_demo, "validate": cmd_validate, "plan": cmd_plan, "run": cmd_run}
+COMMANDS = {"demo": cmd_demo, "validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "resolve": cmd_resolve,
+            "setup-prefect": cmd_setup_prefect}
 
 
 def main(argv: list[str] | None = None) -> int:

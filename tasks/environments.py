@@ -302,7 +302,10 @@ def load_environments(path: Path) -> dict[str, Environment]:
 def load_environment(name: str, path: Path | None = None) -> Environment:
     path = path or environments_file()
     if not ENVIRONMENT_NAME.match(name):
-        raise ConfigError(f"environment name {name!r} is not valid (lowercase letters, digits and hyphens)")
+        # Not echoed: a value pasted into the wrong field may be a secret.
+        raise ConfigError(
+            f"the environment name given ({len(name)} characters) is not valid: lowercase letters, digits, hyphens"
+        )
     environments = load_environments(path)
     if name not in environments:
         raise ConfigError(f"{path}: no environment named {name!r} (known: {', '.join(sorted(environments))})")

@@ -4,23 +4,30 @@ What this engine does that yoyo 9 does not:
 - one connection for the whole run, with `lock_timeout` and `statement_timeout` set from policy;
 - a session-level advisory lock, polled with `pg_try_advisory_lock` outside any transaction, so a killed
   process never leaves a stale lock (the server releases it with the session);
-- each transactional migration commits in ONE transaction with its yoyo history rows and its checksum
-  row; a non-transactional migration runs alone and is recorded only after it succeeded;
+- each transactional migration commits in ONE transaction with its yoyo history rows and its checksum row;
 - the content checksum of every applied migration is kept (`_rds_migrations_history`): an applied file that
   was edited, renamed or deleted is refused before anything runs;
-- a lock timeout (SQLSTATE 55P03) rolls the migration back and retries it, with backoff and jitter.
+- a lock timeout (SQLSTATE 55P03) rolls a transactional migration back and retries it, with backoff and
+  jitter; a non-transactional migration is never retried;
+- a non-transactional migration is marked dirty (`_rds_migrations_dirty`) before its first statement, and
+  its record replaces the mark in one transaction after its last. A run that finds a mark refuses, explains
+  what the migration left behind, and names the command that resolves it (`rds-migrations resolve`);
+- an INVALID index left by a failed `CREATE INDEX CONCURRENTLY` of a pending migration is dropped and built
+  again, or refused with the command that drops it, as the policy says (`invalid_index`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
@@ -31,11 +38,13 @@ from tasks.environments import Policy
 from tasks.secrets import Connection, redact
 
 logger = logging.getLogger(__name__)
+Log = logging.Logger | logging.LoggerAdapter
 
 # One key for every run of this tool on a database (advisory locks are scoped to the current database).
 ADVISORY_LOCK_KEY = 0x52_44_53_4D_49_47_52_01  # "RDSMIGR\x01"
 LOCK_POLL_SECONDS = 0.25
 HISTORY_TABLE = "_rds_migrations_history"
+DIRTY_TABLE = "_rds_migrations_dirty"
 
 HISTORY_DDL = f"""
 CREATE TABLE IF NOT EXISTS _yoyo_migration (
@@ -58,6 +67,19 @@ CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
     flow_run_id TEXT,
     duration_ms INTEGER,
     transactional BOOLEAN NOT NULL DEFAULT true);
+CREATE TABLE IF NOT EXISTS {DIRTY_TABLE} (
+    migration_id VARCHAR(255) PRIMARY KEY,
+    state TEXT NOT NULL,                         -- running | failed | recording
+    statement_number INTEGER NOT NULL DEFAULT 0, -- the statement being run, 1-based
+    statement_count INTEGER NOT NULL,
+    checksum CHAR(64) NOT NULL,
+    sqlstate TEXT,
+    message TEXT,
+    git_sha TEXT,
+    flow_run_id TEXT,
+    backend_pid INTEGER NOT NULL DEFAULT pg_backend_pid(),
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
 """
 
 # The yoyo rows and our checksum row, in one statement (one round trip, inside the migration's transaction).
@@ -68,7 +90,7 @@ WITH migration AS (
 ), log AS (
     INSERT INTO _yoyo_log (id, migration_hash, migration_id, operation, username, hostname, comment,
                            created_at_utc)
-    VALUES (%(log_id)s, %(hash)s, %(id)s, 'apply', current_user, %(hostname)s, %(comment)s,
+    VALUES (%(log_id)s, %(hash)s, %(id)s, %(operation)s, current_user, %(hostname)s, %(comment)s,
             now() AT TIME ZONE 'utc') RETURNING 1
 )
 INSERT INTO {HISTORY_TABLE} (migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional)
@@ -77,18 +99,115 @@ ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_a
     git_sha = EXCLUDED.git_sha, flow_run_id = EXCLUDED.flow_run_id, duration_ms = EXCLUDED.duration_ms
 """
 
+MARK_DIRTY_SQL = f"""
+INSERT INTO {DIRTY_TABLE} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
+VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s)
+"""
+PROGRESS_SQL = f"""
+UPDATE {DIRTY_TABLE} SET state = %s, statement_number = %s, sqlstate = %s, message = %s, updated_at = now()
+WHERE migration_id = %s
+"""
+CLEAR_DIRTY_SQL = f"DELETE FROM {DIRTY_TABLE} WHERE migration_id = %s"
+# A mark whose session still holds the migration lock belongs to a run in progress, not to a dead one.
+DIRTY_SQL = f"""
+SELECT d.migration_id, d.state, d.statement_number, d.statement_count, d.checksum, d.sqlstate, d.message,
+       d.flow_run_id, d.started_at
+FROM {DIRTY_TABLE} d
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.pid = d.backend_pid AND l.locktype = 'advisory' AND l.granted
+      AND ((l.classid::bigint << 32) | l.objid::bigint) = %s)
+ORDER BY d.started_at
+"""
+
 LOCK_NOT_AVAILABLE = "55P03"
+
+# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON [ONLY] [schema.]table`: the index is created in
+# the table's schema. An unnamed index cannot be found again by name and is not handled.
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+CONCURRENT_INDEX = re.compile(
+    rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<name>{_IDENT})\s+"
+    rf"ON\s+(?:ONLY\s+)?(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)",
+    re.IGNORECASE,
+)
+LEADING_COMMENTS = re.compile(r"^(?:\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/))*\s*", re.DOTALL)
 
 
 # ---- typed values ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class DirtyMigration:
+    """A non-transactional migration that started and did not finish: its row in `_rds_migrations_dirty`."""
+
+    migration_id: str
+    state: str  # "running": the run died during it; "failed": a statement failed; "recording": ran, unrecorded
+    statement_number: int  # the statement that was running or failed (1-based)
+    statement_count: int
+    checksum: str
+    sqlstate: str | None = None
+    message: str | None = None
+    flow_run_id: str | None = None
+    started_at: datetime | None = None
+
+    def describe(self) -> str:
+        k, n = self.statement_number, self.statement_count
+        if self.state == "recording":
+            what = f"all {n} statement(s) ran, but the run stopped before recording it"
+        elif self.state == "failed":
+            what = f"statement {k} of {n} failed (SQLSTATE {self.sqlstate}: {self.message}); {_applied_before(k)}"
+        else:
+            what = (f"the run stopped (process killed or connection lost) during statement {k} of {n}; "
+                    f"{_applied_before(k)}, and statement {k} may or may not have completed")
+        when = f"{self.started_at:%Y-%m-%d %H:%M:%S %Z}" if self.started_at else "an unknown time"
+        return f"{self.migration_id} (non-transactional) is dirty: {what} (run {self.flow_run_id or '-'}, {when})"
+
+
+def _applied_before(number: int) -> str:
+    if number <= 1:
+        return "no statement before it ran"
+    return "statement 1 is applied" if number == 2 else f"statements 1-{number - 1} are applied"
+
+
+def resolve_hint(migration_id: str, environment: str | None) -> str:
+    """What an operator runs to get a dirty database going again (documented in RELIABILITY.md)."""
+    where = f"--env {environment}" if environment else "--env NAME"
+    return (
+        f"see what it left with `rds-migrations resolve {where}`; then either finish it by hand and run "
+        f"`rds-migrations resolve {where} {migration_id} --mark-applied`, or undo it by hand and run "
+        f"`rds-migrations resolve {where} {migration_id} --mark-not-applied` (it then runs again)"
+    )
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class InvalidIndex:
+    """An INVALID index named by a pending migration's `CREATE INDEX CONCURRENTLY`: a failed build's leftover."""
+
+    migration_id: str
+    schema: str
+    name: str
+    table: str
+
+    @property
+    def drop_command(self) -> str:
+        return f"DROP INDEX CONCURRENTLY IF EXISTS {quote_identifier(self.schema)}.{quote_identifier(self.name)};"
+
+    def __str__(self) -> str:
+        return (f"INVALID index {quote_identifier(self.schema)}.{quote_identifier(self.name)} on {self.table}, "
+                f"left by a failed CREATE INDEX CONCURRENTLY of {self.migration_id}")
+
+
+@dataclass(frozen=True)
 class History:
-    """What the database says was applied: yoyo's ids, and our checksums where we recorded them."""
+    """What the database says was applied: yoyo's ids, our checksums where we recorded them, dirty marks."""
 
     applied: tuple[str, ...] = ()
     checksums: dict[str, str] = field(default_factory=dict)
+    dirty: tuple[DirtyMigration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +219,7 @@ class Plan:
     problems: tuple[str, ...] = ()
     unverified: tuple[str, ...] = ()  # applied before checksums were kept (e.g. by plain yoyo)
     beyond_target: tuple[str, ...] = ()  # pending, but after the requested target
+    invalid_indexes: tuple[InvalidIndex, ...] = ()  # dropped or refused by policy.invalid_index
 
 
 @dataclass(frozen=True)
@@ -117,19 +237,35 @@ class MigrationFailure:
     message: str
     transactional: bool
     attempts: int = 1
+    statement_number: int = 0  # 1-based; 0 when not known (recording failed)
+    statement_count: int = 0
+    dirty: bool = False  # non-transactional and left partly applied: later runs refuse until resolved
+    resolution: str = ""
+
+    def outcome(self) -> str:
+        if self.transactional and self.sqlstate == LOCK_NOT_AVAILABLE:
+            return (f"rolled back: database unchanged, {self.attempts} attempts, each stopped by lock_timeout "
+                    "behind another session's lock; find it with pg_blocking_pids() and run again")
+        if self.transactional:
+            return "rolled back: the database is as it was before this migration"
+        if self.dirty and self.statement_number == 0:
+            return "non-transactional: all its statements ran but it could not be recorded; the database is dirty"
+        if self.dirty:
+            return (f"non-transactional: {_applied_before(self.statement_number)}; the database is marked dirty "
+                    "and later runs refuse until it is resolved")
+        leftover = ""
+        if concurrent_index(self.statement):
+            leftover = ("; a failed CREATE INDEX CONCURRENTLY leaves an INVALID index, which the next run drops or "
+                        "refuses (policy.invalid_index)")
+        return f"non-transactional, so not retried: its first statement failed and nothing else ran{leftover}"
 
     def __str__(self) -> str:
         state = f"SQLSTATE {self.sqlstate}" if self.sqlstate else "no SQLSTATE"
-        outcome = (
-            "rolled back: the database is as it was before this migration"
-            if self.transactional
-            else "non-transactional: statements before the failing one stay applied"
-        )
         tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
-        return (
-            f"migration {self.migration_id} failed{tries} ({state}): {self.message}\n"
-            f"  statement: {_shorten(self.statement)}\n  {outcome}"
-        )
+        which = f"statement {self.statement_number} of {self.statement_count}" if self.statement_number else "statement"
+        text = (f"migration {self.migration_id} failed{tries} ({state}): {self.message}\n"
+                f"  {which}: {_shorten(self.statement)}\n  {self.outcome()}")
+        return text + (f"\n  to resolve: {self.resolution}" if self.resolution else "")
 
 
 @dataclass(frozen=True)
@@ -157,8 +293,28 @@ class HistoryMismatch(Exception):
     """The database's history does not match the files: nothing was applied."""
 
 
+class DirtyDatabase(HistoryMismatch):
+    """A non-transactional migration did not finish: nothing runs until an operator resolves it."""
+
+
+class InvalidIndexFound(HistoryMismatch):
+    """An INVALID index is in the way of a pending migration and the policy says refuse: nothing was applied."""
+
+    def __init__(self, indexes: Iterable[InvalidIndex], reason: str = "policy.invalid_index is 'refuse'") -> None:
+        self.indexes = tuple(indexes)
+        lines = [f"{index}; drop it, then run again: {index.drop_command}" for index in self.indexes]
+        super().__init__(
+            "; ".join(lines) + f" ({reason}; with the index in place the migration would fail, or with IF NOT "
+            "EXISTS be recorded while the index stays unusable; nothing was applied)"
+        )
+
+
 class LockTimeout(Exception):
     """Another run holds the migration lock."""
+
+
+class ResolveError(Exception):
+    """`rds-migrations resolve` was asked for something that is not so (not dirty, file changed or missing)."""
 
 
 # ---- read-only: history and plan -------------------------------------------------------------------------
@@ -169,7 +325,7 @@ def read_history(conn: psycopg.Connection) -> History:
         row[0]
         for row in conn.execute(
             "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%s) AND pg_table_is_visible(c.oid)",
-            (["_yoyo_migration", HISTORY_TABLE],),
+            (["_yoyo_migration", HISTORY_TABLE, DIRTY_TABLE],),
         )
     }
     if "_yoyo_migration" not in tables:
@@ -180,13 +336,19 @@ def read_history(conn: psycopg.Connection) -> History:
     checksums: dict[str, str] = {}
     if HISTORY_TABLE in tables:
         checksums = dict(conn.execute(f"SELECT migration_id, checksum FROM {HISTORY_TABLE}").fetchall())
-    return History(applied, checksums)
+    dirty: tuple[DirtyMigration, ...] = ()
+    if DIRTY_TABLE in tables:
+        dirty = tuple(DirtyMigration(*row) for row in conn.execute(DIRTY_SQL, (ADVISORY_LOCK_KEY,)))
+    return History(applied, checksums, dirty)
 
 
 def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
-              allow_out_of_order: bool = False) -> Plan:
+              allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Compare files and history: what is pending, and what makes applying unsafe."""
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{dirty.describe()}; nothing runs until it is resolved: {resolve_hint(dirty.migration_id, environment)}"
+        for dirty in history.dirty
+    ]
     unverified: list[str] = []
     applied = set(history.applied)
     for migration_id in history.applied:
@@ -205,14 +367,14 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 "applied version and put the change in a new migration"
             )
     pending = [m for m in catalog.migrations if m.id not in applied]
-    if pending and applied and not allow_out_of_order:
-        newest_applied = max(catalog.ids.index(i) for i in applied if i in catalog.ids) if any(
-            i in catalog.ids for i in applied) else -1
+    known_applied = [catalog.ids.index(i) for i in applied if i in catalog.ids]
+    if pending and known_applied and not allow_out_of_order:
+        newest_applied = max(known_applied)
         for migration in pending:
             if catalog.ids.index(migration.id) < newest_applied:
                 problems.append(
                     f"{migration.path.name}: out of order: it sorts before migrations already applied; "
-                    "renumber it after the newest applied migration"
+                    "renumber it after the newest applied migration (or set policy.allow_out_of_order)"
                 )
     beyond: list[str] = []
     if target is not None:
@@ -239,10 +401,155 @@ def _target_index(catalog: Catalog, target: str) -> int | None:
 
 
 def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,
-         allow_out_of_order: bool = False) -> Plan:
+         allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Read-only: connect, read the history, compare with the files. Takes no lock, writes nothing."""
     with _session(connection, read_only=True) as conn:
-        return make_plan(catalog, read_history(conn), target=target, allow_out_of_order=allow_out_of_order)
+        current = make_plan(catalog, read_history(conn), target=target, allow_out_of_order=allow_out_of_order,
+                            environment=environment)
+        return replace(current, invalid_indexes=find_invalid_indexes(conn, catalog, current.pending))
+
+
+# ---- non-transactional leftovers: INVALID indexes --------------------------------------------------------
+
+
+def concurrent_index(statement: str) -> tuple[str, str] | None:
+    """(index name, table as written) for a named `CREATE INDEX CONCURRENTLY`, else None."""
+    match = CONCURRENT_INDEX.match(LEADING_COMMENTS.sub("", statement, count=1))
+    if match is None:
+        return None
+    name = match["name"]
+    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    return name, re.sub(r"\s*\.\s*", ".", match["table"])
+
+
+def _index_state(conn: psycopg.Connection, statement: str) -> tuple[str, str, bool | None] | None:
+    """(schema, name, valid) of the index a `CREATE INDEX CONCURRENTLY` statement names; valid is None when
+    there is no such index. None for any other statement."""
+    named = concurrent_index(statement)
+    if named is None:
+        return None
+    name, table = named
+    row = conn.execute(
+        """
+        SELECT n.nspname, i.indisvalid OR EXISTS (
+                   SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE i.indrelid = to_regclass(%s) AND c.relname = %s
+        """,
+        (table, name),
+    ).fetchone()
+    return (row[0], name, row[1]) if row else ("", name, None)
+
+
+def find_invalid_indexes(conn: psycopg.Connection, catalog: Catalog,
+                         pending: Iterable[str]) -> tuple[InvalidIndex, ...]:
+    """INVALID indexes that a pending migration's `CREATE INDEX CONCURRENTLY` names (builds in progress are
+    valid for this purpose: another session is still building them)."""
+    found: list[InvalidIndex] = []
+    for migration_id in pending:
+        migration = catalog.get(migration_id)
+        for statement in migration.statements if migration and not migration.transactional else ():
+            state = _index_state(conn, statement)
+            if state is not None and state[2] is False:
+                found.append(InvalidIndex(migration_id, state[0], state[1], concurrent_index(statement)[1]))  # type: ignore[index]
+    return tuple(found)
+
+
+def _handle_invalid_indexes(conn: psycopg.Connection, catalog: Catalog, pending: tuple[str, ...], policy: Policy,
+                            log: Log) -> None:
+    invalid = find_invalid_indexes(conn, catalog, pending)
+    if not invalid:
+        return
+    if policy.invalid_index == "refuse":
+        raise InvalidIndexFound(invalid)
+    for index in invalid:
+        log.warning("%s; dropping it to build it again (policy.invalid_index = drop_and_retry): %s",
+                    index, index.drop_command)
+        try:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(index.schema,
+                                                                                              index.name)))
+        except psycopg.Error as exc:
+            raise InvalidIndexFound([index], f"dropping it failed with SQLSTATE {exc.sqlstate}") from None
+
+
+# ---- non-transactional leftovers: dirty marks, reconcile, resolve ----------------------------------------
+
+
+def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigration, environment: str | None,
+                  *, with_hint: bool = True) -> str:
+    """Reconcile instead of re-applying: what the mark says, each statement's fate, the indexes it names."""
+    lines = [dirty.describe()]
+    migration = catalog.get(dirty.migration_id)
+    if migration is None:
+        lines.append(f"  its file is not in {catalog.directory.name}/ any more: restore it to resolve this")
+    else:
+        if migration.checksum != dirty.checksum:
+            lines.append("  its file changed since it ran: restore the version that ran to resolve this")
+        for number, statement in enumerate(migration.statements, 1):
+            if dirty.state == "recording" or number < dirty.statement_number:
+                fate = "ran"
+            elif number == dirty.statement_number:
+                fate = "FAILED" if dirty.state == "failed" else "was running when the run stopped"
+            else:
+                fate = "not run"
+            index = _index_state(conn, statement)
+            note = ""
+            if index is not None:
+                valid = {True: "valid", False: "INVALID", None: "missing"}[index[2]]
+                note = f" [index {quote_identifier(index[1])}: {valid}]"
+            lines.append(f"  {number}. {fate}: {_shorten(statement, 120)}{note}")
+    if with_hint:
+        lines.append(f"  to resolve: {resolve_hint(dirty.migration_id, environment)}")
+    return "\n".join(lines)
+
+
+def explain_state(connection: Connection, catalog: Catalog, *, environment: str | None = None) -> tuple[bool, str]:
+    """Read-only, for operators: (clean, explanation) of dirty marks and INVALID indexes in the way."""
+    with _session(connection, read_only=True) as conn:
+        history = read_history(conn)
+        texts = [explain_dirty(conn, catalog, dirty, environment) for dirty in history.dirty]
+        pending = make_plan(catalog, history).pending
+        texts += [f"{index}: dropped on the next run by policy drop_and_retry, else drop it: {index.drop_command}"
+                  for index in find_invalid_indexes(conn, catalog, pending)]
+    if not texts:
+        return True, f"{connection.describe()}: clean (no dirty migration, no INVALID index in the way)"
+    return not history.dirty, "\n".join(texts)
+
+
+def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *, mark_applied: bool,
+                  policy: Policy, log: Log = logger) -> str:
+    """An operator finished (`mark_applied`) or undid a dirty migration by hand: record that, under the lock."""
+    with _session(connection, policy=policy, application_name="rds-migrations resolve") as conn, \
+            migration_lock(conn, policy.migration_lock_wait_seconds):
+        conn.execute(HISTORY_DDL)
+        dirty = {d.migration_id: d for d in read_history(conn).dirty}
+        if migration_id not in dirty:
+            others = f" (dirty: {', '.join(dirty)})" if dirty else " (nothing is dirty)"
+            raise ResolveError(f"{migration_id} is not marked dirty on {connection.describe()}{others}")
+        migration = catalog.get(migration_id)
+        if mark_applied:
+            if migration is None:
+                raise ResolveError(f"{migration_id}: its file is not in {catalog.directory.name}/; restore it first "
+                                   "(its checksum is recorded with it)")
+            if migration.checksum != dirty[migration_id].checksum:
+                raise ResolveError(f"{migration.path.name} changed since it ran; restore the version that ran first")
+            with conn.transaction():
+                _record(conn, migration, "resolved", None, time.monotonic(), operation="mark",
+                        comment="rds-migrations resolve --mark-applied")
+                conn.execute(CLEAR_DIRTY_SQL, (migration_id,))
+            outcome = f"{migration_id} is recorded as applied and no longer dirty"
+        else:
+            with conn.transaction():
+                conn.execute(CLEAR_DIRTY_SQL, (migration_id,))
+                conn.execute(
+                    "INSERT INTO _yoyo_log (id, migration_hash, migration_id, operation, username, hostname, "
+                    "comment, created_at_utc) VALUES (%s, %s, %s, 'unmark', current_user, %s, "
+                    "'rds-migrations resolve --mark-not-applied', now() AT TIME ZONE 'utc')",
+                    (str(uuid.uuid1()), get_migration_hash(migration_id), migration_id, socket.gethostname()[:255]),
+                )
+            outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it"
+    log.warning("Resolved by an operator: %s", outcome)
+    return outcome
 
 
 # ---- the apply loop --------------------------------------------------------------------------------------
@@ -309,9 +616,11 @@ def apply_pending(
     target: str | None = None,
     git_sha: str = "unknown",
     run_id: str | None = None,
-    log: logging.Logger | logging.LoggerAdapter = logger,
+    environment: str | None = None,
+    log: Log = logger,
 ) -> ApplyReport:
-    """Apply what is pending, one migration at a time. Raises `MigrationError` with the report on failure."""
+    """Apply what is pending, one migration at a time. Raises `MigrationError` with the report on failure,
+    `HistoryMismatch` (or `DirtyDatabase`, `InvalidIndexFound`) before applying anything when it is unsafe."""
     started = time.monotonic()
     application = f"rds-migrations run {run_id}" if run_id else "rds-migrations"
     password = connection.password.get_secret_value()
@@ -319,10 +628,16 @@ def apply_pending(
         with migration_lock(conn, policy.migration_lock_wait_seconds):
             conn.execute(HISTORY_DDL)
             # Planned again under the lock: another run may have applied migrations meanwhile.
-            current = make_plan(catalog, read_history(conn), target=target,
-                                allow_out_of_order=policy.allow_out_of_order)
+            history = read_history(conn)
+            if history.dirty:
+                raise DirtyDatabase("\n".join(
+                    explain_dirty(conn, catalog, dirty, environment) for dirty in history.dirty
+                ) + "\nnothing was applied")
+            current = make_plan(catalog, history, target=target, allow_out_of_order=policy.allow_out_of_order,
+                                environment=environment)
             if current.problems:
                 raise HistoryMismatch("; ".join(current.problems))
+            _handle_invalid_indexes(conn, catalog, current.pending, policy, log)
             _record_unverified(conn, catalog, current.unverified, log)
             applied: list[AppliedMigration] = []
             for position, migration_id in enumerate(current.pending):
@@ -331,7 +646,8 @@ def apply_pending(
                 log.info("Applying %s (%d of %d)", migration.id, position + 1, len(current.pending))
                 outcome = _apply_one(conn, migration, policy, git_sha=git_sha, run_id=run_id, log=log)
                 if isinstance(outcome, MigrationFailure):
-                    outcome = _redacted(outcome, password)
+                    resolution = resolve_hint(migration.id, environment) if outcome.dirty else ""
+                    outcome = _redacted(replace(outcome, resolution=resolution), password)
                     report = ApplyReport(
                         applied=tuple(applied),
                         failed=outcome,
@@ -348,7 +664,7 @@ def apply_pending(
 
 
 def _apply_one(conn: psycopg.Connection, migration: Migration, policy: Policy, *, git_sha: str,
-               run_id: str | None, log: logging.Logger | logging.LoggerAdapter) -> AppliedMigration | MigrationFailure:
+               run_id: str | None, log: Log) -> AppliedMigration | MigrationFailure:
     attempts = 0
     while True:
         attempts += 1
@@ -358,9 +674,10 @@ def _apply_one(conn: psycopg.Connection, migration: Migration, policy: Policy, *
         )
         if failure is None:
             return AppliedMigration(migration.id, time.monotonic() - started, attempts)
+        # Only a transaction that was rolled back is known to have changed nothing: never retry anything else.
         retryable = migration.transactional and failure.sqlstate == LOCK_NOT_AVAILABLE
         if not retryable or attempts > policy.lock_timeout_retries:
-            return MigrationFailure(**{**failure.__dict__, "attempts": attempts})
+            return replace(failure, attempts=attempts)
         delay = min(policy.lock_retry_max_delay_seconds, policy.lock_retry_base_delay_seconds * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.5)  # jitter: concurrent retries do not line up behind the same lock
         log.warning(
@@ -372,40 +689,67 @@ def _apply_one(conn: psycopg.Connection, migration: Migration, policy: Policy, *
 
 def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
                        started: float) -> MigrationFailure | None:
-    statement = ""
+    statement, number = "", 0
     try:
         with conn.transaction():
-            for statement in migration.statements:
+            for number, statement in enumerate(migration.statements, 1):  # noqa: B007 - reported on failure
                 conn.execute(statement, prepare=False)
             _record(conn, migration, git_sha, run_id, started)
     except psycopg.Error as exc:
-        return _failure(migration, statement, exc)
+        return _failure(migration, statement, exc, number)
     return None
 
 
 def _run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
                started: float) -> MigrationFailure | None:
-    statement = ""
+    """Statement by statement outside a transaction, under a dirty mark that the record replaces."""
+    password = conn.info.password or ""
+    conn.execute(MARK_DIRTY_SQL, {"id": migration.id, "count": len(migration.statements),
+                                  "checksum": migration.checksum, "git_sha": git_sha, "run_id": run_id})
+    statement, number = "", 0
     try:
-        for statement in migration.statements:
+        for number, statement in enumerate(migration.statements, 1):
+            conn.execute(PROGRESS_SQL, ("running", number, None, None, migration.id))
             conn.execute(statement, prepare=False)
     except psycopg.Error as exc:
-        return _failure(migration, statement, exc)
-    with conn.transaction():
-        _record(conn, migration, git_sha, run_id, started)
+        failure = _failure(migration, statement, exc, number)
+        if number == 1 and not conn.broken:
+            # One statement is atomic and nothing ran before it: the mark goes (an INVALID index that a
+            # CONCURRENTLY build leaves is found by name on the next run).
+            _quietly(conn, CLEAR_DIRTY_SQL, (migration.id,))
+            return failure
+        # A lost connection leaves the mark "running": the next run says the run stopped during it.
+        message = redact(failure.message, password)[:2000]  # the mark is read by later runs
+        _quietly(conn, PROGRESS_SQL, ("failed", number, failure.sqlstate, message, migration.id))
+        return replace(failure, dirty=True)
+    try:
+        conn.execute(PROGRESS_SQL, ("recording", len(migration.statements), None, None, migration.id))
+        with conn.transaction():
+            _record(conn, migration, git_sha, run_id, started)
+            conn.execute(CLEAR_DIRTY_SQL, (migration.id,))
+    except psycopg.Error as exc:
+        return replace(_failure(migration, "(recording it in the history tables)", exc, 0), dirty=True)
     return None
 
 
+def _quietly(conn: psycopg.Connection, query: str, params: tuple) -> None:
+    try:
+        conn.execute(query, params)
+    except psycopg.Error:
+        pass  # the connection is gone; the mark stays as it was and the next run explains it
+
+
 def _record(conn: psycopg.Connection, migration: Migration, git_sha: str, run_id: str | None,
-            started: float) -> None:
+            started: float, *, operation: str = "apply", comment: str | None = None) -> None:
     conn.execute(
         RECORD_SQL,
         {
             "hash": get_migration_hash(migration.id),
             "id": migration.id,
             "log_id": str(uuid.uuid1()),
+            "operation": operation,
             "hostname": socket.gethostname()[:255],
-            "comment": f"rds-migrations git_sha={git_sha} run={run_id or '-'}"[:255],
+            "comment": (comment or f"rds-migrations git_sha={git_sha} run={run_id or '-'}")[:255],
             "checksum": migration.checksum,
             "git_sha": git_sha,
             "run_id": run_id,
@@ -415,8 +759,7 @@ def _record(conn: psycopg.Connection, migration: Migration, git_sha: str, run_id
     )
 
 
-def _record_unverified(conn: psycopg.Connection, catalog: Catalog, ids: tuple[str, ...],
-                       log: logging.Logger | logging.LoggerAdapter) -> None:
+def _record_unverified(conn: psycopg.Connection, catalog: Catalog, ids: tuple[str, ...], log: Log) -> None:
     """Migrations applied before checksums were kept (plain yoyo): adopt the current file's checksum."""
     for migration_id in ids:
         migration = catalog.get(migration_id)
@@ -429,7 +772,7 @@ def _record_unverified(conn: psycopg.Connection, catalog: Catalog, ids: tuple[st
         )
 
 
-def _failure(migration: Migration, statement: str, exc: psycopg.Error) -> MigrationFailure:
+def _failure(migration: Migration, statement: str, exc: psycopg.Error, number: int) -> MigrationFailure:
     message = (exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)).strip()
     if exc.diag and exc.diag.message_detail:
         message += f" ({exc.diag.message_detail.strip()})"
@@ -439,18 +782,13 @@ def _failure(migration: Migration, statement: str, exc: psycopg.Error) -> Migrat
         sqlstate=exc.sqlstate,
         message=message,
         transactional=migration.transactional,
+        statement_number=number,
+        statement_count=len(migration.statements),
     )
 
 
 def _redacted(failure: MigrationFailure, password: str) -> MigrationFailure:
-    return MigrationFailure(
-        migration_id=failure.migration_id,
-        statement=redact(failure.statement, password),
-        sqlstate=failure.sqlstate,
-        message=redact(failure.message, password),
-        transactional=failure.transactional,
-        attempts=failure.attempts,
-    )
+    return replace(failure, statement=redact(failure.statement, password), message=redact(failure.message, password))
 
 
 def _shorten(statement: str, limit: int = 300) -> str:
@@ -480,15 +818,15 @@ def roll_back(connection: Connection, migration: Migration, policy: Policy) -> N
     params = {"hash": get_migration_hash(migration.id), "id": migration.id, "log_id": str(uuid.uuid1()),
               "hostname": socket.gethostname()[:255]}
     with _session(connection, policy=policy) as conn, migration_lock(conn, policy.migration_lock_wait_seconds):
-        statement = ""
+        statement, number = "", 0
         try:
             with conn.transaction() if migration.transactional else _no_transaction():
-                for statement in migration.rollback_statements:
+                for number, statement in enumerate(migration.rollback_statements, 1):  # noqa: B007
                     conn.execute(statement, prepare=False)
                 if migration.transactional:
                     conn.execute(UNRECORD_SQL, params)
         except psycopg.Error as exc:
-            failure = _failure(migration, statement, exc)
+            failure = _failure(migration, statement, exc, number)
             raise MigrationError(f"rollback of {failure}", ApplyReport(failed=failure)) from None
         if not migration.transactional:
             with conn.transaction():
@@ -519,13 +857,14 @@ from tasks.transient import retry_on_transient  # noqa: E402
     cache_policy=NO_CACHE,
 )
 def migrate(connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None = None,
-            git_sha: str = "unknown", run_id: str | None = None) -> ApplyReport:
+            git_sha: str = "unknown", run_id: str | None = None, environment: str | None = None) -> ApplyReport:
     """Apply the pending migrations under the migration lock.
 
     Example:
-        report = migrate(connection, catalog, environment.policy, git_sha="1a2b3c4")
+        report = migrate(connection, catalog, environment.policy, git_sha="1a2b3c4", environment="production")
     """
     log = get_run_logger()
-    report = apply_pending(connection, catalog, policy, target=target, git_sha=git_sha, run_id=run_id, log=log)
+    report = apply_pending(connection, catalog, policy, target=target, git_sha=git_sha, run_id=run_id,
+                           environment=environment, log=log)
     log.info("Applied %d migration(s) in %.1fs", len(report.applied), report.duration_seconds)
     return report

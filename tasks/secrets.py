@@ -81,8 +81,11 @@ class DatabaseUnreachable(Exception):
     """Connecting failed. Transient when the server refused or was not there; not when auth failed."""
 
     def __init__(self, connection: Connection, detail: str, sqlstate: str | None) -> None:
+        # libpq reports a refused password at connect time as text, without the SQLSTATE: name it anyway.
+        if sqlstate is None and "password authentication failed" in detail:
+            sqlstate = "28P01"
         self.sqlstate = sqlstate
-        self.auth_failed = sqlstate in {"28P01", "28000"} or "password authentication failed" in detail
+        self.auth_failed = sqlstate in {"28P01", "28000"}
         super().__init__(f"cannot connect to {connection.describe()}: {detail.strip()}")
 
 
@@ -91,8 +94,10 @@ def _sqlstate(exc: psycopg.Error) -> str | None:
 
 
 def redact(text: str, *secrets: str) -> str:
+    # A secret of one to three characters is no secret, and starring every "p" in a message would both
+    # garble it and give the password away.
     for secret in secrets:
-        if secret:
+        if len(secret) >= 4:
             text = text.replace(secret, "**********")
     return text
 
@@ -187,12 +192,37 @@ def read_embedded(credentials: EmbeddedCredentials) -> Connection:
     return ensure_embedded_database(credentials.database)
 
 
+# Secrets Manager errors that no retry mends: what each means for the person running the migration.
+SECRET_READ_ERRORS = {
+    "ResourceNotFoundException": "no such secret (check credentials.secret_id and aws.region)",
+    "AccessDeniedException": "access denied: the role needs secretsmanager:GetSecretValue on this secret",
+    "DecryptionFailure": "Secrets Manager cannot decrypt it: the role needs kms:Decrypt on the secret's KMS key, "
+                         "and the key must be enabled",
+    "InvalidRequestException": "it cannot be read now (deleted, or scheduled for deletion?)",
+    "InvalidParameterException": "the request was refused (check credentials.secret_id)",
+}
+
+
 def fetch_connection(environment: Environment) -> Connection:
-    """The engine behind the fetch-secret task."""
+    """The engine behind the fetch-secret task. AWS errors that a retry cannot mend become a `SecretError`
+    naming the secret and what to do; throttling and 5xx are raised as they are, for the task to retry."""
+    from botocore.exceptions import ClientError
+
+    from tasks.transient import is_transient
+
     credentials = environment.credentials
     if isinstance(credentials, SecretsManagerCredentials):
         assert environment.aws is not None  # checked when the environment was loaded
-        return read_secrets_manager(credentials, environment.aws)
+        try:
+            return read_secrets_manager(credentials, environment.aws)
+        except ClientError as exc:
+            if is_transient(exc):
+                raise
+            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+            meaning = SECRET_READ_ERRORS.get(code, "Secrets Manager refused to return it")
+            raise SecretError(
+                f"secretsmanager:{credentials.secret_id} in {environment.aws.region}: {meaning} ({code})"
+            ) from None
     if isinstance(credentials, UrlFromEnvCredentials):
         return read_url_from_env(credentials)
     return read_embedded(credentials)

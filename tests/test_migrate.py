@@ -15,11 +15,16 @@ import pytest
 from tasks.catalog import read_catalog
 from tasks.environments import Policy
 from tasks.migrate import (
+    ApplyReport,
+    DirtyDatabase,
     HistoryMismatch,
+    InvalidIndexFound,
     LockTimeout,
     MigrationError,
+    ResolveError,
     apply_pending,
     plan,
+    resolve_dirty,
 )
 from tasks.secrets import Connection, connected
 from tests.helpers import write_migrations
@@ -198,7 +203,8 @@ def test_lock_timeout_gives_up_after_the_retries_with_database_unchanged(
         reader.close()
     assert raised.value.report.failed.sqlstate == "55P03"
     assert raised.value.report.failed.attempts == 3
-    assert "after 3 attempts" in str(raised.value) and "rolled back" in str(raised.value)
+    assert "after 3 attempts" in str(raised.value) and "rolled back: database unchanged, 3 attempts" in str(
+        raised.value)
     with connected(database) as conn:
         columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='busy'")
         assert columns.fetchone()[0] == 1
@@ -257,7 +263,8 @@ from pydantic import SecretStr
 c = Connection(host=sys.argv[1], port=int(sys.argv[2]), dbname=sys.argv[3], user=sys.argv[4],
                password=SecretStr(sys.stdin.read()))
 project = Path(sys.argv[5])
-apply_pending(c, read_catalog(project / "migrations", project), Policy())
+lock_timeout_ms = int(sys.argv[6]) if len(sys.argv) > 6 else 2000
+apply_pending(c, read_catalog(project / "migrations", project), Policy(lock_timeout_ms=lock_timeout_ms))
 """
 
 
@@ -309,3 +316,376 @@ def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
     report = apply_pending(database, read_catalog(tmp_path / "migrations", tmp_path),
                            POLICY.model_copy(update={"migration_lock_wait_seconds": 5}))
     assert report.applied_ids == ("0002.slow",)
+
+
+# ---- the migrating process, killed -----------------------------------------------------------------------
+
+
+def start_migrating(database: Connection, project: Path, lock_timeout_ms: int = 2000) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, database.host, str(database.port), database.dbname, database.user,
+         str(project), str(lock_timeout_ms)],
+        stdin=subprocess.PIPE, cwd=Path(__file__).parents[1],
+    )
+    process.stdin.write(database.password.get_secret_value().encode())  # type: ignore[union-attr]
+    process.stdin.close()  # type: ignore[union-attr]
+    return process
+
+
+def wait_until(watcher, query: str, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not watcher.execute(query).fetchone():
+        assert time.monotonic() < deadline, f"never saw: {what}"
+        assert process.poll() is None, f"the migrating process ended before: {what}"
+        time.sleep(0.05)
+
+
+def kill_9(process: subprocess.Popen, watcher) -> None:
+    """SIGKILL the migrating process, then end its server session (the server notices a dead client only
+    when it next talks to it) so that its advisory lock goes and its open transaction rolls back."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    sessions = ("FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()")
+    deadline = time.monotonic() + 30
+    while watcher.execute(f"SELECT 1 {sessions}").fetchone():
+        watcher.execute(f"SELECT pg_terminate_backend(pid) {sessions}")
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def dirty_state(database: Connection) -> list[tuple]:
+    with connected(database) as conn:
+        return conn.execute(
+            "SELECT migration_id, state, statement_number FROM _rds_migrations_dirty ORDER BY 1").fetchall()
+
+
+def test_kill_9_during_a_non_transactional_migration_reports_dirty_and_never_reapplies(
+    tmp_path: Path, database: Connection
+) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
+        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    files = {
+        "0001.first.sql": "CREATE TABLE first (id bigint);\n",
+        "0002.nt.sql": (
+            "-- transactional: false\n"
+            "CREATE TABLE nt_a (id bigint);\n"
+            "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
+            "CREATE TABLE nt_b (id bigint);\n"
+        ),
+        "0003.last.sql": "CREATE TABLE last (id bigint);\n",
+    }
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    process = start_migrating(database, tmp_path)
+    with connected(database, application_name="test-watcher") as watcher:
+        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DO $$%%pg_sleep%%' "
+                            "AND datname = current_database()", process, "the second statement running")
+        kill_9(process, watcher)
+        watcher.execute("DELETE FROM sleep_flag")
+
+    assert dirty_state(database) == [("0002.nt", "running", 2)]
+    assert applied_ids(database) == ["0001.first"]
+    problems = " ".join(plan(database, catalog, environment="staging").problems)
+    assert "0002.nt (non-transactional) is dirty: the run stopped (process killed or connection lost) " \
+           "during statement 2 of 3; statement 1 is applied" in problems
+    assert "rds-migrations resolve --env staging 0002.nt --mark-not-applied" in problems
+    with pytest.raises(DirtyDatabase) as raised:  # no blind re-apply: 0002 is not run again, 0003 not at all
+        apply_pending(database, catalog, POLICY, environment="staging")
+    explained = str(raised.value)
+    assert "1. ran: CREATE TABLE nt_a" in explained
+    assert "2. was running when the run stopped: DO $$" in explained
+    assert "3. not run: CREATE TABLE nt_b" in explained and "nothing was applied" in explained
+    assert {"nt_a", "first"} <= tables(database) and not {"nt_b", "last"} & tables(database)
+
+    # The operator undoes statement 1 and says so; the migration runs again, whole, and so does the rest.
+    with connected(database) as conn:
+        conn.execute("DROP TABLE nt_a")
+    assert "pending again" in resolve_dirty(database, catalog, "0002.nt", mark_applied=False, policy=POLICY)
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0002.nt", "0003.last")
+    assert dirty_state(database) == []
+
+
+def test_a_run_killed_between_statements_and_record_is_reconciled_not_reapplied(
+    tmp_path: Path, database: Connection
+) -> None:
+    files = {
+        "0001.nt.sql": "-- transactional: false\nCREATE TABLE nt (id bigint);\nSELECT pg_sleep(0.5);\n",
+        "0002.next.sql": "CREATE TABLE next (id bigint);\n",
+    }
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    process = start_migrating(database, tmp_path, lock_timeout_ms=30_000)
+    with connected(database, application_name="test-watcher") as watcher:
+        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%' "
+                            "AND datname = current_database()", process, "the last statement running")
+        blocker = database.connect(autocommit=False, application_name="test-blocker")
+        blocker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")  # the record will wait
+        wait_until(watcher, "SELECT 1 FROM _rds_migrations_dirty WHERE state = 'recording'", process,
+                   "the statements done and the record started")
+        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
+                            "AND wait_event_type = 'Lock'", process, "the record waiting")
+        os.kill(process.pid, signal.SIGKILL)  # the crash: after the statements, before the record
+        blocker.close()
+        kill_9(process, watcher)
+
+    assert "nt" in tables(database) and applied_ids(database) == []
+    assert dirty_state(database) == [("0001.nt", "recording", 2)]
+    with pytest.raises(DirtyDatabase) as raised:
+        apply_pending(database, catalog, POLICY)
+    explained = str(raised.value)
+    assert "all 2 statement(s) ran, but the run stopped before recording it" in explained
+    assert "1. ran: CREATE TABLE nt" in explained and "2. ran: SELECT pg_sleep" in explained
+    assert "--mark-applied" in explained
+
+    resolve_dirty(database, catalog, "0001.nt", mark_applied=True, policy=POLICY)
+    # Re-applying would fail (the table exists): the record is what was missing, and now it is there.
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0002.next",)
+    with connected(database) as conn:
+        assert conn.execute("SELECT operation FROM _yoyo_log WHERE migration_id = '0001.nt'").fetchall() == [
+            ("mark",)]
+        assert conn.execute("SELECT git_sha FROM _rds_migrations_history WHERE migration_id = '0001.nt'"
+                            ).fetchone() == ("resolved",)
+
+
+# ---- non-transactional failures: dirty marks and INVALID indexes ------------------------------------------
+
+
+HALF = {
+    "0001.t.sql": "CREATE TABLE t (id bigint);\n",
+    "0002.half.sql": (
+        "-- transactional: false\n"
+        "CREATE TABLE half_a (id bigint);\n"
+        "INSERT INTO no_such_table VALUES (1);\n"
+        "CREATE TABLE half_b (id bigint);\n"
+    ),
+    "0003.after.sql": "CREATE TABLE after_half (id bigint);\n",
+}
+
+
+def test_a_non_transactional_migration_failing_halfway_marks_the_database_dirty_until_resolved(
+    tmp_path: Path, database: Connection
+) -> None:
+    catalog = read_catalog(write_migrations(tmp_path, HALF), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY, environment="staging")
+    failed = raised.value.report.failed
+    assert failed is not None and failed.dirty and (failed.statement_number, failed.statement_count) == (2, 3)
+    message = str(raised.value)
+    assert "statement 2 of 3: INSERT INTO no_such_table" in message and "42P01" in message
+    assert "statement 1 is applied; the database is marked dirty" in message
+    assert "rds-migrations resolve --env staging 0002.half --mark-applied" in message
+    assert dirty_state(database) == [("0002.half", "failed", 2)]
+
+    problems = plan(database, catalog).problems
+    assert len(problems) == 1 and "0002.half (non-transactional) is dirty: statement 2 of 3 failed " \
+                                  "(SQLSTATE 42P01" in problems[0]
+    with pytest.raises(DirtyDatabase, match=r"(?s)1\. ran: .*2\. FAILED: INSERT.*3\. not run"):
+        apply_pending(database, catalog, POLICY)
+    assert "after_half" not in tables(database)
+    with pytest.raises(ResolveError, match="0003.after is not marked dirty.*dirty: 0002.half"):
+        resolve_dirty(database, catalog, "0003.after", mark_applied=True, policy=POLICY)
+
+    with connected(database) as conn:  # the operator finishes it by hand, then records that
+        conn.execute("CREATE TABLE half_b (id bigint)")
+    assert "recorded as applied" in resolve_dirty(database, catalog, "0002.half", mark_applied=True, policy=POLICY)
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0003.after",)
+    assert applied_ids(database) == ["0001.t", "0002.half", "0003.after"]
+
+
+def test_resolve_refuses_when_the_file_changed_since_it_ran(tmp_path: Path, database: Connection) -> None:
+    directory = write_migrations(tmp_path, HALF)
+    with pytest.raises(MigrationError):
+        apply_pending(database, read_catalog(directory, tmp_path), POLICY)
+    write_migrations(tmp_path, {"0002.half.sql": HALF["0002.half.sql"].replace("no_such_table", "t")})
+    catalog = read_catalog(directory, tmp_path)
+    with pytest.raises(DirtyDatabase, match="its file changed since it ran"):
+        apply_pending(database, catalog, POLICY)
+    with pytest.raises(ResolveError, match="0002.half.sql changed since it ran"):
+        resolve_dirty(database, catalog, "0002.half", mark_applied=True, policy=POLICY)
+
+
+def test_a_failing_first_statement_leaves_the_database_clean_and_is_not_retried(
+    tmp_path: Path, database: Connection
+) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    files = {"0001.nt.sql": "-- transactional: false\nALTER TABLE busy ADD COLUMN c int;\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    policy = POLICY.model_copy(update={"lock_timeout_ms": 50, "lock_timeout_retries": 5,
+                                       "lock_retry_base_delay_seconds": 0.01})
+    reader = database.connect(autocommit=False)
+    reader.execute("SELECT * FROM busy")
+    try:
+        with pytest.raises(MigrationError) as raised:
+            apply_pending(database, catalog, policy)
+    finally:
+        reader.close()
+    failed = raised.value.report.failed
+    assert failed is not None and failed.sqlstate == "55P03" and failed.attempts == 1 and not failed.dirty
+    assert "non-transactional, so not retried" in str(raised.value)
+    assert dirty_state(database) == [] and plan(database, catalog).problems == ()
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0001.nt",)  # once the reader is gone
+
+
+def test_a_mark_of_a_run_in_progress_is_not_dirty(tmp_path: Path, database: Connection) -> None:
+    files = {"0001.nt.sql": "-- transactional: false\nCREATE TABLE nt (id bigint);\nSELECT pg_sleep(1);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    running = threading.Thread(target=apply_pending, args=(database, catalog, POLICY))
+    running.start()
+    try:
+        with connected(database) as conn:
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT to_regclass('_rds_migrations_dirty')").fetchone()[0] is None or \
+                    not conn.execute("SELECT 1 FROM _rds_migrations_dirty").fetchone():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        current = plan(database, catalog)
+        assert current.problems == () and current.pending == ("0001.nt",)
+    finally:
+        running.join()
+    assert applied_ids(database) == ["0001.nt"] and dirty_state(database) == []
+
+
+UNIQUE_EMAIL = {
+    "0001.users-email.sql": (
+        "-- transactional: false\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON users (email);\n"
+    ),
+}
+
+
+def users_with_a_duplicate(database: Connection) -> None:
+    with connected(database) as conn:
+        conn.execute("CREATE TABLE users (id bigint PRIMARY KEY, email text)")
+        conn.execute("INSERT INTO users VALUES (1, 'a@example.com'), (2, 'a@example.com')")
+
+
+def index_valid(database: Connection, name: str) -> bool | None:
+    with connected(database) as conn:
+        row = conn.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                           "WHERE c.relname = %s", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def test_an_invalid_index_is_refused_with_the_exact_drop_command(tmp_path: Path, database: Connection) -> None:
+    users_with_a_duplicate(database)
+    files = {k: v.format(name="users_email_key") for k, v in UNIQUE_EMAIL.items()}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY)
+    assert raised.value.report.failed.sqlstate == "23505"  # type: ignore[union-attr]
+    assert "leaves an INVALID index, which the next run drops or refuses" in str(raised.value)
+    assert index_valid(database, "users_email_key") is False and dirty_state(database) == []
+
+    with connected(database) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")  # the data is fixed; the INVALID index is still there
+    command = 'DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_key";'
+    assert [i.drop_command for i in plan(database, catalog).invalid_indexes] == [command]
+    with pytest.raises(InvalidIndexFound) as refused:
+        apply_pending(database, catalog, POLICY)
+    assert f"drop it, then run again: {command}" in str(refused.value) and "0001.users-email" in str(refused.value)
+    assert applied_ids(database) == []  # IF NOT EXISTS would have skipped the build and recorded it
+
+    with connected(database) as conn:
+        conn.execute(command)
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0001.users-email",)
+    assert index_valid(database, "users_email_key") is True
+
+
+def test_an_invalid_index_is_dropped_and_built_again_when_the_policy_says_so(
+    tmp_path: Path, database: Connection
+) -> None:
+    users_with_a_duplicate(database)
+    hostile = 'users_email"; DROP TABLE users; --'  # a name is an identifier, always quoted
+    files = {k: v.format(name='"users_email""; DROP TABLE users; --"') for k, v in UNIQUE_EMAIL.items()}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError):
+        apply_pending(database, catalog, POLICY)
+    assert index_valid(database, hostile) is False
+    with connected(database) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")
+
+    policy = POLICY.model_copy(update={"invalid_index": "drop_and_retry"})
+    assert apply_pending(database, catalog, policy).applied_ids == ("0001.users-email",)
+    assert index_valid(database, hostile) is True and "users" in tables(database)
+
+
+# ---- traffic: app queries during lock-timeout retries; many runs at once ----------------------------------
+
+
+def test_app_queries_wait_about_lock_timeout_at_most_while_the_migration_retries(
+    tmp_path: Path, database: Connection
+) -> None:
+    """A long reader holds ACCESS SHARE for 3 s; the ALTER waiting for ACCESS EXCLUSIVE queues every later
+    query behind it, for at most lock_timeout, then steps aside. The bound is generous (a loaded 2-core
+    machine); without lock_timeout the app would wait the reader's full 3 s. The benchmark measures it."""
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+        setup.execute("INSERT INTO busy VALUES (1)")
+    catalog = read_catalog(write_migrations(tmp_path, {"0001.alter.sql": "ALTER TABLE busy ADD note text;\n"}),
+                           tmp_path)
+    lock_timeout = 0.3
+    policy = POLICY.model_copy(update={"lock_timeout_ms": int(lock_timeout * 1000), "lock_timeout_retries": 40,
+                                       "lock_retry_base_delay_seconds": 0.1, "lock_retry_max_delay_seconds": 0.3})
+    stalls: list[float] = []
+    done = threading.Event()
+
+    def application() -> None:
+        with connected(database, application_name="test-app") as app:
+            while not done.is_set():
+                started = time.monotonic()
+                app.execute("SELECT count(*) FROM busy").fetchone()
+                stalls.append(time.monotonic() - started)
+                time.sleep(0.01)
+
+    reader = database.connect(autocommit=False)
+    reader.execute("SELECT * FROM busy")
+    app = threading.Thread(target=application)
+    app.start()
+    threading.Timer(3.0, reader.rollback).start()
+    try:
+        report = apply_pending(database, catalog, policy)
+    finally:
+        done.set()
+        app.join()
+        reader.close()
+    assert report.applied[0].attempts > 1
+    assert any(stall > lock_timeout / 3 for stall in stalls)  # queries did queue behind the waiting ALTER
+    assert max(stalls) < lock_timeout * 1.25 + 0.5, f"worst app query stall {max(stalls):.3f}s"
+
+
+def test_ten_concurrent_runs_apply_each_migration_once_and_the_others_wait_or_name_the_holder(
+    tmp_path: Path, database: Connection
+) -> None:
+    files = {f"{i:04d}.m{i}.sql": f"SELECT pg_sleep(0.25);\nINSERT INTO counter VALUES ({i});\n" for i in range(1, 6)}
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE counter (n int)")
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    start = threading.Barrier(10)
+    results: dict[str, object] = {}
+
+    def run(number: int) -> None:
+        # Half wait for the lock; half give up after 0.3 s, while the first run holds it for >= 1.25 s.
+        policy = POLICY.model_copy(update={"migration_lock_wait_seconds": 30 if number % 2 else 0.3})
+        start.wait()
+        try:
+            results[f"run-{number}"] = apply_pending(database, catalog, policy, run_id=f"run-{number}")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            results[f"run-{number}"] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reports = {run: r for run, r in results.items() if isinstance(r, ApplyReport)}
+    waited_out = [r for r in results.values() if isinstance(r, LockTimeout)]
+    assert len(reports) + len(waited_out) == 10, results
+    (first,) = [run for run, r in reports.items() if r.applied]
+    assert reports[first].applied_ids == catalog.ids
+    assert waited_out and all(f"locked by rds-migrations run {first} (pid" in str(e) for e in waited_out)
+    with connected(database) as conn:
+        assert conn.execute("SELECT n, count(*) FROM counter GROUP BY n ORDER BY n").fetchall() == [
+            (i, 1) for i in range(1, 6)
+        ]
+        assert conn.execute("SELECT count(*) FROM _yoyo_log").fetchone()[0] == 5
