@@ -147,6 +147,9 @@ class Rehearsal(_Strict):
 
     kind: Literal["target_server", "embedded", "url_env", "none"] = "target_server"
     variable: str = Field(default="REHEARSAL_DATABASE_URL", pattern=ENV_VAR_NAME.pattern)
+    # Keep the last rehearsed schema (at most 2 databases named rdsm_rc_*, closed to connections) so the next
+    # rehearsal applies only what is new. Off where those may not stay, e.g. on a production server.
+    cache: bool = True
 
 
 # ---- policy -----------------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
-        LocalServer(home / "postgres").stop()
+        LocalServer(home / "postgres").destroy()
         for log in logs:
             log.close()
 
