@@ -851,17 +851,13 @@ def _no_transaction() -> Iterator[None]:
 
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
 
-from tasks.transient import retry_on_transient  # noqa: E402
+from tasks.transient import transient_retries  # noqa: E402
 
 
 @task(
     name="migrate",
-    retries=2,  # only when the database was unreachable: a failing migration is never retried here
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **transient_retries(retries=2, backoff_factor=5),
     persist_result=False,
     cache_policy=NO_CACHE,
 )

@@ -232,17 +232,13 @@ def fetch_connection(environment: Environment) -> Connection:
 
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
 
-from tasks.transient import retry_on_transient  # noqa: E402
+from tasks.transient import transient_retries  # noqa: E402
 
 
 @task(
     name="fetch-secret",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **transient_retries(retries=3, backoff_factor=2),
     persist_result=False,  # the password is never written to result storage
     cache_policy=NO_CACHE,
 )

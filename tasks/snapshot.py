@@ -33,7 +33,6 @@ from botocore.exceptions import (
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
-from prefect.tasks import exponential_backoff
 
 from tasks.environments import (
     RDS_IDENTIFIER,
@@ -43,7 +42,7 @@ from tasks.environments import (
     RdsInstanceSnapshot,
 )
 from tasks.secrets import Connection, redact
-from tasks.transient import retry_on_transient
+from tasks.transient import transient_retries
 
 Logger = logging.Logger | logging.LoggerAdapter
 logger = logging.getLogger(__name__)
@@ -633,10 +632,7 @@ def _error_code(exc: ClientError) -> str:
 
 @task(
     name="snapshot",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **transient_retries(retries=2, backoff_factor=5),
     persist_result=False,
     cache_policy=NO_CACHE,
 )

@@ -352,10 +352,9 @@ def with_plan(report: ValidationReport, plan: Plan) -> ValidationReport:
 
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
 
 from tasks.migrate import plan as read_plan  # noqa: E402
-from tasks.transient import retry_on_transient  # noqa: E402
+from tasks.transient import transient_retries  # noqa: E402
 
 
 @task(name="validate", persist_result=False, cache_policy=NO_CACHE)
@@ -374,10 +373,7 @@ def validate(migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[
 
 @task(
     name="rehearse-and-plan",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **transient_retries(retries=2, backoff_factor=5),
     persist_result=False,
     cache_policy=NO_CACHE,
 )
