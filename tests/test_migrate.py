@@ -651,7 +651,9 @@ def test_app_queries_wait_about_lock_timeout_at_most_while_the_migration_retries
         reader.close()
     assert report.applied[0].attempts > 1
     assert any(stall > lock_timeout / 3 for stall in stalls)  # queries did queue behind the waiting ALTER
-    assert max(stalls) < lock_timeout * 1.25 + 0.5, f"worst app query stall {max(stalls):.3f}s"
+    # Far below the reader's 3 s: the stall is bounded by lock_timeout, not by the long transaction. The margin
+    # absorbs a loaded CI machine; the exact figure (lock_timeout + 25%) is measured by `make bench`.
+    assert max(stalls) < lock_timeout * 1.25 + 1.0, f"worst app query stall {max(stalls):.3f}s"
 
 
 def test_ten_concurrent_runs_apply_each_migration_once_and_the_others_wait_or_name_the_holder(
