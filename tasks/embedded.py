@@ -214,6 +214,8 @@ class LocalServer:
         """Stop the server and delete its data directory (throwaway servers: tests, rehearsals)."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.data_dir.parent.name.startswith("rds-migrations-pg-"):  # our relocation directory under /tmp
+            shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
     # -- databases ----------------------------------------------------------------------------------------
     def connection(self, dbname: str = "postgres") -> Connection:
