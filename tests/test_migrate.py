@@ -268,56 +268,6 @@ apply_pending(c, read_catalog(project / "migrations", project), Policy(lock_time
 """
 
 
-def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
-    tmp_path: Path, database: Connection
-) -> None:
-    with connected(database) as setup:
-        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
-        setup.execute("INSERT INTO sleep_flag VALUES (true)")
-    files = {
-        "0001.first.sql": "CREATE TABLE first (id bigint);\n",
-        "0002.slow.sql": (
-            "CREATE TABLE slow (id bigint);\n"
-            "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
-        ),
-    }
-    write_migrations(tmp_path, files)
-    process = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, database.host, str(database.port), database.dbname, database.user,
-         str(tmp_path)],
-        stdin=subprocess.PIPE, cwd=Path(__file__).parents[1],
-    )
-    process.stdin.write(database.password.get_secret_value().encode())  # type: ignore[union-attr]
-    process.stdin.close()  # type: ignore[union-attr]
-    with connected(database) as watcher:
-        deadline = time.monotonic() + 30
-        while not watcher.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DO $$%%pg_sleep%%' AND datname = current_database()"
-        ).fetchone():
-            assert time.monotonic() < deadline, "the migration never started"
-            assert process.poll() is None, "the migrating process ended early"
-            time.sleep(0.1)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        deadline = time.monotonic() + 30  # the server notices the dead client and rolls its transaction back
-        while watcher.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DO $$%%' AND datname = current_database()"
-        ).fetchone():
-            watcher.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'DO $$%%' AND datname = current_database()"
-            )
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        watcher.execute("DELETE FROM sleep_flag")
-
-    assert applied_ids(database) == ["0001.first"]
-    assert "slow" not in tables(database)
-    report = apply_pending(database, read_catalog(tmp_path / "migrations", tmp_path),
-                           POLICY.model_copy(update={"migration_lock_wait_seconds": 5}))
-    assert report.applied_ids == ("0002.slow",)
-
-
 # ---- the migrating process, killed -----------------------------------------------------------------------
 
 
@@ -358,6 +308,34 @@ def dirty_state(database: Connection) -> list[tuple]:
     with connected(database) as conn:
         return conn.execute(
             "SELECT migration_id, state, statement_number FROM _rds_migrations_dirty ORDER BY 1").fetchall()
+
+
+def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
+    tmp_path: Path, database: Connection
+) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
+        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    files = {
+        "0001.first.sql": "CREATE TABLE first (id bigint);\n",
+        "0002.slow.sql": (
+            "CREATE TABLE slow (id bigint);\n"
+            "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
+        ),
+    }
+    write_migrations(tmp_path, files)
+    process = start_migrating(database, tmp_path)
+    with connected(database, application_name="test-watcher") as watcher:
+        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DO $$%%pg_sleep%%' "
+                            "AND datname = current_database()", process, "the slow statement running")
+        kill_9(process, watcher)
+        watcher.execute("DELETE FROM sleep_flag")
+
+    assert applied_ids(database) == ["0001.first"]
+    assert "slow" not in tables(database)
+    report = apply_pending(database, read_catalog(tmp_path / "migrations", tmp_path),
+                           POLICY.model_copy(update={"migration_lock_wait_seconds": 5}))
+    assert report.applied_ids == ("0002.slow",)
 
 
 def test_kill_9_during_a_non_transactional_migration_reports_dirty_and_never_reapplies(
