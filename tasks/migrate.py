@@ -4,7 +4,9 @@ What this engine does that yoyo 9 does not:
 - one connection for the whole run, with `lock_timeout` and `statement_timeout` set from policy;
 - a session-level advisory lock, polled with `pg_try_advisory_lock` outside any transaction, so a killed
   process never leaves a stale lock (the server releases it with the session);
-- each transactional migration commits in ONE transaction with its yoyo history rows and its checksum row;
+- each transactional migration commits in ONE transaction with its yoyo history rows and its checksum row,
+  sent as one message (BEGIN, its statements, the history rows, COMMIT); the server's answer to each
+  statement still names the one that failed (`statement_timeout` applies per statement: PostgreSQL 13+);
 - the content checksum of every applied migration is kept (`_rds_migrations_history`): an applied file that
   was edited, renamed or deleted is refused before anything runs;
 - a lock timeout (SQLSTATE 55P03) rolls a transactional migration back and retries it, with backoff and
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
+from psycopg import generators, pq, sql
 from yoyo.migrations import get_migration_hash
 
 from tasks.catalog import Catalog, Migration
@@ -94,10 +96,20 @@ WITH migration AS (
             now() AT TIME ZONE 'utc') RETURNING 1
 )
 INSERT INTO {HISTORY_TABLE} (migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional)
-VALUES (%(id)s, %(checksum)s, %(git_sha)s, %(run_id)s, %(duration_ms)s, %(transactional)s)
+VALUES (%(id)s, %(checksum)s, %(git_sha)s, %(run_id)s,
+        COALESCE(%(duration_ms)s, (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::int),
+        %(transactional)s)
 ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),
     git_sha = EXCLUDED.git_sha, flow_run_id = EXCLUDED.flow_run_id, duration_ms = EXCLUDED.duration_ms
 """
+
+RECORD_PARAMETERS = ("hash", "id", "log_id", "operation", "hostname", "comment", "checksum", "git_sha", "run_id",
+                     "duration_ms", "transactional")
+# The same statement prepared once per apply session: a migration's message then carries only `EXECUTE` and
+# the server skips parsing and planning the three inserts every time.
+PREPARE_RECORD_SQL = "PREPARE rdsm_record AS " + RECORD_SQL % {
+    name: f"${number}" for number, name in enumerate(RECORD_PARAMETERS, 1)}
+EXECUTE_RECORD_SQL = "EXECUTE rdsm_record ({})".format(", ".join(f"%({name})s" for name in RECORD_PARAMETERS))
 
 MARK_DIRTY_SQL = f"""
 INSERT INTO {DIRTY_TABLE} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
@@ -121,6 +133,7 @@ ORDER BY d.started_at
 """
 
 LOCK_NOT_AVAILABLE = "55P03"
+BEGIN_LINE = "BEGIN;\n"
 HOSTNAME = socket.gethostname()[:255]  # for yoyo's log rows: read once, not once per migration
 PROGRESS_EVERY = 100  # runs with more pending migrations log a progress line every this many
 
@@ -632,6 +645,7 @@ def apply_pending(
     with _session(connection, policy=policy, application_name=application) as conn:
         with migration_lock(conn, policy.migration_lock_wait_seconds):
             conn.execute(HISTORY_DDL)
+            conn.execute(PREPARE_RECORD_SQL)
             # Planned again under the lock: another run may have applied migrations meanwhile.
             history = read_history(conn)
             if history.dirty:
@@ -698,15 +712,67 @@ def _apply_one(conn: psycopg.Connection, migration: Migration, policy: Policy, *
 
 def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
                        started: float) -> MigrationFailure | None:
-    statement, number = "", 0
+    """BEGIN, the statements, the history rows and COMMIT in ONE simple-query message: one round trip and one
+    call into psycopg (Python's cost per call, not the server, is what kept us above psql). The server answers
+    each statement in turn and stops at the first error, so the results name the statement that failed."""
+    script = Script.build(migration, psycopg.ClientCursor(conn).mogrify(
+        EXECUTE_RECORD_SQL, _record_params(migration, git_sha, run_id, duration_ms=None)))
     try:
-        with conn.transaction():
-            for number, statement in enumerate(migration.statements, 1):  # noqa: B007 - reported on failure
-                conn.execute(statement, prepare=False)
-            _record(conn, migration, git_sha, run_id, started)
+        with conn.lock:
+            conn.pgconn.send_query(script.text.encode(conn.info.encoding))
+            results = conn.wait(generators.execute(conn.pgconn))
     except psycopg.Error as exc:
-        return _failure(migration, statement, exc, number)
-    return None
+        # The connection is gone; whatever ran was in a transaction that never committed.
+        return _failure(migration, "(not known: the connection was lost while the migration ran)", exc, 0)
+    failed = next((i for i, result in enumerate(results) if result.status == pq.ExecStatus.FATAL_ERROR), None)
+    if failed is None:
+        return None
+    exc = psycopg.errors.error_from_result(results[failed], encoding=conn.info.encoding)
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:  # not after a lost connection
+        conn.execute("ROLLBACK")
+    number, statement = script.locate(failed, exc.diag.statement_position)
+    return _failure(migration, statement, exc, number)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A transactional migration as one message, and where each of its statements sits in it."""
+
+    text: str
+    statements: tuple[str, ...]
+    starts: tuple[int, ...]  # offset of each statement in `text`
+    answered: tuple[int, ...]  # statement numbers (1-based) the server answers, in order: not the comment-only
+    record_start: int
+
+    @classmethod
+    def build(cls, migration: Migration, record: str) -> Script:
+        parts, starts, answered, offset = [BEGIN_LINE], [], [], len(BEGIN_LINE)
+        for number, statement in enumerate(migration.statements, 1):
+            starts.append(offset)
+            if not comment_only(statement):
+                answered.append(number)
+            part = f"{statement}\n;\n"  # newline first: a statement ending in a -- comment keeps the separator
+            parts.append(part)
+            offset += len(part)
+        parts.append(f"{record};\nCOMMIT")
+        return cls("".join(parts), migration.statements, tuple(starts), tuple(answered), offset)
+
+    def locate(self, result_index: int, position: str | None) -> tuple[int, str]:
+        """(statement number, statement) of the result that failed; (0, what it was) outside the statements.
+        A syntax error fails the whole message before anything runs: its position says where it is."""
+        if position and position.isdigit() and self.starts:
+            offset = int(position) - 1  # 1-based, in characters
+            if offset >= self.record_start:
+                return 0, "(recording it in the history tables)"
+            if offset >= self.starts[0]:
+                number = max(i for i, start in enumerate(self.starts, 1) if start <= offset)
+                return number, self.statements[number - 1]
+        if 1 <= result_index <= len(self.answered):
+            number = self.answered[result_index - 1]
+            return number, self.statements[number - 1]
+        if result_index == len(self.answered) + 1:
+            return 0, "(recording it in the history tables)"
+        return 0, "COMMIT" if result_index > len(self.answered) else "BEGIN"
 
 
 def _run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
@@ -741,6 +807,28 @@ def _run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, 
     return None
 
 
+def comment_only(statement: str) -> bool:
+    """True when PostgreSQL finds no statement in `statement` (whitespace, comments, semicolons): the server
+    sends no result for it inside a message of several statements."""
+    rest = statement
+    while rest := rest.lstrip(" \t\r\n\f;"):
+        if rest.startswith("--"):
+            rest = rest.partition("\n")[2]
+        elif rest.startswith("/*"):  # block comments nest in PostgreSQL
+            depth, i = 1, 2
+            while depth and i < len(rest):
+                if rest.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif rest.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            rest = rest[i:]
+        else:
+            return False
+    return True
+
+
 def _quietly(conn: psycopg.Connection, query: str, params: tuple) -> None:
     try:
         conn.execute(query, params)
@@ -750,22 +838,26 @@ def _quietly(conn: psycopg.Connection, query: str, params: tuple) -> None:
 
 def _record(conn: psycopg.Connection, migration: Migration, git_sha: str, run_id: str | None,
             started: float, *, operation: str = "apply", comment: str | None = None) -> None:
-    conn.execute(
-        RECORD_SQL,
-        {
-            "hash": get_migration_hash(migration.id),
-            "id": migration.id,
-            "log_id": str(uuid.uuid1()),
-            "operation": operation,
-            "hostname": HOSTNAME,
-            "comment": (comment or f"rds-migrations git_sha={git_sha} run={run_id or '-'}")[:255],
-            "checksum": migration.checksum,
-            "git_sha": git_sha,
-            "run_id": run_id,
-            "duration_ms": int((time.monotonic() - started) * 1000),
-            "transactional": migration.transactional,
-        },
-    )
+    conn.execute(RECORD_SQL, _record_params(migration, git_sha, run_id, operation=operation, comment=comment,
+                                            duration_ms=int((time.monotonic() - started) * 1000)))
+
+
+def _record_params(migration: Migration, git_sha: str, run_id: str | None, *, duration_ms: int | None,
+                   operation: str = "apply", comment: str | None = None) -> dict[str, object]:
+    """RECORD_SQL's parameters. `duration_ms=None`: measured by the server, from the message's arrival."""
+    return {
+        "hash": get_migration_hash(migration.id),
+        "id": migration.id,
+        "log_id": str(uuid.uuid1()),
+        "operation": operation,
+        "hostname": HOSTNAME,
+        "comment": (comment or f"rds-migrations git_sha={git_sha} run={run_id or '-'}")[:255],
+        "checksum": migration.checksum,
+        "git_sha": git_sha,
+        "run_id": run_id,
+        "duration_ms": duration_ms,
+        "transactional": migration.transactional,
+    }
 
 
 def _record_unverified(conn: psycopg.Connection, catalog: Catalog, ids: tuple[str, ...], log: Log) -> None:

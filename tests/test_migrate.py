@@ -166,6 +166,91 @@ def test_percent_signs_and_dollar_quotes_pass_through(tmp_path: Path, database: 
         assert conn.execute("SELECT body FROM notes").fetchone()[0] == "100% sure; %s %(x)s"
 
 
+# ---- a transactional migration goes to the server as one message: the failing statement is still named ----
+
+
+def failed_statement(tmp_path: Path, database: Connection, sql_text: str) -> tuple[int, str, str]:
+    """Apply 0001.ok then 0002.bad (`sql_text`): (statement number, statement, SQLSTATE) of the failure,
+    after checking that 0002 left nothing behind."""
+    files = {"0001.ok.sql": "CREATE TABLE ok (id bigint);\n", "0002.bad.sql": sql_text}
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    failed = raised.value.report.failed
+    assert failed is not None and failed.migration_id == "0002.bad"
+    assert applied_ids(database) == ["0001.ok"] and tables(database) == {"ok"} | HISTORY_TABLES
+    return failed.statement_number, failed.statement, failed.sqlstate
+
+
+HISTORY_TABLES = {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations_history",
+                  "_rds_migrations_dirty"}
+
+
+def test_the_failing_statement_is_named_past_comment_only_statements(tmp_path: Path, database: Connection) -> None:
+    # yoyo keeps comment-only pieces as statements; the server sends no result for them inside one message.
+    sql_text = (
+        "CREATE TABLE a (id bigint);\n"
+        "/* a comment /* nested */ on its own */\n-- and another\n;\n"
+        "CREATE TABLE b (id bigint) -- a line comment, no semicolon after it\n;\n"
+        "INSERT INTO a VALUES ('not a number');\n"
+        "CREATE TABLE c (id bigint);\n"
+    )
+    number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
+    assert (number, sqlstate) == (4, "22P02") and statement.startswith("INSERT INTO a VALUES ('not a number')")
+
+
+def test_a_syntax_error_in_a_later_statement_is_named_and_nothing_runs(tmp_path: Path, database: Connection) -> None:
+    number, statement, sqlstate = failed_statement(
+        tmp_path, database, "CREATE TABLE a (id bigint);\nCREATE TABLE b (id bigint);\nCREATE TABEL c (id bigint);\n")
+    assert (number, sqlstate) == (3, "42601") and statement.startswith("CREATE TABEL c")
+
+
+def test_a_failing_commit_is_named_as_the_commit(tmp_path: Path, database: Connection) -> None:
+    sql_text = (
+        "CREATE TABLE parent (id bigint PRIMARY KEY);\n"
+        "CREATE TABLE child (parent_id bigint REFERENCES parent DEFERRABLE INITIALLY DEFERRED);\n"
+        "INSERT INTO child VALUES (1);\n"
+    )
+    assert failed_statement(tmp_path, database, sql_text) == (0, "COMMIT", "23503")
+
+
+def test_the_server_ending_the_session_mid_migration_names_the_statement(
+    tmp_path: Path, database: Connection
+) -> None:
+    files = {"0001.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(30);\nCREATE TABLE after (id bigint);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            apply_pending(database, catalog, POLICY)
+        except BaseException as exc:  # noqa: BLE001 - examined by the test
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    with connected(database, application_name="test-watcher") as watcher:
+        deadline = time.monotonic() + 30
+        while not watcher.execute(SLEEPING).fetchone():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        watcher.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'rds-migrations' AND datname = current_database()")
+    runner.join(30)
+    error = outcome.get("error")
+    assert isinstance(error, MigrationError), error
+    failed = error.report.failed
+    assert failed is not None and (failed.statement_number, failed.sqlstate) == (2, "57P01")
+    assert applied_ids(database) == [] and "slow" not in tables(database)
+
+
+def test_the_recorded_duration_is_the_migrations_own(tmp_path: Path, database: Connection) -> None:
+    files = {"0001.quick.sql": "CREATE TABLE q (id bigint);\n", "0002.sleepy.sql": "SELECT pg_sleep(0.3);\n"}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    with connected(database) as conn:
+        durations = dict(conn.execute("SELECT migration_id, duration_ms FROM _rds_migrations_history").fetchall())
+    assert 300 <= durations["0002.sleepy"] < 30_000 and 0 <= durations["0001.quick"] < 300
+
+
 def test_lock_timeout_rolls_back_and_retries_until_the_reader_ends(tmp_path: Path, database: Connection) -> None:
     with connected(database) as setup:
         setup.execute("CREATE TABLE busy (id bigint)")
@@ -282,6 +367,11 @@ def start_migrating(database: Connection, project: Path, lock_timeout_ms: int = 
     return process
 
 
+# The migrating session inside pg_sleep, however its statements were sent.
+SLEEPING = ("SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' AND wait_event = 'PgSleep' "
+            "AND datname = current_database()")
+
+
 def wait_until(watcher, query: str, process: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + 30
     while not watcher.execute(query).fetchone():
@@ -326,8 +416,7 @@ def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
     write_migrations(tmp_path, files)
     process = start_migrating(database, tmp_path)
     with connected(database, application_name="test-watcher") as watcher:
-        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DO $$%%pg_sleep%%' "
-                            "AND datname = current_database()", process, "the slow statement running")
+        wait_until(watcher, SLEEPING, process, "the slow statement running")
         kill_9(process, watcher)
         watcher.execute("DELETE FROM sleep_flag")
 
