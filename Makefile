@@ -11,8 +11,10 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
+# Compiled bytecode: every worker, CLI and test subprocess imports Prefect, 2.2 s from bytecode and 5.5 s
+# from source here (this machine sets PYTHONDONTWRITEBYTECODE, so nothing would ever be cached otherwise).
 sync: uv
-	@$(UV) sync --locked --quiet
+	@$(UV) sync --locked --quiet --compile-bytecode
 
 demo: sync
 	$(UV) run rds-migrations demo

@@ -32,7 +32,7 @@ ENVIRONMENT = "local"
 WORKER_QUERY_SECONDS = "1"
 WORKER_PREFETCH_SECONDS = "5"
 NOOP_RUNS = 3
-TRIGGERED_RUNS = 2
+TRIGGERED_RUNS = 3
 POLL_SECONDS = 0.25
 LOG_LINES = 1000
 
@@ -79,6 +79,20 @@ def _setup(pool: str) -> None:
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+
+def _wait_for_worker(api: str, worker: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the worker has polled the pool once: a deployed worker is long running, so its start is not part
+    of a triggered run's time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError("the worker exited while starting")
+        workers = httpx.post(f"{api}/work_pools/{POOL}/workers/filter", json={}, timeout=10).raise_for_status().json()
+        if any(w.get("last_heartbeat_time") for w in workers):
+            return
+        time.sleep(0.25)
+    raise RuntimeError("the worker did not poll its pool in time")
 
 
 def _flow_run(flow_run_id: str) -> dict[str, float | None]:
@@ -176,6 +190,7 @@ def trigger_and_watch(env: dict[str, str]) -> dict[str, object]:
         "wall_seconds": wall,
         "cli_until_created_seconds": created - started_at if created else None,
         **timings,
+        "run_seconds": completed - created if created and completed else None,
         "completed_until_cli_exit_seconds": ended_at - completed if completed else None,
     }
 
@@ -198,9 +213,8 @@ def trigger_and_poll(api: str) -> dict[str, object]:
     if state["type"] != "COMPLETED":
         raise RuntimeError(f"flow run ended {state['type']}")
     timings = _flow_run(flow_run["id"])
-    timings.pop("created")
-    timings.pop("completed")
-    return {"wall_seconds": wall, **timings}
+    created, completed = timings.pop("created"), timings.pop("completed")
+    return {"wall_seconds": wall, **timings, "run_seconds": completed - created if created and completed else None}
 
 
 def import_seconds(module: str, env: dict[str, str]) -> float:
@@ -258,6 +272,7 @@ def main(out: Path) -> None:
              "--prefetch-seconds", WORKER_PREFETCH_SECONDS],
             cwd=worker_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
+        _wait_for_worker(api, worker)
         # Alternated, so that neither way of triggering always gets the worker's first (cold) subprocess.
         results["triggered_api"], results["triggered_cli"] = [], []
         for _ in range(TRIGGERED_RUNS):

@@ -169,12 +169,22 @@ def rows(results: dict) -> list[Row]:
         out.append(Row("no-op flow body in the worker's new process", _s(min(worker_bodies)),
                        f"budget {_s(NOOP_BODY_SECONDS)}", _x(min(worker_bodies) / NOOP_BODY_SECONDS),
                        "(for information: a cold process)", None))
-    for key, label in (("triggered_cli", "`prefect deployment run --watch`"),
+    # Trigger→done: from the trigger creating the run to the run Completed, through server and worker (median
+    # over every triggered run). The commands' own wall time adds their start and, for --watch, its wait.
+    runs = [r["run_seconds"] for key in ("triggered_cli", "triggered_api") for r in prefect.get(key, [])
+            if r.get("run_seconds") is not None]
+    if runs:
+        run = statistics.median(runs)
+        out.append(Row("no-op trigger→done: run created → Completed, server + worker (median)", _s(run),
+                       f"budget {_s(TRIGGER_SECONDS)}", _x(run / TRIGGER_SECONDS), f"≤ {_s(TRIGGER_SECONDS)}",
+                       run <= TRIGGER_SECONDS))
+    for key, label in (("triggered_cli", "`prefect deployment run --watch` (the GitHub check)"),
                        ("triggered_api", "REST create_flow_run + poll 0.25 s")):
         if prefect.get(key):
-            wall = min(r["wall_seconds"] for r in prefect[key])
-            out.append(Row(f"no-op trigger→done, {label}", _s(wall), f"budget {_s(TRIGGER_SECONDS)}",
-                           _x(wall / TRIGGER_SECONDS), f"≤ {_s(TRIGGER_SECONDS)}", wall <= TRIGGER_SECONDS))
+            wall = statistics.median(r["wall_seconds"] for r in prefect[key])
+            out.append(Row(f"no-op, command start → exit: {label} (median)", _s(wall),
+                           f"trigger→done {_s(run)}" if runs else "–", _x(wall / run) if runs else "–",
+                           "(for information)", None))
     if prefect.get("log_lines_seconds") is not None:
         out.append(Row(f"{prefect['log_lines']:,} run-logger lines in a task (one per migration applied)",
                        _s(prefect["log_lines_seconds"]), "–", "–", "(for information)", None))
@@ -282,7 +292,9 @@ def write_plot(results: dict, path: Path) -> None:
             value = best.get(key) or 0.0
             trigger_axis.barh(["trigger→done"], [value], left=left, color=f"C{index}", label=f"{label} {value:.1f} s")
             left += value
-        trigger_axis.axvline(TRIGGER_SECONDS, color="k", linestyle=":", label=f"target {TRIGGER_SECONDS:g} s")
+        created = best.get("cli_until_created_seconds") or 0.0
+        trigger_axis.axvline(created + TRIGGER_SECONDS, color="k", linestyle=":",
+                             label=f"target: done {TRIGGER_SECONDS:g} s after the run is created")
         trigger_axis.set(title="No-op run, triggered like GitHub does", xlabel="seconds")
         trigger_axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8)
 

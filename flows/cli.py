@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument("environments", nargs="+", metavar="ENV", help="environments in the environments file")
     setup.add_argument("--work-pool", default="rds-migrations", help="default: rds-migrations")
     setup.add_argument("--type", dest="pool_type", default="process", help="work pool type (default: process)")
+    setup.add_argument("--flow-run-command", default=None, metavar="COMMAND",
+                       help="what a process worker starts each flow run with (default: 'python -m prefect.engine', "
+                            "the worker's python; '' leaves Prefect's default, a supervisor process first)")
 
     resolve = commands.add_parser(
         "resolve", help="explain a dirty database (a non-transactional migration that did not finish), "
@@ -223,11 +226,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_setup_prefect(args: argparse.Namespace) -> int:
-    from flows.setup import setup_prefect
+    from flows.setup import FLOW_RUN_COMMAND, setup_prefect
 
     for name in args.environments:
         load_environment(name)  # a typo is a usage error, not a limit nobody uses
-    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type)))
+    command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
+    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
+                                  flow_run_command=command)))
     return EXIT_OK
 
 

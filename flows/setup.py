@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists
 
 from flows.exclusive import limit_name
 
+# The command a process worker starts each flow run with. Left unset, Prefect 3.9's process worker starts a
+# workspace supervisor process that runs the pull steps and then starts this same engine command: two Python
+# processes, each importing Prefect (about 2.5 s each on 2 cores), where the engine alone runs the pull steps
+# too. `python` is the worker's: start it with `uv run prefect worker start …` (or with the venv on PATH).
+FLOW_RUN_COMMAND = "python -m prefect.engine"
 
-def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", pool_type: str = "process") -> list[str]:
-    """Create what the deployments need on the Prefect server; existing objects are left as they are."""
+
+def process_pool_template(command: str = FLOW_RUN_COMMAND) -> dict[str, Any]:
+    """Prefect's own process job template, with `command` as the flow-run command's default."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = command
+    return template
+
+
+def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", pool_type: str = "process",
+                  flow_run_command: str = FLOW_RUN_COMMAND) -> list[str]:
+    """Create what the deployments need on the Prefect server; existing objects are left as they are, except
+    that a process pool without a flow-run command gets `flow_run_command` ("" leaves Prefect's default)."""
     done: list[str] = []
+    template = process_pool_template(flow_run_command) if pool_type == "process" and flow_run_command else {}
     with get_client(sync_client=True) as client:
         try:
-            client.create_work_pool(WorkPoolCreate(name=work_pool, type=pool_type))
+            client.create_work_pool(WorkPoolCreate(name=work_pool, type=pool_type, base_job_template=template))
             done.append(f"work pool {work_pool} ({pool_type}) created")
         except ObjectAlreadyExists:
             done.append(f"work pool {work_pool} exists")
+            pool = client.read_work_pool(work_pool)
+            # An empty template is filled with Prefect's default (no command) by the first worker.
+            command = pool.base_job_template.get("variables", {}).get("properties", {}).get("command") or {}
+            if template and pool.type == "process" and command.get("default") is None:
+                client.update_work_pool(work_pool, WorkPoolUpdate(base_job_template=template))
+                done.append(f"work pool {work_pool}: flow runs start with `{flow_run_command}`")
         for environment in environments:
             name = limit_name(environment)
             try:

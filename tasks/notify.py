@@ -13,15 +13,17 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.blocks.abstract import NotificationError
 from prefect.cache_policies import NO_CACHE
-from prefect_slack import SlackWebhook
 
 from tasks.environments import ConsoleNotify, SlackNotify
+
+if TYPE_CHECKING:  # imported where a Slack target is used: prefect-slack brings slack_sdk and aiohttp (~0.25 s)
+    from prefect_slack import SlackWebhook
 
 Log = logging.Logger | logging.LoggerAdapter  # get_run_logger() returns an adapter
 logger = logging.getLogger(__name__)
@@ -313,6 +315,8 @@ def notify_task(target: SlackNotify | ConsoleNotify, summary: RunSummary) -> boo
     logger = get_run_logger()
     webhook: SlackWebhook | None = None
     if isinstance(target, SlackNotify):
+        from prefect_slack import SlackWebhook
+
         try:
             webhook = SlackWebhook.load(target.webhook_block, _sync=True)  # type: ignore[call-arg]
         except Exception as exc:  # noqa: BLE001 - the block's absence must not change the outcome either

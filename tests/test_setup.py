@@ -1,0 +1,51 @@
+"""`rds-migrations setup-prefect` against Prefect's test API server: the pool starts flow runs with one process."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+
+from flows.setup import FLOW_RUN_COMMAND, process_pool_template, setup_prefect
+
+
+def pool_command(name: str) -> str | None:
+    with get_client(sync_client=True) as client:
+        template = client.read_work_pool(name).base_job_template  # {}: Prefect's default, filled by a worker
+        return template.get("variables", {}).get("properties", {}).get("command", {}).get("default")
+
+
+def limits() -> set[str]:
+    with get_client(sync_client=True) as client:
+        return {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+
+
+def test_a_new_pool_starts_flow_runs_with_the_engine_and_each_environment_gets_a_limit(prefect_api) -> None:
+    pool, environment = f"p-{uuid.uuid4().hex[:8]}", f"e{uuid.uuid4().hex[:6]}"
+    done = setup_prefect([environment], work_pool=pool)
+    assert pool_command(pool) == FLOW_RUN_COMMAND == "python -m prefect.engine"
+    assert f"db-migrate-{environment}" in limits()
+    assert done == [f"work pool {pool} (process) created", f"concurrency limit db-migrate-{environment} (1) created"]
+    again = setup_prefect([environment], work_pool=pool)
+    assert again == [f"work pool {pool} exists", f"concurrency limit db-migrate-{environment} exists"]
+
+
+def test_an_existing_pool_gets_the_command_only_where_none_was_chosen(prefect_api) -> None:
+    plain, chosen = f"plain-{uuid.uuid4().hex[:8]}", f"chosen-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=plain, type="process"))
+        client.create_work_pool(WorkPoolCreate(name=chosen, type="process",
+                                               base_job_template=process_pool_template("/opt/venv/bin/python -m x")))
+    assert pool_command(plain) is None
+
+    assert f"work pool {plain}: flow runs start with `{FLOW_RUN_COMMAND}`" in setup_prefect([], work_pool=plain)
+    assert pool_command(plain) == FLOW_RUN_COMMAND
+    setup_prefect([], work_pool=chosen)
+    assert pool_command(chosen) == "/opt/venv/bin/python -m x"
+
+
+def test_an_empty_command_keeps_prefects_default(prefect_api) -> None:
+    pool = f"default-{uuid.uuid4().hex[:8]}"
+    setup_prefect([], work_pool=pool, flow_run_command="")
+    assert pool_command(pool) is None
