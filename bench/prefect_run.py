@@ -195,15 +195,26 @@ def trigger_and_watch(env: dict[str, str]) -> dict[str, object]:
     }
 
 
+def _answer(send, attempts: int = 20) -> dict:
+    """The JSON of a request to the server, asked again while it answers 503 (its SQLite database is locked
+    under load; nothing was done)."""
+    for _ in range(attempts):
+        response = send()
+        if response.status_code != 503:
+            return response.raise_for_status().json()
+        time.sleep(0.25)
+    return response.raise_for_status().json()
+
+
 def trigger_and_poll(api: str) -> dict[str, object]:
     """The same run started with two REST calls and watched by polling its state: no CLI start, no wait for
     straggling logs (what a curl step in a GitHub workflow can do)."""
     started = time.monotonic()
     with httpx.Client(base_url=api, timeout=30) as http:
-        deployment = http.get(f"/deployments/name/{DEPLOYMENT}").raise_for_status().json()
-        flow_run = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).raise_for_status().json()
+        deployment = _answer(lambda: http.get(f"/deployments/name/{DEPLOYMENT}"))
+        flow_run = _answer(lambda: http.post(f"/deployments/{deployment['id']}/create_flow_run", json={}))
         while True:
-            state = http.get(f"/flow_runs/{flow_run['id']}").raise_for_status().json()["state"]
+            state = _answer(lambda: http.get(f"/flow_runs/{flow_run['id']}"))["state"]
             if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             if time.monotonic() - started > 180:

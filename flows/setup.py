@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -17,7 +18,7 @@ from flows.exclusive import limit_name
 FLOW_RUN_COMMAND = "python -m prefect.engine"
 
 
-def process_pool_template(command: str = FLOW_RUN_COMMAND) -> dict[str, Any]:
+def process_pool_template(command: str | None = FLOW_RUN_COMMAND) -> dict[str, Any]:
     """Prefect's own process job template, with `command` as the flow-run command's default."""
     from prefect.workers.process import ProcessWorker
 
@@ -35,14 +36,17 @@ def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", po
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=work_pool, type=pool_type, base_job_template=template))
-            done.append(f"work pool {work_pool} ({pool_type}) created")
+            done.append(f"work pool {work_pool} ({pool_type}) created"
+                        + (f"; flow runs start with `{flow_run_command}`" if template else ""))
         except ObjectAlreadyExists:
             done.append(f"work pool {work_pool} exists")
             pool = client.read_work_pool(work_pool)
             # An empty template is filled with Prefect's default (no command) by the first worker.
-            command = pool.base_job_template.get("variables", {}).get("properties", {}).get("command") or {}
-            if template and pool.type == "process" and command.get("default") is None:
-                client.update_work_pool(work_pool, WorkPoolUpdate(base_job_template=template))
+            existing = copy.deepcopy(pool.base_job_template) or process_pool_template(None)
+            command = existing.get("variables", {}).get("properties", {}).get("command")
+            if template and pool.type == "process" and command is not None and command.get("default") is None:
+                command["default"] = flow_run_command  # only this: the operator's other defaults stay
+                client.update_work_pool(work_pool, WorkPoolUpdate(base_job_template=existing))
                 done.append(f"work pool {work_pool}: flow runs start with `{flow_run_command}`")
         for environment in environments:
             name = limit_name(environment)
@@ -51,6 +55,9 @@ def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", po
                 done.append(f"concurrency limit {name} (1) created")
             except ObjectAlreadyExists:
                 done.append(f"concurrency limit {name} exists")
+    if template:
+        done.append(f"(`{flow_run_command.split()[0]}` is the one first on the worker's PATH: start workers with "
+                    "`uv run prefect worker start …` or with the venv's bin directory first on PATH)")
     return done
 
 

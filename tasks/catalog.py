@@ -20,6 +20,8 @@ MIGRATION_NAME = re.compile(
     r"^(?P<id>(?P<version>\d+)[._-](?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*?))(?P<rollback>\.rollback)?\.(?P<ext>sql)$"
 )
 VERSIONED = re.compile(r"^(?P<version>\d+)[._-]")
+# COPY to or from the client needs a client that feeds or reads it (psql's \copy): not something a migration runs.
+CLIENT_COPY = re.compile(r"COPY\b.*\b(FROM\s+STDIN|TO\s+STDOUT)\b", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,33 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
     )
     if not statements:
         return migration, Problem(path.name, "the migration holds no SQL statement")
+    for number, statement in enumerate(migration.statements, 1):
+        if CLIENT_COPY.match(after_comments(statement)):
+            return migration, Problem(path.name, f"statement {number} copies to or from the client (COPY … FROM "
+                                                 "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
+                                                 "or COPY from a file on the database server")
     return migration, unknown
+
+
+def after_comments(statement: str) -> str:
+    """`statement` from its first token on: leading whitespace, semicolons and comments skipped."""
+    rest = statement
+    while rest := rest.lstrip(" \t\r\n\f;"):
+        if rest.startswith("--"):
+            rest = rest.partition("\n")[2]
+        elif rest.startswith("/*"):  # block comments nest in PostgreSQL
+            depth, i = 1, 2
+            while depth and i < len(rest):
+                if rest.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif rest.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            rest = rest[i:]
+        else:
+            return rest
+    return ""
 
 
 def _with_rollback(migration: Migration, statements: list[str]) -> Migration:

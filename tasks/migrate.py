@@ -35,7 +35,7 @@ import psycopg
 from psycopg import generators, pq, sql
 from yoyo.migrations import get_migration_hash
 
-from tasks.catalog import Catalog, Migration
+from tasks.catalog import Catalog, Migration, after_comments
 from tasks.environments import Policy
 from tasks.secrets import Connection, redact
 
@@ -133,7 +133,8 @@ ORDER BY d.started_at
 """
 
 LOCK_NOT_AVAILABLE = "55P03"
-BEGIN_LINE = "BEGIN;\n"
+FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+PLAIN_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY, FATAL_ERROR)
 HOSTNAME = socket.gethostname()[:255]  # for yoyo's log rows: read once, not once per migration
 PROGRESS_EVERY = 100  # runs with more pending migrations log a progress line every this many
 
@@ -714,65 +715,146 @@ def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sh
                        started: float) -> MigrationFailure | None:
     """BEGIN, the statements, the history rows and COMMIT in ONE simple-query message: one round trip and one
     call into psycopg (Python's cost per call, not the server, is what kept us above psql). The server answers
-    each statement in turn and stops at the first error, so the results name the statement that failed."""
-    script = Script.build(migration, psycopg.ClientCursor(conn).mogrify(
-        EXECUTE_RECORD_SQL, _record_params(migration, git_sha, run_id, duration_ms=None)))
+    each statement in turn and stops at the first error, so the answers say which statement failed."""
+    if conn.info.server_version < 130000:  # before 13, statement_timeout would time the whole message
+        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
+    with psycopg.ClientCursor(conn) as cursor:
+        record = cursor.mogrify(EXECUTE_RECORD_SQL, _record_params(migration, git_sha, run_id, duration_ms=None))
+    script = Script.build(migration, record)
+    answers: list[pq.PGresult] = []
     try:
-        with conn.lock:
-            conn.pgconn.send_query(script.text.encode(conn.info.encoding))
-            results = conn.wait(generators.execute(conn.pgconn))
+        _exchange(conn, script.text, answers)
+    except psycopg.Error as exc:  # the connection is gone; the answers so far say what was running
+        number, statement = script.locate(len(answers), answers)
+        return _failure(migration, statement, exc, number)
+    except BaseException:  # Ctrl-C, SystemExit: stop the statement and end the session, which rolls back
+        _abandon(conn)     # the migration and frees the migration lock at once
+        raise
+    failed = next((i for i, answer in enumerate(answers) if answer.status == FATAL_ERROR), None)
+    if failed == 0 and not conn.closed:
+        # Refused before BEGIN ran, so nothing ran: the server could not read the message as a whole (a quote
+        # or comment left open, a setting that changes how later text reads). Statement by statement, as
+        # written, each one passes or fails on its own and the failing one is named exactly.
+        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
+    if failed is not None:
+        exc = psycopg.errors.error_from_result(answers[failed], encoding=conn.info.encoding)
+        _roll_back_quietly(conn)
+        number, statement = script.locate(failed, answers)
+        return _failure(migration, statement, exc, number)
+    if not answers or answers[-1].status != pq.ExecStatus.COMMAND_OK or answers[-1].command_status != b"COMMIT" \
+            or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        # COPY to or from the client (refused by validation): the session is mid-protocol, so end it. Whether
+        # the migration committed is in the history tables, written in its own transaction.
+        number, statement = script.locate(len(answers) - 1, answers)
+        conn.close()
+        return MigrationFailure(
+            migration_id=migration.id, statement=statement, sqlstate=None, transactional=True,
+            message="a migration cannot COPY to or from the client; the session was ended, so anything not "
+                    "committed is rolled back, and the history tables say whether the migration committed",
+            statement_number=number, statement_count=len(migration.statements),
+        )
+    return None
+
+
+def _exchange(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -> None:
+    """Send `text` as one message and collect the server's answers into `answers` as they arrive, so that they
+    are there when the connection drops halfway. Stops at an answer that needs more than reading (COPY)."""
+    with conn.lock:
+        conn.pgconn.send_query(text.encode(conn.info.encoding))
+        conn.wait(generators.send(conn.pgconn))
+        while True:
+            try:
+                answer = conn.wait(generators.fetch(conn.pgconn))
+            except psycopg.Error:
+                if any(a.status == FATAL_ERROR for a in answers):
+                    return  # the server said why before it closed the connection (as psycopg's fetch_many does)
+                raise
+            if answer is None:
+                return
+            answers.append(answer)
+            if answer.status not in PLAIN_ANSWERS:
+                return
+
+
+def _abandon(conn: psycopg.Connection) -> None:
+    try:
+        conn.cancel_safe(timeout=5)  # else the server notices the closed session only when the statement ends
+    except Exception:  # noqa: BLE001 - closing is what matters
+        pass
+    conn.close()
+
+
+def _roll_back_quietly(conn: psycopg.Connection) -> None:
+    if conn.info.transaction_status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the connection is gone: the server rolls back with the session
+
+
+def _run_statement_by_statement(conn: psycopg.Connection, migration: Migration, *, git_sha: str,
+                                run_id: str | None, started: float) -> MigrationFailure | None:
+    """One call per statement, in one transaction with the history rows."""
+    statement, number = "", 0
+    try:
+        with conn.transaction():
+            for number, statement in enumerate(migration.statements, 1):  # noqa: B007 - reported on failure
+                conn.execute(statement, prepare=False)
+            _record(conn, migration, git_sha, run_id, started)
     except psycopg.Error as exc:
-        # The connection is gone; whatever ran was in a transaction that never committed.
-        return _failure(migration, "(not known: the connection was lost while the migration ran)", exc, 0)
-    failed = next((i for i, result in enumerate(results) if result.status == pq.ExecStatus.FATAL_ERROR), None)
-    if failed is None:
-        return None
-    exc = psycopg.errors.error_from_result(results[failed], encoding=conn.info.encoding)
-    if conn.info.transaction_status == pq.TransactionStatus.INERROR:  # not after a lost connection
-        conn.execute("ROLLBACK")
-    number, statement = script.locate(failed, exc.diag.statement_position)
-    return _failure(migration, statement, exc, number)
+        return _failure(migration, statement, exc, number)
+    return None
 
 
 @dataclass(frozen=True)
 class Script:
-    """A transactional migration as one message, and where each of its statements sits in it."""
+    """A transactional migration as one message: BEGIN, the statements, the history rows, COMMIT."""
 
     text: str
     statements: tuple[str, ...]
-    starts: tuple[int, ...]  # offset of each statement in `text`
-    answered: tuple[int, ...]  # statement numbers (1-based) the server answers, in order: not the comment-only
-    record_start: int
+    answered: tuple[int, ...]  # the numbers (1-based) of the statements the server answers: not comment-only
 
     @classmethod
     def build(cls, migration: Migration, record: str) -> Script:
-        parts, starts, answered, offset = [BEGIN_LINE], [], [], len(BEGIN_LINE)
-        for number, statement in enumerate(migration.statements, 1):
-            starts.append(offset)
-            if not comment_only(statement):
-                answered.append(number)
-            part = f"{statement}\n;\n"  # newline first: a statement ending in a -- comment keeps the separator
-            parts.append(part)
-            offset += len(part)
-        parts.append(f"{record};\nCOMMIT")
-        return cls("".join(parts), migration.statements, tuple(starts), tuple(answered), offset)
+        # The newline before each `;`: a statement ending in a -- comment must not swallow the separator.
+        text = "".join(["BEGIN;\n", *(f"{statement}\n;\n" for statement in migration.statements), record, ";\nCOMMIT"])
+        answered = tuple(n for n, statement in enumerate(migration.statements, 1) if not comment_only(statement))
+        return cls(text, migration.statements, answered)
 
-    def locate(self, result_index: int, position: str | None) -> tuple[int, str]:
-        """(statement number, statement) of the result that failed; (0, what it was) outside the statements.
-        A syntax error fails the whole message before anything runs: its position says where it is."""
-        if position and position.isdigit() and self.starts:
-            offset = int(position) - 1  # 1-based, in characters
-            if offset >= self.record_start:
-                return 0, "(recording it in the history tables)"
-            if offset >= self.starts[0]:
-                number = max(i for i, start in enumerate(self.starts, 1) if start <= offset)
-                return number, self.statements[number - 1]
-        if 1 <= result_index <= len(self.answered):
-            number = self.answered[result_index - 1]
+    def locate(self, index: int, answers: list[pq.PGresult]) -> tuple[int, str]:
+        """(statement number, statement) of the `index`-th answer; (0, what it is) outside the statements.
+
+        Trusted only when every answer before it has the command tag its statement implies: yoyo's splitter and
+        the server can disagree on where a statement ends (sqlparse reads `\\'` as an escaped quote, PostgreSQL
+        does not), and then counting would name the wrong statement."""
+        expected = [self.statements[number - 1] for number in self.answered] + ["INSERT"]  # the history rows
+        if index > len(expected) + 1 or not all(
+                _tag_fits(expected[i - 1], answers[i].command_status or b"") for i in range(1, index)):
+            return 0, ("(not known exactly: the server split this file into statements differently from yoyo; "
+                       "the error message says what failed)")
+        if index <= 0:
+            return 0, "BEGIN"
+        if index <= len(self.answered):
+            number = self.answered[index - 1]
             return number, self.statements[number - 1]
-        if result_index == len(self.answered) + 1:
-            return 0, "(recording it in the history tables)"
-        return 0, "COMMIT" if result_index > len(self.answered) else "BEGIN"
+        return 0, "(recording it in the history tables)" if index == len(self.answered) + 1 else "COMMIT"
+
+
+# Statements whose first keyword is the first word of the command tag the server answers them with. Others
+# (WITH, VALUES, TABLE, EXECUTE, ...) are not checked; CREATE … AS answers SELECT.
+_TAGGED = {"ALTER", "ANALYZE", "CALL", "CLUSTER", "COMMENT", "CREATE", "DELETE", "DO", "DROP", "GRANT", "INSERT",
+           "LOCK", "MERGE", "REFRESH", "REINDEX", "RESET", "REVOKE", "SECURITY", "SELECT", "SET", "TRUNCATE",
+           "UPDATE"}
+_KEYWORD = re.compile(r"[A-Za-z]+")
+
+
+def _tag_fits(statement: str, tag: bytes) -> bool:
+    keyword = _KEYWORD.match(after_comments(statement))
+    word = keyword.group().upper() if keyword else ""
+    if word not in _TAGGED:
+        return True
+    answered = tag.split(b" ", 1)[0].decode("ascii", "replace")
+    return answered == word or (word == "CREATE" and answered == "SELECT")
 
 
 def _run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
@@ -809,24 +891,8 @@ def _run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, 
 
 def comment_only(statement: str) -> bool:
     """True when PostgreSQL finds no statement in `statement` (whitespace, comments, semicolons): the server
-    sends no result for it inside a message of several statements."""
-    rest = statement
-    while rest := rest.lstrip(" \t\r\n\f;"):
-        if rest.startswith("--"):
-            rest = rest.partition("\n")[2]
-        elif rest.startswith("/*"):  # block comments nest in PostgreSQL
-            depth, i = 1, 2
-            while depth and i < len(rest):
-                if rest.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif rest.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            rest = rest[i:]
-        else:
-            return False
-    return True
+    sends no answer for it inside a message of several statements."""
+    return not after_comments(statement)
 
 
 def _quietly(conn: psycopg.Connection, query: str, params: tuple) -> None:

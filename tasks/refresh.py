@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from botocore.exceptions import ClientError, WaiterError
@@ -818,9 +818,10 @@ from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import deployment as current_deployment  # noqa: E402
 from prefect.runtime import flow_run as current_flow_run  # noqa: E402
-from prefect_slack import SlackWebhook  # noqa: E402
 
-# TODO(lead): make these four public in tasks/notify.py; they are used here exactly as there.
+if TYPE_CHECKING:  # imported where a Slack target is used, as in tasks/notify.py
+    from prefect_slack import SlackWebhook
+
 from tasks.notify import failure_detail, format_duration, mrkdwn, slack_sdk_logs_redacted  # noqa: E402
 
 TITLES = {"refresh": "Staging refresh", "restore": "Restore"}
@@ -977,6 +978,8 @@ def notify_refresh_task(target: SlackNotify | ConsoleNotify, summary: RefreshSum
     log = get_run_logger()
     webhook: SlackWebhook | None = None
     if isinstance(target, SlackNotify):
+        from prefect_slack import SlackWebhook
+
         try:
             webhook = SlackWebhook.load(target.webhook_block, _sync=True)  # type: ignore[call-arg]
         except Exception as exc:  # noqa: BLE001 - the block's absence must not change the outcome

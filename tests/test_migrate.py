@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,6 +243,72 @@ def test_the_server_ending_the_session_mid_migration_names_the_statement(
     failed = error.report.failed
     assert failed is not None and (failed.statement_number, failed.sqlstate) == (2, "57P01")
     assert applied_ids(database) == [] and "slow" not in tables(database)
+
+
+def test_an_unclosed_quote_is_named_as_statement_by_statement(tmp_path: Path, database: Connection) -> None:
+    # As one message the quote swallows the rest (the history rows included); the server refuses it before
+    # anything runs, and the statements then go one by one, so the error is the one the statement has alone.
+    number, statement, sqlstate = failed_statement(
+        tmp_path, database, "CREATE TABLE a (id bigint);\nINSERT INTO a VALUES ('abc);\n")
+    assert (number, sqlstate) == (2, "42601") and statement.startswith("INSERT INTO a VALUES ('abc)")
+
+
+def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
+    tmp_path: Path, database: Connection
+) -> None:
+    # yoyo's splitter reads \' as an escaped quote and joins statements 2-4 into one; the server runs them as
+    # three. Counting answers would blame the wrong statement: the command tags show the disagreement.
+    sql_text = (
+        "CREATE TABLE t (s text);\n"
+        "INSERT INTO t VALUES ('C:\\');\n"
+        "CREATE TABLE u (id int PRIMARY KEY);\n"
+        "INSERT INTO t VALUES ('x');\n"
+        "INSERT INTO u VALUES (1);\n"
+        "INSERT INTO u VALUES (1);\n"
+    )
+    number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
+    assert (number, sqlstate) == (0, "23505") and statement.startswith("(not known exactly")
+
+
+def test_copy_from_the_client_ends_the_session_and_applies_nothing(tmp_path: Path, database: Connection) -> None:
+    # Validation refuses such a file (tests/test_validate.py); the engine on its own must not hang or record it.
+    clean = read_catalog(write_migrations(tmp_path, {"0001.copy.sql": "CREATE TABLE c (id int);\n"}), tmp_path)
+    copying = replace(clean.migrations[0], statements=(
+        "CREATE TABLE c (id int);", "COPY c FROM STDIN;", "CREATE TABLE d (id int);"))
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, replace(clean, migrations=(copying,)), POLICY)
+    failed = raised.value.report.failed
+    assert failed is not None and failed.statement_number == 2 and "cannot COPY to or from the client" in failed.message
+    assert applied_ids(database) == [] and not {"c", "d"} & tables(database)
+
+
+def test_ctrl_c_during_a_migration_rolls_it_back_and_releases_the_lock(tmp_path: Path, database: Connection) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
+        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    files = {"0001.slow.sql": (
+        "CREATE TABLE slow (id bigint);\n"
+        "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(30); END IF; END $$;\n"
+    )}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+
+    def interrupt_when_sleeping() -> None:
+        with connected(database, application_name="test-watcher") as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(SLEEPING).fetchone() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        _thread.interrupt_main()
+
+    interrupter = threading.Thread(target=interrupt_when_sleeping)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):  # not an error from cleaning up after it
+        apply_pending(database, catalog, POLICY)
+    interrupter.join()
+    assert applied_ids(database) == [] and "slow" not in tables(database)
+    with connected(database) as conn:
+        conn.execute("DELETE FROM sleep_flag")
+    report = apply_pending(database, catalog, POLICY.model_copy(update={"migration_lock_wait_seconds": 5}))
+    assert report.applied_ids == ("0001.slow",)
 
 
 def test_the_recorded_duration_is_the_migrations_own(tmp_path: Path, database: Connection) -> None:

@@ -26,21 +26,28 @@ def test_a_new_pool_starts_flow_runs_with_the_engine_and_each_environment_gets_a
     done = setup_prefect([environment], work_pool=pool)
     assert pool_command(pool) == FLOW_RUN_COMMAND == "python -m prefect.engine"
     assert f"db-migrate-{environment}" in limits()
-    assert done == [f"work pool {pool} (process) created", f"concurrency limit db-migrate-{environment} (1) created"]
+    assert done[:2] == [f"work pool {pool} (process) created; flow runs start with `python -m prefect.engine`",
+                        f"concurrency limit db-migrate-{environment} (1) created"]
+    assert "start workers with `uv run prefect worker start" in done[2]
     again = setup_prefect([environment], work_pool=pool)
-    assert again == [f"work pool {pool} exists", f"concurrency limit db-migrate-{environment} exists"]
+    assert again[:2] == [f"work pool {pool} exists", f"concurrency limit db-migrate-{environment} exists"]
 
 
 def test_an_existing_pool_gets_the_command_only_where_none_was_chosen(prefect_api) -> None:
     plain, chosen = f"plain-{uuid.uuid4().hex[:8]}", f"chosen-{uuid.uuid4().hex[:8]}"
+    customised = process_pool_template(None)  # Prefect's default: no command
+    customised["variables"]["properties"]["working_dir"]["default"] = "/srv/migrations"
     with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=plain, type="process"))
+        client.create_work_pool(WorkPoolCreate(name=plain, type="process", base_job_template=customised))
         client.create_work_pool(WorkPoolCreate(name=chosen, type="process",
                                                base_job_template=process_pool_template("/opt/venv/bin/python -m x")))
     assert pool_command(plain) is None
 
     assert f"work pool {plain}: flow runs start with `{FLOW_RUN_COMMAND}`" in setup_prefect([], work_pool=plain)
     assert pool_command(plain) == FLOW_RUN_COMMAND
+    with get_client(sync_client=True) as client:  # the operator's other defaults are kept
+        template = client.read_work_pool(plain).base_job_template
+    assert template["variables"]["properties"]["working_dir"]["default"] == "/srv/migrations"
     setup_prefect([], work_pool=chosen)
     assert pool_command(chosen) == "/opt/venv/bin/python -m x"
 

@@ -50,6 +50,17 @@ def test_unknown_depends_orphan_rollback_and_bad_names(tmp_path: Path) -> None:
     assert "README.md" not in problems
 
 
+def test_copy_to_or_from_the_client_is_refused_naming_the_statement(tmp_path: Path) -> None:
+    problems = "\n".join(problems_of(tmp_path, {
+        "0001.load.sql": "CREATE TABLE a (id int);\n/* seed */ copy a (id)\n  FROM stdin;\n",
+        "0002.dump.sql": "COPY (SELECT 1) TO STDOUT;\n",
+        "0003.server-file.sql": "CREATE TABLE b (id int);\nCOPY b FROM '/srv/seed.csv';\n",
+    }))
+    assert "0001.load.sql: statement 2 copies to or from the client" in problems
+    assert "0002.dump.sql: statement 1 copies to or from the client" in problems
+    assert "0003.server-file.sql" not in problems
+
+
 def test_missing_empty_and_outside_directories_are_errors(tmp_path: Path) -> None:
     assert "does not exist" in read_catalog(Path("migrations"), tmp_path).problems[0].message
     (tmp_path / "migrations").mkdir()
