@@ -20,8 +20,11 @@ MIGRATION_NAME = re.compile(
     r"^(?P<id>(?P<version>\d+)[._-](?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*?))(?P<rollback>\.rollback)?\.(?P<ext>sql)$"
 )
 VERSIONED = re.compile(r"^(?P<version>\d+)[._-]")
-# COPY to or from the client needs a client that feeds or reads it (psql's \copy): not something a migration runs.
-CLIENT_COPY = re.compile(r"COPY\b.*\b(FROM\s+STDIN|TO\s+STDOUT)\b", re.IGNORECASE | re.DOTALL)
+# COPY to or from the client needs a client that feeds or reads it (psql's \copy): not something a migration
+# runs. Matched with string literals and comments blanked out; `COPY (query)` can only copy TO.
+CLIENT_COPY = re.compile(r"COPY\s+(?:[^(].*\b(?:FROM\s+STDIN|TO\s+STDOUT)\b|\(.*\)\s*TO\s+STDOUT\b)",
+                         re.IGNORECASE | re.DOTALL)
+LITERALS_AND_COMMENTS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
     if not statements:
         return migration, Problem(path.name, "the migration holds no SQL statement")
     for number, statement in enumerate(migration.statements, 1):
-        if CLIENT_COPY.match(after_comments(statement)):
+        if CLIENT_COPY.match(LITERALS_AND_COMMENTS.sub(" ", after_comments(statement))):
             return migration, Problem(path.name, f"statement {number} copies to or from the client (COPY … FROM "
                                                  "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
                                                  "or COPY from a file on the database server")

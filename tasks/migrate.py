@@ -134,6 +134,7 @@ ORDER BY d.started_at
 
 LOCK_NOT_AVAILABLE = "55P03"
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+COPY_REFUSED = "a migration cannot COPY to or from the client (use INSERT, or COPY from a file on the server)"
 PLAIN_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY, FATAL_ERROR)
 HOSTNAME = socket.gethostname()[:255]  # for yoyo's log rows: read once, not once per migration
 PROGRESS_EVERY = 100  # runs with more pending migrations log a progress line every this many
@@ -257,8 +258,12 @@ class MigrationFailure:
     statement_count: int = 0
     dirty: bool = False  # non-transactional and left partly applied: later runs refuse until resolved
     resolution: str = ""
+    outcome_unknown: bool = False  # the session ended before the server said whether it committed
 
     def outcome(self) -> str:
+        if self.outcome_unknown:
+            return ("whether it committed is not known (the session ended first); the history tables, written in "
+                    "the migration's own transaction, know: the next run's plan shows it applied or pending")
         if self.transactional and self.sqlstate == LOCK_NOT_AVAILABLE:
             return (f"rolled back: database unchanged, {self.attempts} attempts, each stopped by lock_timeout "
                     "behind another session's lock; find it with pg_blocking_pids() and run again")
@@ -716,7 +721,7 @@ def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sh
     """BEGIN, the statements, the history rows and COMMIT in ONE simple-query message: one round trip and one
     call into psycopg (Python's cost per call, not the server, is what kept us above psql). The server answers
     each statement in turn and stops at the first error, so the answers say which statement failed."""
-    if conn.info.server_version < 130000:  # before 13, statement_timeout would time the whole message
+    if conn.info.server_version < 130000 or read_differently_as_one(migration):
         return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
     with psycopg.ClientCursor(conn) as cursor:
         record = cursor.mogrify(EXECUTE_RECORD_SQL, _record_params(migration, git_sha, run_id, duration_ms=None))
@@ -724,9 +729,12 @@ def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sh
     answers: list[pq.PGresult] = []
     try:
         _exchange(conn, script.text, answers)
-    except psycopg.Error as exc:  # the connection is gone; the answers so far say what was running
-        number, statement = script.locate(len(answers), answers)
-        return _failure(migration, statement, exc, number)
+    except psycopg.Error as exc:
+        # The connection is gone without a word from the server. Its answers are sent in batches, so those read
+        # so far say only that at least that many statements had run: which one was running is not known.
+        confirmed = min(max(len(answers) - 1, 0), len(script.answered))
+        return replace(_failure(migration, f"(not known: the connection was lost after the server had confirmed "
+                                           f"{confirmed} statement(s))", exc, 0), outcome_unknown=True)
     except BaseException:  # Ctrl-C, SystemExit: stop the statement and end the session, which rolls back
         _abandon(conn)     # the migration and frees the migration lock at once
         raise
@@ -736,6 +744,8 @@ def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sh
         # or comment left open, a setting that changes how later text reads). Statement by statement, as
         # written, each one passes or fails on its own and the failing one is named exactly.
         return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
+    if failed is not None and any(answer.command_status == b"COMMIT" for answer in answers[:failed]):
+        return None  # committed, with its history rows, before the server ended the session
     if failed is not None:
         exc = psycopg.errors.error_from_result(answers[failed], encoding=conn.info.encoding)
         _roll_back_quietly(conn)
@@ -743,15 +753,14 @@ def _run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sh
         return _failure(migration, statement, exc, number)
     if not answers or answers[-1].status != pq.ExecStatus.COMMAND_OK or answers[-1].command_status != b"COMMIT" \
             or conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        # COPY to or from the client (refused by validation): the session is mid-protocol, so end it. Whether
-        # the migration committed is in the history tables, written in its own transaction.
+        # COPY to the client (refused by validation): the server goes on without us and may commit; the
+        # session is mid-protocol, so end it.
         number, statement = script.locate(len(answers) - 1, answers)
         conn.close()
         return MigrationFailure(
             migration_id=migration.id, statement=statement, sqlstate=None, transactional=True,
-            message="a migration cannot COPY to or from the client; the session was ended, so anything not "
-                    "committed is rolled back, and the history tables say whether the migration committed",
-            statement_number=number, statement_count=len(migration.statements),
+            message=COPY_REFUSED, statement_number=number, statement_count=len(migration.statements),
+            outcome_unknown=True,
         )
     return None
 
@@ -771,6 +780,11 @@ def _exchange(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -
                 raise
             if answer is None:
                 return
+            if answer.status == pq.ExecStatus.COPY_IN:  # no data to send: fail the COPY, which aborts the rest
+                while conn.pgconn.put_copy_end(COPY_REFUSED.encode()) == 0:
+                    conn.wait(generators.send(conn.pgconn))
+                conn.wait(generators.send(conn.pgconn))
+                continue
             answers.append(answer)
             if answer.status not in PLAIN_ANSWERS:
                 return
@@ -806,6 +820,14 @@ def _run_statement_by_statement(conn: psycopg.Connection, migration: Migration, 
     return None
 
 
+def read_differently_as_one(migration: Migration) -> bool:
+    """Whether the server could read this migration differently as one message than statement by statement:
+    `standard_conforming_strings` set inside it (the whole message is read before the SET runs), or a `\\'`
+    (yoyo's splitter reads it as an escaped quote, PostgreSQL does not, so the two may split differently)."""
+    return any("\\'" in statement or "standard_conforming_strings" in statement.lower()
+               for statement in migration.statements)
+
+
 @dataclass(frozen=True)
 class Script:
     """A transactional migration as one message: BEGIN, the statements, the history rows, COMMIT."""
@@ -829,11 +851,11 @@ class Script:
         does not), and then counting would name the wrong statement."""
         expected = [self.statements[number - 1] for number in self.answered] + ["INSERT"]  # the history rows
         if index > len(expected) + 1 or not all(
-                _tag_fits(expected[i - 1], answers[i].command_status or b"") for i in range(1, index)):
+                command_tag_fits(expected[i - 1], answers[i].command_status or b"") for i in range(1, index)):
             return 0, ("(not known exactly: the server split this file into statements differently from yoyo; "
                        "the error message says what failed)")
         if index <= 0:
-            return 0, "BEGIN"
+            return 0, "(not started: the session ended before the migration began)"
         if index <= len(self.answered):
             number = self.answered[index - 1]
             return number, self.statements[number - 1]
@@ -848,7 +870,7 @@ _TAGGED = {"ALTER", "ANALYZE", "CALL", "CLUSTER", "COMMENT", "CREATE", "DELETE",
 _KEYWORD = re.compile(r"[A-Za-z]+")
 
 
-def _tag_fits(statement: str, tag: bytes) -> bool:
+def command_tag_fits(statement: str, tag: bytes) -> bool:
     keyword = _KEYWORD.match(after_comments(statement))
     word = keyword.group().upper() if keyword else ""
     if word not in _TAGGED:

@@ -25,6 +25,7 @@ from tasks.migrate import (
     MigrationError,
     ResolveError,
     apply_pending,
+    command_tag_fits,
     plan,
     resolve_dirty,
 )
@@ -257,7 +258,7 @@ def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
     tmp_path: Path, database: Connection
 ) -> None:
     # yoyo's splitter reads \' as an escaped quote and joins statements 2-4 into one; the server runs them as
-    # three. Counting answers would blame the wrong statement: the command tags show the disagreement.
+    # three. Counting answers would blame the wrong statement, so such a file goes statement by statement.
     sql_text = (
         "CREATE TABLE t (s text);\n"
         "INSERT INTO t VALUES ('C:\\');\n"
@@ -267,10 +268,37 @@ def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
         "INSERT INTO u VALUES (1);\n"
     )
     number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
-    assert (number, sqlstate) == (0, "23505") and statement.startswith("(not known exactly")
+    assert (number, sqlstate, statement) == (4, "23505", "INSERT INTO u VALUES (1);")
 
 
-def test_copy_from_the_client_ends_the_session_and_applies_nothing(tmp_path: Path, database: Connection) -> None:
+def test_standard_conforming_strings_set_inside_a_migration_reads_as_written(
+    tmp_path: Path, database: Connection
+) -> None:
+    # As one message the server would read the INSERT before the SET runs, and store two backslashes.
+    files = {"0001.legacy.sql": (
+        "CREATE TABLE paths (p text);\n"
+        "SET standard_conforming_strings = off;\n"
+        "INSERT INTO paths VALUES ('C:\\\\x');\n"
+        "SET standard_conforming_strings = on;\n"
+    )}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    with connected(database) as conn:
+        assert conn.execute("SELECT p FROM paths").fetchone()[0] == "C:\\x"
+
+
+@pytest.mark.parametrize(("statement", "tag", "fits"), [
+    ("CREATE TABLE a (id int)", b"CREATE TABLE", True),
+    ("create table a as select 1", b"SELECT 1", True),
+    ("/* first */ -- then\nUPDATE a SET id = 2", b"UPDATE 3", True),
+    ("WITH x AS (SELECT 1) INSERT INTO a SELECT * FROM x", b"INSERT 0 1", True),
+    ("INSERT INTO a VALUES (1)", b"CREATE TABLE", False),
+    ("ALTER TABLE a ADD b int", b"INSERT 0 1", False),
+])
+def test_command_tags_show_where_the_servers_split_differs(statement: str, tag: bytes, fits: bool) -> None:
+    assert command_tag_fits(statement, tag) is fits
+
+
+def test_copy_from_the_client_is_failed_and_nothing_is_applied(tmp_path: Path, database: Connection) -> None:
     # Validation refuses such a file (tests/test_validate.py); the engine on its own must not hang or record it.
     clean = read_catalog(write_migrations(tmp_path, {"0001.copy.sql": "CREATE TABLE c (id int);\n"}), tmp_path)
     copying = replace(clean.migrations[0], statements=(
@@ -279,6 +307,7 @@ def test_copy_from_the_client_ends_the_session_and_applies_nothing(tmp_path: Pat
         apply_pending(database, replace(clean, migrations=(copying,)), POLICY)
     failed = raised.value.report.failed
     assert failed is not None and failed.statement_number == 2 and "cannot COPY to or from the client" in failed.message
+    assert "rolled back" in str(raised.value)  # the COPY was failed, so the session rolled back and stayed usable
     assert applied_ids(database) == [] and not {"c", "d"} & tables(database)
 
 

@@ -55,10 +55,18 @@ def test_copy_to_or_from_the_client_is_refused_naming_the_statement(tmp_path: Pa
         "0001.load.sql": "CREATE TABLE a (id int);\n/* seed */ copy a (id)\n  FROM stdin;\n",
         "0002.dump.sql": "COPY (SELECT 1) TO STDOUT;\n",
         "0003.server-file.sql": "CREATE TABLE b (id int);\nCOPY b FROM '/srv/seed.csv';\n",
+        "0004.tricky.sql": (
+            "CREATE TABLE stdin (id int);\n"
+            "COPY stdin FROM '/x.csv' WITH (FORMAT csv, NULL 'TO STDOUT');\n"
+            "COPY stdin FROM '/x.csv' -- never FROM STDIN here\n;\n"
+            "COPY (SELECT id FROM stdin) TO '/x.csv';\n"
+        ),
+        "0005.hidden.sql": "COPY (SELECT 1) TO /* out */ STDOUT;\n",
     }))
     assert "0001.load.sql: statement 2 copies to or from the client" in problems
     assert "0002.dump.sql: statement 1 copies to or from the client" in problems
-    assert "0003.server-file.sql" not in problems
+    assert "0003.server-file.sql" not in problems and "0004.tricky.sql" not in problems
+    assert "0005.hidden.sql: statement 1 copies to or from the client" in problems
 
 
 def test_missing_empty_and_outside_directories_are_errors(tmp_path: Path) -> None:
