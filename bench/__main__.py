@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
         sizes = tuple(sorted(int(n) for n in args.sizes.split(",")))
+        OUT.mkdir(parents=True, exist_ok=True)  # before measuring: the prefect section writes its log there
         results = measure(sections, sizes, OUT, args.candidate)
-        OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
     complete = (set(results.get("sections", ())) == set(SECTIONS) and not results.get("errors")
                 and not args.candidate)

@@ -147,7 +147,6 @@ CONCURRENT_INDEX = re.compile(
     rf"ON\s+(?:ONLY\s+)?(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)",
     re.IGNORECASE,
 )
-LEADING_COMMENTS = re.compile(r"^(?:\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/))*\s*", re.DOTALL)
 
 
 # ---- typed values ----------------------------------------------------------------------------------------
@@ -438,7 +437,7 @@ def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,
 
 def concurrent_index(statement: str) -> tuple[str, str] | None:
     """(index name, table as written) for a named `CREATE INDEX CONCURRENTLY`, else None."""
-    match = CONCURRENT_INDEX.match(LEADING_COMMENTS.sub("", statement, count=1))
+    match = CONCURRENT_INDEX.match(after_comments(statement))
     if match is None:
         return None
     name = match["name"]
@@ -569,7 +568,7 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
                     "INSERT INTO _yoyo_log (id, migration_hash, migration_id, operation, username, hostname, "
                     "comment, created_at_utc) VALUES (%s, %s, %s, 'unmark', current_user, %s, "
                     "'rds-migrations resolve --mark-not-applied', now() AT TIME ZONE 'utc')",
-                    (str(uuid.uuid1()), get_migration_hash(migration_id), migration_id, socket.gethostname()[:255]),
+                    (str(uuid.uuid1()), get_migration_hash(migration_id), migration_id, HOSTNAME),
                 )
             outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it"
     log.warning("Resolved by an operator: %s", outcome)
@@ -800,10 +799,7 @@ def _abandon(conn: psycopg.Connection) -> None:
 
 def _roll_back_quietly(conn: psycopg.Connection) -> None:
     if conn.info.transaction_status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
-        try:
-            conn.execute("ROLLBACK")
-        except psycopg.Error:
-            pass  # the connection is gone: the server rolls back with the session
+        _quietly(conn, "ROLLBACK", ())  # if the connection is gone, the server rolls back with the session
 
 
 def _run_statement_by_statement(conn: psycopg.Connection, migration: Migration, *, git_sha: str,
@@ -921,7 +917,7 @@ def _quietly(conn: psycopg.Connection, query: str, params: tuple) -> None:
     try:
         conn.execute(query, params)
     except psycopg.Error:
-        pass  # the connection is gone; the mark stays as it was and the next run explains it
+        pass  # the connection is gone: a dirty mark stays (the next run explains it), a transaction rolls back
 
 
 def _record(conn: psycopg.Connection, migration: Migration, git_sha: str, run_id: str | None,
@@ -1005,7 +1001,7 @@ def roll_back(connection: Connection, migration: Migration, policy: Policy) -> N
     if migration.rollback_statements is None:
         raise ValueError(f"{migration.id} has no rollback file")
     params = {"hash": get_migration_hash(migration.id), "id": migration.id, "log_id": str(uuid.uuid1()),
-              "hostname": socket.gethostname()[:255]}
+              "hostname": HOSTNAME}
     with _session(connection, policy=policy) as conn, migration_lock(conn, policy.migration_lock_wait_seconds):
         statement, number = "", 0
         try:

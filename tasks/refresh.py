@@ -19,7 +19,6 @@ The engine is plain functions and three small backends; the Prefect tasks are at
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -50,12 +49,16 @@ from tasks.environments import (
 )
 from tasks.secrets import Connection, DatabaseUnreachable, read_url_from_env, redact
 from tasks.snapshot import (
-    NAME_PREFIX,
+    CLUSTER,
+    INSTANCE,
     TIMESTAMP_FORMAT,
     Snapshot,
     SnapshotKind,
+    derived_name,
     dump_directory,
+    stored_dumps,
     take_snapshot,
+    utc,
     waiter_config,
 )
 
@@ -74,12 +77,6 @@ class RefreshError(Exception):
 
 
 # ---- names and guards --------------------------------------------------------------------------------------
-
-
-def derived_name(live: str, middle: str, stamp: str, *, sep: str = "-", limit: int = 63) -> str:
-    """`<live><sep><middle><sep><stamp>` within `limit` characters, shortening `live`."""
-    tail = f"{sep}{middle}{sep}{stamp}"
-    return live[: limit - len(tail)].rstrip("-_") + tail
 
 
 @dataclass(frozen=True)
@@ -544,40 +541,17 @@ class LocalDatabases(Backend):
 # ---- which snapshot ---------------------------------------------------------------------------------------
 
 
-def _dumps(directory: Path) -> Iterator[tuple[Snapshot, dict]]:
-    """Complete dumps (the JSON sidecar is written last) with their sidecar records."""
-    for sidecar in directory.glob(f"{NAME_PREFIX}-*.json"):
-        dump = sidecar.with_suffix(".dump")
-        try:
-            record = json.loads(sidecar.read_text(encoding="utf-8"))
-            created = datetime.fromisoformat(record["created_at"])
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # not one of ours, or damaged
-        if dump.is_file():
-            yield Snapshot(kind="pg_dump", identifier=sidecar.stem, source=str(record.get("database", "")),
-                           reused=True, location=str(dump), created_at=_utc(created)), record
-
-
-def _utc(when: datetime) -> datetime:
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
 def _rds_snapshots(rds: Any, kind: SnapshotKind, **filters: str) -> list[Snapshot]:
-    if kind == "rds_instance":
-        operation, key, ident, source, arn = ("describe_db_snapshots", "DBSnapshots", "DBSnapshotIdentifier",
-                                              "DBInstanceIdentifier", "DBSnapshotArn")
-    else:
-        operation, key, ident, source, arn = ("describe_db_cluster_snapshots", "DBClusterSnapshots",
-                                              "DBClusterSnapshotIdentifier", "DBClusterIdentifier",
-                                              "DBClusterSnapshotArn")
+    api = INSTANCE if kind == "rds_instance" else CLUSTER
     found = []
     try:
-        for page in rds.get_paginator(operation).paginate(**{(ident if k == "id" else source): v
-                                                             for k, v in filters.items()}):
-            for s in page[key]:
+        for page in rds.get_paginator(api.describe_snapshots).paginate(
+                **{(api.snapshot_param if k == "id" else api.source_param): v for k, v in filters.items()}):
+            for s in page[api.snapshots_key]:
                 if s.get("Status") == "available" and s.get("SnapshotType") in ("manual", "automated"):
-                    found.append(Snapshot(kind=kind, identifier=s[ident], source=s.get(source, ""), reused=True,
-                                          location=s.get(arn, ""), created_at=_utc(s["SnapshotCreateTime"])))
+                    found.append(Snapshot(kind=kind, identifier=s[api.snapshot_param],
+                                          source=s.get(api.source_param, ""), reused=True,
+                                          location=s.get(api.arn_key, ""), created_at=utc(s["SnapshotCreateTime"])))
     except ClientError as exc:
         if "NotFound" not in str(exc.response.get("Error", {}).get("Code", "")):
             raise
@@ -589,7 +563,7 @@ def newest_snapshot(source: Environment, rds: Any = None) -> Snapshot:
     config = source.snapshot
     if isinstance(config, PgDumpSnapshot):
         directory = dump_directory(config)
-        found = [s for s, record in _dumps(directory) if record.get("environment") == source.name]
+        found = [s for s, record in stored_dumps(directory) if record.get("environment") == source.name]
         where = f"dump of environment {source.name} in {directory}"
     else:
         source_id = _live_name(source, None)
@@ -605,7 +579,7 @@ def named_snapshot(environment: Environment, snapshot_id: str, live: str, rds: A
     """The snapshot a restore was asked for; it must be available and taken of this environment."""
     config = environment.snapshot
     if isinstance(config, PgDumpSnapshot):
-        for snapshot, record in _dumps(dump_directory(config)):
+        for snapshot, record in stored_dumps(dump_directory(config)):
             if snapshot.identifier == snapshot_id:
                 if record.get("environment") != environment.name:
                     raise RefreshError(f"dump {snapshot_id} was taken of environment {record.get('environment')!r}, "
@@ -709,7 +683,7 @@ def _backend(environment: Environment, plan: SwapPlan, credentials: Connection, 
 
 
 def _stamp(now: datetime | None) -> str:
-    return _utc(now or datetime.now(UTC)).strftime(TIMESTAMP_FORMAT)
+    return utc(now or datetime.now(UTC)).strftime(TIMESTAMP_FORMAT)
 
 
 def refresh_environment(

@@ -113,7 +113,7 @@ def snapshot_identifier(environment_name: str, git_sha: str, when: datetime) -> 
     """`rdsm-<environment>-<sha7>-<yyyymmddthhmmss>`, valid for DB and cluster snapshots (<= 63 characters,
     a letter first, single hyphens). The environment part is shortened when it does not fit."""
     sha = _hyphenated(check_git_sha(git_sha)[:7])
-    stamp = _utc(when).strftime(TIMESTAMP_FORMAT)
+    stamp = utc(when).strftime(TIMESTAMP_FORMAT)
     room = MAX_IDENTIFIER - len(f"{NAME_PREFIX}--{sha}-{stamp}")
     environment = _hyphenated(environment_name)[:room].strip("-")
     identifier = "-".join(part for part in (NAME_PREFIX, environment, sha, stamp) if part)
@@ -140,7 +140,7 @@ def snapshot_tags(
     }
 
 
-def _utc(when: datetime) -> datetime:
+def utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
@@ -165,7 +165,7 @@ def take_snapshot(
     `ValueError` for a bad `git_sha` or an environment without snapshots (`kind = "none"`).
     """
     check_git_sha(git_sha)
-    when = _utc(now or datetime.now(UTC))
+    when = utc(now or datetime.now(UTC))
     identifier = snapshot_identifier(environment.name, git_sha, when)
     tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger)
     config = environment.snapshot
@@ -428,7 +428,7 @@ def _rds_result(
         source=source_id,
         reused=reused,
         location=snapshot.get(api.arn_key, ""),
-        created_at=_utc(created) if isinstance(created, datetime) else fallback_time,
+        created_at=utc(created) if isinstance(created, datetime) else fallback_time,
     )
 
 
@@ -487,28 +487,32 @@ def _take_pg_dump(config: PgDumpSnapshot, connection: Connection, identifier: st
                     location=str(dump), created_at=when)
 
 
-def _find_reusable_dump(directory: Path, wanted: dict[str, str]) -> Snapshot | None:
-    if not GIT_SHA.match(wanted["git_sha"]):
-        return None
-    found = []
+def stored_dumps(directory: Path) -> Iterator[tuple[Snapshot, dict]]:
+    """Complete dumps (the JSON sidecar is written last) with their sidecar records; damaged ones skipped."""
     for sidecar in directory.glob(f"{NAME_PREFIX}-*.json"):
         dump = sidecar.with_suffix(".dump")
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
-            same = all(record[key] == wanted[key] for key in ("environment", "git_sha", "database"))
-            created_at = _utc(datetime.fromisoformat(record["created_at"]))
+            created = datetime.fromisoformat(record["created_at"])
         except (OSError, ValueError, TypeError, KeyError):
-            continue  # not one of ours, or damaged: never reused
-        if same and dump.is_file():
-            found.append(Snapshot(kind="pg_dump", identifier=sidecar.stem, source=wanted["database"],
-                                  reused=True, location=str(dump), created_at=created_at))
+            continue  # not one of ours, or damaged: never used
+        if dump.is_file():
+            yield Snapshot(kind="pg_dump", identifier=sidecar.stem, source=str(record.get("database", "")),
+                           reused=True, location=str(dump), created_at=utc(created)), record
+
+
+def _find_reusable_dump(directory: Path, wanted: dict[str, str]) -> Snapshot | None:
+    if not GIT_SHA.match(wanted["git_sha"]):
+        return None
+    found = [snapshot for snapshot, record in stored_dumps(directory)
+             if all(record.get(key) == wanted[key] for key in ("environment", "git_sha", "database"))]
     return max(found, key=lambda s: s.created_at) if found else None
 
 
 # ---- restore steps -----------------------------------------------------------------------------------------
 
 
-def _derived_name(base: str, middle: str, suffix: str, *, limit: int = MAX_IDENTIFIER, sep: str = "-") -> str:
+def derived_name(base: str, middle: str, suffix: str, *, limit: int = MAX_IDENTIFIER, sep: str = "-") -> str:
     """`<base><sep><middle><sep><suffix>` within `limit` characters, shortening the base."""
     tail = f"{sep}{middle}{sep}{suffix}"
     return base[: limit - len(tail)].rstrip("-_") + tail
@@ -527,8 +531,8 @@ def _wait_renamed(what: str, name: str) -> str:
 
 def _restore_instance_steps(snapshot: Snapshot, suffix: str) -> list[str]:
     live = shlex.quote(snapshot.source)
-    new = shlex.quote(_derived_name(snapshot.source, "restored", suffix))
-    old = shlex.quote(_derived_name(snapshot.source, "old", suffix))
+    new = shlex.quote(derived_name(snapshot.source, "restored", suffix))
+    old = shlex.quote(derived_name(snapshot.source, "old", suffix))
     describe = f"aws rds describe-db-instances --db-instance-identifier {live} --output text --query"
     return [
         f"# Restore snapshot {snapshot.identifier} into a NEW instance {new};",
@@ -559,9 +563,9 @@ def _restore_instance_steps(snapshot: Snapshot, suffix: str) -> list[str]:
 
 def _restore_cluster_steps(snapshot: Snapshot, suffix: str) -> list[str]:
     live = shlex.quote(snapshot.source)
-    new_name = _derived_name(snapshot.source, "restored", suffix)
-    new, writer = shlex.quote(new_name), shlex.quote(_derived_name(new_name, "writer", "1", sep="-"))
-    old = shlex.quote(_derived_name(snapshot.source, "old", suffix))
+    new_name = derived_name(snapshot.source, "restored", suffix)
+    new, writer = shlex.quote(new_name), shlex.quote(derived_name(new_name, "writer", "1", sep="-"))
+    old = shlex.quote(derived_name(snapshot.source, "old", suffix))
     describe = f"aws rds describe-db-clusters --db-cluster-identifier {live} --output text --query"
     writer_query = "'DBClusters[0].DBClusterMembers[?IsClusterWriter].DBInstanceIdentifier | [0]'"
     writer_of_live = f"$({describe} {writer_query})"
@@ -605,8 +609,8 @@ def _sql_identifier(name: str) -> str:
 
 def _restore_dump_steps(snapshot: Snapshot, suffix: str) -> list[str]:
     live = snapshot.source
-    new = _derived_name(live, "restored", suffix.replace("-", "_"), sep="_")
-    old = _derived_name(live, "old", suffix.replace("-", "_"), sep="_")
+    new = derived_name(live, "restored", suffix.replace("-", "_"), sep="_")
+    old = derived_name(live, "old", suffix.replace("-", "_"), sep="_")
 
     def rename(a: str, b: str) -> str:
         statement = f"ALTER DATABASE {_sql_identifier(a)} RENAME TO {_sql_identifier(b)}"

@@ -312,12 +312,10 @@ def test_copy_from_the_client_is_failed_and_nothing_is_applied(tmp_path: Path, d
 
 
 def test_ctrl_c_during_a_migration_rolls_it_back_and_releases_the_lock(tmp_path: Path, database: Connection) -> None:
-    with connected(database) as setup:
-        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
-        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    raise_sleep_flag(database)
     files = {"0001.slow.sql": (
         "CREATE TABLE slow (id bigint);\n"
-        "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(30); END IF; END $$;\n"
+        + SLEEP_WHILE_FLAGGED
     )}
     catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
 
@@ -464,6 +462,16 @@ def start_migrating(database: Connection, project: Path, lock_timeout_ms: int = 
     return process
 
 
+# A statement that sleeps (60 s at most) while the flag that raise_sleep_flag() raises is up.
+SLEEP_WHILE_FLAGGED = "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
+
+
+def raise_sleep_flag(database: Connection) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
+        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+
+
 # The migrating session inside pg_sleep, however its statements were sent.
 SLEEPING = ("SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' AND wait_event = 'PgSleep' "
             "AND datname = current_database()")
@@ -500,14 +508,12 @@ def dirty_state(database: Connection) -> list[tuple]:
 def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
     tmp_path: Path, database: Connection
 ) -> None:
-    with connected(database) as setup:
-        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
-        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    raise_sleep_flag(database)
     files = {
         "0001.first.sql": "CREATE TABLE first (id bigint);\n",
         "0002.slow.sql": (
             "CREATE TABLE slow (id bigint);\n"
-            "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
+            + SLEEP_WHILE_FLAGGED
         ),
     }
     write_migrations(tmp_path, files)
@@ -527,16 +533,14 @@ def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
 def test_kill_9_during_a_non_transactional_migration_reports_dirty_and_never_reapplies(
     tmp_path: Path, database: Connection
 ) -> None:
-    with connected(database) as setup:
-        setup.execute("CREATE TABLE sleep_flag (on_ boolean)")
-        setup.execute("INSERT INTO sleep_flag VALUES (true)")
+    raise_sleep_flag(database)
     files = {
         "0001.first.sql": "CREATE TABLE first (id bigint);\n",
         "0002.nt.sql": (
             "-- transactional: false\n"
             "CREATE TABLE nt_a (id bigint);\n"
-            "DO $$ BEGIN IF EXISTS (SELECT FROM sleep_flag) THEN PERFORM pg_sleep(60); END IF; END $$;\n"
-            "CREATE TABLE nt_b (id bigint);\n"
+            + SLEEP_WHILE_FLAGGED
+            + "CREATE TABLE nt_b (id bigint);\n"
         ),
         "0003.last.sql": "CREATE TABLE last (id bigint);\n",
     }

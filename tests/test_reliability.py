@@ -14,7 +14,6 @@ import http.client
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import pytest
 from psycopg import sql
 
 from tasks.aws import aws_client
+from tasks.embedded import free_port
 from tasks.environments import AwsSettings, load_environment
 from tasks.secrets import Connection, SecretError, connected, connection_from_url, fetch_connection
 from tasks.snapshot import SnapshotError, take_snapshot
@@ -165,12 +165,6 @@ UNIQUE_EMAIL = {
     ),
     "0003.create-devices.sql": "CREATE TABLE devices (id bigint PRIMARY KEY);\n",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
