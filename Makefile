@@ -29,5 +29,5 @@ bench: sync
 	$(UV) run python -m bench
 
 clean:
-	-$(UV) run python -c "from tasks.embedded import embedded_server; embedded_server().stop()"
+	-$(UV) run python -c "from tasks.engine.embedded import embedded_server; embedded_server().stop()"
 	rm -rf .rds-migrations

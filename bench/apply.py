@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bench import generate, knex
 from bench.pg import BenchServer, client_cpu_seconds, libpq_env, server_cpu_seconds, yoyo_url
-from tasks.catalog import Catalog, read_catalog
-from tasks.environments import Policy
-from tasks.migrate import apply_pending
-from tasks.secrets import Connection, connected
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import Policy
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import Catalog, read_catalog
 
 PSQL, OURS, YOYO, KNEX = "psql (floor)", "rds-migrations", "yoyo CLI", "Knex"
 CANDIDATE = "candidate engine"

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tasks.secrets import Connection
+from tasks.engine.connection import Connection
 
 KNEX_VERSION = "3"
 RUNNER = """

@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from tasks.embedded import LocalServer
-from tasks.secrets import Connection, connected
+from tasks.engine.connection import Connection, connected
+from tasks.engine.embedded import LocalServer
 
 # A password with URL-reserved characters: every tool must be given it correctly (yoyo: URL-quoted).
 PASSWORD = "bench-pw@x:/?#%"

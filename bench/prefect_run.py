@@ -295,7 +295,7 @@ def main(out: Path) -> None:
     finally:
         _stop(worker)
         _stop(server)
-        from tasks.embedded import LocalServer
+        from tasks.engine.embedded import LocalServer
 
         LocalServer(home / "postgres").destroy()
         shutil.rmtree(base, ignore_errors=True)

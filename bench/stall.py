@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.pg import BenchServer, libpq_env, yoyo_url
-from tasks.catalog import read_catalog
-from tasks.environments import Policy
-from tasks.migrate import apply_pending
-from tasks.secrets import Connection, connected
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import Policy
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
 
 ROWS = 10_000
 CLIENTS = 4

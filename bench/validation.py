@@ -8,9 +8,10 @@ from pathlib import Path
 
 from bench import generate
 from bench.pg import BenchServer
-from tasks.catalog import read_catalog
-from tasks.environments import Policy
-from tasks.validate import check_migrations, rehearse
+from tasks.engine.environments import Policy
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.rehearsal import rehearse
+from tasks.engine.migrations.validation import check_migrations
 
 
 @dataclass

@@ -11,17 +11,14 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from tasks.validate import ValidationReport
+from tasks.engine.errors import ApprovalDenied
+from tasks.engine.migrations.report import ValidationReport
 
 
 class Approval(RunInput):
     approved: bool = False
     approver: str = ""
     reason: str = ""
-
-
-class ApprovalDenied(Exception):
-    """Nobody approved: rejected, or the pause timed out. Nothing was snapshotted or applied."""
 
 
 def request_approval(environment: str, report: ValidationReport, timeout_seconds: int) -> str:

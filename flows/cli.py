@@ -14,16 +14,12 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from tasks.embedded import EmbeddedServerError  # noqa: E402
-from tasks.environments import ConfigError, Environment, load_environment  # noqa: E402
-from tasks.secrets import DatabaseUnreachable, SecretError  # noqa: E402
+from tasks.engine.connection import Connection  # noqa: E402
+from tasks.engine.environments import Environment, load_environment  # noqa: E402
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
+from tasks.engine.git import head_sha  # noqa: E402
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DATABASE_URL_ENVIRONMENT = "database-url"
-
-
-class UsageError(Exception):
-    pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="you finished it by hand: record it as applied")
     how.add_argument("--mark-not-applied", action="store_true",
                      help="you undid it by hand: it stays pending and runs again")
+    restore = commands.add_parser(
+        "restore", help="restore one of an environment's snapshots to a NEW name, then swap names (the "
+                        "replaced copy is kept)",
+    )
+    restore.add_argument("--env", metavar="NAME", required=True, help="the environment whose database is replaced")
+    restore.add_argument("--snapshot-id", required=True, metavar="ID",
+                         help="the snapshot (RDS snapshot id, or a local dump's name without .dump)")
+    restore.add_argument("--git-sha", default=None, help="the commit the restored database should match")
     return parser
 
 
@@ -101,22 +105,16 @@ def _environment(args: argparse.Namespace) -> Environment:
     raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
 
 
-def git_sha() -> str:
-    import subprocess
-
-    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    sha = result.stdout.strip()
-    return sha if result.returncode == 0 and sha else "local"
-
-
 # ---- commands --------------------------------------------------------------------------------------------
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tasks.embedded import embedded_server
-    from tasks.migrate import plan
-    from tasks.secrets import connection_from_url
-    from tasks.validate import check_migrations, rehearse, with_plan, with_rehearsal
+    from tasks.engine.connection import connection_from_url
+    from tasks.engine.embedded import embedded_server
+    from tasks.engine.migrations.plan import plan
+    from tasks.engine.migrations.rehearsal import rehearse
+    from tasks.engine.migrations.report import with_plan, with_rehearsal
+    from tasks.engine.migrations.validation import check_migrations
 
     policy = load_environment(args.env or "production").policy
     catalog, report = check_migrations(Path(args.migrations), Path.cwd(), policy)
@@ -139,16 +137,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.catalog import read_catalog
-    from tasks.migrate import plan
-    from tasks.secrets import fetch_connection
+    from tasks.engine.migrations.catalog import read_catalog
+    from tasks.engine.migrations.plan import plan
 
     environment = _environment(args)
     catalog = read_catalog(Path(args.migrations), Path.cwd())
     if catalog.problems:
         print("\n".join(f"ERROR {p}" for p in catalog.problems))
         return EXIT_FAILED
-    current = plan(fetch_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order,
+    current = plan(_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order,
                    environment=environment.name)
     print(f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending")
     for migration_id in current.pending:
@@ -168,9 +165,8 @@ def index_action(environment: Environment) -> str:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Without MIGRATION_ID: explain what is dirty. With it: record the operator's resolution."""
-    from tasks.catalog import read_catalog
-    from tasks.migrate import LockTimeout, ResolveError, explain_state, resolve_dirty
-    from tasks.secrets import fetch_connection
+    from tasks.engine.migrations.catalog import read_catalog
+    from tasks.engine.migrations.resolve import explain_state, resolve_dirty
 
     marked = args.mark_applied or args.mark_not_applied
     if args.migration is None and marked:
@@ -180,44 +176,23 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                          "(undone by hand)")
     environment = _environment(args)
     catalog = read_catalog(Path(args.migrations), Path.cwd())
-    connection = fetch_connection(environment)
+    connection = _connection(environment)
     if args.migration is None:
         clean, explanation = explain_state(connection, catalog, environment=environment.name)
         print(explanation)
         return EXIT_OK if clean else EXIT_FAILED
-    try:
-        print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
-                            policy=environment.policy))
-    except (ResolveError, LockTimeout) as exc:
-        print(f"rds-migrations: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
+                        policy=environment.policy))
     return EXIT_OK
 
 
-def run_flow(environment: Environment, **parameters: object) -> int:
-    """Run the environment's flow in this process (Prefect's ephemeral API when no server is configured)."""
-    from flows.production import production
-    from flows.staging import staging
-
-    flow = production if environment.tier == "production" else staging
-    state = flow(environment=environment.name, return_state=True, **parameters)
-    if state.is_completed():
-        return EXIT_OK
-    try:
-        state.result()
-    except (ConfigError, UsageError) as exc:
-        print(f"rds-migrations: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - reported; the flow already notified
-        print(f"rds-migrations: {environment.name}: {exc}", file=sys.stderr)
-    return EXIT_FAILED
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.launch import run_migration_flow
+
     environment = _environment(args)
-    return run_flow(
+    return run_migration_flow(
         environment,
-        git_sha=args.git_sha or git_sha(),
+        git_sha=args.git_sha or head_sha(),
         dry_run=args.dry_run,
         target=args.target,
         migrations_dir=args.migrations,
@@ -242,20 +217,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(reset=args.reset)
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from flows.launch import run_flow
+    from flows.restore import restore_snapshot
+
+    environment = load_environment(args.env)
+    return run_flow(restore_snapshot, environment.name, environment=environment.name,
+                    snapshot_id=args.snapshot_id, git_sha=args.git_sha or head_sha())
+
+
+def _connection(environment: Environment) -> Connection:
+    """The environment's credentials, read directly (read-only commands need no flow run). A named
+    credentials block is a Prefect block, read through the Prefect API; otherwise the default chain."""
+    from tasks.engine.runs.steps import DirectSteps
+
+    make_client = None
+    if environment.aws is not None and environment.aws.credentials_block:
+        from tasks.aws import aws_client as make_client
+    return DirectSteps(make_client=make_client).fetch_secret(environment)
+
+
 COMMANDS = {"demo": cmd_demo, "validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "resolve": cmd_resolve,
-            "setup-prefect": cmd_setup_prefect}
+            "setup-prefect": cmd_setup_prefect, "restore": cmd_restore}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError) as exc:
+    except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
         print(f"rds-migrations: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (SecretError, DatabaseUnreachable, EmbeddedServerError) as exc:
-        print(f"rds-migrations: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
 
 
 if __name__ == "__main__":

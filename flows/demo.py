@@ -7,9 +7,11 @@ notifications. Run it twice: the second run applies nothing and takes no snapsho
 
 from __future__ import annotations
 
-from tasks.embedded import embedded_server
-from tasks.environments import load_environment
-from tasks.snapshot import dump_directory
+from flows.launch import run_migration_flow
+from tasks.engine.embedded import embedded_server
+from tasks.engine.environments import load_environment
+from tasks.engine.git import head_sha
+from tasks.engine.snapshots.dumps import dump_directory
 
 STAGING, PRODUCTION = "local", "local-production"
 
@@ -19,8 +21,6 @@ def _banner(text: str) -> None:
 
 
 def demo(reset: bool = False) -> int:
-    from flows.cli import git_sha, run_flow
-
     server = embedded_server()
     _banner("embedded PostgreSQL")
     port = server.start()
@@ -32,14 +32,14 @@ def demo(reset: bool = False) -> int:
         for dump in dump_directory(environments[PRODUCTION].snapshot).glob("*"):  # type: ignore[arg-type]
             dump.unlink()
         print("reset: demo databases dropped, local snapshots deleted")
-    sha = git_sha()
+    sha = head_sha()
     codes = []
     try:
         for name in (STAGING, PRODUCTION):
             environment = environments[name]
             _banner(f"{environment.tier} flow on environment '{name}' (git {sha[:12]})")
-            codes.append(run_flow(environment, git_sha=sha, dry_run=False, target=None,
-                                  migrations_dir="migrations", trigger="demo"))
+            codes.append(run_migration_flow(environment, git_sha=sha, dry_run=False, target=None,
+                                            migrations_dir="migrations", trigger="demo"))
     finally:
         server.stop()
     _banner("snapshots")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.exclusive import one_run_per_environment
-from flows.pipeline import run_pipeline
-from tasks.environments import ConfigError, load_environment
-from tasks.notify import RunSummary
+from flows.steps import PrefectSteps
+from tasks.engine.messages import RunSummary
+from tasks.engine.runs.migration import migrate_environment
 
 
 @flow(name="migrate-staging")
@@ -27,11 +26,7 @@ def staging(
         target: apply up to and including this migration id or version number.
         environment: an environment of tier "staging" in deployments/environments.toml.
         migrations_dir: the migrations directory, relative to the project.
-        trigger: who asked for this run ("manual", "github", "schedule", "cli").
+        trigger: who asked for this run ("ui", "manual", "cli").
     """
-    env = load_environment(environment)
-    if env.tier != "staging":
-        raise ConfigError(f"environment {environment!r} is tier {env.tier!r}: run it with the production flow")
-    with one_run_per_environment(env.name):
-        return run_pipeline(env, git_sha=git_sha, dry_run=dry_run, target=target, migrations_dir=migrations_dir,
-                            trigger=trigger)
+    return migrate_environment(environment, "staging", PrefectSteps(), git_sha=git_sha, dry_run=dry_run,
+                               target=target, migrations_dir=migrations_dir, trigger=trigger)

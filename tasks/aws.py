@@ -1,7 +1,8 @@
-"""AWS clients through prefect-aws `AwsCredentials`, with botocore's standard retry mode.
+"""AWS clients for the flows, through prefect-aws `AwsCredentials`, with botocore's standard retry mode.
 
 A saved `AwsCredentials` block is used when the environment names one (a role per environment); otherwise
-the default credential chain. `endpoint_url` points at an AWS API emulator in tests.
+the default credential chain. `endpoint_url` points at an AWS API emulator in tests. The flow makes the
+clients and hands them to the tasks (tasks never build credentials).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from typing import Any
 
 from prefect_aws import AwsClientParameters, AwsCredentials
 
-from tasks.environments import AwsSettings
-
-# botocore retries throttling and 5xx with backoff itself; Prefect task retries sit on top of this.
-BOTOCORE_RETRIES = {"retries": {"mode": "standard", "max_attempts": 5}}
+from tasks.engine.aws import BOTOCORE_RETRIES
+from tasks.engine.environments import AwsSettings
 
 
 def aws_credentials(aws: AwsSettings) -> AwsCredentials:

@@ -18,11 +18,26 @@ from pydantic import SecretStr
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
 
-from tasks.embedded import LocalServer  # noqa: E402
-from tasks.secrets import Connection  # noqa: E402
+# Prefect configures logging (replacing handlers) the first time its main module is imported. Import it
+# before any test adds a handler or pytest's log capture, so that no test loses them halfway.
+import prefect.main  # noqa: E402, F401
+
+from tasks.engine.connection import Connection  # noqa: E402
+from tasks.engine.embedded import LocalServer  # noqa: E402
 
 # The canary: a password no log line, result, artifact, Slack message or exception may ever contain.
 CANARY_PASSWORD = "canary-PW@x:/?#'\"-9f31c7"
+
+
+# A test that needs any of these is an integration test: marked here, from its fixtures, so the mark can never
+# disagree with what the test really starts (`pytest -m "not integration"` runs the unit tests alone).
+SERVICE_FIXTURES = frozenset({"pg_server", "database", "moto_endpoint", "aws_endpoint", "slack_sink", "prefect_api"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tasks.secrets import Connection
+from tasks.engine.connection import Connection
 from tests.conftest import CANARY_PASSWORD
 from tests.helpers import write_migrations
 

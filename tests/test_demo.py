@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # it starts its own PostgreSQL and Prefect's temporary server
 PROJECT = Path(__file__).parents[1]
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.embedded import LocalServer, free_port
-from tasks.secrets import connected
+from tasks.engine.connection import connected
+from tasks.engine.embedded import LocalServer, free_port
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).parents[1]

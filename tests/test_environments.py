@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.environments import ConfigError, load_environment, load_environments
+from tasks.engine.environments import load_environment, load_environments
+from tasks.engine.errors import ConfigError
 
 PROJECT = Path(__file__).parents[1]
 

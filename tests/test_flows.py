@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tasks.secrets import Connection, connected
+from tasks.engine.connection import Connection, connected
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.helpers import write_migrations
 
@@ -119,7 +119,8 @@ def test_second_of_three_fails_flow_is_failed_and_slack_gets_snapshot_and_restor
     message = project.sink.texts()[-1]
     assert "FAILED" in message and "0003.backfill-accounts" in message and "23502" in message
     assert snapshot[0] in message
-    assert "restore-db-instance-from-db-snapshot" in message and "0004.create-devices" in message
+    assert f"rds-migrations restore --env prod-test --snapshot-id {snapshot[0]}" in message
+    assert "0004.create-devices" in message
     assert "never onto the live name" in message
 
 

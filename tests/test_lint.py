@@ -13,18 +13,18 @@ import psycopg
 import pytest
 from yoyo.migrations import read_sql_migration
 
-from tasks import lint
-from tasks.lint import (
+from tasks.engine.connection import Connection
+from tasks.engine.errors import LintError
+from tasks.engine.migrations import lint
+from tasks.engine.migrations.lint import (
     ALWAYS_EXCLUDED,
     RULE_SEVERITY,
-    LintError,
     LintFinding,
     blocking,
     is_transactional,
     lint_files,
     squawk_binary,
 )
-from tasks.secrets import Connection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -422,7 +422,6 @@ def schema_of(conn: psycopg.Connection) -> dict[str, list[tuple]]:
     return {name: conn.execute(sql).fetchall() for name, sql in queries.items()}
 
 
-@pytest.mark.integration
 def test_sample_migrations_apply_roll_back_and_apply_again(database: Connection) -> None:
     migrations = sample_migrations()
     with database.connect() as conn:

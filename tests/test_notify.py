@@ -11,16 +11,10 @@ import pytest
 from prefect import flow
 from prefect_slack import SlackWebhook
 
-from tasks.environments import ConsoleNotify, SlackNotify
-from tasks.notify import (
-    RunSummary,
-    notify,
-    notify_task,
-    render_console,
-    render_message,
-    send_slack,
-    should_notify,
-)
+from tasks.engine.environments import ConsoleNotify, SlackNotify
+from tasks.engine.messages import RunSummary, render_console, render_message
+from tasks.engine.notify import deliver, should_notify
+from tasks.notify import notify_task, slack_post
 from tests.conftest import CANARY_PASSWORD
 
 SHA = "3f9c2a1b7d4e5f60718293a4b5c6d7e8f9012345"
@@ -161,10 +155,17 @@ def test_canary_never_reaches_the_message() -> None:
 
 # ---- delivery over real HTTP -------------------------------------------------------------------------------
 
+SLACK = SlackNotify(kind="slack", webhook_block="orders-prod-slack")
+
+
+def send_slack(webhook: SlackWebhook, summary: RunSummary) -> bool:
+    """The production path: the notify task's poster through the block, handed to the engine's deliver."""
+    return deliver(SLACK, summary, post=slack_post(webhook), log=logging.getLogger("test"))
+
 
 def test_send_slack_posts_subject_and_body(slack_sink, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    assert send_slack(SlackWebhook(url=slack_sink.url), FAILED, logging.getLogger("test")) is True
+    assert send_slack(SlackWebhook(url=slack_sink.url), FAILED) is True
     assert slack_sink.texts() == [text_of(FAILED)]
     assert slack_sink.url not in caplog.text and TOKEN not in caplog.text  # slack_sdk logs the URL at DEBUG
 
@@ -175,7 +176,7 @@ def test_slack_http_error_returns_false_without_leaking_the_url(
 ) -> None:
     slack_sink.status = status
     caplog.set_level(logging.DEBUG)
-    assert send_slack(SlackWebhook(url=slack_sink.url), FAILED, logging.getLogger("test")) is False
+    assert send_slack(SlackWebhook(url=slack_sink.url), FAILED) is False
     assert len(slack_sink.messages) == 1
     assert "Slack notification failed (NotificationError, Slack answered 'no_service')" in caplog.text
     assert slack_sink.url not in caplog.text and TOKEN not in caplog.text
@@ -187,7 +188,7 @@ def test_slack_down_returns_false_without_leaking_the_url(caplog: pytest.LogCapt
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/services/T000/B000/{TOKEN}"
     caplog.set_level(logging.DEBUG)  # slack_sdk logs "Going to retry the same request: POST <url>" at INFO
-    assert send_slack(SlackWebhook(url=url), FAILED, logging.getLogger("test")) is False
+    assert send_slack(SlackWebhook(url=url), FAILED) is False
     assert "Slack notification failed (URLError)" in caplog.text
     assert url not in caplog.text and TOKEN not in caplog.text
 
@@ -196,18 +197,17 @@ def test_undelivered_summary_goes_to_the_log(slack_sink, caplog: pytest.LogCaptu
     slack_sink.status = 404
     caplog.set_level(logging.INFO)
     target = SlackNotify(kind="slack", webhook_block="orders-prod-slack")
-    delivered = notify(
-        target, FAILED, webhook=SlackWebhook(url=slack_sink.url), log=logging.getLogger("test")
-    )
+    delivered = deliver(target, FAILED, post=slack_post(SlackWebhook(url=slack_sink.url)),
+                        log=logging.getLogger("test"))
     assert delivered is False
     assert FAILED.restore_steps[0] in caplog.text
 
 
 def test_console_target_prints_and_honours_on_noop(capsys: pytest.CaptureFixture[str]) -> None:
     noop = replace(SUCCEEDED, outcome="nothing-to-do", applied=(), snapshot_id=None, snapshot_location=None)
-    assert notify(ConsoleNotify(kind="console", on_noop=False), noop) is False
+    assert deliver(ConsoleNotify(kind="console", on_noop=False), noop) is False
     assert capsys.readouterr().out == ""
-    assert notify(ConsoleNotify(kind="console"), FAILED) is True
+    assert deliver(ConsoleNotify(kind="console"), FAILED) is True
     assert "Schema migrations FAILED at step migrate on orders-prod" in capsys.readouterr().out
 
 

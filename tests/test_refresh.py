@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +20,18 @@ import pytest
 from botocore.stub import ANY, Stubber
 from pydantic import SecretStr
 
-from tasks.aws import aws_client
-from tasks.catalog import read_catalog
-from tasks.embedded import LocalServer
-from tasks.environments import AwsSettings, ConfigError, Environment, Policy, load_environment, load_environments
-from tasks.migrate import apply_pending
-from tasks.refresh import RefreshError, SwapPlan, refresh_environment
-from tasks.secrets import Connection, connected, fetch_connection
-from tasks.snapshot import Snapshot, take_snapshot
+from tasks.engine.aws import aws_client
+from tasks.engine.connection import Connection, connected
+from tasks.engine.credentials import fetch_connection
+from tasks.engine.embedded import LocalServer
+from tasks.engine.environments import AwsSettings, Environment, Policy, load_environment, load_environments
+from tasks.engine.errors import ConfigError, RefreshError
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.snapshots.naming import Snapshot
+from tasks.engine.snapshots.refresh import newest_snapshot, plan_refresh, refresh_from
+from tasks.engine.snapshots.swap import SwapPlan, SwapResult
+from tasks.engine.snapshots.take import take_snapshot
 from tests.conftest import CANARY_PASSWORD, SlackSink
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -103,6 +108,22 @@ def fingerprint(connection: Connection) -> dict[str, str]:
                                     f"FROM {table} t")[0][0] for table in TABLES}
 
 
+def refresh_environment(environment: Environment, source: Environment, credentials: Connection, *,
+                        rds_client: object = None, project_root: Path | None = None, now: datetime | None = None,
+                        mask: object = None, log: logging.Logger = LOG, sleep: object = time.sleep) -> SwapResult:
+    """The refresh's engine steps in the order tasks/engine/runs/refresh.py runs them: plan, snapshot, refresh."""
+    replacement = plan_refresh(environment, source, credentials, rds_client=rds_client, project_root=project_root,
+                               now=now, log=log, sleep=sleep)  # type: ignore[arg-type]
+    assert environment.refresh is not None
+    if environment.refresh.use_fresh_snapshot:
+        dump_from = fetch_connection(source) if source.snapshot.kind == "pg_dump" else credentials
+        snapshot = take_snapshot(source, dump_from, git_sha="refresh", flow_run_id=None, trigger="schedule", now=now,
+                                 rds_client=rds_client, log=log, sleep=sleep)  # type: ignore[arg-type]
+    else:
+        snapshot = newest_snapshot(source, rds_client)
+    return refresh_from(replacement, snapshot, credentials, mask=mask, log=log, sleep=sleep)  # type: ignore[arg-type]
+
+
 @dataclass
 class Local:
     server: LocalServer
@@ -173,7 +194,6 @@ def assert_masked_copy_of_production(staging: Connection) -> None:
     assert rows(staging, "SELECT count(*) FROM categories WHERE user_id IS NULL") == [(7,)]
 
 
-@pytest.mark.integration
 def test_local_refresh_replaces_staging_with_masked_production_and_never_touches_production(local: Local) -> None:
     before = fingerprint(local.production)
 
@@ -192,7 +212,6 @@ def test_local_refresh_replaces_staging_with_masked_production_and_never_touches
     assert local.databases() == sorted([local.production.dbname, staging.dbname])
 
 
-@pytest.mark.integration
 def test_a_second_refresh_uses_the_newest_dump_and_keep_old_keeps_the_replaced_copy(local: Local) -> None:
     local.refresh()
     with connected(local.production) as conn:
@@ -221,7 +240,6 @@ def _ended(session) -> bool:
     return False
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("files,expected", [
     ({"0001.bad.sql": "UPDATE users SET no_such_column = 1;"}, "masking file 0001.bad.sql failed"),
     ({"0001.only-emails.sql": "UPDATE users SET email = 'user' || id || '@example.invalid';",
@@ -247,7 +265,6 @@ def test_a_masking_failure_leaves_the_old_staging_untouched(local: Local, tmp_pa
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
 
 
-@pytest.mark.integration
 def test_a_failed_pg_restore_leaves_the_old_staging_untouched(local: Local) -> None:
     broken = local.dump_production(T1 - timedelta(minutes=1))
     Path(broken.location).write_bytes(b"PGDMP not really a dump")
@@ -261,7 +278,6 @@ def test_a_failed_pg_restore_leaves_the_old_staging_untouched(local: Local) -> N
     assert CANARY_PASSWORD not in str(broken)
 
 
-@pytest.mark.integration
 def test_no_dump_or_no_masking_sql_is_refused_before_any_change(local: Local, tmp_path: Path) -> None:
     before = fingerprint(local.staging)
     with pytest.raises(RefreshError, match="no masking SQL"):
@@ -274,7 +290,6 @@ def test_no_dump_or_no_masking_sql_is_refused_before_any_change(local: Local, tm
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
 
 
-@pytest.mark.integration
 def test_a_fresh_dump_is_taken_when_configured(local: Local, monkeypatch: pytest.MonkeyPatch) -> None:
     for dump in local.snapshots.glob("*"):
         dump.unlink()
@@ -288,7 +303,6 @@ def test_a_fresh_dump_is_taken_when_configured(local: Local, monkeypatch: pytest
     assert_masked_copy_of_production(local.staging)
 
 
-@pytest.mark.integration
 def test_a_local_target_named_after_production_is_refused(local: Local, monkeypatch: pytest.MonkeyPatch) -> None:
     named_after = local.server.ensure_database(f"{local.production.dbname}_staging")
     monkeypatch.setenv("RDSM_TEST_STAGING_URL", url(named_after))
@@ -312,7 +326,6 @@ def flow_project(local: Local, prefect_api: None, slack_sink: SlackSink, monkeyp
     return local
 
 
-@pytest.mark.integration
 def test_refresh_flow_masks_then_migrates_staging_to_head_twice(flow_project: Local, slack_sink: SlackSink) -> None:
     from flows.refresh import refresh_staging
 
@@ -338,7 +351,6 @@ def test_refresh_flow_masks_then_migrates_staging_to_head_twice(flow_project: Lo
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
 
 
-@pytest.mark.integration
 def test_a_failed_refresh_notifies_naming_the_deployment_and_parameters(
     flow_project: Local, slack_sink: SlackSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,7 +367,7 @@ def test_a_failed_refresh_notifies_naming_the_deployment_and_parameters(
     assert state.is_failed()
     assert fingerprint(local.staging) == before
     [message] = [t for t in slack_sink.texts() if "Staging refresh" in t]
-    assert "Staging refresh FAILED at step refresh" in message
+    assert "Staging refresh FAILED at step snapshot" in message
     assert "refresh-staging/staging-refresh" in message
     assert "environment=`stage-local`" in message and "git_sha=`abc1234`" in message
     assert "trigger=`schedule`" in message
@@ -510,7 +522,6 @@ def rds_refresh(aws: Aws, target: Environment, source: Environment, **overrides:
     return refresh_environment(target, source, STAGING_CREDENTIALS, **arguments)  # type: ignore[arg-type]
 
 
-@pytest.mark.integration
 def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     result = rds_refresh(aws, *rds_environments(aws.endpoint))
@@ -542,7 +553,6 @@ def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, ca
     assert [r.getMessage() for r in ours if STAGING_PASSWORD in r.getMessage()] == []  # ... but not the password
 
 
-@pytest.mark.integration
 def test_the_newest_snapshot_may_be_an_automated_one(aws: Aws) -> None:
     for snapshot in aws.rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]:
         aws.rds.delete_db_snapshot(DBSnapshotIdentifier=snapshot["DBSnapshotIdentifier"])
@@ -550,7 +560,6 @@ def test_the_newest_snapshot_may_be_an_automated_one(aws: Aws) -> None:
     assert result.snapshot.identifier.startswith("rds:app-production-")
 
 
-@pytest.mark.integration
 def test_keep_old_and_a_fresh_snapshot(aws: Aws) -> None:
     target, source = rds_environments(aws.endpoint, refresh={"keep_old": True, "use_fresh_snapshot": True})
     result = rds_refresh(aws, target, source)
@@ -561,7 +570,6 @@ def test_keep_old_and_a_fresh_snapshot(aws: Aws) -> None:
     assert aws.instances() == ["app-production", "app-staging", OLD]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("staging,refresh", [
     pytest.param({"kind": "rds_instance", "instance_id": "app-production-staging"}, {}, id="named-after-production"),
     pytest.param({"kind": "rds_instance", "instance_id": "app-production"}, {"identifier_pattern": ".*"},
@@ -585,7 +593,6 @@ def test_a_target_that_does_not_look_like_staging_is_refused_when_loaded() -> No
         rds_environments(None, staging={"kind": "rds_instance", "instance_id": "app-production"})
 
 
-@pytest.mark.integration
 def test_a_master_user_mismatch_is_refused_before_any_write(aws: Aws) -> None:
     credentials = STAGING_CREDENTIALS.model_copy(update={"user": "migrator"})
     with pytest.raises(RefreshError, match="'migrator', but the master user of app-staging is 'app'"):
@@ -594,7 +601,6 @@ def test_a_master_user_mismatch_is_refused_before_any_write(aws: Aws) -> None:
     assert aws.writes() == []
 
 
-@pytest.mark.integration
 def test_a_masking_failure_deletes_only_the_new_instance(aws: Aws) -> None:
     def failing_mask(connection: Connection, files: list[Path]) -> None:
         raise RefreshError("masking file 0001.users.sql failed: UndefinedColumn (SQLSTATE 42703)")
@@ -652,7 +658,6 @@ def test_a_failed_restore_deletes_only_the_half_created_instance(failed_state: s
 # ---- Aurora against the AWS emulator -------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_aurora_refresh_restores_a_cluster_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> None:
     rds = aws.rds
     rds.create_db_cluster_parameter_group(DBClusterParameterGroupName="staging-apg15", Description="s",
@@ -699,9 +704,9 @@ def test_aurora_refresh_restores_a_cluster_adds_a_writer_and_swaps_cluster_names
 
 
 def test_a_refused_parameter_is_never_repeated_in_a_message() -> None:
-    from flows.pipeline import GIT_SHA
-    from tasks.environments import ENVIRONMENT_NAME
-    from tasks.refresh import shown_parameters
+    from tasks.engine.environments import ENVIRONMENT_NAME
+    from tasks.engine.git import GIT_SHA_PARAMETER as GIT_SHA
+    from tasks.engine.messages import shown_parameters
 
     shown = shown_parameters({"git_sha": "postgresql://app:hunter2@db/app", "environment": "staging"},
                              {"git_sha": GIT_SHA, "environment": ENVIRONMENT_NAME})

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.catalog import Catalog, read_catalog
-from tasks.environments import Policy
-from tasks.migrate import plan
-from tasks.secrets import Connection, connected
-from tasks.validate import REHEARSAL_CACHE_KEPT, rehearsal_keys, rehearse
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import Policy
+from tasks.engine.migrations.catalog import Catalog, read_catalog
+from tasks.engine.migrations.plan import plan
+from tasks.engine.migrations.rehearsal import rehearse
+from tasks.engine.migrations.rehearsal_cache import REHEARSAL_CACHE_KEPT, rehearsal_keys
 from tests.helpers import write_migrations
 
 POLICY = Policy()

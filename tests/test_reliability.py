@@ -28,11 +28,13 @@ import boto3
 import pytest
 from psycopg import sql
 
-from tasks.aws import aws_client
-from tasks.embedded import free_port
-from tasks.environments import AwsSettings, load_environment
-from tasks.secrets import Connection, SecretError, connected, connection_from_url, fetch_connection
-from tasks.snapshot import SnapshotError, take_snapshot
+from tasks.engine.aws import aws_client
+from tasks.engine.connection import Connection, connected, connection_from_url
+from tasks.engine.credentials import fetch_connection
+from tasks.engine.embedded import free_port
+from tasks.engine.environments import AwsSettings, load_environment
+from tasks.engine.errors import SecretError, SnapshotError
+from tasks.engine.snapshots.take import take_snapshot
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.helpers import write_migrations
 
@@ -411,7 +413,7 @@ def test_decryption_failure_and_a_missing_secret_fail_at_once_with_a_clear_messa
     else:
         project.aws.fail("GetSecretValue", code, json_protocol=True)
     with pytest.raises(SecretError) as raised:
-        fetch_connection(environment)
+        fetch_connection(environment, aws_client("secretsmanager", environment.aws))
     assert f"secretsmanager:rds/prod-rel in eu-west-1: {expected}" in str(raised.value)
     assert f"({code})" in str(raised.value) and project.aws.count("GetSecretValue") == 1
 
@@ -419,13 +421,15 @@ def test_decryption_failure_and_a_missing_secret_fail_at_once_with_a_clear_messa
 def test_throttling_and_5xx_from_secrets_manager_and_rds_are_retried_by_botocore(project: Project) -> None:
     project.aws.fail("GetSecretValue", "ThrottlingException", json_protocol=True)
     project.aws.fail("GetSecretValue", "ServiceUnavailable", status=503, json_protocol=True)
-    assert fetch_connection(load_environment("prod-rel")).password.get_secret_value() == CANARY_PASSWORD
+    environment = load_environment("prod-rel")
+    secrets, rds = aws_client("secretsmanager", environment.aws), aws_client("rds", environment.aws)
+    assert fetch_connection(environment, secrets).password.get_secret_value() == CANARY_PASSWORD
     assert project.aws.count("GetSecretValue") == 3
 
     project.aws.fail("DescribeDBInstances", "Throttling", json_protocol=False)
     project.aws.fail("DescribeDBInstances", "InternalFailure", status=500, json_protocol=False)
-    snapshot = take_snapshot(load_environment("prod-rel"), project.database, git_sha="abcdef1", flow_run_id=None,
-                             trigger="test")
+    snapshot = take_snapshot(environment, project.database, git_sha="abcdef1", flow_run_id=None,
+                             trigger="test", rds_client=rds)
     assert snapshot.identifier in project.manual_snapshots() and project.aws.count("DescribeDBInstances") == 3
 
 
@@ -452,7 +456,8 @@ def test_a_dirty_database_stops_every_run_until_resolved_from_the_command_line(
     message = project.sink.texts()[-1]
     assert "FAILED at step validate" in message and "0002.users-email (non-transactional) is dirty" in message
 
-    from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main  # in-process: the subprocess is in the canary test
+    from flows.cli import main
+    from tasks.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
     assert main(["resolve", "--env", "prod-rel", "0002.users-email"]) == EXIT_USAGE  # resolved how?
     assert main(["resolve", "--env", "prod-rel"]) == EXIT_FAILED
@@ -537,7 +542,7 @@ def test_slack_failing_leaves_a_successful_run_succeeded_and_logs_no_url(
 
     assert state.is_completed() and state.result().outcome == "succeeded"
     assert project.applied() == ["0001.create-users"] and len(project.sink.messages) == 1
-    assert "Slack notification failed" in caplog.text and "the migration outcome is unchanged" in caplog.text
+    assert "Slack notification failed" in caplog.text and "the outcome is unchanged" in caplog.text
     assert project.sink.url not in caplog.text and "secret-webhook-token" not in caplog.text
 
 

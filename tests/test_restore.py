@@ -8,10 +8,12 @@ import json
 
 import pytest
 
-from tasks.catalog import read_catalog
-from tasks.migrate import apply_pending
-from tasks.refresh import RefreshError, restore_environment
-from tasks.secrets import connected, fetch_connection
+from tasks.engine.connection import connected
+from tasks.engine.credentials import fetch_connection
+from tasks.engine.errors import RefreshError
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.snapshots.restore import restore_environment
 from tests import test_refresh as shared
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.test_refresh import LOG, POLICY, PROJECT, STAMP1, T1, Aws, Local, fingerprint, no_sleep
@@ -44,7 +46,6 @@ def break_production(local: Local) -> None:
         conn.execute("DELETE FROM users WHERE display_name = 'Bob Real'")
 
 
-@pytest.mark.integration
 def test_restore_flow_swaps_the_dump_in_and_keeps_the_replaced_database(flow_project: Local) -> None:
     from flows.restore import restore_snapshot
 
@@ -64,7 +65,6 @@ def test_restore_flow_swaps_the_dump_in_and_keeps_the_replaced_database(flow_pro
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname, result.old])
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("snapshot_id", ["../../etc/passwd", "rdsm-x;DROP DATABASE y"])
 def test_restore_flow_refuses_a_bad_snapshot_id_and_says_so(flow_project: Local, slack_sink: SlackSink,
                                                              monkeypatch: pytest.MonkeyPatch, snapshot_id: str) -> None:
@@ -87,7 +87,6 @@ def test_restore_flow_refuses_a_bad_snapshot_id_and_says_so(flow_project: Local,
     assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
 
 
-@pytest.mark.integration
 def test_a_dump_of_another_environment_or_a_missing_one_is_refused(local: Local) -> None:
     staging_dump = shared.take_snapshot(local.environment("stage-local"), local.staging, git_sha="local",
                                         flow_run_id=None, trigger="test", now=T1, log=LOG)
@@ -106,7 +105,6 @@ def test_a_dump_of_another_environment_or_a_missing_one_is_refused(local: Local)
 # ---- RDS against the AWS emulator -----------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_rds_restore_calls_in_order_restore_then_rename_and_keep(aws: Aws) -> None:
     [live] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-production")["DBInstances"]
 
@@ -129,7 +127,6 @@ def test_rds_restore_calls_in_order_restore_then_rename_and_keep(aws: Aws) -> No
     assert (result.live, result.new, result.old, result.old_deleted) == ("app-production", RESTORED, OLD, False)
 
 
-@pytest.mark.integration
 def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> None:
     aws.rds.create_db_cluster(DBClusterIdentifier="app-production", Engine="aurora-postgresql",
                               MasterUsername="app", MasterUserPassword="production-PW-1")
@@ -156,7 +153,6 @@ def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> No
     ]
 
 
-@pytest.mark.integration
 def test_a_snapshot_of_another_instance_is_refused_before_any_write(aws: Aws) -> None:
     aws.rds.create_db_snapshot(DBSnapshotIdentifier="rdsm-staging-aaaaaaa-20261123t010000",
                                DBInstanceIdentifier="app-staging")
@@ -169,7 +165,6 @@ def test_a_snapshot_of_another_instance_is_refused_before_any_write(aws: Aws) ->
     assert aws.instances() == ["app-production", "app-staging"]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("snapshot_id", ["arn:aws:rds:eu-west-1:1:snapshot:x", "rdsm--x", "rdsm-x-", "x y", "",
                                          "rds:", "a" * 300, "1abc", "-rf", "rdsm-x.dump", "../rdsm-x"])
 def test_a_bad_snapshot_id_is_refused_before_any_call(aws: Aws, snapshot_id: str) -> None:
@@ -178,10 +173,28 @@ def test_a_bad_snapshot_id_is_refused_before_any_call(aws: Aws, snapshot_id: str
     assert aws.calls == []
 
 
-@pytest.mark.integration
 def test_an_automated_snapshot_id_is_accepted(aws: Aws) -> None:
     [automated] = aws.rds.describe_db_snapshots(DBInstanceIdentifier="app-production",
                                                 SnapshotType="automated")["DBSnapshots"]
     result = restore(aws, automated["DBSnapshotIdentifier"])
     assert result.snapshot.identifier.startswith("rds:app-production-")
     assert aws.instances() == ["app-production", OLD, "app-staging"]
+
+
+def test_the_restore_command_a_failure_notification_names_brings_production_back(flow_project: Local) -> None:
+    import shlex
+
+    from flows.cli import main
+    from tasks.engine.messages import restore_commands
+
+    local = flow_project
+    [dump] = [p.stem for p in local.snapshots.glob("*.dump")]
+    before = fingerprint(local.production)
+    break_production(local)
+
+    command = restore_commands("prod-local", dump)[0]  # as the message shows it
+    assert main(shlex.split(command)[1:]) == 0
+
+    assert fingerprint(local.production) == before
+    [old] = [d for d in local.databases() if "_old_" in d]  # the replaced copy is kept
+    assert local.databases() == sorted([local.production.dbname, local.staging.dbname, old])

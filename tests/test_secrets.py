@@ -7,14 +7,11 @@ import json
 import boto3
 import pytest
 
-from tasks.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
-from tasks.secrets import (
-    SecretError,
-    connection_from_url,
-    parse_rds_secret,
-    read_secrets_manager,
-    read_url_from_env,
-)
+from tasks.engine.aws import aws_client
+from tasks.engine.connection import connection_from_url, parse_rds_secret
+from tasks.engine.credentials import read_secrets_manager, read_url_from_env
+from tasks.engine.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
+from tasks.engine.errors import SecretError
 from tests.conftest import CANARY_PASSWORD
 
 GOOD = {"username": "app", "password": CANARY_PASSWORD, "host": "db.internal", "port": 5432, "dbname": "app"}
@@ -25,11 +22,10 @@ def put_secret(endpoint: str, name: str, **value: object) -> None:
     client.create_secret(Name=name, **value)
 
 
-def read(endpoint: str, name: str):
-    return read_secrets_manager(
-        SecretsManagerCredentials(kind="secrets_manager", secret_id=name),
-        AwsSettings(region="eu-west-1", endpoint_url=endpoint),
-    )
+def read(endpoint: str, name: str, make_client=aws_client):
+    """Through the client the runs hand in: plain boto3 outside Prefect, or the prefect-aws block's."""
+    client = make_client("secretsmanager", AwsSettings(region="eu-west-1", endpoint_url=endpoint))
+    return read_secrets_manager(SecretsManagerCredentials(kind="secrets_manager", secret_id=name), client)
 
 
 def test_reads_the_rds_secret_with_a_string_port(aws_endpoint: str) -> None:
@@ -39,6 +35,13 @@ def test_reads_the_rds_secret_with_a_string_port(aws_endpoint: str) -> None:
     assert connection.password.get_secret_value() == CANARY_PASSWORD
     assert CANARY_PASSWORD not in repr(connection) and CANARY_PASSWORD not in str(connection)
     assert CANARY_PASSWORD not in connection.model_dump_json()
+
+
+def test_the_prefect_aws_block_client_reads_it_too(aws_endpoint: str) -> None:
+    from tasks.aws import aws_client as block_client
+
+    put_secret(aws_endpoint, "rds/block", SecretString=json.dumps(GOOD))
+    assert read(aws_endpoint, "rds/block", block_client).password.get_secret_value() == CANARY_PASSWORD
 
 
 def test_reads_secret_binary(aws_endpoint: str) -> None:

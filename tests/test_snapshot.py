@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,19 +18,18 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from botocore.stub import ANY, Stubber
 
-from tasks.aws import aws_client
-from tasks.embedded import client_binary
-from tasks.environments import RDS_IDENTIFIER, AwsSettings, Environment
-from tasks.secrets import Connection
-from tasks.snapshot import (
-    Snapshot,
-    SnapshotError,
-    snapshot_identifier,
-    snapshot_tags,
-    take_snapshot,
-    waiter_config,
-)
-from tasks.transient import is_transient, retry_on_transient
+from tasks.engine.aws import aws_client
+from tasks.engine.connection import Connection
+from tasks.engine.embedded import client_binary
+from tasks.engine.environments import RDS_IDENTIFIER, AwsSettings, Environment
+from tasks.engine.errors import ConfigError, SnapshotError
+from tasks.engine.messages import restore_commands
+from tasks.engine.runs.steps import DirectSteps
+from tasks.engine.snapshots.naming import Snapshot, snapshot_identifier, snapshot_tags
+from tasks.engine.snapshots.rds import waiter_config
+from tasks.engine.snapshots.take import take_snapshot
+from tasks.engine.transient import is_transient
+from tasks.retries import retry_on_transient
 from tests.conftest import CANARY_PASSWORD
 
 NOW = datetime(2026, 11, 24, 21, 30, 0, tzinfo=UTC)
@@ -107,7 +104,6 @@ def tags_of(snapshot: dict) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in snapshot.get("TagList", [])}
 
 
-@pytest.mark.integration
 def test_instance_snapshot_is_named_tagged_and_available(rds, instance, aws_endpoint) -> None:
     snapshot = snap(make_environment(INSTANCE, endpoint=aws_endpoint), rds, flow_run_id="0b5c-run",
                     trigger="github-push")
@@ -129,14 +125,12 @@ def test_instance_snapshot_is_named_tagged_and_available(rds, instance, aws_endp
     }
 
 
-@pytest.mark.integration
-def test_default_client_comes_from_the_environment(instance, aws_endpoint, rds) -> None:
-    snapshot = snap(make_environment(INSTANCE, endpoint=aws_endpoint), trigger="manual")
+def test_without_prefect_the_client_comes_from_the_environment(instance, aws_endpoint, rds) -> None:
+    snapshot = DirectSteps().snapshot(make_environment(INSTANCE, endpoint=aws_endpoint), RDS_CONNECTION, SHA, "manual")
     assert [s["DBSnapshotIdentifier"] for s in manual_snapshots(rds)] == [snapshot.identifier]
     assert tags_of(manual_snapshots(rds)[0])["rds-migrations:flow-run-id"] == "none"
 
 
-@pytest.mark.integration
 def test_a_rerun_with_the_same_sha_reuses_the_snapshot(rds, instance, aws_endpoint) -> None:
     environment = make_environment(INSTANCE, endpoint=aws_endpoint)
     first = snap(environment, rds, flow_run_id="run-1")
@@ -151,7 +145,6 @@ def _ours(sha: str = SHA, environment: str = "production") -> list[dict]:
     return [{"Key": k, "Value": v} for k, v in snapshot_tags(environment, sha, "run-0", "push").items()]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     "tags",
     [
@@ -171,7 +164,6 @@ def test_a_snapshot_that_is_not_ours_for_this_sha_is_never_reused(rds, instance,
     assert sorted(s["DBSnapshotIdentifier"] for s in manual_snapshots(rds)) == [earlier, SNAPSHOT_ID]
 
 
-@pytest.mark.integration
 def test_a_label_instead_of_a_sha_is_never_reused(rds, instance, aws_endpoint) -> None:
     environment = make_environment(INSTANCE, endpoint=aws_endpoint)
     for minute in (0, 1):
@@ -180,7 +172,6 @@ def test_a_label_instead_of_a_sha_is_never_reused(rds, instance, aws_endpoint) -
     assert len(manual_snapshots(rds)) == 2
 
 
-@pytest.mark.integration
 def test_aurora_cluster_snapshot_is_created_then_reused(rds, cluster, aws_endpoint) -> None:
     environment = make_environment(CLUSTER, endpoint=aws_endpoint)
     first = snap(environment, rds, flow_run_id="run-1")
@@ -194,7 +185,6 @@ def test_aurora_cluster_snapshot_is_created_then_reused(rds, cluster, aws_endpoi
     assert tags_of(only)["rds-migrations:git-sha"] == SHA
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["instance", "cluster"])
 def test_a_stopped_source_is_refused_without_a_snapshot(rds, aws_endpoint, request, kind) -> None:
     if kind == "instance":
@@ -215,13 +205,11 @@ def test_a_stopped_source_is_refused_without_a_snapshot(rds, aws_endpoint, reque
     assert rds.describe_db_cluster_snapshots(SnapshotType="manual")["DBClusterSnapshots"] == []
 
 
-@pytest.mark.integration
 def test_a_missing_instance_is_named(rds, aws_endpoint) -> None:
     with pytest.raises(SnapshotError, match="DB instance app-db not found in eu-west-1"):
         snap(make_environment(INSTANCE, endpoint=aws_endpoint), rds)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("git_sha", ["1a2b3c4; rm -rf /", "ABCDEF1234", "", "--help", "1a2b3c", "local$(id)",
                                      "a" * 41, "refs/heads/main"])
 def test_a_git_sha_that_is_not_a_sha_or_label_is_refused(rds, instance, aws_endpoint, git_sha) -> None:
@@ -232,7 +220,7 @@ def test_a_git_sha_that_is_not_a_sha_or_label_is_refused(rds, instance, aws_endp
 
 def test_an_environment_without_snapshots_is_refused() -> None:
     environment = make_environment({"kind": "none"})
-    with pytest.raises(ValueError, match="takes no snapshots"):
+    with pytest.raises(ConfigError, match="takes no snapshots"):
         snap(environment)
 
 
@@ -453,7 +441,6 @@ def test_the_task_retries_transient_errors_only() -> None:
     assert not retry_on_transient(None, None, Completed(data=None))
 
 
-@pytest.mark.integration
 def test_the_prefect_task_reports_and_does_not_retry_a_snapshot_error(prefect_api, rds, aws_endpoint) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
@@ -467,7 +454,7 @@ def test_the_prefect_task_reports_and_does_not_retry_a_snapshot_error(prefect_ap
     @flow
     def snapshot_flow() -> None:
         seen["flow_run_id"] = flow_run.id
-        seen["state"] = snapshot_task(environment, RDS_CONNECTION, git_sha=SHA, trigger="push",
+        seen["state"] = snapshot_task(environment, RDS_CONNECTION, git_sha=SHA, trigger="push", rds=rds,
                                       return_state=True)
 
     snapshot_flow()  # no instance yet: a SnapshotError
@@ -523,131 +510,20 @@ def test_waiter_config_polls_every_15_to_30_seconds_for_at_least_max_wait(max_wa
     assert config["MaxAttempts"] * config["Delay"] >= max_wait > (config["MaxAttempts"] - 1) * config["Delay"]
 
 
-# ---- restore steps ----------------------------------------------------------------------------------------
+# ---- how to restore ----------------------------------------------------------------------------------------
 
 
-def commands(steps: list[str]) -> list[list[str]]:
-    return [shlex.split(line) for line in steps if not line.startswith("#")]
-
-
-def option(words: list[str], name: str) -> str | None:
-    values = [words[i + 1] for i, word in enumerate(words[:-1]) if word == name]
-    assert len(values) <= 1, f"{name} given twice in {words}"
-    return values[0] if values else None
-
-
-LONG_NAME = "a" + "-b1" * 20 + "c"  # 62 characters
-
-
-@pytest.mark.parametrize("source", ["app-db", LONG_NAME])
-@pytest.mark.parametrize("kind", ["rds_instance", "aurora_cluster"])
-def test_rds_restore_steps_never_restore_onto_the_live_name(kind, source) -> None:
-    snapshot = Snapshot(kind=kind, identifier=SNAPSHOT_ID, source=source, reused=False,
-                        location=f"{ACCOUNT_ARN}:snapshot:{SNAPSHOT_ID}", created_at=NOW)
-    steps = snapshot.restore_steps()
-    noun = "instance" if kind == "rds_instance" else "cluster"
-    restore_commands = ("restore-db-instance-from-db-snapshot", "restore-db-cluster-from-snapshot")
-    restores = [c for c in commands(steps) if c[:2] == ["aws", "rds"] and c[2] in restore_commands]
-    assert len(restores) == 1
-    target = option(restores[0], f"--db-{noun}-identifier")
-    assert target and target != source and RDS_IDENTIFIER.match(target)
-    for words in commands(steps):
-        if words[:3] == ["aws", "rds", "create-db-instance"]:
-            assert option(words, "--db-cluster-identifier") == target
-            assert RDS_IDENTIFIER.match(option(words, "--db-instance-identifier") or "")
-    renames = [(option(c, f"--db-{noun}-identifier"), option(c, f"--new-db-{noun}-identifier"))
-               for c in commands(steps) if c[:3] == ["aws", "rds", f"modify-db-{noun}"]]
-    assert len(renames) == 2
-    (live, retired), (restored, new_live) = renames
-    assert (live, restored, new_live) == (source, target, source)  # live moves away first, then the swap
-    assert retired != source and RDS_IDENTIFIER.match(retired or "")
-    assert all(len(w) <= 63 for c in commands(steps) for w in c if w.startswith(source[:10]))
-    assert CANARY_PASSWORD not in "\n".join(steps) and "password" not in "\n".join(steps).lower()
-
-
-def test_pg_dump_restore_steps_never_restore_onto_the_live_database() -> None:
-    identifier = "rdsm-local-abcdef0-20261124t213000"
-    snapshot = Snapshot(kind="pg_dump", identifier=identifier, source="app", reused=False,
-                        location=f"/tmp/snaps/{identifier}.dump", created_at=NOW)
-    steps = snapshot.restore_steps(new_name_suffix="r1")
-    cmds = commands(steps)
-    assert ["createdb", "app_restored_r1"] in cmds
-    [restore] = [c for c in cmds if c[0] == "pg_restore"]
-    assert option(restore, "-d") == "app_restored_r1" and restore[-1] == snapshot.location
-    renames = [c[-1] for c in cmds if c[0] == "psql"]
-    assert renames == ['ALTER DATABASE "app" RENAME TO "app_old_r1"',
-                       'ALTER DATABASE "app_restored_r1" RENAME TO "app"']
-
-
-def test_a_bad_suffix_is_refused() -> None:
-    snapshot = Snapshot(kind="rds_instance", identifier=SNAPSHOT_ID, source="app-db", reused=False,
-                        location="arn", created_at=NOW)
-    with pytest.raises(ValueError, match="new_name_suffix"):
-        snapshot.restore_steps(new_name_suffix="x; aws rds delete-db-instance")
-
-
-def run_steps(steps: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    script = "\n".join(steps)
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-@pytest.fixture
-def network(aws_endpoint) -> dict[str, str]:
-    """A VPC with a DB subnet group, a security group and parameter groups, as a real instance has."""
-    settings = AwsSettings(region="eu-west-1", endpoint_url=aws_endpoint)
-    ec2, rds = aws_client("ec2", settings), aws_client("rds", settings)
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{az}")
-               ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
-    group = ec2.create_security_group(GroupName="db", Description="db", VpcId=vpc)["GroupId"]
-    rds.create_db_subnet_group(DBSubnetGroupName="db-subnets", DBSubnetGroupDescription="db",
-                               SubnetIds=subnets)
-    rds.create_db_parameter_group(DBParameterGroupName="app-pg15", DBParameterGroupFamily="postgres15",
-                                  Description="app")
-    rds.create_db_cluster_parameter_group(DBClusterParameterGroupName="app-aurora15",
-                                          DBParameterGroupFamily="aurora-postgresql15", Description="app")
-    return {"security_group": group}
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(shutil.which("aws") is None, reason="the aws CLI is not installed")
-@pytest.mark.parametrize("kind", ["rds_instance", "aurora_cluster"])
-def test_rds_restore_steps_run_against_the_emulator(rds, aws_endpoint, network, kind) -> None:
-    if kind == "rds_instance":
-        create_instance(rds, DBSubnetGroupName="db-subnets", VpcSecurityGroupIds=[network["security_group"]],
-                        DBParameterGroupName="app-pg15")
-        config = INSTANCE
-    else:
-        rds.create_db_cluster(DBClusterIdentifier="app-cluster", Engine="aurora-postgresql",
-                              MasterUsername="app", MasterUserPassword="not-the-canary-1",
-                              DBSubnetGroupName="db-subnets",
-                              VpcSecurityGroupIds=[network["security_group"]],
-                              DBClusterParameterGroupName="app-aurora15")
-        rds.create_db_instance(DBInstanceIdentifier="app-cluster-1", DBInstanceClass="db.r6g.large",
-                               Engine="aurora-postgresql", DBClusterIdentifier="app-cluster")
-        config = CLUSTER
-    snapshot = snap(make_environment(config, endpoint=aws_endpoint), rds)
-
-    result = run_steps(snapshot.restore_steps(new_name_suffix="r1"),
-                       {**os.environ, "AWS_ENDPOINT_URL": aws_endpoint, "AWS_DEFAULT_REGION": "eu-west-1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    if kind == "rds_instance":
-        found = {i["DBInstanceIdentifier"]: i for i in rds.describe_db_instances()["DBInstances"]}
-        assert set(found) == {"app-db", "app-db-old-r1"}
-        live = found["app-db"]
-        assert live["DBInstanceArn"].endswith(":db:app-db")
-        assert live["DBSubnetGroup"]["DBSubnetGroupName"] == "db-subnets"
-        assert live["DBParameterGroups"][0]["DBParameterGroupName"] == "app-pg15"
-        assert [g["VpcSecurityGroupId"] for g in live["VpcSecurityGroups"]] == [network["security_group"]]
-    else:
-        found = {c["DBClusterIdentifier"]: c for c in rds.describe_db_clusters()["DBClusters"]}
-        assert set(found) == {"app-cluster", "app-cluster-old-r1"}
-        live = found["app-cluster"]
-        assert live["DBClusterParameterGroup"] == "app-aurora15" and live["DBSubnetGroup"] == "db-subnets"
-        writer = rds.describe_db_instances(DBInstanceIdentifier="app-cluster-restored-r1-writer-1")
-        assert writer["DBInstances"][0]["DBInstanceClass"] == "db.r6g.large"
+@pytest.mark.parametrize("environment,snapshot_id",
+                         [("production", SNAPSHOT_ID), ("local", "rds:app-db-2026-11-24-03-05")])
+def test_the_restore_commands_name_the_environment_and_the_snapshot_and_no_secret(environment, snapshot_id) -> None:
+    """A failure notification points at the restore flow (restore to a NEW name, then swap), from the command
+    line or through Prefect; tests/test_restore.py runs the command it names."""
+    cli, prefect = restore_commands(environment, snapshot_id)
+    assert shlex.split(cli) == ["rds-migrations", "restore", "--env", environment, "--snapshot-id", snapshot_id]
+    words = shlex.split(prefect.removeprefix("# or through Prefect: "))
+    assert words[:4] == ["prefect", "deployment", "run", "restore-snapshot/restore"]
+    assert words[4:] == ["--param", f"environment={environment}", "--param", f"snapshot_id={snapshot_id}"]
+    assert CANARY_PASSWORD not in cli + prefect and "password" not in (cli + prefect).lower()
 
 
 # ---- pg_dump against a real PostgreSQL --------------------------------------------------------------------
@@ -671,7 +547,6 @@ def filled(database: Connection) -> Connection:
     return database
 
 
-@pytest.mark.integration
 def test_pg_dump_snapshot_is_a_readable_dump_with_a_sidecar(filled, tmp_path) -> None:
     snapshot = snap(local_environment(tmp_path / "snaps"), connection=filled, flow_run_id="run-7",
                     trigger="cli")
@@ -699,7 +574,6 @@ def test_pg_dump_snapshot_is_a_readable_dump_with_a_sidecar(filled, tmp_path) ->
     assert sorted(p.name for p in dump.parent.iterdir()) == [dump.name, dump.with_suffix(".json").name]
 
 
-@pytest.mark.integration
 def test_pg_dump_is_reused_for_the_same_sha_only(filled, tmp_path) -> None:
     environment = local_environment(tmp_path)
     first = snap(environment, connection=filled, trigger="cli")
@@ -713,7 +587,6 @@ def test_pg_dump_is_reused_for_the_same_sha_only(filled, tmp_path) -> None:
     assert len(list(tmp_path.glob("*.dump"))) == 2
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("missing", [".json", ".dump"])
 def test_a_dump_missing_its_sidecar_or_its_file_is_not_reused(filled, tmp_path, missing) -> None:
     environment = local_environment(tmp_path)
@@ -724,7 +597,6 @@ def test_a_dump_missing_its_sidecar_or_its_file_is_not_reused(filled, tmp_path, 
     assert not again.reused and again.location != first.location
 
 
-@pytest.mark.integration
 def test_a_relative_dump_directory_is_under_the_working_directory(filled, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     snapshot = snap(local_environment("out/snaps"), connection=filled, trigger="cli")
@@ -732,7 +604,6 @@ def test_a_relative_dump_directory_is_under_the_working_directory(filled, tmp_pa
     assert Path(snapshot.location).is_file()
 
 
-@pytest.mark.integration
 def test_a_failing_pg_dump_reports_its_error_without_the_password(database, tmp_path) -> None:
     # A database named like the password makes pg_dump print the password in its error.
     broken = database.with_database(CANARY_PASSWORD)
@@ -744,26 +615,3 @@ def test_a_failing_pg_dump_reports_its_error_without_the_password(database, tmp_
     assert "pg_dump of" in message and "does not exist" in message and "**********" in message
     assert CANARY_PASSWORD not in message and CANARY_PASSWORD not in repr(raised.value)
     assert list(tmp_path.iterdir()) == []  # no partial dump, no sidecar: nothing to reuse by mistake
-
-
-@pytest.mark.integration
-def test_pg_dump_restore_steps_bring_the_data_back(filled, pg_server, tmp_path) -> None:
-    snapshot = snap(local_environment(tmp_path), connection=filled, trigger="cli")
-    with filled.connect() as conn:  # the "migration" that went wrong
-        conn.execute("DROP TABLE accounts")
-        conn.execute("CREATE TABLE broken (id int)")
-
-    env = {**os.environ, **filled.libpq_env(), "PATH": f"{client_binary('psql').parent}:{os.environ['PATH']}"}
-    env.pop("PGDATABASE")
-    result = run_steps(snapshot.restore_steps(new_name_suffix="r1"), env)
-    assert result.returncode == 0, result.stderr
-
-    retired = f"{filled.dbname}_old_r1"
-    try:
-        with filled.connect() as conn:
-            assert conn.execute("SELECT name FROM accounts ORDER BY id").fetchall() == [("ada",), ("grace",)]
-            assert conn.execute("SELECT to_regclass('broken')").fetchone() == (None,)
-        with filled.with_database(retired).connect() as conn:
-            assert conn.execute("SELECT to_regclass('broken')").fetchone() == ("broken",)
-    finally:
-        pg_server.drop_database(retired)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.catalog import read_catalog
-from tasks.environments import Policy
-from tasks.migrate import apply_pending, plan
-from tasks.secrets import Connection
-from tasks.validate import check_migrations, rehearse
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Policy
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.plan import plan
+from tasks.engine.migrations.rehearsal import rehearse
+from tasks.engine.migrations.validation import check_migrations
 from tests.helpers import write_migrations
 
 POLICY = Policy()

@@ -23,13 +23,10 @@ from pathlib import Path
 from psycopg import sql
 from pydantic import SecretStr
 
-from tasks.secrets import Connection, connected
+from tasks.engine.connection import Connection, connected
+from tasks.engine.errors import EmbeddedServerError
 
 SERVER_USER_FALLBACK = "rdsmigrations"
-
-
-class EmbeddedServerError(Exception):
-    pass
 
 
 def _version_of(bindir: Path) -> tuple[int, ...]:

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.engine.errors import ConfigError
+
 DEFAULT_ENVIRONMENTS_FILE = Path("deployments/environments.toml")
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # RDS identifiers: a letter first, then letters, digits and single hyphens, no trailing hyphen.
@@ -42,10 +44,6 @@ RdsIdentifier = Annotated[str, AfterValidator(_rds_identifier)]
 DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-
-
-class ConfigError(Exception):
-    """The environments file is missing, malformed, or names something that does not exist."""
 
 
 class _Strict(BaseModel):

@@ -54,6 +54,8 @@ from typing import Literal
 import sqlparse
 from yoyo.migrations import read_sql_migration
 
+from tasks.engine.errors import LintError
+
 Severity = Literal["error", "warning"]
 
 # Statements that take a long ACCESS EXCLUSIVE (or write-blocking) lock, rewrite a table, break clients
@@ -104,10 +106,6 @@ _NO_TRANSACTION_HEADS = {"VACUUM", "CREATE DATABASE", "DROP DATABASE", "ALTER SY
 
 SQUAWK_TIMEOUT_SECONDS = 300
 _AWKWARD_NAME = re.compile(r"[*?\[\]{}!]|^-")
-
-
-class LintError(Exception):
-    """squawk could not run, or its output could not be read. Not raised for findings."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from yoyo.migrations import read_sql_migration
 
+from tasks.engine.migrations.sqltext import after_comments
+
 # A migration id is the file name without `.sql`: a version number, a separator, then a slug.
 MIGRATION_NAME = re.compile(
     r"^(?P<id>(?P<version>\d+)[._-](?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*?))(?P<rollback>\.rollback)?\.(?P<ext>sql)$"
@@ -181,27 +183,6 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
                                                  "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
                                                  "or COPY from a file on the database server")
     return migration, unknown
-
-
-def after_comments(statement: str) -> str:
-    """`statement` from its first token on: leading whitespace, semicolons and comments skipped."""
-    rest = statement
-    while rest := rest.lstrip(" \t\r\n\f;"):
-        if rest.startswith("--"):
-            rest = rest.partition("\n")[2]
-        elif rest.startswith("/*"):  # block comments nest in PostgreSQL
-            depth, i = 1, 2
-            while depth and i < len(rest):
-                if rest.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif rest.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            rest = rest[i:]
-        else:
-            return rest
-    return ""
 
 
 def _with_rollback(migration: Migration, statements: list[str]) -> Migration:

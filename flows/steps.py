@@ -1,0 +1,98 @@
+"""The pipelines' steps as Prefect tasks of the current flow run: each step a task run (retries, logs),
+reports as artifacts, the run's id and links from Prefect's runtime. The flow makes the AWS clients and
+hands them to the tasks; a task never builds credentials."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import deployment as current_deployment
+from prefect.runtime import flow_run as current_flow_run
+
+from flows.approval import request_approval
+from flows.exclusive import one_run_per_environment
+from tasks.aws import aws_client
+from tasks.engine.aws import AwsClients
+from tasks.engine.connection import Connection
+from tasks.engine.environments import ConsoleNotify, Environment, Policy, SlackNotify
+from tasks.engine.messages import Summary
+from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.report import ValidationReport
+from tasks.engine.migrations.results import ApplyReport
+from tasks.engine.runs.steps import RunInfo
+from tasks.engine.snapshots.naming import Snapshot
+from tasks.engine.snapshots.refresh import Replacement
+from tasks.engine.snapshots.swap import SwapResult
+from tasks.migrate import migrate
+from tasks.notify import notify_task
+from tasks.refresh import newest_snapshot_task, plan_refresh_task, refresh_task, restore_task
+from tasks.secrets import fetch_secret
+from tasks.snapshot import snapshot_task
+from tasks.validate import rehearse_and_plan, validate
+
+
+class PrefectSteps:
+    """`Steps` (tasks/engine/runs/steps.py) carried out as this flow run's tasks."""
+
+    def __init__(self) -> None:
+        self.log = get_run_logger()
+        self.clients = AwsClients(aws_client)  # from the environment's AwsCredentials block
+
+    def client(self, service: str, environment: Environment) -> Any:
+        return self.clients.get(service, environment)
+
+    def run_info(self) -> RunInfo:
+        url = current_flow_run.ui_url  # None-prefixed when no UI is configured (the ephemeral API)
+        flow_name = current_flow_run.flow_name
+        return RunInfo(
+            run_id=current_flow_run.id,
+            run_url=url if url and url.startswith("http") else None,
+            flow_name=flow_name,
+            deployment=f"{flow_name}/{current_deployment.name}" if current_deployment.name else None,
+        )
+
+    def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
+        return validate(migrations_dir, project_root, policy)
+
+    def fetch_secret(self, environment: Environment) -> Connection:
+        return fetch_secret(environment, self.client("secretsmanager", environment))
+
+    def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
+                          connection: Connection, target: str | None) -> ValidationReport:
+        return rehearse_and_plan(environment, catalog, report, connection, target)
+
+    def approve(self, environment: Environment, report: ValidationReport) -> str:
+        return request_approval(environment.name, report, timeout_seconds=environment.policy.approval_timeout_seconds)
+
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
+        return snapshot_task(environment, connection, git_sha=git_sha, trigger=trigger,
+                             rds=self.client("rds", environment))
+
+    def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
+                git_sha: str, environment: str) -> ApplyReport:
+        return migrate(connection, catalog, policy, target=target, git_sha=git_sha, environment=environment)
+
+    def plan_refresh(self, environment: Environment, source: Environment, connection: Connection) -> Replacement:
+        return plan_refresh_task(environment, source, connection, rds=self.client("rds", environment))
+
+    def newest_snapshot(self, source: Environment) -> Snapshot:
+        return newest_snapshot_task(source, rds=self.client("rds", source))
+
+    def refresh(self, replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
+        return refresh_task(replacement, snapshot, connection)
+
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
+        return restore_task(environment, snapshot_id, connection, rds=self.client("rds", environment))
+
+    def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
+        return notify_task(target, summary)
+
+    def publish(self, key: str, markdown: str, description: str) -> None:
+        create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+    def exclusive(self, environment: str) -> AbstractContextManager[None]:
+        return one_run_per_environment(environment)

@@ -1,0 +1,143 @@
+"""How to reach one database: `Connection`, with the password in a `SecretStr`, opened with keyword arguments.
+
+The password never reaches a log line, a Prefect result, an exception text or a URL: `Connection` has no URL
+form, its `repr` hides the password, and connection errors are redacted before they are raised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from tasks.engine.errors import DatabaseUnreachable, SecretError
+
+
+class Connection(BaseModel):
+    """How to reach one database. `password` is a `SecretStr`: it prints as `**********`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: SecretStr = SecretStr("")
+    source: str = ""  # where these came from, for messages: "secretsmanager:<id>", "env:DATABASE_URL"
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def with_database(self, dbname: str) -> Connection:
+        return self.model_copy(update={"dbname": dbname})
+
+    def connect(self, *, autocommit: bool = True, application_name: str = "rds-migrations") -> psycopg.Connection:
+        """Open a psycopg connection with keyword arguments. Errors never carry the password."""
+        password = self.password.get_secret_value()
+        try:
+            return psycopg.connect(
+                host=self.host,
+                port=self.port,
+                dbname=self.dbname,
+                user=self.user,
+                password=password or None,
+                autocommit=autocommit,
+                application_name=application_name,
+                connect_timeout=10,
+            )
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnreachable(self.describe(), redact(str(exc), password), _sqlstate(exc)) from None
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment for libpq client programs (pg_dump, pg_restore, psql): no password on a command line."""
+        env = {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGDATABASE": self.dbname,
+            "PGUSER": self.user,
+        }
+        if self.password.get_secret_value():
+            env["PGPASSWORD"] = self.password.get_secret_value()
+        return env
+
+
+def _sqlstate(exc: psycopg.Error) -> str | None:
+    return exc.sqlstate or (exc.diag.sqlstate if exc.diag else None)
+
+
+def redact(text: str, *secrets: str) -> str:
+    # A secret of one to three characters is no secret, and starring every "p" in a message would both
+    # garble it and give the password away.
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "**********")
+    return text
+
+
+@contextmanager
+def connected(connection: Connection, **kwargs: object) -> Iterator[psycopg.Connection]:
+    conn = connection.connect(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# ---- reading a connection from text ----------------------------------------------------------------------
+
+RDS_SECRET_FIELDS = ("username", "password", "host", "port", "dbname")
+
+
+def parse_rds_secret(secret: str | bytes, source: str) -> Connection:
+    """Turn an RDS secret's JSON into a `Connection`; errors name the field, never its value."""
+    try:
+        data = json.loads(secret)
+    except (ValueError, UnicodeDecodeError):
+        raise SecretError(f"{source}: the secret is not valid JSON (expected an RDS secret object)") from None
+    if not isinstance(data, dict):
+        raise SecretError(f"{source}: the secret is JSON but not an object (expected {', '.join(RDS_SECRET_FIELDS)})")
+    missing = [f for f in RDS_SECRET_FIELDS if f not in data or data[f] in (None, "")]
+    if missing:
+        raise SecretError(f"{source}: the secret has no {', '.join(repr(f) for f in missing)} field")
+    for field in ("username", "password", "host", "dbname"):
+        if not isinstance(data[field], str):
+            raise SecretError(f"{source}: field {field!r} must be a string, got {type(data[field]).__name__}")
+    port = data["port"]
+    if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit():
+        raise SecretError(f"{source}: field 'port' must be a whole number (a number or a string of digits)")
+    if not 0 < int(port) < 65536:
+        raise SecretError(f"{source}: field 'port' is out of range (1-65535)")
+    return Connection(
+        host=data["host"],
+        port=int(port),
+        dbname=data["dbname"],
+        user=data["username"],
+        password=SecretStr(data["password"]),
+        source=source,
+    )
+
+
+def connection_from_url(url: str, source: str = "url") -> Connection:
+    """Parse a libpq URL or keyword string; the password goes straight into a `SecretStr`."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise SecretError(f"{source}: not a valid PostgreSQL URL (postgresql://user:pass@host:port/dbname)") from None
+    unknown = set(params) - {"host", "port", "dbname", "user", "password", "sslmode"}
+    if unknown:
+        raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))}")
+    port = str(params.get("port") or 5432)
+    if not port.isdigit():
+        raise SecretError(f"{source}: the port must be a number")
+    return Connection(
+        host=str(params.get("host") or "localhost"),
+        port=int(port),
+        dbname=str(params.get("dbname") or params.get("user") or "postgres"),
+        user=str(params.get("user") or "postgres"),
+        password=SecretStr(str(params.get("password") or "")),
+        source=source,
+    )

@@ -1,0 +1,1 @@
+"""Migrations: reading, linting, planning, applying and recording them."""

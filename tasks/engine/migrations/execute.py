@@ -1,0 +1,248 @@
+"""Executing one migration: how its statements and its history rows reach the server.
+
+- A transactional migration is ONE simple-query message: BEGIN, its statements, the history insert, COMMIT.
+  One round trip and one call into psycopg (Python's cost per call, not the server, kept us above psql).
+  The server answers each statement in turn and stops at the first error, so the answers name the statement
+  that failed (`statement_timeout` applies per statement: PostgreSQL 13+).
+- Statement by statement, in one transaction with the history rows: PostgreSQL < 13, and a migration the
+  server could read differently as one message (see `read_differently_as_one`).
+- A non-transactional migration runs alone, statement by statement, under a dirty mark that its record
+  replaces in one transaction after its last statement.
+Every function answers `None` when the migration is applied and recorded, else a `MigrationFailure`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import psycopg
+from psycopg import generators, pq
+
+from tasks.engine.connection import redact
+from tasks.engine.migrations.catalog import Migration
+from tasks.engine.migrations.history import clear_dirty, mark_dirty, mark_progress, record, record_statement
+from tasks.engine.migrations.results import MigrationFailure
+from tasks.engine.migrations.sqltext import after_comments, comment_only
+
+FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+COPY_REFUSED = "a migration cannot COPY to or from the client (use INSERT, or COPY from a file on the server)"
+PLAIN_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY, FATAL_ERROR)
+
+
+def run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
+                       started: float) -> MigrationFailure | None:
+    """BEGIN, the statements, the history rows and COMMIT in ONE simple-query message: one round trip and one
+    call into psycopg (Python's cost per call, not the server, is what kept us above psql). The server answers
+    each statement in turn and stops at the first error, so the answers say which statement failed."""
+    if conn.info.server_version < 130000 or read_differently_as_one(migration):
+        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
+    script = Script.build(migration, record_statement(conn, migration, git_sha, run_id))
+    answers: list[pq.PGresult] = []
+    try:
+        _exchange(conn, script.text, answers)
+    except psycopg.Error as exc:
+        # The connection is gone without a word from the server. Its answers are sent in batches, so those read
+        # so far say only that at least that many statements had run: which one was running is not known.
+        confirmed = min(max(len(answers) - 1, 0), len(script.answered))
+        return replace(failure_from(migration, f"(not known: the connection was lost after the server had confirmed "
+                                           f"{confirmed} statement(s))", exc, 0), outcome_unknown=True)
+    except BaseException:  # Ctrl-C, SystemExit: stop the statement and end the session, which rolls back
+        _abandon(conn)     # the migration and frees the migration lock at once
+        raise
+    failed = next((i for i, answer in enumerate(answers) if answer.status == FATAL_ERROR), None)
+    if failed == 0 and not conn.closed:
+        # Refused before BEGIN ran, so nothing ran: the server could not read the message as a whole (a quote
+        # or comment left open, a setting that changes how later text reads). Statement by statement, as
+        # written, each one passes or fails on its own and the failing one is named exactly.
+        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
+    if failed is not None and any(answer.command_status == b"COMMIT" for answer in answers[:failed]):
+        return None  # committed, with its history rows, before the server ended the session
+    if failed is not None:
+        exc = psycopg.errors.error_from_result(answers[failed], encoding=conn.info.encoding)
+        _roll_back_quietly(conn)
+        number, statement = script.locate(failed, answers)
+        return failure_from(migration, statement, exc, number)
+    if not answers or answers[-1].status != pq.ExecStatus.COMMAND_OK or answers[-1].command_status != b"COMMIT" \
+            or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        # COPY to the client (refused by validation): the server goes on without us and may commit; the
+        # session is mid-protocol, so end it.
+        number, statement = script.locate(len(answers) - 1, answers)
+        conn.close()
+        return MigrationFailure(
+            migration_id=migration.id, statement=statement, sqlstate=None, transactional=True,
+            message=COPY_REFUSED, statement_number=number, statement_count=len(migration.statements),
+            outcome_unknown=True,
+        )
+    return None
+
+
+def _exchange(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -> None:
+    """Send `text` as one message and collect the server's answers into `answers` as they arrive, so that they
+    are there when the connection drops halfway. Stops at an answer that needs more than reading (COPY)."""
+    with conn.lock:
+        conn.pgconn.send_query(text.encode(conn.info.encoding))
+        conn.wait(generators.send(conn.pgconn))
+        while True:
+            try:
+                answer = conn.wait(generators.fetch(conn.pgconn))
+            except psycopg.Error:
+                if any(a.status == FATAL_ERROR for a in answers):
+                    return  # the server said why before it closed the connection (as psycopg's fetch_many does)
+                raise
+            if answer is None:
+                return
+            if answer.status == pq.ExecStatus.COPY_IN:  # no data to send: fail the COPY, which aborts the rest
+                while conn.pgconn.put_copy_end(COPY_REFUSED.encode()) == 0:
+                    conn.wait(generators.send(conn.pgconn))
+                conn.wait(generators.send(conn.pgconn))
+                continue
+            answers.append(answer)
+            if answer.status not in PLAIN_ANSWERS:
+                return
+
+
+def _abandon(conn: psycopg.Connection) -> None:
+    try:
+        conn.cancel_safe(timeout=5)  # else the server notices the closed session only when the statement ends
+    except Exception:  # noqa: BLE001 - closing is what matters
+        pass
+    conn.close()
+
+
+def _roll_back_quietly(conn: psycopg.Connection) -> None:
+    if conn.info.transaction_status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        quietly(conn.execute, "ROLLBACK")  # if the connection is gone, the server rolls back with the session
+
+
+def _run_statement_by_statement(conn: psycopg.Connection, migration: Migration, *, git_sha: str,
+                                run_id: str | None, started: float) -> MigrationFailure | None:
+    """One call per statement, in one transaction with the history rows."""
+    statement, number = "", 0
+    try:
+        with conn.transaction():
+            for number, statement in enumerate(migration.statements, 1):  # noqa: B007 - reported on failure
+                conn.execute(statement, prepare=False)
+            record(conn, migration, git_sha, run_id, started)
+    except psycopg.Error as exc:
+        return failure_from(migration, statement, exc, number)
+    return None
+
+
+def read_differently_as_one(migration: Migration) -> bool:
+    """Whether the server could read this migration differently as one message than statement by statement:
+    `standard_conforming_strings` set inside it (the whole message is read before the SET runs), or a `\\'`
+    (yoyo's splitter reads it as an escaped quote, PostgreSQL does not, so the two may split differently)."""
+    return any("\\'" in statement or "standard_conforming_strings" in statement.lower()
+               for statement in migration.statements)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A transactional migration as one message: BEGIN, the statements, the history rows, COMMIT."""
+
+    text: str
+    statements: tuple[str, ...]
+    answered: tuple[int, ...]  # the numbers (1-based) of the statements the server answers: not comment-only
+
+    @classmethod
+    def build(cls, migration: Migration, record: str) -> Script:
+        # The newline before each `;`: a statement ending in a -- comment must not swallow the separator.
+        text = "".join(["BEGIN;\n", *(f"{statement}\n;\n" for statement in migration.statements), record, ";\nCOMMIT"])
+        answered = tuple(n for n, statement in enumerate(migration.statements, 1) if not comment_only(statement))
+        return cls(text, migration.statements, answered)
+
+    def locate(self, index: int, answers: list[pq.PGresult]) -> tuple[int, str]:
+        """(statement number, statement) of the `index`-th answer; (0, what it is) outside the statements.
+
+        Trusted only when every answer before it has the command tag its statement implies: yoyo's splitter and
+        the server can disagree on where a statement ends (sqlparse reads `\\'` as an escaped quote, PostgreSQL
+        does not), and then counting would name the wrong statement."""
+        expected = [self.statements[number - 1] for number in self.answered] + ["INSERT"]  # the history rows
+        if index > len(expected) + 1 or not all(
+                command_tag_fits(expected[i - 1], answers[i].command_status or b"") for i in range(1, index)):
+            return 0, ("(not known exactly: the server split this file into statements differently from yoyo; "
+                       "the error message says what failed)")
+        if index <= 0:
+            return 0, "(not started: the session ended before the migration began)"
+        if index <= len(self.answered):
+            number = self.answered[index - 1]
+            return number, self.statements[number - 1]
+        return 0, "(recording it in the history tables)" if index == len(self.answered) + 1 else "COMMIT"
+
+
+# Statements whose first keyword is the first word of the command tag the server answers them with. Others
+# (WITH, VALUES, TABLE, EXECUTE, ...) are not checked; CREATE … AS answers SELECT.
+_TAGGED = {"ALTER", "ANALYZE", "CALL", "CLUSTER", "COMMENT", "CREATE", "DELETE", "DO", "DROP", "GRANT", "INSERT",
+           "LOCK", "MERGE", "REFRESH", "REINDEX", "RESET", "REVOKE", "SECURITY", "SELECT", "SET", "TRUNCATE",
+           "UPDATE"}
+
+
+_KEYWORD = re.compile(r"[A-Za-z]+")
+
+
+def command_tag_fits(statement: str, tag: bytes) -> bool:
+    keyword = _KEYWORD.match(after_comments(statement))
+    word = keyword.group().upper() if keyword else ""
+    if word not in _TAGGED:
+        return True
+    answered = tag.split(b" ", 1)[0].decode("ascii", "replace")
+    return answered == word or (word == "CREATE" and answered == "SELECT")
+
+
+def run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
+               started: float) -> MigrationFailure | None:
+    """Statement by statement outside a transaction, under a dirty mark that the record replaces."""
+    password = conn.info.password or ""
+    mark_dirty(conn, migration, git_sha, run_id)
+    statement, number = "", 0
+    try:
+        for number, statement in enumerate(migration.statements, 1):
+            mark_progress(conn, migration.id, "running", number)
+            conn.execute(statement, prepare=False)
+    except psycopg.Error as exc:
+        failure = failure_from(migration, statement, exc, number)
+        if number == 1 and not conn.broken:
+            # One statement is atomic and nothing ran before it: the mark goes (an INVALID index that a
+            # CONCURRENTLY build leaves is found by name on the next run).
+            quietly(clear_dirty, conn, migration.id)
+            return failure
+        # A lost connection leaves the mark "running": the next run says the run stopped during it.
+        message = redact(failure.message, password)[:2000]  # the mark is read by later runs
+        quietly(mark_progress, conn, migration.id, "failed", number, failure.sqlstate, message)
+        return replace(failure, dirty=True)
+    try:
+        mark_progress(conn, migration.id, "recording", len(migration.statements))
+        with conn.transaction():
+            record(conn, migration, git_sha, run_id, started)
+            clear_dirty(conn, migration.id)
+    except psycopg.Error as exc:
+        return replace(failure_from(migration, "(recording it in the history tables)", exc, 0), dirty=True)
+    return None
+
+
+def quietly(call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except psycopg.Error:
+        pass  # the connection is gone: a dirty mark stays (the next run explains it), a transaction rolls back
+
+
+def failure_from(migration: Migration, statement: str, exc: psycopg.Error, number: int) -> MigrationFailure:
+    message = (exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)).strip()
+    if exc.diag and exc.diag.message_detail:
+        message += f" ({exc.diag.message_detail.strip()})"
+    return MigrationFailure(
+        migration_id=migration.id,
+        statement=statement,
+        sqlstate=exc.sqlstate,
+        message=message,
+        transactional=migration.transactional,
+        statement_number=number,
+        statement_count=len(migration.statements),
+    )
+
+
+def redacted(failure: MigrationFailure, password: str) -> MigrationFailure:
+    return replace(failure, statement=redact(failure.statement, password), message=redact(failure.message, password))

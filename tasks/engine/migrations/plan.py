@@ -1,0 +1,94 @@
+"""The plan: what is pending, read-only, and what makes applying unsafe (an edited, deleted or out-of-order
+file, a dirty mark, a target that names nothing). Takes no lock and writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tasks.engine.connection import Connection
+from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.history import History, read_history, resolve_hint
+from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
+from tasks.engine.migrations.session import session
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What would run, read-only. `problems` block any apply."""
+
+    applied: tuple[str, ...]
+    pending: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+    unverified: tuple[str, ...] = ()  # applied before checksums were kept (e.g. by plain yoyo)
+    beyond_target: tuple[str, ...] = ()  # pending, but after the requested target
+    invalid_indexes: tuple[InvalidIndex, ...] = ()  # dropped or refused by policy.invalid_index
+
+
+def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
+              allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
+    """Compare files and history: what is pending, and what makes applying unsafe."""
+    problems: list[str] = [
+        f"{dirty.describe()}; nothing runs until it is resolved: {resolve_hint(dirty.migration_id, environment)}"
+        for dirty in history.dirty
+    ]
+    unverified: list[str] = []
+    applied = set(history.applied)
+    # Lookup tables: Catalog.get and Catalog.ids.index scan the catalog, which is O(N^2) here at 1,000 applied.
+    by_id = {m.id: m for m in catalog.migrations}
+    position = {m.id: index for index, m in enumerate(catalog.migrations)}
+    for migration_id in history.applied:
+        migration = by_id.get(migration_id)
+        if migration is None:
+            problems.append(
+                f"{migration_id}: applied to the database but missing from {catalog.directory.name}/ "
+                "(deleted or renamed); restore the file under its original name"
+            )
+        elif migration_id not in history.checksums:
+            unverified.append(migration_id)
+        elif history.checksums[migration_id] != migration.checksum:
+            problems.append(
+                f"{migration.path.name}: edited after it was applied (checksum "
+                f"{history.checksums[migration_id][:12]} applied, {migration.checksum[:12]} now); restore the "
+                "applied version and put the change in a new migration"
+            )
+    pending = [m for m in catalog.migrations if m.id not in applied]
+    known_applied = [position[i] for i in applied if i in position]
+    if pending and known_applied and not allow_out_of_order:
+        newest_applied = max(known_applied)
+        for migration in pending:
+            if position[migration.id] < newest_applied:
+                problems.append(
+                    f"{migration.path.name}: out of order: it sorts before migrations already applied; "
+                    "renumber it after the newest applied migration (or set policy.allow_out_of_order)"
+                )
+    beyond: list[str] = []
+    if target is not None:
+        index = _target_index(catalog, target)
+        if index is None:
+            problems.append(f"target {target!r} names no migration (use a migration id or its version number)")
+        else:
+            beyond = [m.id for m in pending if position[m.id] > index]
+            pending = [m for m in pending if position[m.id] <= index]
+    return Plan(
+        applied=history.applied,
+        pending=tuple(m.id for m in pending),
+        problems=tuple(problems),
+        unverified=tuple(unverified),
+        beyond_target=tuple(beyond),
+    )
+
+
+def _target_index(catalog: Catalog, target: str) -> int | None:
+    for index, migration in enumerate(catalog.migrations):
+        if target == migration.id or (target.isdigit() and int(target) == migration.version):
+            return index
+    return None
+
+
+def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,
+         allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
+    """Read-only: connect, read the history, compare with the files. Takes no lock, writes nothing."""
+    with session(connection, read_only=True) as conn:
+        current = make_plan(catalog, read_history(conn), target=target, allow_out_of_order=allow_out_of_order,
+                            environment=environment)
+        return replace(current, invalid_indexes=find_invalid_indexes(conn, catalog, current.pending))

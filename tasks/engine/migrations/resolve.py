@@ -1,0 +1,102 @@
+"""Dirty databases: explain what a non-transactional migration that did not finish left behind (each
+statement's fate, the indexes it names), and record how an operator resolved it by hand."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Policy
+from tasks.engine.errors import ResolveError
+from tasks.engine.logs import Log
+from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.history import (
+    DirtyMigration,
+    clear_dirty,
+    create_tables,
+    read_history,
+    record,
+    record_unmarked,
+    resolve_hint,
+)
+from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
+from tasks.engine.migrations.plan import make_plan
+from tasks.engine.migrations.session import migration_lock, session
+from tasks.engine.migrations.sqltext import quote_identifier, shorten
+
+logger = logging.getLogger(__name__)
+
+
+def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigration, environment: str | None,
+                  *, with_hint: bool = True) -> str:
+    """Reconcile instead of re-applying: what the mark says, each statement's fate, the indexes it names."""
+    lines = [dirty.describe()]
+    migration = catalog.get(dirty.migration_id)
+    if migration is None:
+        lines.append(f"  its file is not in {catalog.directory.name}/ any more: restore it to resolve this")
+    else:
+        if migration.checksum != dirty.checksum:
+            lines.append("  its file changed since it ran: restore the version that ran to resolve this")
+        for number, statement in enumerate(migration.statements, 1):
+            if dirty.state == "recording" or number < dirty.statement_number:
+                fate = "ran"
+            elif number == dirty.statement_number:
+                fate = "FAILED" if dirty.state == "failed" else "was running when the run stopped"
+            else:
+                fate = "not run"
+            index = index_state(conn, statement)
+            note = ""
+            if index is not None:
+                valid = {True: "valid", False: "INVALID", None: "missing"}[index[2]]
+                note = f" [index {quote_identifier(index[1])}: {valid}]"
+            lines.append(f"  {number}. {fate}: {shorten(statement, 120)}{note}")
+    if with_hint:
+        lines.append(f"  to resolve: {resolve_hint(dirty.migration_id, environment)}")
+    return "\n".join(lines)
+
+
+def explain_state(connection: Connection, catalog: Catalog, *, environment: str | None = None) -> tuple[bool, str]:
+    """Read-only, for operators: (clean, explanation) of dirty marks and INVALID indexes in the way."""
+    with session(connection, read_only=True) as conn:
+        history = read_history(conn)
+        texts = [explain_dirty(conn, catalog, dirty, environment) for dirty in history.dirty]
+        pending = make_plan(catalog, history).pending
+        texts += [f"{index}: dropped on the next run by policy drop_and_retry, else drop it: {index.drop_command}"
+                  for index in find_invalid_indexes(conn, catalog, pending)]
+    if not texts:
+        return True, f"{connection.describe()}: clean (no dirty migration, no INVALID index in the way)"
+    return not history.dirty, "\n".join(texts)
+
+
+def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *, mark_applied: bool,
+                  policy: Policy, log: Log = logger) -> str:
+    """An operator finished (`mark_applied`) or undid a dirty migration by hand: record that, under the lock."""
+    with session(connection, policy=policy, application_name="rds-migrations resolve") as conn, \
+            migration_lock(conn, policy.migration_lock_wait_seconds):
+        create_tables(conn)
+        dirty = {d.migration_id: d for d in read_history(conn).dirty}
+        if migration_id not in dirty:
+            others = f" (dirty: {', '.join(dirty)})" if dirty else " (nothing is dirty)"
+            raise ResolveError(f"{migration_id} is not marked dirty on {connection.describe()}{others}")
+        migration = catalog.get(migration_id)
+        if mark_applied:
+            if migration is None:
+                raise ResolveError(f"{migration_id}: its file is not in {catalog.directory.name}/; restore it first "
+                                   "(its checksum is recorded with it)")
+            if migration.checksum != dirty[migration_id].checksum:
+                raise ResolveError(f"{migration.path.name} changed since it ran; restore the version that ran first")
+            with conn.transaction():
+                record(conn, migration, "resolved", None, time.monotonic(), operation="mark",
+                       comment="rds-migrations resolve --mark-applied")
+                clear_dirty(conn, migration_id)
+            outcome = f"{migration_id} is recorded as applied and no longer dirty"
+        else:
+            with conn.transaction():
+                clear_dirty(conn, migration_id)
+                record_unmarked(conn, migration_id)
+            outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it"
+    log.warning("Resolved by an operator: %s", outcome)
+    return outcome

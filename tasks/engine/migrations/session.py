@@ -1,0 +1,76 @@
+"""The migration session: one connection with the policy's timeouts, and the migration lock on it.
+
+The lock is a session-level advisory lock, polled with `pg_try_advisory_lock` outside any transaction (so a
+`CREATE INDEX CONCURRENTLY` never deadlocks against it), and freed by the server when the session ends, so
+a killed process never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Policy
+from tasks.engine.errors import LockTimeout
+
+# One key for every run of this tool on a database (advisory locks are scoped to the current database).
+ADVISORY_LOCK_KEY = 0x52_44_53_4D_49_47_52_01  # "RDSMIGR\x01"
+LOCK_POLL_SECONDS = 0.25
+
+
+@contextmanager
+def session(connection: Connection, *, read_only: bool = False, policy: Policy | None = None,
+             application_name: str = "rds-migrations") -> Iterator[psycopg.Connection]:
+    conn = connection.connect(autocommit=True, application_name=application_name[:63])
+    try:
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        if policy is not None:
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{policy.lock_timeout_ms}ms")))
+            conn.execute(
+                sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{policy.statement_timeout_ms}ms"))
+            )
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def migration_lock(conn: psycopg.Connection, wait_seconds: float) -> Iterator[None]:
+    """Session-level advisory lock, polled outside any transaction; the server frees it if we die."""
+    deadline = time.monotonic() + wait_seconds
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"another migration run holds the lock on this database ({lock_holder(conn)}); "
+                f"waited {wait_seconds:g}s. It will be released when that run ends."
+            )
+        time.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def lock_holder(conn: psycopg.Connection) -> str:
+    row = conn.execute(
+        """
+        SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+            SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+        """,
+        (ADVISORY_LOCK_KEY,),
+    ).fetchone()
+    if row is None:
+        return "holder unknown"
+    pid, application, client, started = row
+    where = client or "local socket"
+    return f"locked by {application or 'an unnamed session'} (pid {pid}, from {where}, since {started:%H:%M:%S})"

@@ -1,0 +1,1 @@
+"""Runs: the pipelines (migrate, refresh, restore) written once, carried out step by step by a `Steps`."""

@@ -1,0 +1,212 @@
+"""The migration run, as the diagram draws it:
+
+    validate → fetch-secret → rehearse-and-plan → [approve] → snapshot → migrate → notify
+
+Typed values flow one way. Notify always runs, with what happened, and the run ends in the error when any
+step failed (it is raised again after the notification). Nothing pending: no snapshot and no write lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Environment, SecretsManagerCredentials, load_environment
+from tasks.engine.errors import ConfigError, DatabaseUnreachable, InvalidIndexFound, SecretError
+from tasks.engine.messages import RunSummary, restore_commands
+from tasks.engine.migrations.report import ValidationFailed, ValidationReport
+from tasks.engine.migrations.results import ApplyReport, MigrationError
+from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
+from tasks.engine.runs.steps import Steps
+from tasks.engine.snapshots.naming import Snapshot
+
+T = TypeVar("T")
+
+
+def migrate_environment(name: str, tier: str, steps: Steps, *, git_sha: str = "unknown", dry_run: bool = False,
+                        target: str | None = None, migrations_dir: str = "migrations", trigger: str = "manual",
+                        project_root: Path | None = None) -> RunSummary:
+    """A staging or production run of the named environment, one at a time per environment."""
+    environment = load_environment(name)
+    check_tier(environment, tier)
+    approval = tier == "production" and environment.policy.approval_required
+    with steps.exclusive(environment.name):
+        return run_migration(environment, steps, git_sha=git_sha, dry_run=dry_run, target=target,
+                             migrations_dir=migrations_dir, trigger=trigger, project_root=project_root,
+                             approval=approval)
+
+
+def check_tier(environment: Environment, tier: str) -> None:
+    """Staging runs take staging environments; production runs take production ones, under stricter rules."""
+    if environment.tier != tier:
+        other = "production" if environment.tier == "production" else "staging"
+        raise ConfigError(f"environment {environment.name!r} is tier {environment.tier!r}: run it with the "
+                          f"{other} flow")
+    if tier == "production":
+        if not environment.policy.snapshot_required:
+            raise ConfigError(f"environment {environment.name!r}: production requires policy.snapshot_required = true")
+        if environment.policy.lint_blocks_on == "never":
+            raise ConfigError(f"environment {environment.name!r}: production requires lint findings to block")
+
+
+class Credentials:
+    """The run's database credentials, read at run time. When the database refuses the password (28P01)
+    after it was read from Secrets Manager, it may have been rotated since: read AWSCURRENT again, once per
+    run, and retry the step once."""
+
+    def __init__(self, environment: Environment, parameters: dict[str, str | None], steps: Steps) -> None:
+        self.environment = environment
+        self.parameters = parameters
+        self.steps = steps
+        self.reread = False
+        self.connection = self._fetch()
+
+    def _fetch(self) -> Connection:
+        connection = self.steps.fetch_secret(self.environment)
+        refuse_password_in_parameters(connection, self.parameters)
+        return connection
+
+    def run(self, step: Callable[[Connection], T]) -> T:
+        try:
+            return step(self.connection)
+        except DatabaseUnreachable as exc:
+            rotatable = isinstance(self.environment.credentials, SecretsManagerCredentials)
+            if not (exc.auth_failed and rotatable and not self.reread):
+                raise
+            self.reread = True
+            self.steps.log.warning(
+                "The database refused the password read from %s (SQLSTATE %s): it may have been rotated since; "
+                "reading the secret again, once", self.connection.source, exc.sqlstate,
+            )
+            self.connection = self._fetch()
+        try:
+            return step(self.connection)
+        except DatabaseUnreachable as exc:
+            if not exc.auth_failed:
+                raise
+            raise SecretError(
+                f"{exc}; again after reading {self.connection.source} a second time: its AWSCURRENT password is "
+                "not the database user's. Check the secret's rotation (AWSPENDING vs AWSCURRENT) and run again"
+            ) from None
+
+
+@dataclass
+class Progress:
+    """What a run has got to so far: the step it is in and the values each step returned."""
+
+    step: str = "validate"
+    report: ValidationReport | None = None
+    snapshot: Snapshot | None = None
+    applied: ApplyReport | None = None
+
+
+def run_migration(
+    environment: Environment,
+    steps: Steps,
+    *,
+    git_sha: str,
+    dry_run: bool,
+    target: str | None,
+    migrations_dir: str,
+    trigger: str,
+    project_root: Path | None = None,
+    approval: bool = False,
+) -> RunSummary:
+    """Run the steps in order; with `approval` (production's gate) a person approves after the plan,
+    before any write."""
+    check_parameters(git_sha, trigger, target, migrations_dir)
+    project_root = project_root or Path.cwd()
+    started = time.monotonic()
+    progress = Progress()
+    error: Exception | None = None
+    try:
+        _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
+               migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval)
+    except Exception as exc:  # noqa: BLE001 - reported to the team, then raised again below
+        error = exc
+        if isinstance(exc, ValidationFailed):
+            progress.report = exc.report
+        if isinstance(exc, MigrationError):
+            progress.applied = exc.report
+
+    if progress.report is not None:
+        _publish_plan(steps, environment, progress.report)
+    summary = summarize(environment, steps, progress, git_sha=git_sha, trigger=trigger, dry_run=dry_run,
+                        error=error, duration=time.monotonic() - started)
+    delivered = steps.notify(environment.notify, summary)
+    steps.log.info("Notification %s", "sent" if delivered else "not sent")
+    steps.publish(f"migration-result-{environment.name}",
+                  f"## Result: {summary.outcome}\n\n```\n{summary.console_text()}\n```\n",
+                  f"Migration result for {environment.name}")
+    if error is not None:
+        raise error
+    return summary
+
+
+def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, dry_run: bool,
+           target: str | None, migrations_dir: str, trigger: str, project_root: Path, approval: bool) -> None:
+    catalog, progress.report = steps.validate(Path(migrations_dir), project_root, environment.policy)
+    progress.step = "fetch-secret"
+    credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
+                                            "trigger": trigger, "target": target,
+                                            "migrations_dir": migrations_dir}, steps)
+    progress.step = "validate"
+    static = progress.report
+    report = progress.report = credentials.run(
+        lambda c: steps.rehearse_and_plan(environment, catalog, static, c, target))
+    if report.plan and report.plan.invalid_indexes and environment.policy.invalid_index == "refuse":
+        raise InvalidIndexFound(report.plan.invalid_indexes)
+    if not report.pending or dry_run:
+        return
+    if approval:
+        progress.step = "approval"
+        _publish_plan(steps, environment, report)
+        steps.log.info("Approved by %s", steps.approve(environment, report))
+    if environment.snapshot.kind != "none":
+        progress.step = "snapshot"
+        progress.snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger)
+    progress.step = "migrate"
+    progress.applied = credentials.run(lambda c: steps.migrate(
+        c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name))
+
+
+def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:
+    steps.publish(f"migration-plan-{environment.name}", report.to_markdown(),
+                  f"Validation and plan for {environment.name}")
+
+
+def summarize(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, trigger: str,
+              dry_run: bool, error: Exception | None, duration: float) -> RunSummary:
+    report, applied, snapshot = progress.report, progress.applied, progress.snapshot
+    pending = report.pending if report else ()
+    if applied is not None:
+        pending = applied.pending
+    if error is not None:
+        outcome = "failed"
+    elif dry_run:
+        outcome = "dry-run"
+    elif applied is None:
+        outcome = "nothing-to-do"
+    else:
+        outcome = "succeeded"
+    return RunSummary(
+        environment=environment.name,
+        tier=environment.tier,
+        git_sha=git_sha,
+        trigger=trigger,
+        outcome=outcome,  # type: ignore[arg-type]
+        failed_step=progress.step if error is not None else None,
+        error=str(error) if error is not None else None,
+        applied=applied.applied_ids if applied else (),
+        failed_migration=applied.failed.migration_id if applied and applied.failed else None,
+        pending=tuple(pending),
+        snapshot_id=snapshot.identifier if snapshot else None,
+        snapshot_location=snapshot.location if snapshot else None,
+        restore_steps=restore_commands(environment.name, snapshot.identifier) if snapshot else (),
+        duration_seconds=duration,
+        run_url=steps.run_info().run_url,
+    )

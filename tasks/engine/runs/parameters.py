@@ -1,0 +1,54 @@
+"""Run parameters reach SQL, AWS identifiers, file names and messages: allow-lists, not escaping. A value
+that is refused is never repeated (it may be a secret pasted into the wrong field), and a parameter that
+holds a credential stops the run: the Prefect API stores flow parameters in plain text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.engine.connection import Connection
+from tasks.engine.errors import ConfigError, SecretError
+from tasks.engine.git import GIT_SHA_PARAMETER
+
+TRIGGER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+# A URL carrying a password, or a libpq keyword string with one: never a flow parameter.
+CREDENTIAL = re.compile(r"://[^/\s@]*:[^/\s@]*@|\b(password|passwd|pwd)\s*=", re.IGNORECASE)
+
+
+def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_dir: str) -> None:
+    """Parameters reach SQL, AWS identifiers and messages: allow-lists, not escaping."""
+    given = {"git_sha": git_sha, "trigger": trigger, "target": target, "migrations_dir": migrations_dir}
+    for name, value in given.items():
+        if value is not None and CREDENTIAL.search(value):
+            raise ConfigError(
+                f"parameter {name} looks like a credential (a URL or keyword string with a password): it was not "
+                "used and is not repeated here. The Prefect API stores flow parameters in plain text: rotate "
+                "that secret; the environment says where credentials come from"
+            )
+    # A refused value is never repeated: it may be a secret pasted into the wrong field.
+    if not GIT_SHA_PARAMETER.match(git_sha):
+        raise ConfigError(f"git_sha ({len(git_sha)} characters) is not a hex commit SHA (7-40 lowercase hex) "
+                          "or 'unknown'")
+    if not TRIGGER.match(trigger):
+        raise ConfigError(f"trigger ({len(trigger)} characters) must be lowercase letters, digits and hyphens")
+    if target is not None and not TARGET.match(target):
+        raise ConfigError(f"target ({len(target)} characters) is not a migration id or version number")
+    if Path(migrations_dir).is_absolute() or ".." in Path(migrations_dir).parts:
+        raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
+
+
+def refuse_password_in_parameters(connection: Connection, parameters: dict[str, str | None]) -> None:
+    """A parameter holding the database password has leaked it into the Prefect API: stop, and say so."""
+    password = connection.password.get_secret_value()
+    if len(password) < 8:  # too short to tell apart from ordinary values (and the embedded server has none)
+        return
+    for name, value in parameters.items():
+        if value and password in value:
+            raise SecretError(
+                f"parameter {name} contains the database password read from {connection.source}: nothing was run. "
+                "The Prefect API stores flow parameters in plain text: rotate the password now"
+            )

@@ -1,0 +1,120 @@
+"""The staging refresh and the restore, as runs:
+
+    refresh: fetch-secret → plan-refresh → snapshot (newest of the source, or a fresh one) → refresh
+             (restore, mask, swap) → migrate (the staging run) → notify
+    restore: fetch-secret → restore (to a new name, then swap; the old copy kept) → notify
+
+Notify always runs; the run ends in the error when a step failed. Every name a refresh creates, renames or
+deletes is checked before the call (snapshots/swap.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tasks.engine.environments import ENVIRONMENT_NAME, Environment, load_environment
+from tasks.engine.errors import ConfigError
+from tasks.engine.git import GIT_SHA_PARAMETER
+from tasks.engine.messages import RefreshSummary, shown_parameters
+from tasks.engine.runs.migration import run_migration
+from tasks.engine.runs.parameters import TRIGGER, check_parameters
+from tasks.engine.runs.steps import Steps
+from tasks.engine.snapshots.restore import SNAPSHOT_ID, check_snapshot_id
+from tasks.engine.snapshots.swap import SwapResult, describe_error
+
+MIGRATIONS_DIR = "migrations"
+FLOW_NAMES = {"refresh": "refresh-staging", "restore": "restore-snapshot"}
+
+
+@dataclass
+class Outcome:
+    """What a refresh or restore has got to: the step it is in, and what each step returned."""
+
+    step: str = "parameters"
+    environment: Environment | None = None
+    result: SwapResult | None = None
+    applied: tuple[str, ...] = ()
+
+
+def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigger: str = "schedule",
+                    project_root: Path | None = None) -> RefreshSummary:
+    """Refresh a staging environment from its source's snapshot, mask it, migrate it to head and notify."""
+    parameters = shown_parameters({"environment": name, "git_sha": git_sha, "trigger": trigger},
+                                  {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER})
+    started, outcome = time.monotonic(), Outcome()
+    error: Exception | None = None
+    try:
+        env = outcome.environment = load_environment(name)
+        check_parameters(git_sha, trigger, None, MIGRATIONS_DIR)
+        if env.refresh is None:
+            raise ConfigError(f"environment {name!r} has no [refresh] section: it is never refreshed")
+        source = load_environment(env.refresh.source_environment)
+        with steps.exclusive(env.name):
+            outcome.step = "fetch-secret"
+            connection = steps.fetch_secret(env)
+            outcome.step = "refresh"
+            replacement = steps.plan_refresh(env, source, connection)
+            outcome.step = "snapshot"
+            if env.refresh.use_fresh_snapshot:
+                steps.log.info("Taking a fresh snapshot of %s", source.name)
+                # The RDS kinds never use the connection; the local kind dumps the source database.
+                dump_from = steps.fetch_secret(source) if source.snapshot.kind == "pg_dump" else connection
+                snapshot = steps.snapshot(source, dump_from, "refresh", trigger)
+            else:
+                snapshot = steps.newest_snapshot(source)
+            steps.log.info("Refreshing %s from snapshot %s of %s (%s, git %s)", env.name, snapshot.identifier,
+                           source.name, snapshot.created_at.isoformat(), git_sha)
+            outcome.step = "refresh"
+            outcome.result = steps.refresh(replacement, snapshot, connection)
+            outcome.step = "migrate"
+            outcome.applied = run_migration(env, steps, git_sha=git_sha, dry_run=False, target=None,
+                                            migrations_dir=MIGRATIONS_DIR, trigger=trigger,
+                                            project_root=project_root).applied
+    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
+        error = exc
+    return _announce("refresh", name, steps, parameters, outcome, error, time.monotonic() - started)
+
+
+def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str = "unknown") -> RefreshSummary:
+    """Restore `snapshot_id` next to the environment's database, swap names, keep the old copy, notify."""
+    parameters = shown_parameters({"environment": name, "snapshot_id": snapshot_id, "git_sha": git_sha},
+                                  {"environment": ENVIRONMENT_NAME, "snapshot_id": SNAPSHOT_ID,
+                                   "git_sha": GIT_SHA_PARAMETER})
+    started, outcome = time.monotonic(), Outcome()
+    error: Exception | None = None
+    try:
+        env = outcome.environment = load_environment(name)
+        check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
+        check_snapshot_id(snapshot_id)
+        with steps.exclusive(env.name):
+            outcome.step = "fetch-secret"
+            connection = steps.fetch_secret(env)
+            outcome.step = "restore"
+            outcome.result = steps.restore(env, snapshot_id, connection)
+    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
+        error = exc
+    return _announce("restore", name, steps, parameters, outcome, error, time.monotonic() - started)
+
+
+def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
+              parameters: tuple[tuple[str, str], ...], outcome: Outcome, error: Exception | None,
+              duration: float) -> RefreshSummary:
+    """Summarize, notify (when the environment is known, so is where to notify), then raise any error."""
+    env = outcome.environment
+    info = steps.run_info()
+    summary = RefreshSummary(
+        action=action, environment=name, tier=env.tier if env else ("staging" if action == "refresh" else "unknown"),
+        outcome="failed" if error else "succeeded", failed_step=outcome.step if error else None,
+        error=describe_error(error) if error else None, result=outcome.result, applied=outcome.applied,
+        deployment=info.deployment, flow_name=info.flow_name or FLOW_NAMES[action], parameters=parameters,
+        duration_seconds=duration, run_url=info.run_url,
+    )
+    if env is not None:
+        steps.notify(env.notify, summary)
+    if error is not None:
+        raise error
+    return summary
+

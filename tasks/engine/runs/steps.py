@@ -1,0 +1,176 @@
+"""How a run's steps are carried out. The pipelines (migration.py, refresh.py) are written once against
+`Steps`; flows/steps.py carries each step out as a Prefect task in a flow run (retries, logs, artifacts),
+and `DirectSteps` calls the engine directly, for a person's terminal and CI when no Prefect API is there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import AwsSettings, ConsoleNotify, Environment, Policy, SlackNotify
+from tasks.engine.logs import Log
+from tasks.engine.messages import Summary
+from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.report import ValidationReport
+from tasks.engine.migrations.results import ApplyReport
+from tasks.engine.snapshots.naming import Snapshot
+from tasks.engine.snapshots.refresh import Replacement
+from tasks.engine.snapshots.swap import SwapResult
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where this run is recorded: its id (history rows, snapshot tags), its page, how to run it again."""
+
+    run_id: str | None = None
+    run_url: str | None = None
+    flow_name: str | None = None
+    deployment: str | None = None  # "<flow>/<deployment>" when it was started from a deployment
+
+
+class Steps(Protocol):
+    """One method per step of a pipeline; each takes and returns the typed values the diagram shows."""
+
+    log: Log
+
+    def run_info(self) -> RunInfo:
+        """This run's id and links (empty outside Prefect)."""
+
+    def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
+        """Static checks and lint; `ValidationFailed` on errors."""
+
+    def fetch_secret(self, environment: Environment) -> Connection:
+        """The environment's database credentials."""
+
+    def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
+                          connection: Connection, target: str | None) -> ValidationReport:
+        """The plan against the target and, when something is pending, the rehearsal."""
+
+    def approve(self, environment: Environment, report: ValidationReport) -> str:
+        """Wait for a person to approve the plan; who approved, else `ApprovalDenied`."""
+
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
+        """Take (or reuse) the environment's snapshot and wait until it is usable."""
+
+    def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
+                git_sha: str, environment: str) -> ApplyReport:
+        """Apply the pending migrations under the migration lock."""
+
+    def plan_refresh(self, environment: Environment, source: Environment, connection: Connection) -> Replacement:
+        """Check everything a refresh can before it creates anything."""
+
+    def newest_snapshot(self, source: Environment) -> Snapshot:
+        """The source environment's newest available snapshot."""
+
+    def refresh(self, replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
+        """Restore, mask and swap in a refreshed copy."""
+
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
+        """Restore one of the environment's snapshots to a new name and swap it in."""
+
+    def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
+        """Announce a run; never fails it."""
+
+    def publish(self, key: str, markdown: str, description: str) -> None:
+        """Keep a report where people look for it (a Prefect artifact; nowhere outside Prefect)."""
+
+    def exclusive(self, environment: str) -> AbstractContextManager[None]:
+        """Hold the environment's one-run-at-a-time slot (a Prefect global concurrency limit under a
+        deployment); the database's migration lock guards every run besides."""
+
+
+class DirectSteps:
+    """Every step as a plain call into the engine, logging to `log`. AWS clients come from the default
+    credential chain (no Prefect blocks); Slack needs a block, so a Slack target falls back to the log."""
+
+    def __init__(self, log: Log | None = None, project_root: Path | None = None,
+                 make_client: Callable[[str, AwsSettings], Any] | None = None) -> None:
+        from tasks.engine.aws import AwsClients
+
+        self.log = log or logging.getLogger("rds_migrations")
+        self.project_root = project_root
+        self.clients = AwsClients(make_client) if make_client else AwsClients()
+
+    def client(self, service: str, environment: Environment) -> Any:
+        return self.clients.get(service, environment)
+
+    def run_info(self) -> RunInfo:
+        return RunInfo()
+
+    def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
+        from tasks.engine.migrations.validation import validate
+
+        return validate(migrations_dir, project_root, policy, log=self.log)
+
+    def fetch_secret(self, environment: Environment) -> Connection:
+        from tasks.engine.credentials import fetch_connection
+
+        connection = fetch_connection(environment, self.client("secretsmanager", environment))
+        self.log.info("Credentials read from %s for %s", connection.source, connection.describe())
+        return connection
+
+    def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
+                          connection: Connection, target: str | None) -> ValidationReport:
+        from tasks.engine.migrations.validation import rehearse_and_plan
+
+        return rehearse_and_plan(environment, catalog, report, connection, target, log=self.log)
+
+    def approve(self, environment: Environment, report: ValidationReport) -> str:
+        from tasks.engine.errors import ApprovalDenied
+
+        raise ApprovalDenied(f"environment {environment.name} requires approval, which needs a Prefect API: run it "
+                             "through its deployment (or with --prefect); nothing was snapshotted or applied")
+
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
+        from tasks.engine.snapshots.take import take_snapshot
+
+        return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=None, trigger=trigger,
+                             rds_client=self.client("rds", environment), log=self.log)
+
+    def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
+                git_sha: str, environment: str) -> ApplyReport:
+        from tasks.engine.migrations.apply import apply_pending
+
+        report = apply_pending(connection, catalog, policy, target=target, git_sha=git_sha, run_id=None,
+                               environment=environment, log=self.log)
+        self.log.info("Applied %d migration(s) in %.1fs", len(report.applied), report.duration_seconds)
+        return report
+
+    def plan_refresh(self, environment: Environment, source: Environment, connection: Connection) -> Replacement:
+        from tasks.engine.snapshots.refresh import plan_refresh
+
+        return plan_refresh(environment, source, connection, rds_client=self.client("rds", environment),
+                            project_root=self.project_root, log=self.log)
+
+    def newest_snapshot(self, source: Environment) -> Snapshot:
+        from tasks.engine.snapshots.refresh import newest_snapshot
+
+        return newest_snapshot(source, self.client("rds", source))
+
+    def refresh(self, replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
+        from tasks.engine.snapshots.refresh import refresh_from
+
+        return refresh_from(replacement, snapshot, connection, log=self.log)
+
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
+        from tasks.engine.snapshots.restore import restore_environment
+
+        return restore_environment(environment, snapshot_id, connection, rds_client=self.client("rds", environment),
+                                   log=self.log)
+
+    def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
+        from tasks.engine.notify import deliver
+
+        return deliver(target, summary, post=None, log=self.log)
+
+    def publish(self, key: str, markdown: str, description: str) -> None:
+        """Outside Prefect the report is in the log already."""
+
+    def exclusive(self, environment: str) -> AbstractContextManager[None]:
+        return nullcontext()

@@ -1,0 +1,293 @@
+"""The three kinds a restore-and-swap works on (the `Backend` contract is in swap.py): RDS DB instances,
+Aurora DB clusters, and local databases restored from pg_dump files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from tasks.engine.connection import Connection, redact
+from tasks.engine.embedded import client_binary
+from tasks.engine.errors import RefreshError
+from tasks.engine.logs import Log
+from tasks.engine.snapshots.naming import Snapshot
+from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
+from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, describe_error
+
+APPEAR_POLLS, APPEAR_POLL_SECONDS = 40, 15  # a renamed instance is not found under its new name at once
+
+
+@contextmanager
+def _botocore_quiet() -> Iterator[None]:
+    """botocore logs request parameters at DEBUG; a call carrying a password must not reach a log."""
+    botocore_logger = logging.getLogger("botocore")
+    level = botocore_logger.level
+    botocore_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        botocore_logger.setLevel(level)
+
+
+class RdsInstances:
+    """RDS DB instances: restored from a DB snapshot with the live instance's settings, renamed to swap."""
+
+    names = INSTANCE
+
+    def __init__(self, rds: Any, plan: SwapPlan, *, wait_seconds: int, tags: dict[str, str], log: Log,
+                 sleep: Callable[[float], None]) -> None:
+        self.plan, self.log = plan, log
+        self.rds, self.wait_seconds, self.sleep = rds, wait_seconds, sleep
+        self.tags = [{"Key": key, "Value": value} for key, value in tags.items()]
+
+    def describe(self, name: str, names: RdsApi | None = None) -> dict | None:
+        return (names or self.names).find(self.rds, name)
+
+    def _require_free(self) -> dict:
+        found = self.describe(self.plan.live)
+        if found is None:
+            raise RefreshError(f"{self.names.noun} {self.plan.live} not found in {self.rds.meta.region_name}: "
+                               "nothing was changed; check the environment's snapshot settings")
+        for name in (self.plan.new, self.plan.old):
+            if self.describe(name) is not None:
+                raise RefreshError(f"{self.names.noun} {name} already exists: nothing was changed; run again "
+                                   "in a second (the names hold the time) or delete it")
+        return found
+
+    def inspect(self) -> LiveCopy:
+        live = self._require_free()
+        settings = {
+            "DBInstanceClass": live.get("DBInstanceClass"),
+            "DBSubnetGroupName": (live.get("DBSubnetGroup") or {}).get("DBSubnetGroupName"),
+            "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live.get("VpcSecurityGroups", [])],
+            "DBParameterGroupName": (live.get("DBParameterGroups") or [{}])[0].get("DBParameterGroupName"),
+        }
+        return LiveCopy({k: v for k, v in settings.items() if v}, live.get("MasterUsername"))
+
+    def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        self.rds.restore_db_instance_from_db_snapshot(
+            DBInstanceIdentifier=self.plan.check(name, "create"), DBSnapshotIdentifier=snapshot.identifier,
+            Tags=self.tags, **live.settings,
+        )
+
+    def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        self.wait_available(name)
+
+    def wait_available(self, name: str, names: RdsApi | None = None) -> None:
+        """Until `name` exists (a rename takes a moment to show), then botocore's available waiter."""
+        names = names or self.names
+        for attempt in range(APPEAR_POLLS):
+            if self.describe(name, names) is not None:
+                break
+            if attempt == APPEAR_POLLS - 1:
+                raise RefreshError(f"{names.noun} {name} did not appear after "
+                                   f"{APPEAR_POLLS * APPEAR_POLL_SECONDS} s")
+            self.sleep(APPEAR_POLL_SECONDS)
+        self.log.info("Waiting until %s %s is available", names.noun, name)
+        self.rds.get_waiter(names.available_waiter).wait(**{names.param: name},
+                                                         WaiterConfig=waiter_config(self.wait_seconds))
+
+    def reset_master_password(self, name: str, password: SecretStr) -> None:
+        self.plan.check(name, "modify")
+        self.log.info("Setting the master password of %s %s to the environment's own", self.names.noun, name)
+        with _botocore_quiet():
+            getattr(self.rds, self.names.modify)(**{self.names.param: name},
+                                                 MasterUserPassword=password.get_secret_value(),
+                                                 ApplyImmediately=True)
+        self.wait_available(name)
+
+    def endpoint(self, name: str) -> tuple[str, int]:
+        found = self.describe(name) or {}
+        endpoint = found.get("Endpoint") or {}
+        return endpoint.get("Address", ""), int(endpoint.get("Port") or 5432)
+
+    def connection_to(self, name: str, credentials: Connection) -> Connection:
+        host, port = self.endpoint(name)
+        return credentials.model_copy(update={"host": host, "port": port})
+
+    def rename(self, name: str, to: str) -> None:
+        self.plan.check(name, "rename")
+        self.plan.check(to, "rename")
+        self.log.info("Renaming %s %s to %s", self.names.noun, name, to)
+        getattr(self.rds, self.names.modify)(**{self.names.param: name, self.names.new_param: to},
+                                             ApplyImmediately=True)
+        self.wait_available(to)
+
+    def swap(self, plan: SwapPlan) -> None:
+        cli = self.names.cli
+        rename_back = (f"aws rds modify-{cli} --{cli}-identifier {shlex.quote(plan.old)} "
+                       f"--new-{cli}-identifier {shlex.quote(plan.live)} --apply-immediately")
+        try:
+            self.rename(plan.live, plan.old)
+        except Exception as exc:  # noqa: BLE001 - turned into an error that says where things are
+            raise RefreshError(f"renaming {plan.live} to {plan.old} failed: {describe_error(exc)}; "
+                               f"{plan.live} should be unchanged (check it); the ready copy {plan.new} was kept"
+                               ) from None
+        try:
+            self.rename(plan.new, plan.live)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                self.rename(plan.old, plan.live)
+                state = f"{plan.old} was renamed back to {plan.live}"
+            except Exception:  # noqa: BLE001
+                state = f"{plan.live} is now named {plan.old}: rename it back with {rename_back}"
+            raise RefreshError(f"renaming {plan.new} to {plan.live} failed: {describe_error(exc)}; {state}; "
+                               f"the ready copy {plan.new} was kept") from None
+
+    def delete(self, name: str) -> None:
+        self.rds.delete_db_instance(DBInstanceIdentifier=self.plan.check(name, "delete"), SkipFinalSnapshot=True,
+                                    DeleteAutomatedBackups=True)
+
+
+class AuroraClusters(RdsInstances):
+    """An Aurora cluster is restored without instances: a writer is added, with the live writer's class."""
+
+    names = CLUSTER
+
+    def inspect(self) -> LiveCopy:
+        live = self._require_free()
+        writers = [m["DBInstanceIdentifier"] for m in live.get("DBClusterMembers", []) if m.get("IsClusterWriter")]
+        writer = self.describe(writers[0], INSTANCE) if writers else None
+        if writer is None:
+            raise RefreshError(f"DB cluster {self.plan.live} has no writer instance to copy the class from: "
+                               "nothing was changed")
+        settings = {
+            "Engine": live.get("Engine"),
+            "EngineVersion": live.get("EngineVersion"),
+            "DBSubnetGroupName": live.get("DBSubnetGroup"),
+            "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live.get("VpcSecurityGroups", [])],
+            "DBClusterParameterGroupName": live.get("DBClusterParameterGroup"),
+        }
+        settings = {k: v for k, v in settings.items() if v}
+        settings["writer"] = {"DBInstanceClass": writer["DBInstanceClass"], "Engine": live.get("Engine")}
+        return LiveCopy(settings, live.get("MasterUsername"))
+
+    def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        settings = {k: v for k, v in live.settings.items() if k != "writer"}
+        self.rds.restore_db_cluster_from_snapshot(
+            DBClusterIdentifier=self.plan.check(name, "create"), SnapshotIdentifier=snapshot.identifier,
+            Tags=self.tags, **settings,
+        )
+
+    def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        self.wait_available(name)
+        writer = self.plan.check(self.plan.member("writer"), "create", noun="DB instance")
+        self.log.info("Adding writer instance %s to DB cluster %s", writer, name)
+        self.rds.create_db_instance(DBInstanceIdentifier=writer, DBClusterIdentifier=name, Tags=self.tags,
+                                    **live.settings["writer"])
+        self.wait_available(writer, INSTANCE)
+
+    def connection_to(self, name: str, credentials: Connection) -> Connection:
+        found = self.describe(name) or {}
+        return credentials.model_copy(update={"host": found.get("Endpoint", ""),
+                                              "port": int(found.get("Port") or 5432)})
+
+    def delete(self, name: str) -> None:
+        """The cluster's instances first (each checked), then the cluster."""
+        self.plan.check(name, "delete")
+        members = [m["DBInstanceIdentifier"] for m in (self.describe(name) or {}).get("DBClusterMembers", [])]
+        for member in members:
+            self.plan.check(member, "delete", noun="DB instance")
+        for member in members:
+            self.rds.delete_db_instance(DBInstanceIdentifier=member)
+        for member in members:
+            self.rds.get_waiter("db_instance_deleted").wait(DBInstanceIdentifier=member,
+                                                            WaiterConfig=waiter_config(self.wait_seconds))
+        self.rds.delete_db_cluster(DBClusterIdentifier=name, SkipFinalSnapshot=True)
+
+
+class LocalDatabases:
+    """The local kind: pg_dump files restored with pg_restore into a new database on the same server, swapped
+    with ALTER DATABASE ... RENAME."""
+
+    def __init__(self, credentials: Connection, plan: SwapPlan, log: Log) -> None:
+        self.plan, self.log = plan, log
+        self.credentials = credentials
+        self.admin = credentials.with_database("postgres")  # a database is renamed from another one
+
+    def _exists(self, conn: psycopg.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def inspect(self) -> LiveCopy:
+        with self.admin.connect() as conn:
+            if not self._exists(conn, self.plan.live):
+                raise RefreshError(f"database {self.plan.live} not found on {self.admin.describe()}: "
+                                   "nothing was changed")
+            for name in (self.plan.new, self.plan.old):
+                if self._exists(conn, name):
+                    raise RefreshError(f"database {name} already exists: nothing was changed; drop it or run "
+                                       "again in a second (the names hold the time)")
+        return LiveCopy({})
+
+    def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.plan.check(name, "create"))))
+
+    def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        target = self.credentials.with_database(name)
+        env = {**os.environ, **target.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
+        # Owners and grants are the source's; the environment's own user owns the restored objects.
+        command = [str(client_binary("pg_restore")), "--no-owner", "--no-privileges", "--exit-on-error",
+                   "--no-password", f"--dbname={name}", "--", snapshot.location]
+        self.log.info("pg_restore into database %s", name)
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RefreshError(redact(f"pg_restore into {name} failed (exit {result.returncode}): "
+                                      f"{result.stderr.strip()[-1500:]}", target.password.get_secret_value()))
+
+    def reset_master_password(self, name: str, password: SecretStr) -> None:
+        """Nothing to do: roles and their passwords belong to the server, and a dump carries none."""
+
+    def connection_to(self, name: str, credentials: Connection) -> Connection:
+        return credentials.with_database(name)
+
+    def swap(self, plan: SwapPlan) -> None:
+        """Both renames in one transaction, after closing the live database to new sessions and ending its
+        current ones (a database cannot be renamed while in use)."""
+        live, old, new = (plan.check(n, "rename") for n in (plan.live, plan.old, plan.new))
+
+        def allow(conn: psycopg.Connection, name: str, allowed: bool) -> None:
+            statement = "ALTER DATABASE {} WITH ALLOW_CONNECTIONS " + ("true" if allowed else "false")
+            conn.execute(sql.SQL(statement).format(sql.Identifier(name)))  # type: ignore[arg-type]
+
+        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
+        with self.admin.connect() as conn:
+            allow(conn, live, False)
+            try:
+                ended = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (live,)).fetchone()
+                self.log.info("Ended %s session(s) on database %s", ended[0] if ended else 0, live)
+                with conn.transaction():
+                    conn.execute(rename.format(sql.Identifier(live), sql.Identifier(old)))
+                    conn.execute(rename.format(sql.Identifier(new), sql.Identifier(live)))
+            except psycopg.Error as exc:
+                allow(conn, live, True)
+                raise RefreshError(f"swapping database names failed: {describe_error(exc)}; {live} is unchanged "
+                                   f"and open again; the ready copy {new} was kept") from None
+            allow(conn, old, True)
+
+    def delete(self, name: str) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self.plan.check(name, "delete"))))
+
+
+def make_backend(plan: SwapPlan, credentials: Connection, rds: Any, wait_seconds: int, tags: dict[str, str],
+                 log: Log, sleep: Callable[[float], None]) -> Backend:
+    """The backend for the plan's kind; `rds` is a boto3 RDS client (not needed for the local kind)."""
+    if plan.kind == "pg_dump":
+        return LocalDatabases(credentials, plan, log)
+    if rds is None:
+        raise ValueError(f"an RDS client is needed to restore a {plan.noun}")
+    kind = RdsInstances if plan.kind == "rds_instance" else AuroraClusters
+    return kind(rds, plan, wait_seconds=wait_seconds, tags=tags, log=log, sleep=sleep)

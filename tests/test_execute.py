@@ -1,0 +1,195 @@
+"""A transactional migration goes to the server as one message: the failing statement is still named,
+and what the server could read differently goes statement by statement."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.execute import command_tag_fits
+from tasks.engine.migrations.results import MigrationError
+from tests.helpers import (
+    POLICY,
+    SLEEP_WHILE_FLAGGED,
+    SLEEPING,
+    applied_ids,
+    raise_sleep_flag,
+    tables,
+    write_migrations,
+)
+
+# ---- a transactional migration goes to the server as one message: the failing statement is still named ----
+
+
+def failed_statement(tmp_path: Path, database: Connection, sql_text: str) -> tuple[int, str, str]:
+    """Apply 0001.ok then 0002.bad (`sql_text`): (statement number, statement, SQLSTATE) of the failure,
+    after checking that 0002 left nothing behind."""
+    files = {"0001.ok.sql": "CREATE TABLE ok (id bigint);\n", "0002.bad.sql": sql_text}
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    failed = raised.value.report.failed
+    assert failed is not None and failed.migration_id == "0002.bad"
+    assert applied_ids(database) == ["0001.ok"] and tables(database) == {"ok"} | HISTORY_TABLES
+    return failed.statement_number, failed.statement, failed.sqlstate
+
+
+HISTORY_TABLES = {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations_history",
+                  "_rds_migrations_dirty"}
+
+
+def test_the_failing_statement_is_named_past_comment_only_statements(tmp_path: Path, database: Connection) -> None:
+    # yoyo keeps comment-only pieces as statements; the server sends no result for them inside one message.
+    sql_text = (
+        "CREATE TABLE a (id bigint);\n"
+        "/* a comment /* nested */ on its own */\n-- and another\n;\n"
+        "CREATE TABLE b (id bigint) -- a line comment, no semicolon after it\n;\n"
+        "INSERT INTO a VALUES ('not a number');\n"
+        "CREATE TABLE c (id bigint);\n"
+    )
+    number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
+    assert (number, sqlstate) == (4, "22P02") and statement.startswith("INSERT INTO a VALUES ('not a number')")
+
+
+def test_a_syntax_error_in_a_later_statement_is_named_and_nothing_runs(tmp_path: Path, database: Connection) -> None:
+    number, statement, sqlstate = failed_statement(
+        tmp_path, database, "CREATE TABLE a (id bigint);\nCREATE TABLE b (id bigint);\nCREATE TABEL c (id bigint);\n")
+    assert (number, sqlstate) == (3, "42601") and statement.startswith("CREATE TABEL c")
+
+
+def test_a_failing_commit_is_named_as_the_commit(tmp_path: Path, database: Connection) -> None:
+    sql_text = (
+        "CREATE TABLE parent (id bigint PRIMARY KEY);\n"
+        "CREATE TABLE child (parent_id bigint REFERENCES parent DEFERRABLE INITIALLY DEFERRED);\n"
+        "INSERT INTO child VALUES (1);\n"
+    )
+    assert failed_statement(tmp_path, database, sql_text) == (0, "COMMIT", "23503")
+
+
+def test_the_server_ending_the_session_mid_migration_names_the_statement(
+    tmp_path: Path, database: Connection
+) -> None:
+    files = {"0001.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(30);\nCREATE TABLE after (id bigint);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            apply_pending(database, catalog, POLICY)
+        except BaseException as exc:  # noqa: BLE001 - examined by the test
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    with connected(database, application_name="test-watcher") as watcher:
+        deadline = time.monotonic() + 30
+        while not watcher.execute(SLEEPING).fetchone():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        watcher.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'rds-migrations' AND datname = current_database()")
+    runner.join(30)
+    error = outcome.get("error")
+    assert isinstance(error, MigrationError), error
+    failed = error.report.failed
+    assert failed is not None and (failed.statement_number, failed.sqlstate) == (2, "57P01")
+    assert applied_ids(database) == [] and "slow" not in tables(database)
+
+
+def test_an_unclosed_quote_is_named_as_statement_by_statement(tmp_path: Path, database: Connection) -> None:
+    # As one message the quote swallows the rest (the history rows included); the server refuses it before
+    # anything runs, and the statements then go one by one, so the error is the one the statement has alone.
+    number, statement, sqlstate = failed_statement(
+        tmp_path, database, "CREATE TABLE a (id bigint);\nINSERT INTO a VALUES ('abc);\n")
+    assert (number, sqlstate) == (2, "42601") and statement.startswith("INSERT INTO a VALUES ('abc)")
+
+
+def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
+    tmp_path: Path, database: Connection
+) -> None:
+    # yoyo's splitter reads \' as an escaped quote and joins statements 2-4 into one; the server runs them as
+    # three. Counting answers would blame the wrong statement, so such a file goes statement by statement.
+    sql_text = (
+        "CREATE TABLE t (s text);\n"
+        "INSERT INTO t VALUES ('C:\\');\n"
+        "CREATE TABLE u (id int PRIMARY KEY);\n"
+        "INSERT INTO t VALUES ('x');\n"
+        "INSERT INTO u VALUES (1);\n"
+        "INSERT INTO u VALUES (1);\n"
+    )
+    number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
+    assert (number, sqlstate, statement) == (4, "23505", "INSERT INTO u VALUES (1);")
+
+
+def test_standard_conforming_strings_set_inside_a_migration_reads_as_written(
+    tmp_path: Path, database: Connection
+) -> None:
+    # As one message the server would read the INSERT before the SET runs, and store two backslashes.
+    files = {"0001.legacy.sql": (
+        "CREATE TABLE paths (p text);\n"
+        "SET standard_conforming_strings = off;\n"
+        "INSERT INTO paths VALUES ('C:\\\\x');\n"
+        "SET standard_conforming_strings = on;\n"
+    )}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    with connected(database) as conn:
+        assert conn.execute("SELECT p FROM paths").fetchone()[0] == "C:\\x"
+
+
+@pytest.mark.parametrize(("statement", "tag", "fits"), [
+    ("CREATE TABLE a (id int)", b"CREATE TABLE", True),
+    ("create table a as select 1", b"SELECT 1", True),
+    ("/* first */ -- then\nUPDATE a SET id = 2", b"UPDATE 3", True),
+    ("WITH x AS (SELECT 1) INSERT INTO a SELECT * FROM x", b"INSERT 0 1", True),
+    ("INSERT INTO a VALUES (1)", b"CREATE TABLE", False),
+    ("ALTER TABLE a ADD b int", b"INSERT 0 1", False),
+])
+def test_command_tags_show_where_the_servers_split_differs(statement: str, tag: bytes, fits: bool) -> None:
+    assert command_tag_fits(statement, tag) is fits
+
+
+def test_copy_from_the_client_is_failed_and_nothing_is_applied(tmp_path: Path, database: Connection) -> None:
+    # Validation refuses such a file (tests/test_validate.py); the engine on its own must not hang or record it.
+    clean = read_catalog(write_migrations(tmp_path, {"0001.copy.sql": "CREATE TABLE c (id int);\n"}), tmp_path)
+    copying = replace(clean.migrations[0], statements=(
+        "CREATE TABLE c (id int);", "COPY c FROM STDIN;", "CREATE TABLE d (id int);"))
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, replace(clean, migrations=(copying,)), POLICY)
+    failed = raised.value.report.failed
+    assert failed is not None and failed.statement_number == 2 and "cannot COPY to or from the client" in failed.message
+    assert "rolled back" in str(raised.value)  # the COPY was failed, so the session rolled back and stayed usable
+    assert applied_ids(database) == [] and not {"c", "d"} & tables(database)
+
+
+def test_ctrl_c_during_a_migration_rolls_it_back_and_releases_the_lock(tmp_path: Path, database: Connection) -> None:
+    raise_sleep_flag(database)
+    files = {"0001.slow.sql": (
+        "CREATE TABLE slow (id bigint);\n"
+        + SLEEP_WHILE_FLAGGED
+    )}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+
+    def interrupt_when_sleeping() -> None:
+        with connected(database, application_name="test-watcher") as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(SLEEPING).fetchone() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        _thread.interrupt_main()
+
+    interrupter = threading.Thread(target=interrupt_when_sleeping)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):  # not an error from cleaning up after it
+        apply_pending(database, catalog, POLICY)
+    interrupter.join()
+    assert applied_ids(database) == [] and "slow" not in tables(database)
+    with connected(database) as conn:
+        conn.execute("DELETE FROM sleep_flag")
+    report = apply_pending(database, catalog, POLICY.model_copy(update={"migration_lock_wait_seconds": 5}))
+    assert report.applied_ids == ("0001.slow",)

@@ -1,0 +1,186 @@
+"""Non-transactional failures: dirty marks until an operator resolves them, and INVALID indexes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.errors import DirtyDatabase, InvalidIndexFound, ResolveError
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.plan import plan
+from tasks.engine.migrations.resolve import resolve_dirty
+from tasks.engine.migrations.results import MigrationError
+from tests.helpers import (
+    POLICY,
+    applied_ids,
+    dirty_state,
+    tables,
+    write_migrations,
+)
+
+# ---- non-transactional failures: dirty marks and INVALID indexes ------------------------------------------
+
+
+HALF = {
+    "0001.t.sql": "CREATE TABLE t (id bigint);\n",
+    "0002.half.sql": (
+        "-- transactional: false\n"
+        "CREATE TABLE half_a (id bigint);\n"
+        "INSERT INTO no_such_table VALUES (1);\n"
+        "CREATE TABLE half_b (id bigint);\n"
+    ),
+    "0003.after.sql": "CREATE TABLE after_half (id bigint);\n",
+}
+
+
+def test_a_non_transactional_migration_failing_halfway_marks_the_database_dirty_until_resolved(
+    tmp_path: Path, database: Connection
+) -> None:
+    catalog = read_catalog(write_migrations(tmp_path, HALF), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY, environment="staging")
+    failed = raised.value.report.failed
+    assert failed is not None and failed.dirty and (failed.statement_number, failed.statement_count) == (2, 3)
+    message = str(raised.value)
+    assert "statement 2 of 3: INSERT INTO no_such_table" in message and "42P01" in message
+    assert "statement 1 is applied; the database is marked dirty" in message
+    assert "rds-migrations resolve --env staging 0002.half --mark-applied" in message
+    assert dirty_state(database) == [("0002.half", "failed", 2)]
+
+    problems = plan(database, catalog).problems
+    assert len(problems) == 1 and "0002.half (non-transactional) is dirty: statement 2 of 3 failed " \
+                                  "(SQLSTATE 42P01" in problems[0]
+    with pytest.raises(DirtyDatabase, match=r"(?s)1\. ran: .*2\. FAILED: INSERT.*3\. not run"):
+        apply_pending(database, catalog, POLICY)
+    assert "after_half" not in tables(database)
+    with pytest.raises(ResolveError, match="0003.after is not marked dirty.*dirty: 0002.half"):
+        resolve_dirty(database, catalog, "0003.after", mark_applied=True, policy=POLICY)
+
+    with connected(database) as conn:  # the operator finishes it by hand, then records that
+        conn.execute("CREATE TABLE half_b (id bigint)")
+    assert "recorded as applied" in resolve_dirty(database, catalog, "0002.half", mark_applied=True, policy=POLICY)
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0003.after",)
+    assert applied_ids(database) == ["0001.t", "0002.half", "0003.after"]
+
+
+def test_resolve_refuses_when_the_file_changed_since_it_ran(tmp_path: Path, database: Connection) -> None:
+    directory = write_migrations(tmp_path, HALF)
+    with pytest.raises(MigrationError):
+        apply_pending(database, read_catalog(directory, tmp_path), POLICY)
+    write_migrations(tmp_path, {"0002.half.sql": HALF["0002.half.sql"].replace("no_such_table", "t")})
+    catalog = read_catalog(directory, tmp_path)
+    with pytest.raises(DirtyDatabase, match="its file changed since it ran"):
+        apply_pending(database, catalog, POLICY)
+    with pytest.raises(ResolveError, match="0002.half.sql changed since it ran"):
+        resolve_dirty(database, catalog, "0002.half", mark_applied=True, policy=POLICY)
+
+
+def test_a_failing_first_statement_leaves_the_database_clean_and_is_not_retried(
+    tmp_path: Path, database: Connection
+) -> None:
+    with connected(database) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    files = {"0001.nt.sql": "-- transactional: false\nALTER TABLE busy ADD COLUMN c int;\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    policy = POLICY.model_copy(update={"lock_timeout_ms": 50, "lock_timeout_retries": 5,
+                                       "lock_retry_base_delay_seconds": 0.01})
+    reader = database.connect(autocommit=False)
+    reader.execute("SELECT * FROM busy")
+    try:
+        with pytest.raises(MigrationError) as raised:
+            apply_pending(database, catalog, policy)
+    finally:
+        reader.close()
+    failed = raised.value.report.failed
+    assert failed is not None and failed.sqlstate == "55P03" and failed.attempts == 1 and not failed.dirty
+    assert "non-transactional, so not retried" in str(raised.value)
+    assert dirty_state(database) == [] and plan(database, catalog).problems == ()
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0001.nt",)  # once the reader is gone
+
+
+def test_a_mark_of_a_run_in_progress_is_not_dirty(tmp_path: Path, database: Connection) -> None:
+    files = {"0001.nt.sql": "-- transactional: false\nCREATE TABLE nt (id bigint);\nSELECT pg_sleep(1);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    running = threading.Thread(target=apply_pending, args=(database, catalog, POLICY))
+    running.start()
+    try:
+        with connected(database) as conn:
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT to_regclass('_rds_migrations_dirty')").fetchone()[0] is None or \
+                    not conn.execute("SELECT 1 FROM _rds_migrations_dirty").fetchone():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        current = plan(database, catalog)
+        assert current.problems == () and current.pending == ("0001.nt",)
+    finally:
+        running.join()
+    assert applied_ids(database) == ["0001.nt"] and dirty_state(database) == []
+
+
+UNIQUE_EMAIL = {
+    "0001.users-email.sql": (
+        "-- transactional: false\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON users (email);\n"
+    ),
+}
+
+
+def users_with_a_duplicate(database: Connection) -> None:
+    with connected(database) as conn:
+        conn.execute("CREATE TABLE users (id bigint PRIMARY KEY, email text)")
+        conn.execute("INSERT INTO users VALUES (1, 'a@example.com'), (2, 'a@example.com')")
+
+
+def index_valid(database: Connection, name: str) -> bool | None:
+    with connected(database) as conn:
+        row = conn.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                           "WHERE c.relname = %s", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def test_an_invalid_index_is_refused_with_the_exact_drop_command(tmp_path: Path, database: Connection) -> None:
+    users_with_a_duplicate(database)
+    files = {k: v.format(name="users_email_key") for k, v in UNIQUE_EMAIL.items()}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY)
+    assert raised.value.report.failed.sqlstate == "23505"  # type: ignore[union-attr]
+    assert "leaves an INVALID index, which the next run drops or refuses" in str(raised.value)
+    assert index_valid(database, "users_email_key") is False and dirty_state(database) == []
+
+    with connected(database) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")  # the data is fixed; the INVALID index is still there
+    command = 'DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_key";'
+    assert [i.drop_command for i in plan(database, catalog).invalid_indexes] == [command]
+    with pytest.raises(InvalidIndexFound) as refused:
+        apply_pending(database, catalog, POLICY)
+    assert f"drop it, then run again: {command}" in str(refused.value) and "0001.users-email" in str(refused.value)
+    assert applied_ids(database) == []  # IF NOT EXISTS would have skipped the build and recorded it
+
+    with connected(database) as conn:
+        conn.execute(command)
+    assert apply_pending(database, catalog, POLICY).applied_ids == ("0001.users-email",)
+    assert index_valid(database, "users_email_key") is True
+
+
+def test_an_invalid_index_is_dropped_and_built_again_when_the_policy_says_so(
+    tmp_path: Path, database: Connection
+) -> None:
+    users_with_a_duplicate(database)
+    hostile = 'users_email"; DROP TABLE users; --'  # a name is an identifier, always quoted
+    files = {k: v.format(name='"users_email""; DROP TABLE users; --"') for k, v in UNIQUE_EMAIL.items()}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError):
+        apply_pending(database, catalog, POLICY)
+    assert index_valid(database, hostile) is False
+    with connected(database) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")
+
+    policy = POLICY.model_copy(update={"invalid_index": "drop_and_retry"})
+    assert apply_pending(database, catalog, policy).applied_ids == ("0001.users-email",)
+    assert index_valid(database, hostile) is True and "users" in tables(database)
