@@ -3,10 +3,15 @@ migrations the engine tests share; what a database holds."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
+from tests.conftest import CANARY_PASSWORD
 
 
 def write_migrations(project: Path, files: dict[str, str], directory: str = "migrations") -> Path:
@@ -60,3 +65,25 @@ def dirty_state(database: Connection) -> list[tuple]:
     with connected(database) as conn:
         return conn.execute(
             "SELECT migration_id, state, statement_number FROM _rds_migrations_dirty ORDER BY 1").fetchall()
+
+
+# ---- the command line, run as a user runs it ---------------------------------------------------------------
+
+PROJECT = Path(__file__).parents[1]
+
+
+def url_of(c: Connection) -> str:
+    return f"postgresql://{c.user}:{quote(c.password.get_secret_value(), safe='')}@{c.host}:{c.port}/{c.dbname}"
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml"),
+                   "PYTHONPATH": str(PROJECT),
+                   **(env or {})}
+    environment.pop("DATABASE_URL", None) if env is None or "DATABASE_URL" not in env else None
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert CANARY_PASSWORD not in result.stdout + result.stderr
+    return result
+
+

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from tasks.engine.connection import Connection
 from tests.conftest import CANARY_PASSWORD
-from tests.helpers import write_migrations
+from tests.helpers import cli, url_of, write_migrations
 
 PROJECT = Path(__file__).parents[1]
-
-
-def url_of(c: Connection) -> str:
-    return f"postgresql://{c.user}:{quote(c.password.get_secret_value(), safe='')}@{c.host}:{c.port}/{c.dbname}"
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml"),
-                   **(env or {})}
-    environment.pop("DATABASE_URL", None) if env is None or "DATABASE_URL" not in env else None
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=300)
-    assert CANARY_PASSWORD not in result.stdout + result.stderr
-    return result
 
 
 @pytest.fixture

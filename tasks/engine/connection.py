@@ -35,7 +35,8 @@ class Connection(BaseModel):
     def with_database(self, dbname: str) -> Connection:
         return self.model_copy(update={"dbname": dbname})
 
-    def connect(self, *, autocommit: bool = True, application_name: str = "rds-migrations") -> psycopg.Connection:
+    def connect(self, *, autocommit: bool = True, application_name: str = "rds-migrations",
+                prepare_threshold: int | None = 5) -> psycopg.Connection:
         """Open a psycopg connection with keyword arguments. Errors never carry the password."""
         password = self.password.get_secret_value()
         try:
@@ -48,6 +49,7 @@ class Connection(BaseModel):
                 autocommit=autocommit,
                 application_name=application_name,
                 connect_timeout=10,
+                prepare_threshold=prepare_threshold,
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachable(self.describe(), redact(str(exc), password), _sqlstate(exc)) from None

@@ -65,6 +65,10 @@ class LintError(RdsMigrationsError):
     """squawk could not run, or its output could not be read. Not raised for findings."""
 
 
+class InvalidMigrations(RdsMigrationsError):
+    """The migrations directory has problems (catalog.py names each file and line): nothing was applied."""
+
+
 class HistoryMismatch(RdsMigrationsError):
     """The database's history does not match the files: nothing was applied."""
 

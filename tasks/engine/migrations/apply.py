@@ -17,18 +17,13 @@ import psycopg
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
-from tasks.engine.errors import DirtyDatabase, HistoryMismatch
+from tasks.engine.errors import DirtyDatabase, HistoryMismatch, InvalidMigrations
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, Migration
-from tasks.engine.migrations.execute import redacted, run_alone, run_transactional
-from tasks.engine.migrations.history import (
-    create_tables,
-    prepare_record,
-    read_history,
-    record_unverified,
-    resolve_hint,
-)
+from tasks.engine.migrations.execute import redacted, run_transactional
+from tasks.engine.migrations.history import Ledger, resolve_hint
 from tasks.engine.migrations.indexes import handle_invalid_indexes
+from tasks.engine.migrations.nontransactional import run_alone
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.resolve import explain_dirty
 from tasks.engine.migrations.results import (
@@ -38,7 +33,7 @@ from tasks.engine.migrations.results import (
     MigrationError,
     MigrationFailure,
 )
-from tasks.engine.migrations.session import migration_lock, session
+from tasks.engine.migrations.session import StartingState, migration_lock, session
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 100  # runs with more pending migrations log a progress line every this many
@@ -60,12 +55,17 @@ def apply_pending(
     started = time.monotonic()
     application = f"rds-migrations run {run_id}" if run_id else "rds-migrations"
     password = connection.password.get_secret_value()
+    if catalog.problems:  # e.g. a file that would end its own transaction: refused whatever the lint policy
+        raise InvalidMigrations("the migrations cannot be applied as they are; nothing was applied:\n"
+                                + "\n".join(f"  - {problem}" for problem in catalog.problems))
     with session(connection, policy=policy, application_name=application) as conn:
+        start = StartingState.of(conn, policy)
         with migration_lock(conn, policy.migration_lock_wait_seconds):
-            create_tables(conn)
-            prepare_record(conn)
+            ledger = Ledger.open(conn)
+            ledger.create_tables()
+            ledger.prepare_record()
             # Planned again under the lock: another run may have applied migrations meanwhile.
-            history = read_history(conn)
+            history = ledger.read()
             if history.dirty:
                 raise DirtyDatabase("\n".join(
                     explain_dirty(conn, catalog, dirty, environment) for dirty in history.dirty
@@ -75,7 +75,7 @@ def apply_pending(
             if current.problems:
                 raise HistoryMismatch("; ".join(current.problems))
             handle_invalid_indexes(conn, catalog, current.pending, policy, log)
-            record_unverified(conn, catalog, current.unverified, log)
+            ledger.record_unverified(catalog, current.unverified, log)
             applied: list[AppliedMigration] = []
             by_id = {m.id: m for m in catalog.migrations}
             count = len(current.pending)
@@ -85,7 +85,7 @@ def apply_pending(
                 # run, a progress line per PROGRESS_EVERY in a large one (1,000 pending: 11 lines, not 1,000).
                 if count <= PROGRESS_EVERY or position % PROGRESS_EVERY == 0 or position == count - 1:
                     log.info("Applying %s (%d of %d)", migration.id, position + 1, count)
-                outcome = _apply_one(conn, migration, policy, git_sha=git_sha, run_id=run_id, log=log)
+                outcome = _apply_one(conn, ledger, migration, policy, start, git_sha=git_sha, run_id=run_id, log=log)
                 if isinstance(outcome, MigrationFailure):
                     resolution = resolve_hint(migration.id, environment) if outcome.dirty else ""
                     outcome = redacted(replace(outcome, resolution=resolution), password)
@@ -97,6 +97,7 @@ def apply_pending(
                     )
                     raise MigrationError(str(outcome), report)
                 applied.append(outcome)
+            start.restore(conn)  # the last migration's settings do not follow the lock's release
     return ApplyReport(
         applied=tuple(applied),
         pending=current.beyond_target,
@@ -104,14 +105,15 @@ def apply_pending(
     )
 
 
-def _apply_one(conn: psycopg.Connection, migration: Migration, policy: Policy, *, git_sha: str,
-               run_id: str | None, log: Log) -> AppliedMigration | MigrationFailure:
+def _apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, policy: Policy,
+               start: StartingState, *, git_sha: str, run_id: str | None,
+               log: Log) -> AppliedMigration | MigrationFailure:
     attempts = 0
     while True:
         attempts += 1
         started = time.monotonic()
         failure = (run_transactional if migration.transactional else run_alone)(
-            conn, migration, git_sha=git_sha, run_id=run_id, started=started
+            conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, started=started
         )
         if failure is None:
             return AppliedMigration(migration.id, time.monotonic() - started, attempts)

@@ -13,9 +13,11 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from yoyo.migrations import read_sql_migration
+import sqlparse
+from yoyo.migrations import parse_metadata_from_sql_comments
 
-from tasks.engine.migrations.sqltext import after_comments
+from tasks.engine.migrations.sqltext import after_comments, comment_only
+from tasks.engine.migrations.statements import breaks_the_session, ends_transaction
 
 # A migration id is the file name without `.sql`: a version number, a separator, then a slug.
 MIGRATION_NAME = re.compile(
@@ -107,10 +109,14 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
             continue
         versioned = VERSIONED.match(name)
         match = MIGRATION_NAME.match(name)
-        if versioned:
+        spaced = bool(re.search(r"\s", name))
+        if versioned and not spaced and not (match and match["rollback"]):  # a rollback shares its version
             by_version.setdefault(int(versioned["version"]), []).append(name)
         if match is None:
-            if versioned and name.endswith(".py"):
+            if spaced and name.endswith(".sql"):
+                problems.append(Problem(name, "the file name holds white space; rename it NNNN.slug.sql (letters, "
+                                              "digits, hyphens, dots and underscores)"))
+            elif versioned and name.endswith(".py"):
                 problems.append(Problem(name, "Python migrations are not run by rds-migrations; write it as SQL"))
             elif versioned:
                 problems.append(Problem(name, "not a SQL migration: expected NNNN.slug.sql or NNNN.slug.rollback.sql"))
@@ -121,12 +127,10 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
             continue  # READMEs and other notes are allowed beside the migrations
         if match["rollback"]:
             rollbacks[match["id"]] = path
-            by_version[int(match["version"])].remove(name)  # a rollback shares its migration's version
             continue
-        migration, problem = _read_migration(path, match["id"], int(match["version"]))
-        if problem:
-            problems.append(problem)
-        else:
+        migration, found = _read_migration(path, match["id"], int(match["version"]))
+        problems += found
+        if not found:
             migrations[migration.id] = migration
 
     for version, names in sorted(by_version.items()):
@@ -142,7 +146,11 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
         if migration_id not in migrations and not any(p.file == f"{migration_id}.sql" for p in problems):
             problems.append(Problem(path.name, f"rollback file with no migration: {migration_id}.sql does not exist"))
         elif migration_id in migrations:
-            _, _, statements = read_sql_migration(str(path))
+            try:
+                _, statements = split_migration(read_text(path))
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(path.name, _not_utf8(exc)))
+                continue
             migrations[migration_id] = _with_rollback(migrations[migration_id], statements)
 
     for migration in migrations.values():
@@ -159,30 +167,82 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
     return Catalog(resolved, tuple(ordered), tuple(problems))
 
 
-def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migration, Problem | None]:
-    text = path.read_text(encoding="utf-8")
-    directives, _, statements = read_sql_migration(str(path))
-    unknown = None
+def read_text(path: Path) -> str:
+    """A migration file's text as yoyo reads it (UTF-8), without a byte order mark."""
+    return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+
+
+def split_migration(text: str) -> tuple[dict[str, str], list[str]]:
+    """(directives, statements) as yoyo reads them: its leading-comment directives (`-- depends:`,
+    `-- transactional:`) and its statements, empty ones dropped."""
+    statements = sqlparse.split(text)
+    directives: dict[str, str] = {}
+    if statements:
+        directives, _, statements[0] = parse_metadata_from_sql_comments(statements[0])
+    return directives, [s for s in statements if s.strip()]
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return f"is not valid UTF-8 (line {line}): save it as UTF-8"
+
+
+def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migration, list[Problem]]:
+    raw = path.read_bytes()
+    try:
+        text = read_text(path)
+    except UnicodeDecodeError as exc:
+        return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
+    directives, statements = split_migration(text)
+    problems = []
     transactional_value = directives.get("transactional", "true").strip().lower()
     if transactional_value not in ("true", "false"):
-        unknown = Problem(path.name, f"-- transactional: must be true or false, not {transactional_value!r}")
+        problems.append(Problem(path.name, f"-- transactional: must be true or false, not {transactional_value!r}"))
     migration = Migration(
         id=migration_id,
         version=version,
         path=path,
-        checksum=checksum(text),
+        checksum=checksum(raw.decode("utf-8")),  # the file as it is, a byte order mark included
         statements=tuple(s.strip() for s in statements),
         transactional=transactional_value != "false",
         depends=tuple(directives.get("depends", "").split()),
     )
-    if not statements:
-        return migration, Problem(path.name, "the migration holds no SQL statement")
+    if all(comment_only(statement) for statement in migration.statements):
+        what = "only comments" if statements else "nothing"
+        return migration, [Problem(path.name, f"the migration holds no SQL statement ({what})")]
+    lines = _lines(text, migration.statements)
     for number, statement in enumerate(migration.statements, 1):
+        where = f"{path.name}:{lines[number - 1]}"
         if CLIENT_COPY.match(LITERALS_AND_COMMENTS.sub(" ", after_comments(statement))):
-            return migration, Problem(path.name, f"statement {number} copies to or from the client (COPY … FROM "
-                                                 "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
-                                                 "or COPY from a file on the database server")
-    return migration, unknown
+            problems.append(Problem(path.name, f"statement {number} copies to or from the client (COPY … FROM "
+                                               "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
+                                               "or COPY from a file on the database server"))
+        ending = ends_transaction(statement) if migration.transactional else None
+        if ending:
+            problems.append(Problem(where, f"statement {number} is `{ending}`: it would end the transaction this "
+                                           "migration runs in with its history rows, so part of it would be applied "
+                                           "unrecorded or undone unnoticed; remove it (the tool commits each "
+                                           "migration itself), or make the file `-- transactional: false`"))
+        breaking = breaks_the_session(statement)
+        if breaking:
+            problems.append(Problem(where, f"statement {number}: {breaking}, and other runs could then migrate "
+                                           "at the same time; remove it"))
+    return migration, problems
+
+
+def _lines(text: str, statements: tuple[str, ...]) -> list[int]:
+    """The line each statement starts on in `text` (found in order; 0 when not found as written)."""
+    lines, position, line = [], 0, 1
+    for statement in statements:
+        found = text.find(statement, position)
+        if found < 0:
+            lines.append(0)
+            continue
+        line += text.count("\n", position, found)
+        start = statement.find(after_comments(statement)[:20]) if after_comments(statement) else 0
+        lines.append(line + statement.count("\n", 0, max(start, 0)))
+        position = found
+    return lines
 
 
 def _with_rollback(migration: Migration, statements: list[str]) -> Migration:

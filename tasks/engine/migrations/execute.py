@@ -6,14 +6,17 @@
   that failed (`statement_timeout` applies per statement: PostgreSQL 13+).
 - Statement by statement, in one transaction with the history rows: PostgreSQL < 13, and a migration the
   server could read differently as one message (see `read_differently_as_one`).
-- A non-transactional migration runs alone, statement by statement, under a dirty mark that its record
-  replaces in one transaction after its last statement.
-Every function answers `None` when the migration is applied and recorded, else a `MigrationFailure`.
+- A non-transactional migration runs alone: see nontransactional.py.
+Every migration starts from the session's `StartingState` (the run's user, the policy's timeouts, the
+search_path the session began with), sent at the head of its transaction; the history rows are written as
+the run's own user. Every function answers `None` when the migration is applied and recorded, else a
+`MigrationFailure`; an answer that shows the migration ended its own transaction is a failure.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,8 +25,9 @@ from psycopg import generators, pq
 
 from tasks.engine.connection import redact
 from tasks.engine.migrations.catalog import Migration
-from tasks.engine.migrations.history import clear_dirty, mark_dirty, mark_progress, record, record_statement
+from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationFailure
+from tasks.engine.migrations.session import StartingState
 from tasks.engine.migrations.sqltext import after_comments, comment_only
 
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
@@ -31,41 +35,59 @@ COPY_REFUSED = "a migration cannot COPY to or from the client (use INSERT, or CO
 PLAIN_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY, FATAL_ERROR)
 
 
-def run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
-                       started: float) -> MigrationFailure | None:
-    """BEGIN, the statements, the history rows and COMMIT in ONE simple-query message: one round trip and one
-    call into psycopg (Python's cost per call, not the server, is what kept us above psql). The server answers
-    each statement in turn and stops at the first error, so the answers say which statement failed."""
+def run_transactional(conn: psycopg.Connection, ledger: Ledger, migration: Migration, start: StartingState, *,
+                      git_sha: str, run_id: str | None, started: float) -> MigrationFailure | None:
+    """BEGIN, the starting state, the statements, the history rows and COMMIT in ONE simple-query message: one
+    round trip and one call into psycopg (Python's cost per call, not the server, is what kept us above
+    psql). The server answers each statement in turn and stops at the first error, so the answers say which
+    statement failed."""
     if conn.info.server_version < 130000 or read_differently_as_one(migration):
-        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
-    script = Script.build(migration, record_statement(conn, migration, git_sha, run_id))
+        return _run_statement_by_statement(conn, ledger, migration, start, git_sha=git_sha, run_id=run_id,
+                                           started=started)
+    failure = _run_as_one(conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, prepared=True)
+    if failure is not None and failure.sqlstate == MISSING_PREPARED and failure.statement == RECORDING:
+        # The prepared history insert was dropped (by the migration itself, say DEALLOCATE ALL): the migration
+        # was rolled back; prepare it again for the next ones and run this one with the insert written out.
+        ledger.prepare_record()
+        failure = _run_as_one(conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, prepared=False)
+    return failure
+
+
+def _run_as_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, start: StartingState, *,
+                git_sha: str, run_id: str | None, prepared: bool) -> MigrationFailure | None:
+    script = Script.build(migration, ledger.record_statement(migration, git_sha, run_id, prepared=prepared),
+                          start=start.statements(), before_record=RECORD_AS_THE_RUN)
     answers: list[pq.PGresult] = []
     try:
         _exchange(conn, script.text, answers)
     except psycopg.Error as exc:
         # The connection is gone without a word from the server. Its answers are sent in batches, so those read
         # so far say only that at least that many statements had run: which one was running is not known.
-        confirmed = min(max(len(answers) - 1, 0), len(script.answered))
+        confirmed = min(max(len(answers) - script.prefix, 0), len(script.answered))
         return replace(failure_from(migration, f"(not known: the connection was lost after the server had confirmed "
-                                           f"{confirmed} statement(s))", exc, 0), outcome_unknown=True)
+                                               f"{confirmed} statement(s))", exc, 0), outcome_unknown=True)
     except BaseException:  # Ctrl-C, SystemExit: stop the statement and end the session, which rolls back
         _abandon(conn)     # the migration and frees the migration lock at once
         raise
+    ended = script.ended_early(answers)
+    if ended is not None:
+        return _ended_early(conn, ledger, migration, *ended)
     failed = next((i for i, answer in enumerate(answers) if answer.status == FATAL_ERROR), None)
     if failed == 0 and not conn.closed:
         # Refused before BEGIN ran, so nothing ran: the server could not read the message as a whole (a quote
         # or comment left open, a setting that changes how later text reads). Statement by statement, as
         # written, each one passes or fails on its own and the failing one is named exactly.
-        return _run_statement_by_statement(conn, migration, git_sha=git_sha, run_id=run_id, started=started)
-    if failed is not None and any(answer.command_status == b"COMMIT" for answer in answers[:failed]):
+        return _run_statement_by_statement(conn, ledger, migration, start, git_sha=git_sha, run_id=run_id,
+                                           started=time.monotonic())
+    if failed is not None and failed > script.commit_index and answers[script.commit_index].command_status == b"COMMIT":
         return None  # committed, with its history rows, before the server ended the session
     if failed is not None:
         exc = psycopg.errors.error_from_result(answers[failed], encoding=conn.info.encoding)
         _roll_back_quietly(conn)
         number, statement = script.locate(failed, answers)
         return failure_from(migration, statement, exc, number)
-    if not answers or answers[-1].status != pq.ExecStatus.COMMAND_OK or answers[-1].command_status != b"COMMIT" \
-            or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    if len(answers) <= script.commit_index or answers[-1].status != pq.ExecStatus.COMMAND_OK \
+            or answers[-1].command_status != b"COMMIT" or conn.info.transaction_status != pq.TransactionStatus.IDLE:
         # COPY to the client (refused by validation): the server goes on without us and may commit; the
         # session is mid-protocol, so end it.
         number, statement = script.locate(len(answers) - 1, answers)
@@ -76,6 +98,24 @@ def run_transactional(conn: psycopg.Connection, migration: Migration, *, git_sha
             outcome_unknown=True,
         )
     return None
+
+
+def _ended_early(conn: psycopg.Connection, ledger: Ledger, migration: Migration, number: int,
+                 tag: str) -> MigrationFailure:
+    """A statement of the migration ended its transaction (validation refuses such files; this is the guard
+    behind it): what ran before it is committed or undone, what ran after it ran on its own. The history must
+    not say "applied": its rows go, and a dirty mark stops every run until an operator looks."""
+    _roll_back_quietly(conn)
+    message = (f"statement {number} ended the migration's own transaction ({tag}): the statements before it were "
+               f"{'committed' if tag.startswith('COMMIT') else 'undone'} and the ones after it ran one by one")
+    failure = MigrationFailure(migration_id=migration.id, statement=migration.statements[number - 1],
+                               sqlstate=None, message=message, transactional=True, statement_number=number,
+                               statement_count=len(migration.statements), dirty=True)
+    with conn.transaction():
+        ledger.unrecord(migration)
+        ledger.mark_dirty(migration, "unknown", None)
+    ledger.mark_progress(migration.id, "failed", number, None, message[:2000])
+    return failure
 
 
 def _exchange(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -> None:
@@ -116,18 +156,31 @@ def _roll_back_quietly(conn: psycopg.Connection) -> None:
         quietly(conn.execute, "ROLLBACK")  # if the connection is gone, the server rolls back with the session
 
 
-def _run_statement_by_statement(conn: psycopg.Connection, migration: Migration, *, git_sha: str,
-                                run_id: str | None, started: float) -> MigrationFailure | None:
-    """One call per statement, in one transaction with the history rows."""
+def _run_statement_by_statement(conn: psycopg.Connection, ledger: Ledger, migration: Migration,
+                                start: StartingState, *, git_sha: str, run_id: str | None,
+                                started: float) -> MigrationFailure | None:
+    """One call per statement, in one transaction with the history rows (written out, not prepared)."""
     statement, number = "", 0
     try:
         with conn.transaction():
+            conn.execute("; ".join(start.statements()))
             for number, statement in enumerate(migration.statements, 1):  # noqa: B007 - reported on failure
-                conn.execute(statement, prepare=False)
-            record(conn, migration, git_sha, run_id, started)
+                answer = conn.execute(statement, prepare=False)
+                if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+                    raise _EndedEarly(number, answer.statusmessage or "COMMIT or ROLLBACK")
+            conn.execute("; ".join(RECORD_AS_THE_RUN))
+            ledger.record(migration, git_sha, run_id, started)
+    except _EndedEarly as ended:
+        return _ended_early(conn, ledger, migration, ended.number, ended.tag)
     except psycopg.Error as exc:
         return failure_from(migration, statement, exc, number)
     return None
+
+
+class _EndedEarly(Exception):
+    def __init__(self, number: int, tag: str) -> None:
+        super().__init__(tag)
+        self.number, self.tag = number, tag
 
 
 def read_differently_as_one(migration: Migration) -> bool:
@@ -140,18 +193,42 @@ def read_differently_as_one(migration: Migration) -> bool:
 
 @dataclass(frozen=True)
 class Script:
-    """A transactional migration as one message: BEGIN, the statements, the history rows, COMMIT."""
+    """A transactional migration as one message: BEGIN, the starting state, the statements, the run's own
+    user again, the history rows, COMMIT."""
 
     text: str
     statements: tuple[str, ...]
     answered: tuple[int, ...]  # the numbers (1-based) of the statements the server answers: not comment-only
+    prefix: int = 1  # answers before the first statement's: BEGIN and the starting state
+    suffix: int = 0  # answers after the last statement's, before the history rows'
 
     @classmethod
-    def build(cls, migration: Migration, record: str) -> Script:
+    def build(cls, migration: Migration, record: str, *, start: tuple[str, ...] = (),
+              before_record: tuple[str, ...] = ()) -> Script:
         # The newline before each `;`: a statement ending in a -- comment must not swallow the separator.
-        text = "".join(["BEGIN;\n", *(f"{statement}\n;\n" for statement in migration.statements), record, ";\nCOMMIT"])
+        text = "".join(["BEGIN;\n", *(f"{s};\n" for s in start),
+                        *(f"{statement}\n;\n" for statement in migration.statements),
+                        *(f"{s};\n" for s in before_record), record, ";\nCOMMIT"])
         answered = tuple(n for n, statement in enumerate(migration.statements, 1) if not comment_only(statement))
-        return cls(text, migration.statements, answered)
+        return cls(text, migration.statements, answered, 1 + len(start), len(before_record))
+
+    @property
+    def record_index(self) -> int:
+        return self.prefix + len(self.answered) + self.suffix
+
+    @property
+    def commit_index(self) -> int:
+        return self.record_index + 1
+
+    def ended_early(self, answers: list[pq.PGresult]) -> tuple[int, str] | None:
+        """(statement number, command tag) of a statement whose answer shows the transaction ended before the
+        tool's COMMIT (a COMMIT, ROLLBACK or PREPARE TRANSACTION of the migration's own)."""
+        for index in range(self.prefix, min(len(answers), self.record_index)):
+            tag = (answers[index].command_status or b"").decode("ascii", "replace")
+            if answers[index].status == pq.ExecStatus.COMMAND_OK and tag.split(" ")[0] in _ENDING_TAGS:
+                number, _ = self.locate(index, answers)
+                return number or self.answered[min(index - self.prefix, len(self.answered) - 1)], tag
+        return None
 
     def locate(self, index: int, answers: list[pq.PGresult]) -> tuple[int, str]:
         """(statement number, statement) of the `index`-th answer; (0, what it is) outside the statements.
@@ -159,17 +236,29 @@ class Script:
         Trusted only when every answer before it has the command tag its statement implies: yoyo's splitter and
         the server can disagree on where a statement ends (sqlparse reads `\\'` as an escaped quote, PostgreSQL
         does not), and then counting would name the wrong statement."""
-        expected = [self.statements[number - 1] for number in self.answered] + ["INSERT"]  # the history rows
-        if index > len(expected) + 1 or not all(
-                command_tag_fits(expected[i - 1], answers[i].command_status or b"") for i in range(1, index)):
+        first, last = self.prefix, self.prefix + len(self.answered)
+        checked = [(i, self.statements[self.answered[i - first] - 1]) for i in range(first, min(index, last))]
+        if index > self.commit_index or not all(
+                command_tag_fits(statement, answers[i].command_status or b"") for i, statement in checked):
             return 0, ("(not known exactly: the server split this file into statements differently from yoyo; "
                        "the error message says what failed)")
         if index <= 0:
             return 0, "(not started: the session ended before the migration began)"
-        if index <= len(self.answered):
-            number = self.answered[index - 1]
+        if index < first:
+            return 0, "(starting the migration: the session's starting state)"
+        if index < last:
+            number = self.answered[index - first]
             return number, self.statements[number - 1]
-        return 0, "(recording it in the history tables)" if index == len(self.answered) + 1 else "COMMIT"
+        if index < self.record_index:
+            return 0, "(back to the run's own user, before recording it)"
+        return 0, RECORDING if index == self.record_index else "COMMIT"
+
+
+_ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
+MISSING_PREPARED = "26000"  # invalid_sql_statement_name: the prepared history insert is gone
+RECORDING = "(recording it in the history tables)"
+# Before the history rows: the run's own user again, whatever role the migration's statements ran as.
+RECORD_AS_THE_RUN = ("SET SESSION AUTHORIZATION DEFAULT", "RESET ROLE")
 
 
 # Statements whose first keyword is the first word of the command tag the server answers them with. Others
@@ -189,37 +278,6 @@ def command_tag_fits(statement: str, tag: bytes) -> bool:
         return True
     answered = tag.split(b" ", 1)[0].decode("ascii", "replace")
     return answered == word or (word == "CREATE" and answered == "SELECT")
-
-
-def run_alone(conn: psycopg.Connection, migration: Migration, *, git_sha: str, run_id: str | None,
-               started: float) -> MigrationFailure | None:
-    """Statement by statement outside a transaction, under a dirty mark that the record replaces."""
-    password = conn.info.password or ""
-    mark_dirty(conn, migration, git_sha, run_id)
-    statement, number = "", 0
-    try:
-        for number, statement in enumerate(migration.statements, 1):
-            mark_progress(conn, migration.id, "running", number)
-            conn.execute(statement, prepare=False)
-    except psycopg.Error as exc:
-        failure = failure_from(migration, statement, exc, number)
-        if number == 1 and not conn.broken:
-            # One statement is atomic and nothing ran before it: the mark goes (an INVALID index that a
-            # CONCURRENTLY build leaves is found by name on the next run).
-            quietly(clear_dirty, conn, migration.id)
-            return failure
-        # A lost connection leaves the mark "running": the next run says the run stopped during it.
-        message = redact(failure.message, password)[:2000]  # the mark is read by later runs
-        quietly(mark_progress, conn, migration.id, "failed", number, failure.sqlstate, message)
-        return replace(failure, dirty=True)
-    try:
-        mark_progress(conn, migration.id, "recording", len(migration.statements))
-        with conn.transaction():
-            record(conn, migration, git_sha, run_id, started)
-            clear_dirty(conn, migration.id)
-    except psycopg.Error as exc:
-        return replace(failure_from(migration, "(recording it in the history tables)", exc, 0), dirty=True)
-    return None
 
 
 def quietly(call: Callable[..., object], *args: object) -> None:

@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Literal
 
 import sqlparse
-from yoyo.migrations import read_sql_migration
 
 from tasks.engine.errors import LintError
+from tasks.engine.migrations.catalog import read_text, split_migration
 
 Severity = Literal["error", "warning"]
 
@@ -150,7 +150,7 @@ def is_transactional(path: Path) -> bool:
         source = path.with_name(path.name.removesuffix(".rollback.sql") + ".sql")
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such migration file")
-    directives, _, _ = read_sql_migration(str(source))
+    directives, _ = split_migration(read_text(source))
     value = directives.get("transactional", "true").strip().lower()
     if value not in ("true", "false"):
         raise ValueError(f"{source.name}: `-- transactional: {value}` must be `true` or `false`")

@@ -13,15 +13,7 @@ from tasks.engine.environments import Policy
 from tasks.engine.errors import ResolveError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.history import (
-    DirtyMigration,
-    clear_dirty,
-    create_tables,
-    read_history,
-    record,
-    record_unmarked,
-    resolve_hint,
-)
+from tasks.engine.migrations.history import DirtyMigration, Ledger, read_history, resolve_hint
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.session import migration_lock, session
@@ -76,8 +68,9 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
     """An operator finished (`mark_applied`) or undid a dirty migration by hand: record that, under the lock."""
     with session(connection, policy=policy, application_name="rds-migrations resolve") as conn, \
             migration_lock(conn, policy.migration_lock_wait_seconds):
-        create_tables(conn)
-        dirty = {d.migration_id: d for d in read_history(conn).dirty}
+        ledger = Ledger.open(conn)
+        ledger.create_tables()
+        dirty = {d.migration_id: d for d in ledger.read().dirty}
         if migration_id not in dirty:
             others = f" (dirty: {', '.join(dirty)})" if dirty else " (nothing is dirty)"
             raise ResolveError(f"{migration_id} is not marked dirty on {connection.describe()}{others}")
@@ -89,14 +82,14 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
             if migration.checksum != dirty[migration_id].checksum:
                 raise ResolveError(f"{migration.path.name} changed since it ran; restore the version that ran first")
             with conn.transaction():
-                record(conn, migration, "resolved", None, time.monotonic(), operation="mark",
-                       comment="rds-migrations resolve --mark-applied")
-                clear_dirty(conn, migration_id)
+                ledger.record(migration, "resolved", None, time.monotonic(), operation="mark",
+                              comment="rds-migrations resolve --mark-applied")
+                ledger.clear_dirty(migration_id)
             outcome = f"{migration_id} is recorded as applied and no longer dirty"
         else:
             with conn.transaction():
-                clear_dirty(conn, migration_id)
-                record_unmarked(conn, migration_id)
+                ledger.clear_dirty(migration_id)
+                ledger.record_unmarked(migration_id)
             outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it"
     log.warning("Resolved by an operator: %s", outcome)
     return outcome

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
@@ -25,8 +27,11 @@ LOCK_POLL_SECONDS = 0.25
 
 @contextmanager
 def session(connection: Connection, *, read_only: bool = False, policy: Policy | None = None,
-             application_name: str = "rds-migrations") -> Iterator[psycopg.Connection]:
-    conn = connection.connect(autocommit=True, application_name=application_name[:63])
+            application_name: str = "rds-migrations") -> Iterator[psycopg.Connection]:
+    """One connection in autocommit, with the policy's timeouts. psycopg's own automatic prepared statements
+    are off: psycopg answers a DROP, ALTER or ROLLBACK by sending `DEALLOCATE ALL` once it has prepared
+    any, which would also drop the tool's prepared history insert in the middle of a run."""
+    conn = connection.connect(autocommit=True, application_name=application_name[:63], prepare_threshold=None)
     try:
         if read_only:
             conn.execute("SET default_transaction_read_only = on")
@@ -54,8 +59,57 @@ def migration_lock(conn: psycopg.Connection, wait_seconds: float) -> Iterator[No
     try:
         yield
     finally:
-        if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+        _unlock(conn)
+
+
+def _unlock(conn: psycopg.Connection) -> None:
+    """Free the lock; never raises, so it never replaces the error that ended the run (a session in an
+    aborted transaction is rolled back first; a session that is gone freed the lock with it)."""
+    try:
+        if conn.closed:
+            return
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    except psycopg.Error:
+        pass
+
+
+@dataclass(frozen=True)
+class StartingState:
+    """What every migration starts with, whatever the one before it did to the session: the run's own user
+    (no role, no session authorization), the policy's timeouts and the search_path the session began with.
+    A migration may set any of them for its own statements; the next one starts from this again."""
+
+    search_path: str
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
+        search_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
+        return cls(search_path, policy.lock_timeout_ms, policy.statement_timeout_ms)
+
+    def statements(self) -> tuple[str, ...]:
+        """Plain SQL text (sent inside a migration's message, where no parameter can go)."""
+        return (
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET ROLE",
+            f"SET lock_timeout = '{self.lock_timeout_ms}ms'",
+            f"SET statement_timeout = '{self.statement_timeout_ms}ms'",
+            # set_config, not SET: `SET search_path = '<list>'` would read the whole list as one name.
+            f"SELECT set_config('search_path', {_literal(self.search_path)}, false)",
+        )
+
+    def restore(self, conn: psycopg.Connection) -> None:
+        """Back to the starting state, outside a migration (before bookkeeping, at the end of a run)."""
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        conn.execute("; ".join(self.statements()))
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def lock_holder(conn: psycopg.Connection) -> str:

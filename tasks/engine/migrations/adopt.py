@@ -1,0 +1,390 @@
+"""Adoption, read-only: what a database holds that is not ours, and what another tool says it applied.
+
+`census` counts the user objects and finds the history Knex, Flyway or golang-migrate left; `read_applied`
+reads that history in the order the tool applied it (refusing a run in progress, a failed or a dirty
+migration); `map_to_catalog` pairs each entry with one of our migrations and says what would be recorded as
+applied and what stays pending. Nothing here writes: every query is a SELECT on the connection handed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from tasks.engine.errors import HistoryMismatch, UsageError
+from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.history import TABLES as OUR_TABLES
+
+TITLES = {"knex": "Knex", "flyway": "Flyway", "golang-migrate": "golang-migrate"}
+TOOLS = tuple(TITLES)
+HISTORY_TABLES = {"knex": "knex_migrations", "flyway": "flyway_schema_history", "golang-migrate": "schema_migrations"}
+KNEX_COLUMNS = {"id", "name", "batch", "migration_time"}
+FLYWAY_COLUMNS = {"installed_rank", "version", "description", "type", "script", "success"}
+GOLANG_COLUMNS = {"version": "bigint", "dirty": "boolean"}  # exactly: Rails' and dbmate's schema_migrations differ
+OURS = frozenset(OUR_TABLES.values())  # yoyo's tables and ours
+KINDS = ("table", "view", "sequence", "function", "type")
+SHOWN = 10  # names kept per kind
+
+
+class AdoptionRefused(HistoryMismatch):
+    """Another tool's history cannot be adopted as it is: a run in progress, a failed migration, a bad mapping."""
+
+
+# ---- the census ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objects:
+    kind: str  # one of KINDS
+    count: int = 0
+    names: tuple[str, ...] = ()  # the first SHOWN, sorted; schema-qualified when off the search_path
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.kind}{'' if self.count == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class Census:
+    """What a database holds that is not ours. Counts leave out system schemas, extension members, our
+    history tables, and the history tables (with their sequences) of the tools in `tools`."""
+
+    objects: tuple[Objects, ...]
+    tools: tuple[str, ...] = ()  # "knex", "flyway", "golang-migrate": whose history is here
+    tool_tables: tuple[str, ...] = ()  # where: "knex_migrations", "app.flyway_schema_history"
+    has_history: bool = False  # ours (_yoyo_migration) exists: the plan takes it from there
+
+    def of(self, kind: str) -> Objects:
+        return next(o for o in self.objects if o.kind == kind)
+
+    @property
+    def empty(self) -> bool:
+        """No user object and no other tool's history: another tool's tables alone mean it migrated this."""
+        return not any(o.count for o in self.objects) and not self.tools
+
+    @property
+    def needs_baseline(self) -> bool:
+        return not self.has_history and not self.empty
+
+    def refusal(self) -> str | None:
+        """Why a run must not start here (a non-empty database with no history of ours), or None."""
+        if not self.needs_baseline:
+            return None
+        found = [f"{o} ({', '.join(o.names[:3])}{', …' if o.count > 3 else ''})" for o in self.objects if o.count]
+        text = f"this database has {_and(found)}" if found else "this database has no tables of its own"
+        text += " and no migration history: adopt it with `rds-migrations baseline`"
+        if not self.tools:
+            return text + ", which records as applied, without running them, the migrations already in it"
+        verb = "is" if len(self.tool_tables) == 1 else "are"
+        tries = " or ".join(f"`rds-migrations baseline --from {t}`" for t in self.tools)
+        by = " and by ".join(TITLES[t] for t in self.tools)
+        return f"{text} ({_and(self.tool_tables)} {verb} here: it was migrated by {by}; try {tries})"
+
+
+USER_SCHEMA = "n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"  # pg_catalog, pg_toast, pg_temp_N
+NOT_MEMBER = "NOT EXISTS (SELECT FROM pg_depend WHERE classid = '{0}'::regclass AND objid = {1} AND deptype = 'e')"
+# (kind, name as shown, schema, name, the table owning a sequence) for every object outside extensions.
+CENSUS_SQL = f"""
+SELECT CASE WHEN c.relkind IN ('v', 'm') THEN 'view' WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END,
+       c.oid::regclass::text, n.nspname, c.relname, owner.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_depend d ON c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+LEFT JOIN pg_class owner ON owner.oid = d.refobjid
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND {USER_SCHEMA} AND {NOT_MEMBER.format("pg_class", "c.oid")}
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, n.nspname, p.proname, NULL
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE {USER_SCHEMA} AND {NOT_MEMBER.format("pg_proc", "p.oid")}
+UNION ALL
+SELECT 'type', t.oid::regtype::text, n.nspname, t.typname, NULL
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace LEFT JOIN pg_class r ON r.oid = t.typrelid
+WHERE {USER_SCHEMA} AND {NOT_MEMBER.format("pg_type", "t.oid")} AND (t.typtype IN ('e', 'd', 'r')
+      OR (t.typtype = 'c' AND r.relkind = 'c') OR (t.typtype = 'b' AND t.typcategory <> 'A'))"""
+COLUMNS_SQL = f"""
+SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s) AND {USER_SCHEMA} ORDER BY 1, 2"""
+
+
+def census(conn: psycopg.Connection) -> Census:
+    """Count the user objects and find other tools' history. SELECTs only."""
+    found = _tool_tables(conn)
+    tools = tuple(t for t in TOOLS if t in found)
+    theirs = {place for t in tools for place in found[t]}
+    theirs |= {(schema, f"{name}_lock") for schema, name in found.get("knex", ())}
+    names: dict[str, list[str]] = defaultdict(list)
+    has_history = False
+    for kind, shown, schema, name, owner in conn.execute(CENSUS_SQL):
+        if kind == "table" and name in OURS:
+            has_history = has_history or name == "_yoyo_migration"
+        elif (schema, name) not in theirs and (schema, owner) not in theirs:
+            names[kind].append(shown)
+    objects = tuple(Objects(k, len(names[k]), tuple(sorted(names[k])[:SHOWN])) for k in KINDS)
+    return Census(objects, tools, tuple(_shown(*place) for t in tools for place in found[t]), has_history)
+
+
+def _tool_tables(conn: psycopg.Connection) -> dict[str, list[tuple[str, str]]]:
+    """Each tool's history table, (schema, name), in any schema; known by its name and its columns."""
+    columns: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for schema, table, column, type_ in conn.execute(COLUMNS_SQL, (list(HISTORY_TABLES.values()),)):
+        columns[(schema, table)][column] = type_
+    found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for (schema, table), cols in columns.items():
+        if (table == "knex_migrations" and KNEX_COLUMNS <= set(cols)
+                or table == "flyway_schema_history" and FLYWAY_COLUMNS <= set(cols)
+                or table == "schema_migrations" and cols == GOLANG_COLUMNS):
+            found[next(t for t, name in HISTORY_TABLES.items() if name == table)].append((schema, table))
+    return dict(found)
+
+
+# ---- what the other tool applied -------------------------------------------------------------------------
+
+
+EntryKind = Literal["migration", "up_to", "repeatable"]
+
+
+@dataclass(frozen=True)
+class AppliedEntry:
+    """One line of another tool's history, as that tool names it."""
+
+    name: str  # knex: the file name; flyway: the script; golang-migrate: the version
+    kind: EntryKind = "migration"  # "up_to": every migration up to `version`; "repeatable": flyway's R__
+    version: str | None = None  # flyway's and golang-migrate's version, as text
+    description: str = ""  # flyway's description
+    detail: str = ""  # where it sits in the tool's history: "batch 2", "installed_rank 3"
+
+    @property
+    def label(self) -> str:
+        if self.kind != "up_to":
+            return self.name
+        return f"version ≤ {self.version}" if self.name == self.version else f"{self.name} (≤ {self.version})"
+
+
+def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = None) -> list[AppliedEntry]:
+    """What `tool` applied, in its order. Refuses a Knex lock held, a failed Flyway row, a dirty golang-migrate
+    version, and a history found in several schemas when `schema` does not say which. SELECTs only."""
+    _known(tool)
+    places = [p for p in _tool_tables(conn).get(tool, []) if schema in (None, p[0])]
+    if not places:
+        where = f"schema {schema} holds no" if schema else "no schema holds"
+        raise AdoptionRefused(f"no {TITLES[tool]} history here: {where} {HISTORY_TABLES[tool]} with "
+                              f"{TITLES[tool]}'s columns")
+    if len(places) > 1:
+        raise AdoptionRefused(f"{TITLES[tool]}'s history is in {len(places)} schemas "
+                              f"({_and([_shown(*p) for p in places])}): name the one to adopt from")
+    table, shown = sql.Identifier(*places[0]), _shown(*places[0])
+    if tool == "knex":  # knex_migrations_lock holds one row, is_locked = 1 while a Knex run holds it
+        lock = sql.Identifier(places[0][0], f"{places[0][1]}_lock")
+        if conn.execute("SELECT to_regclass(%s)", (lock.as_string(conn),)).fetchone()[0]:
+            if conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE is_locked = 1").format(lock)).fetchone()[0]:
+                raise AdoptionRefused(
+                    f"{shown}_lock is locked (is_locked = 1): a Knex migration may be running now, or one died "
+                    "without unlocking. Wait for it; if no Knex run is in progress, run `knex migrate:unlock`")
+        rows = conn.execute(sql.SQL("SELECT name, batch FROM {} ORDER BY id").format(table)).fetchall()
+        return [AppliedEntry(name, detail=f"batch {batch}") for name, batch in rows]
+    if tool == "flyway":
+        return _read_flyway(conn, table, shown)
+    rows = conn.execute(sql.SQL("SELECT version, dirty FROM {}").format(table)).fetchall()
+    if len(rows) > 1:
+        raise AdoptionRefused(f"{shown} holds {len(rows)} rows; golang-migrate keeps one: it was edited by hand")
+    if rows and rows[0][1]:
+        raise AdoptionRefused(
+            f"{shown} is dirty at version {rows[0][0]}: that migration failed or died halfway. Finish or undo it by "
+            "hand, `migrate force` the last version fully applied, then adopt again")
+    return [AppliedEntry(str(v), "up_to", str(v), detail=shown) for v, _ in rows if v >= 0]  # -1: nothing applied
+
+
+def _read_flyway(conn: psycopg.Connection, table: sql.Identifier, shown: str) -> list[AppliedEntry]:
+    rows = conn.execute(sql.SQL("SELECT installed_rank, version, description, type, script, success FROM {} "
+                                "ORDER BY installed_rank").format(table)).fetchall()
+    failed = [f"installed_rank {r[0]} ({r[4]}, version {r[1]})" for r in rows if not r[5]]
+    if failed:
+        raise AdoptionRefused(
+            f"{shown} records {_and(failed)} as failed (success = false): the database may hold part of it. Finish "
+            "or undo it by hand, remove the failed row with `flyway repair`, then adopt again")
+    entries: list[AppliedEntry] = []
+    for rank, version, description, type_, script, _ in rows:
+        kind = type_.upper()
+        if kind == "SCHEMA":  # `<< Flyway Schema Creation >>`: Flyway created the schema; not a migration
+            continue
+        if kind == "DELETE" or kind.startswith("UNDO"):  # marked deleted by `flyway repair`, or undone
+            gone = [e for e in entries if e.version == version and (version or e.description == description)]
+            entries = [e for e in entries if e is not gone[-1]] if gone else entries
+            continue
+        # BASELINE (`<< Flyway Baseline >>`) and the SQL_/JDBC_BASELINE of baseline migrations stand for every
+        # version up to theirs; a version-less row is a repeatable migration (R__).
+        entry_kind: EntryKind = "up_to" if "BASELINE" in kind else "repeatable" if version is None else "migration"
+        entries.append(AppliedEntry(script, entry_kind, version, description, f"installed_rank {rank}"))
+    return entries
+
+
+# ---- the mapping -----------------------------------------------------------------------------------------
+
+EXTENSIONS = re.compile(r"\.(?:js|ts|cjs|mjs|cts|mts|sql|coffee)$", re.IGNORECASE)
+NUMBER_PREFIX = re.compile(r"^(\d+)[._\-\s]+(?=.)")
+
+
+def slug_key(name: str) -> str:
+    """What a migration's name says, whoever wrote it: no extension, no leading number (a sequence number or
+    a timestamp), lower case, `_`, `-`, `.` and spaces alike. `002_Add_phone.js` and `0002.add-phone` → `add-phone`."""
+    stem = NUMBER_PREFIX.sub("", EXTENSIONS.sub("", name.strip()), count=1)
+    return "-".join(part for part in re.split(r"[\s_.\-]+", stem.lower()) if part)
+
+
+class Pair(NamedTuple):
+    entry: str  # as the tool names it
+    migration: str  # our migration id (in `Adoption.skipped`: why the entry maps to nothing)
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """The mapping shown before anything is written. With any error nothing is applied nor pending."""
+
+    tool: str
+    directory: str
+    pairs: tuple[Pair, ...]
+    applied: tuple[str, ...] = ()  # to record as applied, in apply order (empty on error)
+    pending: tuple[str, ...] = ()  # what the next run applies (empty on error)
+    skipped: tuple[Pair, ...] = ()  # entries that map to nothing, on purpose: (entry, why)
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def check(self) -> None:
+        if self.errors:
+            raise AdoptionRefused(f"{TITLES[self.tool]}'s history cannot be adopted; nothing was written: "
+                                  + "; ".join(self.errors))
+
+    def to_text(self) -> str:
+        width = max((len(p.entry) for p in (*self.pairs, *self.skipped)), default=0)
+        lines = [f"{TITLES[self.tool]}'s history → {self.directory}/"]
+        lines += [f"  {p.entry:<{width}}  →  {p.migration}" for p in self.pairs]
+        lines += [f"  {p.entry:<{width}}  ·  skipped: {p.migration}" for p in self.skipped]
+        if self.errors:
+            return "\n".join([*lines, "refused, nothing will be recorded:", *(f"  - {e}" for e in self.errors)])
+        lines.append(f"recorded as applied without running them: {len(self.applied)}; pending: {len(self.pending)}")
+        return "\n".join(lines + [f"  pending  {m}" for m in self.pending])
+
+    def to_json(self) -> dict:
+        return {"tool": self.tool, "directory": self.directory, "ok": self.ok,
+                "mapping": [p._asdict() for p in self.pairs], "applied": list(self.applied),
+                "pending": list(self.pending), "skipped": [{"entry": e, "reason": r} for e, r in self.skipped],
+                "errors": list(self.errors)}
+
+
+def map_to_catalog(entries: list[AppliedEntry], catalog: Catalog, tool: str) -> Adoption:
+    """Pair each applied entry with one of our migrations. Errors, each naming its entry: no match, two entries
+    for one migration, matches that are not a prefix of the apply order (naming the gap)."""
+    _known(tool)
+    title, migrations, directory = TITLES[tool], catalog.migrations, catalog.directory.name
+    pairs: list[Pair] = []
+    skipped: list[Pair] = []
+    errors: list[str] = []
+    if catalog.problems:
+        errors.append(f"{directory}/ has {len(catalog.problems)} problem(s): run `rds-migrations validate` first")
+    taken: dict[str, str] = {}  # migration id -> the entry that matched it
+
+    def take(entry: str, migration: Migration) -> None:
+        if migration.id in taken:
+            errors.append(f"{entry}: matches {migration.id}, which {taken[migration.id]} already matches: two entries "
+                          f"of {title}'s history cannot be one migration; rename one of the files")
+        else:
+            taken[migration.id] = entry
+            pairs.append(Pair(entry, migration.id))
+
+    for entry in entries:
+        if entry.kind == "repeatable":
+            skipped.append(Pair(entry.label, "repeatable: its objects are in the schema; rds-migrations has no "
+                                             "repeatable migrations, so change them in new ones"))
+            continue
+        if entry.kind == "up_to":
+            covered, problem = _up_to(entry, migrations, tool, directory)
+            if not covered and not problem:
+                skipped.append(Pair(entry.label, "older than every migration here"))
+        else:
+            found, problem = (_knex_match if tool == "knex" else _flyway_match)(entry, migrations, taken, directory)
+            covered = (found,) if found else ()
+        for migration in covered:
+            take(entry.label, migration)
+        if problem:
+            errors.append(problem)
+
+    position = {m.id: i for i, m in enumerate(migrations)}
+    newest = max(taken, key=position.__getitem__, default=None)
+    for migration in migrations[:position[newest]] if newest else ():
+        if migration.id not in taken:
+            errors.append(f"{migration.id}: not in {title}'s history, yet {newest} after it is: adopting would leave "
+                          f"a hole. If it never ran, renumber it after {newest}; if it did, fix {title}'s history")
+    if errors:
+        return Adoption(tool, directory, tuple(pairs), skipped=tuple(skipped), errors=tuple(errors))
+    return Adoption(tool, directory, tuple(pairs), tuple(m.id for m in migrations if m.id in taken),
+                    tuple(m.id for m in migrations if m.id not in taken), tuple(skipped))
+
+
+Migrations = tuple[Migration, ...]
+Match = tuple["Migration | None", "str | None"]  # the migration an entry names, or why none
+
+
+def _knex_match(entry: AppliedEntry, migrations: Migrations, taken: dict[str, str], directory: str) -> Match:
+    key, number = slug_key(entry.name), NUMBER_PREFIX.match(entry.name)
+    named = [m for m in migrations if slug_key(m.id) == key]
+    if not named:
+        return None, f"{entry.name}: no migration in {directory}/ is named like it (looked for NNNN.{key}.sql)"
+    free = [m for m in named if m.id not in taken]  # one slug twice (`add-index`): same number, else the next
+    return next((m for m in free if number and m.version == int(number[1])), (free or named)[0]), None
+
+
+def _flyway_match(entry: AppliedEntry, migrations: Migrations, taken: dict[str, str], directory: str) -> Match:
+    key, number = slug_key(entry.description), _whole(entry.version)
+    named = [m for m in migrations if slug_key(m.id) == key]
+    if number is None:  # 1.1: ours are whole numbers, so only a file that kept the description maps
+        return (named[0], None) if len(named) == 1 else (None, (
+            f"{entry.name}: version {entry.version} is not a whole number and no one migration in {directory}/ is "
+            f"named like it: renumber it NNNN.{key}.sql"))
+    same = next((m for m in migrations if m.version == number), None)
+    if same is None:
+        hint = f" ({named[0].id} is named like it: renumber it {number})" if named else ""
+        return None, f"{entry.name}: no migration in {directory}/ has version {number}{hint}"
+    if slug_key(same.id) != key:
+        return None, (f"{entry.name}: version {number} here is {same.id}, but Flyway applied “{entry.description}”; "
+                      f"if they are the same change, rename {same.id} so its slug reads {key}")
+    return same, None
+
+
+def _up_to(entry: AppliedEntry, migrations: Migrations, tool: str, directory: str) -> tuple[Migrations, str | None]:
+    """Every migration up to the entry's version, which must be one of ours: otherwise the boundary is a guess."""
+    number = _whole(entry.version)
+    covered = tuple(m for m in migrations if number is not None and m.version <= number)
+    if tool == "flyway" and number is not None and not covered:
+        return (), None  # a baseline older than all of ours stands for nothing of ours: skipped
+    if number is None or not any(m.version == number for m in covered):
+        return (), (f"{entry.label}: {TITLES[tool]} recorded version {entry.version} and no migration in {directory}/ "
+                    f"has that version: keep {TITLES[tool]}'s version numbers in the file names")
+    return covered, None
+
+
+def _whole(version: str | None) -> int | None:
+    """Flyway's `2`, `002` and `2.0` are version 2; `1.1` is not a whole number."""
+    parts = (version or "").replace("_", ".").split(".")
+    return int(parts[0]) if all(p.isdigit() for p in parts) and not any(int(p) for p in parts[1:]) else None
+
+
+def _known(tool: str) -> None:
+    if tool not in TITLES:
+        raise UsageError(f"unknown migration tool {tool!r}: expected one of {', '.join(TOOLS)}")
+
+
+def _shown(schema: str, name: str) -> str:
+    return name if schema == "public" else f"{schema}.{name}"
+
+
+def _and(items: list[str] | tuple[str, ...]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -1,0 +1,80 @@
+"""A non-transactional migration (`-- transactional: false`: `CREATE INDEX CONCURRENTLY`, `ALTER TYPE ... ADD
+VALUE` before PostgreSQL 12, ...) runs alone, statement by statement, under a dirty mark in the history
+tables: written before its first statement, moved as each one starts, replaced by its record in one
+transaction after its last. A run that stops halfway leaves the mark, and every later run refuses, explains
+what ran, and names the command that resolves it (resolve.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import psycopg
+from psycopg import pq
+
+from tasks.engine.connection import redact
+from tasks.engine.migrations.catalog import Migration
+from tasks.engine.migrations.execute import RECORDING, failure_from, quietly
+from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.results import MigrationFailure
+from tasks.engine.migrations.session import StartingState
+
+
+def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, start: StartingState, *,
+              git_sha: str, run_id: str | None, started: float) -> MigrationFailure | None:
+    """Statement by statement outside the tool's transaction, under a dirty mark that the record replaces.
+
+    The file may open transactions of its own (`BEGIN; ...; COMMIT;`): while one is open, the mark is not
+    moved (it would be undone with it), and a failure inside one rolls it back, so what is applied is what ran
+    before its BEGIN. The error that stopped the migration is the one reported, never a later one."""
+    password = conn.info.password or ""
+    start.restore(conn)
+    ledger.mark_dirty(migration, git_sha, run_id)
+    statement, number, applied_through = "", 0, 0
+    try:
+        for number, statement in enumerate(migration.statements, 1):
+            if _idle(conn):
+                applied_through = number - 1
+                ledger.mark_progress(migration.id, "running", number, applied_through=applied_through)
+            conn.execute(statement, prepare=False)
+        if not _idle(conn):
+            raise _OpenTransaction(number)
+    except (psycopg.Error, _OpenTransaction) as exc:
+        if isinstance(exc, _OpenTransaction):
+            failure = MigrationFailure(migration.id, statement, None, exc.message, False, statement_number=number,
+                                       statement_count=len(migration.statements))
+        else:
+            failure = failure_from(migration, statement, exc, number)
+        if conn.broken:
+            return replace(failure, dirty=True)  # the mark says "running": the next run explains it
+        if not _idle(conn):
+            quietly(conn.execute, "ROLLBACK")  # its own transaction: undone, so the mark can be written
+        if applied_through == 0:
+            # Nothing before it ran (one statement is atomic, and a transaction of its own rolled back): the
+            # mark goes (an INVALID index that a CONCURRENTLY build leaves is found by name on the next run).
+            quietly(ledger.clear_dirty, migration.id)
+            return failure
+        message = redact(failure.message, password)[:2000]  # the mark is read by later runs
+        quietly(ledger.mark_progress, migration.id, "failed", number, failure.sqlstate, message, applied_through)
+        return replace(failure, dirty=True, statement_number=number)
+    try:
+        ledger.mark_progress(migration.id, "recording", len(migration.statements),
+                             applied_through=len(migration.statements))
+        start.restore(conn)
+        with conn.transaction():
+            ledger.record(migration, git_sha, run_id, started)
+            ledger.clear_dirty(migration.id)
+    except psycopg.Error as exc:
+        return replace(failure_from(migration, RECORDING, exc, 0), dirty=True)
+    return None
+
+
+def _idle(conn: psycopg.Connection) -> bool:
+    return conn.info.transaction_status == pq.TransactionStatus.IDLE
+
+
+class _OpenTransaction(Exception):
+    def __init__(self, number: int) -> None:
+        self.message = (f"the migration left a transaction of its own open after its last statement ({number}); "
+                        "it was rolled back: end it with COMMIT in the file")
+        super().__init__(self.message)

@@ -1,0 +1,153 @@
+"""What a statement does, read with PostgreSQL's own parser (pglast), never with regular expressions.
+
+Only the statements that can matter are parsed: their first keyword says whether they could end a
+transaction, reach beyond the database, or break the session, so a 10 MB file of INSERTs costs nothing
+here. A statement the parser cannot read is left to the server, which has the last word anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pglast import ast, parse_sql
+from pglast.enums import DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind
+from pglast.parser import ParseError
+
+from tasks.engine.migrations.sqltext import after_comments
+
+# The first keywords of the statements each question is about.
+_TRANSACTION_WORDS = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"}
+_CLUSTER_WORDS = {"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "SECURITY"}
+_SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+_ENDS_TRANSACTION = {
+    TransactionStmtKind.TRANS_STMT_BEGIN: "BEGIN",
+    TransactionStmtKind.TRANS_STMT_START: "START TRANSACTION",
+    TransactionStmtKind.TRANS_STMT_COMMIT: "COMMIT",
+    TransactionStmtKind.TRANS_STMT_ROLLBACK: "ROLLBACK",
+    TransactionStmtKind.TRANS_STMT_PREPARE: "PREPARE TRANSACTION",
+    TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED: "COMMIT PREPARED",
+    TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED",
+}
+# Objects that belong to the whole server, not to one database.
+_CLUSTER_OBJECTS = {ObjectType.OBJECT_DATABASE: "DATABASE", ObjectType.OBJECT_ROLE: "ROLE",
+                    ObjectType.OBJECT_TABLESPACE: "TABLESPACE"}
+_CLUSTER_STATEMENTS = {
+    ast.CreateRoleStmt: "CREATE ROLE", ast.AlterRoleStmt: "ALTER ROLE", ast.AlterRoleSetStmt: "ALTER ROLE",
+    ast.DropRoleStmt: "DROP ROLE", ast.GrantRoleStmt: "GRANT/REVOKE role membership",
+    ast.CreateTableSpaceStmt: "CREATE TABLESPACE", ast.DropTableSpaceStmt: "DROP TABLESPACE",
+    ast.AlterTableSpaceOptionsStmt: "ALTER TABLESPACE", ast.CreatedbStmt: "CREATE DATABASE",
+    ast.DropdbStmt: "DROP DATABASE", ast.AlterDatabaseStmt: "ALTER DATABASE",
+    ast.AlterDatabaseSetStmt: "ALTER DATABASE", ast.AlterSystemStmt: "ALTER SYSTEM",
+}
+
+
+def _first_word(statement: str) -> str:
+    word = _FIRST_WORD.match(after_comments(statement))
+    return word.group().upper() if word else ""
+
+
+@lru_cache(maxsize=8192)
+def parsed(statement: str) -> tuple[ast.Node, ...] | None:
+    """The parse trees of `statement` (one per statement it holds), or None when pglast cannot read it."""
+    try:
+        return tuple(raw.stmt for raw in parse_sql(statement))
+    except ParseError:
+        return None
+
+
+def ends_transaction(statement: str) -> str | None:
+    """The transaction control in `statement` that would end or restart the migration's transaction
+    (`COMMIT`, `END`, `ROLLBACK`, `ABORT`, with or without `AND CHAIN`, `PREPARE TRANSACTION`, `BEGIN`),
+    as a word for messages; None otherwise. SAVEPOINT, RELEASE and ROLLBACK TO stay inside it."""
+    if _first_word(statement) not in _TRANSACTION_WORDS:
+        return None
+    for node in parsed(statement) or ():
+        if isinstance(node, ast.TransactionStmt) and node.kind in _ENDS_TRANSACTION:
+            return _ENDS_TRANSACTION[node.kind]
+    return None
+
+
+def cluster_wide(statement: str) -> str | None:
+    """What in `statement` changes the server rather than one database (roles, tablespaces, databases,
+    server settings), as a few words for messages; None otherwise."""
+    if _first_word(statement) not in _CLUSTER_WORDS:
+        return None
+    for node in parsed(statement) or ():
+        for kind, words in _CLUSTER_STATEMENTS.items():
+            if isinstance(node, kind):
+                return words
+        if isinstance(node, ast.RenameStmt) and node.renameType in _CLUSTER_OBJECTS:
+            return f"ALTER {_CLUSTER_OBJECTS[node.renameType]} ... RENAME"
+        if isinstance(node, ast.AlterOwnerStmt) and node.objectType in _CLUSTER_OBJECTS:
+            return f"ALTER {_CLUSTER_OBJECTS[node.objectType]} ... OWNER"
+        if isinstance(node, ast.CommentStmt | ast.SecLabelStmt) and node.objtype in _CLUSTER_OBJECTS:
+            return f"COMMENT/SECURITY LABEL ON {_CLUSTER_OBJECTS[node.objtype]}"
+    return None
+
+
+def breaks_the_session(statement: str) -> str | None:
+    """What in `statement` would undo the session the tool migrates in: `DISCARD ALL` and
+    `pg_advisory_unlock_all()` release the migration lock. None otherwise (timeouts, role and search_path
+    set by a migration are reset before the next one; the history insert is prepared again if dropped)."""
+    if _first_word(statement) not in _SESSION_WORDS:
+        return None
+    for node in parsed(statement) or ():
+        if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+            return "DISCARD ALL releases the migration lock and resets the session"
+        for inner in _walk(node):
+            unlocks = isinstance(inner, ast.FuncCall) and inner.funcname[-1].sval == "pg_advisory_unlock_all"
+            # A DO block's body is text to this parser: look for the call in it.
+            in_block = isinstance(inner, ast.DefElem) and inner.defname == "as" \
+                and "pg_advisory_unlock_all" in str(getattr(inner.arg, "sval", "")).lower()
+            if unlocks or (isinstance(node, ast.DoStmt) and in_block):
+                return "pg_advisory_unlock_all() releases the migration lock"
+    return None
+
+
+def _walk(node: object) -> list[object]:
+    """Every node under `node`, itself included."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, tuple | list):
+            stack.extend(current)
+        elif isinstance(current, ast.Node):
+            found.append(current)
+            stack.extend(getattr(current, name) for name in current.__slots__)
+    return found
+
+
+def resets_all(statement: str) -> bool:
+    """`RESET ALL`: every setting back to its default, the policy's timeouts included."""
+    return any(isinstance(node, ast.VariableSetStmt) and node.kind == VariableSetKind.VAR_RESET_ALL
+               for node in (parsed(statement) or ()) if _first_word(statement) == "RESET")
+
+
+def created_tables(statement: str) -> set[str]:
+    """The tables `statement` creates (`CREATE TABLE`, `CREATE TABLE ... AS`), as `schema.name` or `name`."""
+    if _first_word(statement) != "CREATE":
+        return set()
+    found = set()
+    for node in parsed(statement) or ():
+        relation = node.relation if isinstance(node, ast.CreateStmt) else (
+            node.into.rel if isinstance(node, ast.CreateTableAsStmt) else None)
+        if relation is not None:
+            found.add(_name(relation))
+    return found
+
+
+def touched_table(statement: str) -> str | None:
+    """The table an `ALTER TABLE`, `CREATE INDEX` or `VALIDATE`/`ADD CONSTRAINT` works on, as in
+    `created_tables`; None for anything else."""
+    if _first_word(statement) not in {"ALTER", "CREATE"}:
+        return None
+    for node in parsed(statement) or ():
+        if isinstance(node, ast.AlterTableStmt | ast.IndexStmt) and node.relation is not None:
+            return _name(node.relation)
+    return None
+
+
+def _name(relation: ast.RangeVar) -> str:
+    return f"{relation.schemaname}.{relation.relname}" if relation.schemaname else relation.relname
