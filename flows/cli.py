@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--git-sha", default=None, help="the commit being applied (default: git rev-parse HEAD)")
     run.add_argument("--dry-run", action="store_true", help="validate and plan only")
     run.add_argument("--target", metavar="VERSION", help="apply up to and including this migration")
+    run.add_argument("--prefect", action="store_true",
+                     help="run it as a Prefect flow even when no Prefect API is configured (Prefect's temporary "
+                          "server); without it, and without PREFECT_API_URL, the same steps run directly")
 
     setup = commands.add_parser("setup-prefect", help="create the work pool and each environment's concurrency "
                                                       "limit on the Prefect server (idempotent)")
@@ -92,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--snapshot-id", required=True, metavar="ID",
                          help="the snapshot (RDS snapshot id, or a local dump's name without .dump)")
     restore.add_argument("--git-sha", default=None, help="the commit the restored database should match")
+    restore.add_argument("--prefect", action="store_true", help="run it as a Prefect flow (see run --prefect)")
     return parser
 
 
@@ -187,17 +191,17 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.launch import run_migration_flow
+    from flows.launch import prefect_wanted, run_direct, run_migration_flow
 
     environment = _environment(args)
-    return run_migration_flow(
-        environment,
-        git_sha=args.git_sha or head_sha(),
-        dry_run=args.dry_run,
-        target=args.target,
-        migrations_dir=args.migrations,
-        trigger="cli",
-    )
+    parameters = {"git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run, "target": args.target,
+                  "migrations_dir": args.migrations, "trigger": "cli"}
+    if prefect_wanted(environment, asked=args.prefect):
+        return run_migration_flow(environment, **parameters)  # type: ignore[arg-type]
+    from tasks.engine.runs.migration import migrate_environment
+
+    return run_direct(lambda steps: migrate_environment(environment.name, environment.tier, steps, **parameters),
+                      environment.name)
 
 
 def cmd_setup_prefect(args: argparse.Namespace) -> int:
@@ -218,12 +222,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from flows.launch import run_flow
-    from flows.restore import restore_snapshot
+    from flows.launch import prefect_wanted, run_direct, run_flow
 
     environment = load_environment(args.env)
-    return run_flow(restore_snapshot, environment.name, environment=environment.name,
-                    snapshot_id=args.snapshot_id, git_sha=args.git_sha or head_sha())
+    sha = args.git_sha or head_sha()
+    if prefect_wanted(environment, asked=args.prefect):
+        from flows.restore import restore_snapshot
+
+        return run_flow(restore_snapshot, environment.name, environment=environment.name,
+                        snapshot_id=args.snapshot_id, git_sha=sha)
+    from tasks.engine.runs.refresh import restore_snapshot as run_restore
+
+    return run_direct(lambda steps: run_restore(environment.name, args.snapshot_id, steps, git_sha=sha),
+                      environment.name)
 
 
 def _connection(environment: Environment) -> Connection:

@@ -1,9 +1,13 @@
-"""Running a flow in this process (Prefect's ephemeral API when no server is configured) and turning its
-final state into an exit code, for the command line and the demo."""
+"""Running a pipeline from the command line: as a Prefect flow in this process (the configured Prefect API,
+or Prefect's temporary one), or straight through the engine when no Prefect API is asked for, with the
+same steps, checks, notifications and exit codes; and turning the outcome into an exit code."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tasks.engine.environments import Environment
@@ -37,3 +41,38 @@ def run_flow(flow: Any, label: str, **parameters: object) -> int:
 def run_migration_flow(environment: Environment, **parameters: object) -> int:
     """Run the environment's staging or production flow in this process."""
     return run_flow(migration_flow(environment), environment.name, environment=environment.name, **parameters)
+
+
+def prefect_wanted(environment: Environment, *, asked: bool = False) -> bool:
+    """Whether a command line run goes through Prefect: when asked (`--prefect`), when a Prefect API is
+    configured (its runs are then recorded there), or when the environment names Prefect blocks (AWS
+    credentials, a Slack webhook), which only a Prefect API can load."""
+    needs_blocks = (environment.aws is not None and environment.aws.credentials_block is not None) \
+        or environment.notify.kind == "slack"
+    return asked or bool(os.environ.get("PREFECT_API_URL")) or needs_blocks
+
+
+def console_log() -> logging.Logger:
+    """The engine's log lines on stderr, as the flow's would be printed: stdout stays for results."""
+    log = logging.getLogger("rds_migrations")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(message)s",
+                                               datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def run_direct(run: Callable[[Any], object], label: str) -> int:
+    """Run a pipeline with `DirectSteps` (no Prefect); its failure is printed as `label: message`."""
+    from tasks.engine.runs.steps import DirectSteps
+
+    try:
+        run(DirectSteps(log=console_log()))
+    except RdsMigrationsError as exc:
+        where = "" if exc.exit_code == EXIT_USAGE else f"{label}: "
+        print(f"rds-migrations: {where}{exc}", file=sys.stderr)
+        return exc.exit_code
+    return EXIT_OK
