@@ -22,12 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from bench import apply, machine, report, stall, validation  # noqa: E402
+from bench import apply, machine, realistic, report, stall, validation  # noqa: E402
 from bench.pg import BenchServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-SECTIONS = ("apply", "stall", "validation", "prefect")
+SECTIONS = ("apply", "stall", "validation", "realistic", "prefect")
 SIZES = (100, 300, 1000)
 # Runs per tool and N, in rounds that run every tool once in a rotating order; medians are reported. The
 # floor and the engine run N = 1,000 five times (their ratio is the target); the slow reference tools once.
@@ -111,6 +111,14 @@ def measure(sections: tuple[str, ...], sizes: tuple[int, ...], out: Path, candid
             log(f"  validation {results['validation']['total_seconds']:.2f} s")
             results["rehearsal"] = dataclasses.asdict(validation.rehearse_incrementally(server, base, REHEARSAL_BASE))
             log(f"  rehearsal {results['rehearsal']['incremental_seconds']:.2f} s")
+        if "realistic" in sections:
+            log(f"A realistic history of {realistic.COUNT} migrations (bench/corpus.py), the CLI end to end; "
+                "large inputs:")
+            try:
+                results["realistic"] = realistic.run(server, base, bytecode_env(), log)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                results["errors"]["realistic"] = str(exc)
+                log(f"  not measured: {exc}")
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -130,8 +138,10 @@ def render(results: dict, out: Path, publish: bool) -> str:
         f"Machine: {results['machine_line']}",
         "### Apply N migrations (median seconds; ratio to the psql floor)\n\n"
         + report.apply_table(results) if "apply" in results else "",
-        "### Against the targets\n\n" + report.targets_table(results),
+        "### Against the targets\n\n" + report.targets_table(results) if report.rows(results) else "",
         report.trigger_breakdown(results),
+        "### A realistic history and large inputs (issue 15)\n\n" + report.realistic_table(results)
+        if "realistic" in results else "",
         "\n".join(f"Not measured, {k}: {v}" for k, v in results.get("errors", {}).items()),
         f"Measured in {results['duration_seconds']:.0f} s." if "duration_seconds" in results else "",
     ) if part)

@@ -202,6 +202,113 @@ def rows(results: dict) -> list[Row]:
     return out
 
 
+def realistic_rows(results: dict) -> list[Row]:
+    """Issue 15: the realistic corpus end to end through the CLI, and the large inputs."""
+    real = results.get("realistic")
+    if not real:
+        return []
+    targets, corpus = real["targets"], real["corpus"]
+    out: list[Row] = []
+    floor = statistics.median(real["floor_seconds"]) if real.get("floor_seconds") else None
+    if floor:
+        out.append(Row(f"psql floor: {corpus['migrations']} realistic migrations (median)", _s(floor), "–", "–",
+                       "(the floor)", None))
+    if real.get("first_run_seconds") and floor:
+        first = statistics.median(real["first_run_seconds"])
+        limit = targets["first_run_floor_ratio"]
+        out.append(Row(f"first `rds-migrations run`, {corpus['migrations']} migrations, empty database, end to end "
+                       "(median)", _s(first), f"psql floor {_s(floor)}", _x(first / floor), f"≤ {limit:g}× floor",
+                       first / floor <= limit))
+    cpu = real.get("cpu") or {}
+    if cpu.get("first_run") and cpu.get("floor"):
+        ours_cpu = statistics.median(sum(c) for c in cpu["first_run"])
+        floor_cpu = statistics.median(sum(c) for c in cpu["floor"])
+        out.append(Row("first run, CPU time (the CLI's process + the server)", _s(ours_cpu),
+                       f"psql floor {_s(floor_cpu)}", _x(ours_cpu / floor_cpu),
+                       "(for information: less sensitive to other load)", None))
+    if real.get("incremental_seconds"):
+        incremental = statistics.median(real["incremental_seconds"])
+        budget = targets["incremental_seconds"]
+        out.append(Row(f"`run` with 1 new migration on top of {corpus['migrations']} (median)", _s(incremental),
+                       f"budget {_s(budget)}", _x(incremental / budget), f"≤ {_s(budget)}", incremental <= budget))
+    backfill = real.get("backfill")
+    if backfill:
+        read = statistics.median(backfill["seconds"])
+        budget = targets["backfill_read_seconds"]
+        out.append(Row(f"reading a {backfill['bytes'] / 1e6:.0f} MB backfill migration "
+                       f"({backfill['statements']:,} INSERTs)", _s(read), f"budget {_s(budget)}", _x(read / budget),
+                       f"≤ {_s(budget)}", read <= budget))
+    many = real.get("many")
+    if many:
+        validate = statistics.median(many["seconds"])
+        budget = targets["many_validation_seconds"]
+        out.append(Row(f"static checks + lint of {many['files']:,} files", _s(validate), f"budget {_s(budget)}",
+                       _x(validate / budget), f"≤ {_s(budget)}", validate <= budget))
+    return out
+
+
+def _median_run_phases(real: dict, key: str, phases_key: str) -> tuple[float, dict[str, float]] | None:
+    """(wall seconds, phases) of the run whose wall time is the median (the lower one of an even count)."""
+    walls, phases = real.get(key) or [], real.get(phases_key) or []
+    if not walls or len(phases) != len(walls):
+        return None
+    index = sorted(range(len(walls)), key=lambda i: walls[i])[(len(walls) - 1) // 2]
+    return (walls[index], phases[index]) if phases[index] else None
+
+
+def realistic_table(results: dict) -> str:
+    real = results["realistic"]
+    corpus = real["corpus"]
+    marks = {True: "met", False: "**missed**", None: "–"}
+    lines = ["| figure | measured | compared with | ratio | target | |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.figure} | {r.measured} | {r.compared_with} | {r.ratio} | {r.target} | {marks[r.met]} |"
+              for r in realistic_rows(results)]
+    kinds = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in corpus["kinds"].items())
+    text = ["\n".join(lines), (
+        f"The corpus (bench/corpus.py, seed {corpus['seed']}): {corpus['migrations']} migrations in "
+        f"{corpus['files']} files ({corpus['rollback_files']} rollback files, {corpus['non_transactional']} "
+        f"`-- transactional: false`), {corpus['bytes'] / 1024:.0f} KiB. By kind: {kinds}.")]
+    spread = []
+    for key, label in (("floor_seconds", "psql floor"), ("first_run_seconds", "first run"),
+                       ("incremental_seconds", "1 new on top")):
+        values = real.get(key) or []
+        if values:
+            spread.append(f"{label} {min(values):.2f}–{max(values):.2f} s ({len(values)} runs)")
+    if real.get("new_migration"):
+        floor_new = real.get("incremental_floor_seconds") or []
+        spread.append(f"the new migration {real['new_migration']}"
+                      + (f" (psql applies it in {statistics.median(floor_new):.2f} s)" if floor_new else ""))
+    text.append("Spread: " + "; ".join(spread) + ".")
+    for key, phases_key, label in (("first_run_seconds", "first_run_phases", "the first run"),
+                                   ("incremental_seconds", "incremental_phases", "the run with 1 new")):
+        split = _median_run_phases(real, key, phases_key)
+        if split:
+            wall, phases = split
+            text.append(f"Where {label} spent its median run ({wall:.2f} s), from the timestamps of the CLI's log: "
+                        + "; ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()) + ".")
+    parts = real.get("breakdown")
+    if parts:
+        text.append(f"Beside it: a new Python process importing the CLI takes {parts['python_start_seconds']:.2f} s "
+                    f"(`rds-migrations --help` {parts['cli_help_seconds']:.2f} s"
+                    + (f", `uv run rds-migrations --help` {parts['uv_run_help_seconds']:.2f} s: the runs above start "
+                       "the venv's `rds-migrations` directly, without `uv run`" if parts.get("uv_run_help_seconds")
+                       else "")
+                    + f"); in process, the static checks of "
+                    f"the {corpus['migrations']} files take {parts['static_seconds']:.2f} s and their lint "
+                    f"{parts['lint_seconds']:.2f} s.")
+    many, backfill = real.get("many"), real.get("backfill")
+    if many:
+        text.append(f"{many['files']:,} files ({many['migrations']:,} migrations and their rollback files, the corpus "
+                    f"continued): static checks {many['static_seconds']:.2f} s, lint {many['lint_seconds']:.2f} s "
+                    f"(the median run; runs: {', '.join(f'{s:.2f}' for s in many['seconds'])} s).")
+    if backfill:
+        text.append(f"The backfill: one INSERT per row, as `pg_dump --inserts` writes them; runs: "
+                    f"{', '.join(f'{s:.2f}' for s in backfill['seconds'])} s (one run when the first is over twice "
+                    "the budget).")
+    text.append(f"This section took {real['section_seconds']:.0f} s.")
+    return "\n\n".join(text)
+
+
 def targets_table(results: dict) -> str:
     marks = {True: "met", False: "**missed**", None: "–"}
     lines = ["| figure | measured | compared with | ratio | target | |", "|---|---|---|---|---|---|"]
