@@ -29,6 +29,7 @@ from tasks.engine.migrations.resolve import explain_dirty
 from tasks.engine.migrations.results import (
     LOCK_NOT_AVAILABLE,
     AppliedMigration,
+    ApplyObserver,
     ApplyReport,
     MigrationError,
     MigrationFailure,
@@ -49,9 +50,11 @@ def apply_pending(
     run_id: str | None = None,
     environment: str | None = None,
     log: Log = logger,
+    observe: ApplyObserver | None = None,
 ) -> ApplyReport:
     """Apply what is pending, one migration at a time. Raises `MigrationError` with the report on failure,
-    `HistoryMismatch` (or `DirtyDatabase`, `InvalidIndexFound`) before applying anything when it is unsafe."""
+    `HistoryMismatch` (or `DirtyDatabase`, `InvalidIndexFound`) before applying anything when it is unsafe.
+    `observe` is told about each migration as it is applied, or fails."""
     started = time.monotonic()
     application = f"rds-migrations run {run_id}" if run_id else "rds-migrations"
     password = connection.password.get_secret_value()
@@ -89,6 +92,8 @@ def apply_pending(
                 if isinstance(outcome, MigrationFailure):
                     resolution = resolve_hint(migration.id, environment) if outcome.dirty else ""
                     outcome = redacted(replace(outcome, resolution=resolution), password)
+                    if observe is not None:
+                        observe.failed(outcome, position + 1, count)
                     report = ApplyReport(
                         applied=tuple(applied),
                         failed=outcome,
@@ -97,6 +102,8 @@ def apply_pending(
                     )
                     raise MigrationError(str(outcome), report)
                 applied.append(outcome)
+                if observe is not None:
+                    observe.applied(outcome, position + 1, count)
             start.restore(conn)  # the last migration's settings do not follow the lock's release
     return ApplyReport(
         applied=tuple(applied),

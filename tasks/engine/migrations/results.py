@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.history import applied_before
@@ -81,3 +82,14 @@ class MigrationError(RdsMigrationsError):
     def __init__(self, message: str, report: ApplyReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ApplyObserver(Protocol):
+    """Told about each migration as the apply loop finishes it (the Prefect side turns this into a progress
+    artifact and events). It must not raise: what it does never changes the run."""
+
+    def applied(self, migration: AppliedMigration, position: int, count: int) -> None:
+        """`migration` was applied and recorded; it was number `position` (1-based) of `count` pending."""
+
+    def failed(self, failure: MigrationFailure, position: int, count: int) -> None:
+        """The run stopped at `failure`, number `position` of `count`."""
