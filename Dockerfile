@@ -32,11 +32,26 @@ RUN uv sync --locked --no-dev --no-install-project --compile-bytecode
 
 FROM python:3.11.16-slim-bookworm@sha256:c425d915a89a6dcd3183b1797ad9bd8878caff5a417f6371c8df93c8ea8b727f
 
-# git: the pull step (prefect.deployments.steps.git_clone) clones the repository at run time. Not pinned to a
-# version: bookworm's security updates replace the old one in the archive, and an exact pin would break the build.
+# git: the pull step (prefect.deployments.steps.git_clone) clones the repository at run time.
+# postgresql-client-17 from the PostgreSQL project's own archive (PGDG, signed): pg_dump and pg_restore for
+# snapshots of the local kind and for rehearsals on the target's schema. It must be at least as new as the RDS
+# server (pg_dump refuses a newer server) and built with TLS (the pgserver wheel's 16.2 is not: it cannot honour
+# sslmode=verify-full).
+# The RDS CA bundle, where the shipped environments' `tls.root_cert` looks for it.
+# Not pinned to versions: the archives' security updates replace old ones, and an exact pin would break builds.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends git \
+    && apt-get install --yes --no-install-recommends git ca-certificates curl gnupg \
+    && install -d /usr/share/postgresql-common/pgdg /etc/ssl/rds \
+    && curl --fail --silent --show-error --location -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+        https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+    && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+        > /etc/apt/sources.list.d/pgdg.list \
+    && apt-get update \
+    && apt-get install --yes --no-install-recommends postgresql-client-17 \
+    && curl --fail --silent --show-error --location -o /etc/ssl/rds/global-bundle.pem \
+        https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
+    && apt-get purge --yes --auto-remove curl gnupg \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 prefect \
     && useradd --system --uid 10001 --gid prefect --create-home --home-dir /home/prefect prefect

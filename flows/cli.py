@@ -1,6 +1,8 @@
-"""`rds-migrations`: a thin command line over the same functions the flows call.
+"""`rds-migrations`: a thin command line over the same functions the flows call. This module only parses
+arguments and turns the one error root into a message and an exit code; the commands are in cli_inspect.py
+(reading) and cli_change.py (changing).
 
-Exit codes: 0 success, 1 validation or migration failed, 2 bad usage or configuration.
+Exit codes: 0 success, 1 validation or migration failed (or drift found), 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from tasks.engine.connection import Connection  # noqa: E402
-from tasks.engine.environments import Environment, load_environment  # noqa: E402
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
-from tasks.engine.git import head_sha  # noqa: E402
+from flows import cli_change, cli_inspect  # noqa: E402
+from tasks.engine.errors import RdsMigrationsError  # noqa: E402
 
-DATABASE_URL_ENVIRONMENT = "database-url"
+VERSION = "0.2.0"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="rds-migrations",
         description="Safe, observable PostgreSQL schema migrations for AWS RDS, orchestrated by Prefect.",
     )
+    parser.add_argument("--version", action="version", version=f"rds-migrations {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run staging then production on an embedded local PostgreSQL")
@@ -43,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     def migrations_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--migrations", default="migrations", metavar="DIR", help="default: migrations")
 
+    def json_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true",
+                       help="print exactly one JSON document on stdout (with a schema_version); logs go to stderr")
+
+    def prefect_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prefect", action="store_true",
+                       help="run it as a Prefect flow even when no Prefect API is configured (Prefect's temporary "
+                            "server); without it, and without PREFECT_API_URL, the same steps run directly")
+
     validate = commands.add_parser("validate", help="static checks, lint, rehearsal (and plan with a database)")
     migrations_option(validate)
     validate.add_argument("--database-url", metavar="URL",
@@ -51,10 +61,18 @@ def _parser() -> argparse.ArgumentParser:
                           help="lint policy of this environment (default: production's rules)")
     validate.add_argument("--markdown", metavar="FILE", type=Path,
                           help="also write the report as markdown (e.g. $GITHUB_STEP_SUMMARY)")
+    json_option(validate)
 
     plan = commands.add_parser("plan", help="what is pending on a database (read-only)")
     target_options(plan)
     migrations_option(plan)
+    json_option(plan)
+
+    drift = commands.add_parser("drift", help="the live schema against what the applied migrations make "
+                                              "(exit 1 when it drifted)")
+    target_options(drift)
+    migrations_option(drift)
+    json_option(drift)
 
     run = commands.add_parser("run", help="run the staging or production flow (by the environment's tier)")
     target_options(run)
@@ -62,9 +80,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--git-sha", default=None, help="the commit being applied (default: git rev-parse HEAD)")
     run.add_argument("--dry-run", action="store_true", help="validate and plan only")
     run.add_argument("--target", metavar="VERSION", help="apply up to and including this migration")
-    run.add_argument("--prefect", action="store_true",
-                     help="run it as a Prefect flow even when no Prefect API is configured (Prefect's temporary "
-                          "server); without it, and without PREFECT_API_URL, the same steps run directly")
+    prefect_option(run)
+    json_option(run)
+
+    baseline = commands.add_parser(
+        "baseline", help="adopt a database another tool or a person migrated: record what it holds as applied, "
+                         "without running it")
+    target_options(baseline)
+    migrations_option(baseline)
+    what = baseline.add_mutually_exclusive_group(required=True)
+    what.add_argument("--through", metavar="VERSION",
+                      help="every migration up to and including VERSION is already applied (0: none)")
+    what.add_argument("--from", dest="tool", choices=["knex", "flyway", "golang-migrate"],
+                      help="read that tool's history and map it onto the migrations directory")
+    baseline.add_argument("--dry-run", action="store_true", help="show the mapping; write nothing")
+    baseline.add_argument("--git-sha", default=None, help="the commit recorded (default: git rev-parse HEAD)")
+    prefect_option(baseline)
+    json_option(baseline)
 
     setup = commands.add_parser("setup-prefect", help="create the work pool and each environment's concurrency "
                                                       "limit on the Prefect server (idempotent)")
@@ -95,161 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--snapshot-id", required=True, metavar="ID",
                          help="the snapshot (RDS snapshot id, or a local dump's name without .dump)")
     restore.add_argument("--git-sha", default=None, help="the commit the restored database should match")
-    restore.add_argument("--prefect", action="store_true", help="run it as a Prefect flow (see run --prefect)")
+    prefect_option(restore)
     return parser
 
 
-def _environment(args: argparse.Namespace) -> Environment:
-    if getattr(args, "database_url", None):
-        os.environ["DATABASE_URL"] = args.database_url
-    if args.env:
-        return load_environment(args.env)
-    if os.environ.get("DATABASE_URL"):
-        return load_environment(DATABASE_URL_ENVIRONMENT)
-    raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
-
-
-# ---- commands --------------------------------------------------------------------------------------------
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from tasks.engine.connection import connection_from_url
-    from tasks.engine.embedded import embedded_server
-    from tasks.engine.migrations.plan import plan
-    from tasks.engine.migrations.rehearsal import rehearse
-    from tasks.engine.migrations.report import with_plan, with_rehearsal
-    from tasks.engine.migrations.validation import check_migrations
-
-    policy = load_environment(args.env or "production").policy
-    catalog, report = check_migrations(Path(args.migrations), Path.cwd(), policy)
-    if report.ok:
-        url = args.database_url or os.environ.get("DATABASE_URL")
-        if url:
-            connection = connection_from_url(url, "--database-url")
-            report = with_plan(report, plan(connection, catalog, allow_out_of_order=policy.allow_out_of_order))
-            server = connection
-        else:
-            local = embedded_server()
-            local.start()
-            server = local.connection()
-        report = with_rehearsal(report, rehearse(catalog, server, policy))
-    print(report.to_text())
-    if args.markdown:
-        with args.markdown.open("a", encoding="utf-8") as out:
-            out.write(report.to_markdown())
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.engine.migrations.catalog import read_catalog
-    from tasks.engine.migrations.plan import plan
-
-    environment = _environment(args)
-    catalog = read_catalog(Path(args.migrations), Path.cwd())
-    if catalog.problems:
-        print("\n".join(f"ERROR {p}" for p in catalog.problems))
-        return EXIT_FAILED
-    current = plan(_connection(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order,
-                   environment=environment.name)
-    print(f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending")
-    for migration_id in current.pending:
-        print(f"  pending {migration_id}")
-    for index in current.invalid_indexes:
-        print(f"  WARNING {index}: the run will {index_action(environment)}")
-    for problem in current.problems:
-        print(f"  ERROR {problem}")
-    return EXIT_FAILED if current.problems else EXIT_OK
-
-
-def index_action(environment: Environment) -> str:
-    if environment.policy.invalid_index == "drop_and_retry":
-        return "drop it and build it again (policy.invalid_index)"
-    return "refuse until it is dropped (policy.invalid_index)"
-
-
-def cmd_resolve(args: argparse.Namespace) -> int:
-    """Without MIGRATION_ID: explain what is dirty. With it: record the operator's resolution."""
-    from tasks.engine.migrations.catalog import read_catalog
-    from tasks.engine.migrations.resolve import explain_state, resolve_dirty
-
-    marked = args.mark_applied or args.mark_not_applied
-    if args.migration is None and marked:
-        raise UsageError("name the migration to mark: resolve --env NAME MIGRATION_ID --mark-applied")
-    if args.migration is not None and not marked:
-        raise UsageError("say how it was resolved: --mark-applied (finished by hand) or --mark-not-applied "
-                         "(undone by hand)")
-    environment = _environment(args)
-    catalog = read_catalog(Path(args.migrations), Path.cwd())
-    connection = _connection(environment)
-    if args.migration is None:
-        clean, explanation = explain_state(connection, catalog, environment=environment.name)
-        print(explanation)
-        return EXIT_OK if clean else EXIT_FAILED
-    print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
-                        policy=environment.policy))
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from flows.launch import prefect_wanted, run_direct, run_migration_flow
-
-    environment = _environment(args)
-    parameters = {"git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run, "target": args.target,
-                  "migrations_dir": args.migrations, "trigger": "cli"}
-    if prefect_wanted(environment, asked=args.prefect):
-        return run_migration_flow(environment, **parameters)  # type: ignore[arg-type]
-    from tasks.engine.runs.migration import migrate_environment
-
-    return run_direct(lambda steps: migrate_environment(environment.name, environment.tier, steps, **parameters),
-                      environment.name)
-
-
-def cmd_setup_prefect(args: argparse.Namespace) -> int:
-    from flows.setup import FLOW_RUN_COMMAND, setup_prefect
-
-    for name in args.environments:
-        load_environment(name)  # a typo is a usage error, not a limit nobody uses
-    command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
-    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
-                                  flow_run_command=command)))
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import demo
-
-    return demo(reset=args.reset)
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from flows.launch import prefect_wanted, run_direct, run_flow
-
-    environment = load_environment(args.env)
-    sha = args.git_sha or head_sha()
-    if prefect_wanted(environment, asked=args.prefect):
-        from flows.restore import restore_snapshot
-
-        return run_flow(restore_snapshot, environment.name, environment=environment.name,
-                        snapshot_id=args.snapshot_id, git_sha=sha)
-    from tasks.engine.runs.refresh import restore_snapshot as run_restore
-
-    return run_direct(lambda steps: run_restore(environment.name, args.snapshot_id, steps, git_sha=sha),
-                      environment.name)
-
-
-def _connection(environment: Environment) -> Connection:
-    """The environment's credentials, read directly (read-only commands need no flow run). A named
-    credentials block is a Prefect block, read through the Prefect API; otherwise the default chain."""
-    from tasks.engine.runs.steps import DirectSteps
-
-    make_client = None
-    if environment.aws is not None and environment.aws.credentials_block:
-        from tasks.aws import aws_client as make_client
-    return DirectSteps(make_client=make_client).fetch_secret(environment)
-
-
-COMMANDS = {"demo": cmd_demo, "validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "resolve": cmd_resolve,
-            "setup-prefect": cmd_setup_prefect, "restore": cmd_restore}
+COMMANDS = {"demo": cli_change.cmd_demo, "validate": cli_inspect.cmd_validate, "plan": cli_inspect.cmd_plan,
+            "drift": cli_inspect.cmd_drift, "run": cli_change.cmd_run, "baseline": cli_change.cmd_baseline,
+            "resolve": cli_change.cmd_resolve, "setup-prefect": cli_change.cmd_setup_prefect,
+            "restore": cli_change.cmd_restore}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,3 +148,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+

@@ -39,7 +39,7 @@ def demo(reset: bool = False) -> int:
             environment = environments[name]
             _banner(f"{environment.tier} flow on environment '{name}' (git {sha[:12]})")
             codes.append(run_migration_flow(environment, git_sha=sha, dry_run=False, target=None,
-                                            migrations_dir="migrations", trigger="demo"))
+                                            migrations_dir="migrations", trigger="demo")[0])
     finally:
         server.stop()
     _banner("snapshots")

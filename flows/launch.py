@@ -22,25 +22,30 @@ def migration_flow(environment: Environment) -> Any:
     return production if environment.tier == "production" else staging
 
 
-def run_flow(flow: Any, label: str, **parameters: object) -> int:
-    """Run `flow` with `parameters`; its failure is printed (without a traceback) as `label: message`."""
+def run_flow(flow: Any, label: str, **parameters: object) -> tuple[int, Any]:
+    """Run `flow` with `parameters`: (exit code, its result or None). Its failure is printed (without a
+    traceback) as `label: message`."""
     state = flow(return_state=True, **parameters)
     if state.is_completed():
-        return EXIT_OK
+        return EXIT_OK, state.result()
     try:
         state.result()
     except RdsMigrationsError as exc:
-        where = "" if exc.exit_code == EXIT_USAGE else f"{label}: "
-        print(f"rds-migrations: {where}{exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(exc, label), None
     except Exception as exc:  # noqa: BLE001 - reported; the flow already notified
         print(f"rds-migrations: {label}: {exc}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_FAILED, None
 
 
-def run_migration_flow(environment: Environment, **parameters: object) -> int:
+def run_migration_flow(environment: Environment, **parameters: object) -> tuple[int, Any]:
     """Run the environment's staging or production flow in this process."""
     return run_flow(migration_flow(environment), environment.name, environment=environment.name, **parameters)
+
+
+def _failed(exc: RdsMigrationsError, label: str) -> int:
+    where = "" if exc.exit_code == EXIT_USAGE else f"{label}: "
+    print(f"rds-migrations: {where}{exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 def prefect_wanted(environment: Environment, *, asked: bool = False) -> bool:
@@ -65,14 +70,12 @@ def console_log() -> logging.Logger:
     return log
 
 
-def run_direct(run: Callable[[Any], object], label: str) -> int:
-    """Run a pipeline with `DirectSteps` (no Prefect); its failure is printed as `label: message`."""
+def run_direct(run: Callable[[Any], object], label: str) -> tuple[int, Any]:
+    """Run a pipeline with `DirectSteps` (no Prefect): (exit code, its result or None). Its failure is printed
+    as `label: message`."""
     from tasks.engine.runs.steps import DirectSteps
 
     try:
-        run(DirectSteps(log=console_log()))
+        return EXIT_OK, run(DirectSteps(log=console_log()))
     except RdsMigrationsError as exc:
-        where = "" if exc.exit_code == EXIT_USAGE else f"{label}: "
-        print(f"rds-migrations: {where}{exc}", file=sys.stderr)
-        return exc.exit_code
-    return EXIT_OK
+        return _failed(exc, label), None

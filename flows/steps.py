@@ -62,8 +62,8 @@ class PrefectSteps:
         return fetch_secret(environment, self.client("secretsmanager", environment))
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
-                          connection: Connection, target: str | None) -> ValidationReport:
-        return rehearse_and_plan(environment, catalog, report, connection, target)
+                          connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:
+        return rehearse_and_plan(environment, catalog, report, connection, target, dry_run=dry_run)
 
     def approve(self, environment: Environment, report: ValidationReport) -> str:
         return request_approval(environment.name, report, timeout_seconds=environment.policy.approval_timeout_seconds)

@@ -32,10 +32,12 @@ def validate(migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[
     cache_policy=NO_CACHE,
 )
 def rehearse_and_plan(environment: Environment, catalog: Catalog, report: ValidationReport,
-                      connection: Connection, target: str | None = None) -> ValidationReport:
+                      connection: Connection, target: str | None = None, *,
+                      dry_run: bool = False) -> ValidationReport:
     """Plan against the target (read-only) and, when something is pending, rehearse on a throwaway database.
 
     Example:
         report = rehearse_and_plan(environment, catalog, report, connection)
     """
-    return validation.rehearse_and_plan(environment, catalog, report, connection, target, log=get_run_logger())
+    return validation.rehearse_and_plan(environment, catalog, report, connection, target, log=get_run_logger(),
+                                        dry_run=dry_run)

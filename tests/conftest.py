@@ -40,6 +40,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the tool's own throwaway server lives for every run the tests start (a rehearsal may stand it in
+    for the target's server): one per session, stopped and deleted at the end, never left running."""
+    home = tmp_path_factory.mktemp("rds-migrations-home")
+    previous = os.environ.get("RDS_MIGRATIONS_HOME")
+    os.environ["RDS_MIGRATIONS_HOME"] = str(home)
+    yield home
+    LocalServer(home / "postgres").destroy()
+    if previous is None:
+        os.environ.pop("RDS_MIGRATIONS_HOME", None)
+    else:
+        os.environ["RDS_MIGRATIONS_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """A real PostgreSQL server with password (scram) auth; its superuser password is the canary."""

@@ -42,7 +42,10 @@ def tables(connection: Connection) -> set[str]:
 
 
 def applied_ids(connection: Connection) -> list[str]:
+    """yoyo's view of what is applied ([] when there is no history at all)."""
     with connected(connection) as conn:
+        if conn.execute("SELECT to_regclass('_yoyo_migration')").fetchone() == (None,):
+            return []
         return [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
 
 

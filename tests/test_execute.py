@@ -42,6 +42,7 @@ def failed_statement(tmp_path: Path, database: Connection, sql_text: str) -> tup
 
 
 HISTORY_TABLES = {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations_history",
+                  "_rds_migrations_baseline", "_rds_migrations_schema",
                   "_rds_migrations_dirty"}
 
 

@@ -2,19 +2,38 @@
 
 The password never reaches a log line, a Prefect result, an exception text or a URL: `Connection` has no URL
 form, its `repr` hides the password, and connection errors are redacted before they are raised.
+
+The libpq TLS settings a URL or a secret asks for travel with the `Connection` to every connection a run opens
+(psycopg's, and pg_dump's and pg_restore's through `libpq_env()`); any other parameter is refused, never dropped.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from tasks.engine.errors import DatabaseUnreachable, SecretError
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # weakest first
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSL_NEGOTIATIONS = ("postgres", "direct")
+# The TLS settings a Connection carries (libpq keyword -> the variable libpq client programs read it from).
+# Not `sslpassword`: a secret that would have to travel in an environment variable. The others are refused.
+TLS_SETTINGS = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+}
 
 
 class Connection(BaseModel):
@@ -28,9 +47,21 @@ class Connection(BaseModel):
     user: str
     password: SecretStr = SecretStr("")
     source: str = ""  # where these came from, for messages: "secretsmanager:<id>", "env:DATABASE_URL"
+    # TLS, as libpq names it; None is libpq's default (sslmode prefer, or what PGSSLMODE etc. say).
+    sslmode: SslMode | None = None
+    sslrootcert: str | None = None  # the CA file the server's certificate is checked against ("system": the OS's)
+    sslcert: str | None = None
+    sslkey: str | None = None
+    sslcrl: str | None = None
+    sslnegotiation: Literal["postgres", "direct"] | None = None
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+        where = f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+        return f"{where} (sslmode={self.sslmode})" if self.sslmode else where
+
+    def tls(self) -> dict[str, str]:
+        """The TLS settings given, by libpq keyword."""
+        return {key: value for key in TLS_SETTINGS if (value := getattr(self, key)) is not None}
 
     def with_database(self, dbname: str) -> Connection:
         return self.model_copy(update={"dbname": dbname})
@@ -50,6 +81,7 @@ class Connection(BaseModel):
                 application_name=application_name,
                 connect_timeout=10,
                 prepare_threshold=prepare_threshold,
+                **self.tls(),
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachable(self.describe(), redact(str(exc), password), _sqlstate(exc)) from None
@@ -64,6 +96,7 @@ class Connection(BaseModel):
         }
         if self.password.get_secret_value():
             env["PGPASSWORD"] = self.password.get_secret_value()
+        env.update({TLS_SETTINGS[key]: value for key, value in self.tls().items()})
         return env
 
 
@@ -94,6 +127,19 @@ def connected(connection: Connection, **kwargs: object) -> Iterator[psycopg.Conn
 RDS_SECRET_FIELDS = ("username", "password", "host", "port", "dbname")
 
 
+def _tls_settings(given: Mapping[str, object], source: str) -> dict[str, str]:
+    """The TLS settings among `given`, checked; errors name the setting, never its value."""
+    found = {key: given[key] for key in TLS_SETTINGS if key in given}
+    for key, value in found.items():
+        if not isinstance(value, str) or not value:
+            raise SecretError(f"{source}: {key} must be a non-empty string")
+    if found.get("sslmode", SSL_MODES[0]) not in SSL_MODES:
+        raise SecretError(f"{source}: sslmode must be one of {', '.join(SSL_MODES)}")
+    if found.get("sslnegotiation", SSL_NEGOTIATIONS[0]) not in SSL_NEGOTIATIONS:
+        raise SecretError(f"{source}: sslnegotiation must be one of {', '.join(SSL_NEGOTIATIONS)}")
+    return {key: str(value) for key, value in found.items()}
+
+
 def parse_rds_secret(secret: str | bytes, source: str) -> Connection:
     """Turn an RDS secret's JSON into a `Connection`; errors name the field, never its value."""
     try:
@@ -113,6 +159,12 @@ def parse_rds_secret(secret: str | bytes, source: str) -> Connection:
         raise SecretError(f"{source}: field 'port' must be a whole number (a number or a string of digits)")
     if not 0 < int(port) < 65536:
         raise SecretError(f"{source}: field 'port' is out of range (1-65535)")
+    # An RDS secret holds no TLS settings; one that does is honoured like a URL's, and an ssl field we do not
+    # carry is refused rather than ignored. Other extra fields (engine, dbInstanceIdentifier...) are RDS's own.
+    unsupported = sorted(f for f in data if f.lower().startswith("ssl") and f not in TLS_SETTINGS)
+    if unsupported:
+        raise SecretError(f"{source}: unsupported field {', '.join(map(repr, unsupported))} (TLS fields: "
+                          f"{', '.join(TLS_SETTINGS)})")
     return Connection(
         host=data["host"],
         port=int(port),
@@ -120,6 +172,7 @@ def parse_rds_secret(secret: str | bytes, source: str) -> Connection:
         user=data["username"],
         password=SecretStr(data["password"]),
         source=source,
+        **_tls_settings(data, source),
     )
 
 
@@ -127,11 +180,16 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
     """Parse a libpq URL or keyword string; the password goes straight into a `SecretStr`."""
     try:
         params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise SecretError(f"{source}: not a valid PostgreSQL URL (postgresql://user:pass@host:port/dbname)") from None
-    unknown = set(params) - {"host", "port", "dbname", "user", "password", "sslmode"}
+    except psycopg.ProgrammingError as exc:
+        # libpq names a parameter it does not know: say which (a name, never a value), else say nothing of it.
+        named = re.match(r'invalid (?:URI query parameter:|connection option) "([a-z_]{1,40})"', str(exc))
+        unknown_name = f": unsupported URL parameter {named[1]}" if named else ""
+        raise SecretError(f"{source}: not a valid PostgreSQL URL (postgresql://user:pass@host:port/dbname)"
+                          f"{unknown_name}") from None
+    unknown = set(params) - {"host", "port", "dbname", "user", "password", *TLS_SETTINGS}
     if unknown:
-        raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))}")
+        raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))} (TLS parameters: "
+                          f"{', '.join(TLS_SETTINGS)})")
     port = str(params.get("port") or 5432)
     if not port.isdigit():
         raise SecretError(f"{source}: the port must be a number")
@@ -142,4 +200,5 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
         user=str(params.get("user") or "postgres"),
         password=SecretStr(str(params.get("password") or "")),
         source=source,
+        **_tls_settings(params, source),
     )

@@ -1,22 +1,24 @@
 """fetch-secret's engine: the database credentials of an environment, read at run time.
 
 Sources: an RDS secret in AWS Secrets Manager (only the `AWSCURRENT` version, through a boto3 client that is
-handed in), a URL in an environment variable, or the embedded local server.
+handed in), a URL in an environment variable, or the embedded local server. The environment's TLS minimum is
+applied to what was read.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from tasks.engine.connection import Connection, connection_from_url, parse_rds_secret
+from tasks.engine.connection import SSL_MODES, Connection, connection_from_url, parse_rds_secret
 from tasks.engine.environments import (
     EmbeddedCredentials,
     Environment,
     SecretsManagerCredentials,
     UrlFromEnvCredentials,
 )
-from tasks.engine.errors import SecretError
+from tasks.engine.errors import ConfigError, SecretError
 from tasks.engine.transient import is_transient
 
 # Secrets Manager errors that no retry mends: what each means for the person running the migration.
@@ -52,9 +54,40 @@ def read_embedded(credentials: EmbeddedCredentials) -> Connection:
 
 
 def fetch_connection(environment: Environment, secrets_manager: Any = None) -> Connection:
-    """The environment's credentials. `secrets_manager` is a boto3 Secrets Manager client, needed only for
-    `secrets_manager` credentials. AWS errors that a retry cannot mend become a `SecretError` naming the
-    secret and what to do; throttling and 5xx are raised as they are, for the caller to retry."""
+    """The environment's credentials, under its TLS minimum. `secrets_manager` is a boto3 Secrets Manager
+    client, needed only for `secrets_manager` credentials. AWS errors that a retry cannot mend become a
+    `SecretError` naming the secret and what to do; throttling and 5xx are raised as they are, for the caller
+    to retry."""
+    return with_environment_tls(_read_connection(environment, secrets_manager), environment)
+
+
+def with_environment_tls(connection: Connection, environment: Environment) -> Connection:
+    """`connection` under the environment's `tls`: a weaker sslmode (or none) raised to `min_sslmode`, and a
+    verifying mode given `root_cert` when the URL or secret names no root certificate, which must exist."""
+    tls = environment.tls
+    update: dict[str, str] = {}
+    if tls.min_sslmode is not None:
+        # What libpq would use otherwise: the URL's or secret's mode, else PGSSLMODE, else its default.
+        asked = connection.sslmode or os.environ.get("PGSSLMODE") or "prefer"
+        asked = asked if asked in SSL_MODES else "prefer"
+        update["sslmode"] = max(asked, tls.min_sslmode, key=SSL_MODES.index)
+    mode = update.get("sslmode", connection.sslmode)
+    if mode not in ("verify-ca", "verify-full"):
+        return connection.model_copy(update=update)
+    if connection.sslrootcert is None and tls.root_cert is not None:
+        update["sslrootcert"] = str(tls.root_cert)
+    root = update.get("sslrootcert", connection.sslrootcert)
+    if root is not None and root != "system" and not Path(root).is_file():
+        checks = f"does not exist: sslmode {mode} checks the server's certificate against it"
+        if "sslrootcert" not in update:
+            raise ConfigError(f"{connection.source}: sslrootcert {root} {checks}")
+        raise ConfigError(f"environment {environment.name}: tls.root_cert {root} {checks}; put the CA bundle there "
+                          "(RDS: https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) or point "
+                          "tls.root_cert at it")
+    return connection.model_copy(update=update)
+
+
+def _read_connection(environment: Environment, secrets_manager: Any) -> Connection:
     from botocore.exceptions import ClientError
 
     credentials = environment.credentials

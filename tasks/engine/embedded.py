@@ -3,12 +3,14 @@
 Server binaries come from the machine (`/usr/lib/postgresql/<v>/bin`, or `initdb` on PATH) and otherwise
 from the `pgserver` wheel, which bundles PostgreSQL 16. PostgreSQL refuses to run as root: as root the
 server runs as an unprivileged user (`postgres` when it exists, else one we create) through `runuser`.
-The server listens on 127.0.0.1 only, on a free port.
+The server listens on 127.0.0.1 only, on a free port. A test server can take TLS connections only (`ServerTls`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 import pwd
 import re
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +32,9 @@ from tasks.engine.errors import EmbeddedServerError
 SERVER_USER_FALLBACK = "rdsmigrations"
 
 
-def _version_of(bindir: Path) -> tuple[int, ...]:
-    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True).stdout
+@functools.cache
+def _version_of(bindir: Path, program: str = "postgres") -> tuple[int, ...]:
+    out = subprocess.run([str(bindir / program), "--version"], capture_output=True, text=True).stdout
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
     return tuple(int(g) for g in match.groups() if g) if match else (0,)
 
@@ -45,12 +49,10 @@ def candidate_bindirs() -> list[Path]:
     on_path = shutil.which("initdb")
     if on_path:
         found.append(Path(on_path).resolve().parent)
-    try:
-        import pgserver  # type: ignore[import-untyped]
-
-        found.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
-    except ImportError:
-        pass
+    # Found, not imported: importing pgserver sets up platformdirs and warns on a machine without XDG_RUNTIME_DIR.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        found.append(Path(spec.origin).parent / "pginstall" / "bin")
     unique = []
     for path in found:
         if (path / "postgres").exists() and (path / "initdb").exists() and path not in unique:
@@ -72,15 +74,43 @@ def server_bindir() -> Path:
     return (system or dirs)[0]
 
 
-def client_binary(name: str) -> Path:
-    """The newest `pg_dump`/`pg_restore`/`psql` available: a newer client reads older servers."""
-    for bindir in candidate_bindirs():
-        if (bindir / name).exists():
-            return bindir / name
+def client_binary(name: str, tls: Mapping[str, str] | None = None) -> Path:
+    """The newest `pg_dump`/`pg_restore`/`psql` available: a newer client reads older servers. Given `tls`, a
+    connection's libpq TLS settings, only a client whose libpq can honour them (pgserver's is built without SSL;
+    `sslnegotiation` needs libpq 17): one that cannot would refuse them, or connect without TLS."""
+    probe = _tls_probe(tls or {})
     found = shutil.which(name)
-    if found:
-        return Path(found)
+    for binary in _clients(name) + ([Path(found)] if found else []):
+        if binary.exists() and not (probe and _libpq_refuses(binary, probe)):
+            return binary
+    if probe:
+        raise EmbeddedServerError(f"no {name} here can honour the connection's TLS settings ({', '.join(tls or {})})"
+                                  ": pgserver's is built without SSL, and sslnegotiation needs libpq 17 or later; "
+                                  "install a postgresql-client that has them")
     raise EmbeddedServerError(f"{name} not found: install postgresql-client or the pgserver wheel")
+
+
+def _clients(name: str) -> list[Path]:
+    """`name` in every server directory and every client-only install (postgresql-client-NN), newest first."""
+    dirs = [*candidate_bindirs(), *Path("/usr/lib/postgresql").glob("*/bin")]
+    binaries = list(dict.fromkeys(d / name for d in dirs if (d / name).exists()))
+    return sorted(binaries, key=lambda binary: _version_of(binary.parent, binary.name), reverse=True)
+
+
+def _tls_probe(tls: Mapping[str, str]) -> str:
+    """A conninfo that a libpq unable to honour `tls` refuses before connecting; "" when any libpq can."""
+    if not tls or tls.get("sslmode") == "disable":
+        return ""
+    return "host=/nonexistent sslmode=require" + (" sslnegotiation=postgres" if "sslnegotiation" in tls else "")
+
+
+@functools.cache
+def _libpq_refuses(binary: Path, conninfo: str) -> bool:
+    # The clients of one directory share one libpq, and pg_dump is the one that connects before reading anything.
+    client = binary.with_name("pg_dump") if binary.with_name("pg_dump").exists() else binary
+    result = subprocess.run([str(client), f"--dbname={conninfo}"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=30, env={**os.environ, "PGCONNECT_TIMEOUT": "2"})
+    return "not compiled in" in result.stderr or "invalid connection option" in result.stderr
 
 
 def free_port() -> int:
@@ -107,6 +137,46 @@ def _server_user() -> str | None:
     return SERVER_USER_FALLBACK
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a test server: one CA that signed the server's certificate (127.0.0.1, localhost) and a client's.
+    A server started with it refuses plain connections and any without a client certificate from that CA, so a
+    connection that lost any of its TLS settings on the way is refused."""
+
+    directory: Path
+
+    @classmethod
+    def self_signed(cls, directory: Path, client: str = "postgres") -> ServerTls:
+        """A new CA, server certificate and client certificate (for user `client`), made with openssl."""
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            result = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise EmbeddedServerError(f"openssl {args[0]} failed: {result.stderr.strip()[-1000:]}")
+
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *key, "-days", "2", "-subj", "/CN=rds-migrations test CA", "-keyout", "ca.key",
+                "-out", "ca.crt", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        for name, subject, extensions in (
+            ("server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+            ("client", f"/CN={client}", "extendedKeyUsage=clientAuth\n"),
+        ):
+            (directory / f"{name}.ext").write_text(extensions)
+            openssl("req", *key, "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                    "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+        for private in directory.glob("*.key"):
+            private.chmod(0o600)  # libpq refuses a client key others can read
+        return cls(directory)
+
+    def client_settings(self) -> dict[str, str]:
+        """What a client of this server connects with: verify-full against the CA, and its client certificate."""
+        return {"sslmode": "verify-full", "sslrootcert": str(self.directory / "ca.crt"),
+                "sslcert": str(self.directory / "client.crt"), "sslkey": str(self.directory / "client.key")}
+
+
 @dataclass
 class LocalServer:
     """One PostgreSQL data directory on this machine, started and stopped with pg_ctl."""
@@ -114,6 +184,7 @@ class LocalServer:
     data_dir: Path
     superuser: str = "postgres"
     password: SecretStr | None = None  # None: trust auth on 127.0.0.1 (a throwaway dev server)
+    tls: ServerTls | None = None  # a test server that takes TLS connections with a client certificate only
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -157,6 +228,7 @@ class LocalServer:
         if self.password is None:
             args += ["--auth=trust"]
             self._run(*args)
+            self._configure_tls()
             return
         with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, delete=False) as pwfile:
             pwfile.write(self.password.get_secret_value())
@@ -167,6 +239,28 @@ class LocalServer:
             self._run(*args, "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile.name}")
         finally:
             os.unlink(pwfile.name)
+        self._configure_tls()
+
+    def _configure_tls(self) -> None:
+        """With `tls`: the certificates in the data directory, `ssl = on`, and TCP over TLS with a client
+        certificate only (the local socket stays open, for pg_ctl)."""
+        if self.tls is None:
+            return
+        for name in ("server.crt", "server.key", "ca.crt"):
+            copy = self.data_dir / name
+            shutil.copyfile(self.tls.directory / name, copy)
+            copy.chmod(0o600)
+            if self.run_as:
+                user = pwd.getpwnam(self.run_as)
+                os.chown(copy, user.pw_uid, user.pw_gid)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+                       "ssl_ca_file = 'ca.crt'\n")
+        method = "trust" if self.password is None else "scram-sha-256"
+        (self.data_dir / "pg_hba.conf").write_text(
+            "local all all trust\nhostnossl all all all reject\n"
+            f"hostssl all all all {method} clientcert=verify-ca\n"
+        )
 
     @property
     def port(self) -> int | None:
@@ -226,6 +320,7 @@ class LocalServer:
             user=self.superuser,
             password=self.password or SecretStr(""),
             source=f"embedded:{self.data_dir}",
+            **(self.tls.client_settings() if self.tls else {}),
         )
 
     def ensure_database(self, dbname: str) -> Connection:

@@ -145,9 +145,29 @@ class Rehearsal(_Strict):
 
     kind: Literal["target_server", "embedded", "url_env", "none"] = "target_server"
     variable: str = Field(default="REHEARSAL_DATABASE_URL", pattern=ENV_VAR_NAME.pattern)
+    # What the rehearsal starts from: an empty database with every migration applied (the directory must build
+    # a database on its own: pull requests), a copy of the target's schema with only what is pending applied
+    # (what will really happen, tables no migration made included), or both.
+    start: Literal["empty", "target_schema", "both"] = "empty"
     # Keep the last rehearsed schema (at most 2 databases named rdsm_rc_*, closed to connections) so the next
     # rehearsal applies only what is new. Off where those may not stay, e.g. on a production server.
     cache: bool = True
+
+
+# ---- TLS --------------------------------------------------------------------------------------------------
+
+
+class Tls(_Strict):
+    """The least TLS this environment's connections use, applied to the credentials read for it.
+
+    An `sslmode` weaker than `min_sslmode` in the URL or the secret (or none: libpq's `prefer`) is raised to it,
+    never refused: the run is only ever stricter than asked. With `verify-ca` or `verify-full`, `root_cert` is the
+    CA bundle the server's certificate is checked against when the URL or secret names none; it must exist. For
+    RDS: https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem.
+    """
+
+    min_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    root_cert: Path | None = None
 
 
 # ---- policy -----------------------------------------------------------------------------------------------
@@ -168,6 +188,9 @@ class Policy(_Strict):
     # An INVALID index left by a failed CREATE INDEX CONCURRENTLY of a pending migration: drop it and build it
     # again, or refuse the run with the DROP command to run.
     invalid_index: Literal["drop_and_retry", "refuse"] = "refuse"
+    # The live schema against what the applied migrations make, before anything is written: "block" refuses a
+    # run on a drifted database, "warn" says so and runs, "ignore" does not look.
+    drift: Literal["ignore", "warn", "block"] = "ignore"
     # Production only: pause after the plan until a person approves (Prefect UI or one API call).
     approval_required: bool = False
     approval_timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
@@ -226,6 +249,7 @@ class Environment(_Strict):
     snapshot: Snapshotting
     notify: Notification
     rehearsal: Rehearsal = Rehearsal()
+    tls: Tls = Tls()
     policy: Policy = Policy()
     refresh: Refresh | None = None
 

@@ -114,6 +114,9 @@ class RunSummary:
     def slack_message(self) -> tuple[str, str]:
         return render_message(self)
 
+    def to_json(self) -> dict[str, object]:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in self.__dict__.items()}
+
     def console_text(self) -> str:
         return render_console(self)
 

@@ -18,11 +18,15 @@ TRANSIENT_AWS_CODES = frozenset({
 })
 # Connection failures: the server is starting, restarting or unreachable for now.
 TRANSIENT_SQLSTATES = frozenset({None, "08000", "08001", "08006", "57P03"})
+# ...except what TLS refuses: a certificate, a host name, a server without TLS do not change on a retry.
+NOT_TRANSIENT_TEXTS = ("certificate verify failed", "does not support SSL", "root certificate file",
+                       "does not match host name", "requires a valid client certificate", "SSL support is not")
 
 
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DatabaseUnreachable):
-        return not exc.auth_failed and exc.sqlstate in TRANSIENT_SQLSTATES
+        refused_by_tls = any(text in str(exc) for text in NOT_TRANSIENT_TEXTS)
+        return not exc.auth_failed and not refused_by_tls and exc.sqlstate in TRANSIENT_SQLSTATES
     if isinstance(exc, psycopg.OperationalError):
         return exc.sqlstate in TRANSIENT_SQLSTATES
     if isinstance(exc, ClientError):

@@ -52,6 +52,14 @@ class Migration:
     transactional: bool = True
     depends: tuple[str, ...] = ()
     rollback_statements: tuple[str, ...] | None = None
+    spans: tuple[tuple[int, int], ...] = ()  # (first line, last line) of each statement in the file
+
+    def statement_at(self, line: int) -> str | None:
+        """The statement the file's `line` is part of (None when it is outside every statement)."""
+        for (first, last), statement in zip(self.spans, self.statements, strict=False):
+            if first <= line <= last:
+                return statement
+        return None
 
     @property
     def has_rollback(self) -> bool:
@@ -211,6 +219,9 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         what = "only comments" if statements else "nothing"
         return migration, [Problem(path.name, f"the migration holds no SQL statement ({what})")]
     lines = _lines(text, migration.statements)
+    ends = [*(max(first, following - 1) for first, following in zip(lines, lines[1:], strict=False)),
+            text.count("\n") + 1]
+    migration = replace(migration, spans=tuple(zip(lines, ends, strict=True)))
     for number, statement in enumerate(migration.statements, 1):
         where = f"{path.name}:{lines[number - 1]}"
         if CLIENT_COPY.match(LITERALS_AND_COMMENTS.sub(" ", after_comments(statement))):

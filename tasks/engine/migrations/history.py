@@ -16,7 +16,6 @@ transaction (see execute.py), so it is never applied but unrecorded, nor recorde
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,144 +23,38 @@ from datetime import datetime
 
 import psycopg
 from psycopg import ClientCursor, sql
+from psycopg.types.json import Jsonb
 from yoyo.migrations import get_migration_hash
 
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.history_sql import (
+    BASELINE_SQL,
+    CLEAR_DIRTY_SQL,
+    DIRTY_SQL,
+    EXECUTE_RECORD_SQL,
+    HISTORY_DDL,
+    HOSTNAME,
+    MARK_DIRTY_SQL,
+    PREPARE_RECORD_SQL,
+    PROGRESS_SQL,
+    READ_APPLIED_SQL,
+    READ_BASELINE_SQL,
+    READ_CHECKSUMS_SQL,
+    READ_SCHEMA_SQL,
+    RECORD_SQL,
+    RECORD_UNVERIFIED_SQL,
+    REMEMBER_SCHEMA_SQL,
+    SCHEMA_SQL,
+    UNMARK_LOG_SQL,
+    UNRECORD_SQL,
+)
 from tasks.engine.migrations.session import ADVISORY_LOCK_KEY
 
 TABLES = {"migration": "_yoyo_migration", "log": "_yoyo_log", "version": "_yoyo_version", "lock": "yoyo_lock",
-          "history": "_rds_migrations_history", "dirty": "_rds_migrations_dirty"}
+          "history": "_rds_migrations_history", "dirty": "_rds_migrations_dirty",
+          "baseline": "_rds_migrations_baseline", "schema": "_rds_migrations_schema"}
 HISTORY_TABLE, DIRTY_TABLE = TABLES["history"], TABLES["dirty"]
-
-HOSTNAME = socket.gethostname()[:255]  # for yoyo's log rows: read once, not once per migration
-
-HISTORY_DDL = """
-CREATE TABLE IF NOT EXISTS {migration} (
-    migration_hash VARCHAR(64), migration_id VARCHAR(255), applied_at_utc TIMESTAMP,
-    PRIMARY KEY (migration_hash));
-CREATE TABLE IF NOT EXISTS {log} (
-    id VARCHAR(36), migration_hash VARCHAR(64), migration_id VARCHAR(255), operation VARCHAR(10),
-    username VARCHAR(255), hostname VARCHAR(255), comment VARCHAR(255), created_at_utc TIMESTAMP,
-    PRIMARY KEY (id));
-CREATE TABLE IF NOT EXISTS {version} (version INT NOT NULL PRIMARY KEY, installed_at_utc TIMESTAMP);
-INSERT INTO {version} (version, installed_at_utc)
-    VALUES (2, now() AT TIME ZONE 'utc') ON CONFLICT (version) DO NOTHING;
-CREATE TABLE IF NOT EXISTS {lock} (
-    locked INT DEFAULT 1, ctime TIMESTAMP, pid INT NOT NULL, PRIMARY KEY (locked));
-CREATE TABLE IF NOT EXISTS {history} (
-    migration_id VARCHAR(255) PRIMARY KEY,
-    checksum CHAR(64) NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    git_sha TEXT,
-    flow_run_id TEXT,
-    duration_ms INTEGER,
-    transactional BOOLEAN NOT NULL DEFAULT true);
-CREATE TABLE IF NOT EXISTS {dirty} (
-    migration_id VARCHAR(255) PRIMARY KEY,
-    state TEXT NOT NULL,                         -- running | failed | recording
-    statement_number INTEGER NOT NULL DEFAULT 0, -- the statement being run, 1-based
-    statement_count INTEGER NOT NULL,
-    checksum CHAR(64) NOT NULL,
-    sqlstate TEXT,
-    message TEXT,
-    git_sha TEXT,
-    flow_run_id TEXT,
-    backend_pid INTEGER NOT NULL DEFAULT pg_backend_pid(),
-    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
--- statements 1..applied_through are applied (a failure inside the migration's own transaction undoes more)
-ALTER TABLE {dirty} ADD COLUMN IF NOT EXISTS applied_through INTEGER;
-"""
-
-# The yoyo rows and our checksum row, in one statement (one round trip, inside the migration's transaction).
-RECORD_SQL = """
-WITH migration AS (
-    INSERT INTO {migration} (migration_hash, migration_id, applied_at_utc)
-    VALUES (%(hash)s, %(id)s, now() AT TIME ZONE 'utc') RETURNING 1
-), log AS (
-    INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment,
-                           created_at_utc)
-    VALUES (%(log_id)s, %(hash)s, %(id)s, %(operation)s, current_user, %(hostname)s, %(comment)s,
-            now() AT TIME ZONE 'utc') RETURNING 1
-)
-INSERT INTO {history} (migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional)
-VALUES (%(id)s, %(checksum)s, %(git_sha)s, %(run_id)s,
-        COALESCE(%(duration_ms)s, (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::int),
-        %(transactional)s)
-ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),
-    git_sha = EXCLUDED.git_sha, flow_run_id = EXCLUDED.flow_run_id, duration_ms = EXCLUDED.duration_ms
-"""
-
-RECORD_PARAMETERS = ("hash", "id", "log_id", "operation", "hostname", "comment", "checksum", "git_sha", "run_id",
-                     "duration_ms", "transactional")
-
-# The same statement prepared once per apply session: a migration's message then carries only `EXECUTE` and
-# the server skips parsing and planning the three inserts every time.
-PREPARE_RECORD_SQL = "PREPARE rdsm_record AS " + RECORD_SQL % {
-    name: f"${number}" for number, name in enumerate(RECORD_PARAMETERS, 1)}
-
-EXECUTE_RECORD_SQL = "EXECUTE rdsm_record ({})".format(", ".join(f"%({name})s" for name in RECORD_PARAMETERS))
-
-MARK_DIRTY_SQL = """
-INSERT INTO {dirty} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
-VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s)
-"""
-
-PROGRESS_SQL = """
-UPDATE {dirty} SET state = %s, statement_number = %s, sqlstate = %s, message = %s,
-    applied_through = %s, updated_at = now()
-WHERE migration_id = %s
-"""
-
-CLEAR_DIRTY_SQL = "DELETE FROM {dirty} WHERE migration_id = %s"
-
-# A mark whose session still holds the migration lock belongs to a run in progress, not to a dead one.
-DIRTY_SQL = """
-SELECT d.migration_id, d.state, d.statement_number, d.statement_count, d.checksum, d.sqlstate, d.message,
-       d.flow_run_id, d.started_at, d.applied_through
-FROM {dirty} d
-WHERE NOT EXISTS (
-    SELECT 1 FROM pg_locks l
-    WHERE l.pid = d.backend_pid AND l.locktype = 'advisory' AND l.granted
-      AND ((l.classid::bigint << 32) | l.objid::bigint) = %s)
-ORDER BY d.started_at
-"""
-READ_APPLIED_SQL = "SELECT migration_id FROM {migration} ORDER BY applied_at_utc, migration_id"
-READ_CHECKSUMS_SQL = "SELECT migration_id, checksum FROM {history}"
-RECORD_UNVERIFIED_SQL = """
-INSERT INTO {history} (migration_id, checksum, transactional, git_sha) VALUES (%s, %s, %s, 'adopted')
-ON CONFLICT (migration_id) DO NOTHING
-"""
-# Our tables exist where yoyo's do: found by the name yoyo gives them, wherever the session looks first.
-SCHEMA_SQL = """
-SELECT coalesce(
-    (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid)),
-    (SELECT min(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
-     HAVING count(*) = 1),
-    current_schema(),
-    'public')
-"""
-
-# A rollback: yoyo's row goes, a log row says so, and our checksum row goes.
-UNRECORD_SQL = """
-WITH migration AS (
-    DELETE FROM {migration} WHERE migration_hash = %(hash)s RETURNING 1
-), log AS (
-    INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment,
-                           created_at_utc)
-    VALUES (%(log_id)s, %(hash)s, %(id)s, 'rollback', current_user, %(hostname)s, 'rds-migrations',
-            now() AT TIME ZONE 'utc') RETURNING 1
-)
-DELETE FROM {history} WHERE migration_id = %(id)s
-"""
-UNMARK_LOG_SQL = """
-INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment, created_at_utc)
-VALUES (%s, %s, %s, 'unmark', current_user, %s, 'rds-migrations resolve --mark-not-applied', now() AT TIME ZONE 'utc')
-"""
-
 
 # ---- reading ---------------------------------------------------------------------------------------------
 
@@ -212,6 +105,15 @@ def resolve_hint(migration_id: str, environment: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """What `baseline` adopted: the migrations it recorded without running them, and the schema as it was."""
+
+    id: int
+    migrations: tuple[str, ...]
+    schema_dump: bytes
+
+
+@dataclass(frozen=True)
 class History:
     """What the database says was applied: yoyo's ids, our checksums where we recorded them, dirty marks."""
 
@@ -225,7 +127,8 @@ class History:
 _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECORD_SQL, "mark": MARK_DIRTY_SQL,
                "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL, "unrecord": UNRECORD_SQL,
                "unmark": UNMARK_LOG_SQL, "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
-               "unverified": RECORD_UNVERIFIED_SQL}
+               "unverified": RECORD_UNVERIFIED_SQL, "baseline": BASELINE_SQL, "read_baseline": READ_BASELINE_SQL,
+               "remember": REMEMBER_SCHEMA_SQL, "read_schema": READ_SCHEMA_SQL}
 
 
 @dataclass
@@ -294,6 +197,15 @@ class Ledger:
             self.conn.execute(self.statements["unverified"],
                               (migration.id, migration.checksum, migration.transactional))
 
+    def record_applied(self, migrations: list[Migration], git_sha: str, run_id: str | None, *,
+                       operation: str, comment: str) -> None:
+        """Record migrations as applied without running them (a baseline adopting what another tool or a person
+        applied; a rehearsal's copy of the target's history), in one transaction."""
+        started = time.monotonic()
+        with self.conn.transaction():
+            for migration in migrations:
+                self.record(migration, git_sha, run_id, started, operation=operation, comment=comment)
+
     def mark_dirty(self, migration: Migration, git_sha: str, run_id: str | None) -> None:
         """Before a non-transactional migration's first statement: later runs refuse until it is recorded."""
         self.conn.execute(self.statements["mark"], {"id": migration.id, "count": len(migration.statements),
@@ -316,6 +228,33 @@ class Ledger:
         """A rolled-back migration leaves yoyo's table and ours; yoyo's log says so."""
         self.conn.execute(self.statements["unrecord"], {"hash": get_migration_hash(migration.id), "id": migration.id,
                                                         "log_id": str(uuid.uuid1()), "hostname": HOSTNAME})
+
+    def record_baseline(self, adopted: list[Migration], *, tool: str | None, through: str, git_sha: str,
+                        run_id: str | None, schema_dump: bytes, comment: str) -> None:
+        """A baseline in one transaction: the adopted migrations recorded as applied without running them,
+        and the schema as it was when they were adopted."""
+        with self.conn.transaction():
+            self.record_applied(adopted, git_sha, run_id, operation="baseline", comment=comment)
+            self.conn.execute(self.statements["baseline"], {
+                "hostname": HOSTNAME, "tool": tool, "through": through, "git_sha": git_sha, "run_id": run_id,
+                "migrations": Jsonb([m.id for m in adopted]), "dump": schema_dump})
+
+    def baseline(self) -> Baseline | None:
+        """The newest baseline, if the database was adopted."""
+        if not self.exists()["baseline"]:
+            return None
+        row = self.conn.execute(self.statements["read_baseline"]).fetchone()
+        return Baseline(row[0], tuple(row[1]), bytes(row[2])) if row else None
+
+    def remember_schema(self, state_key: str, snapshot: dict) -> None:
+        """The schema the applied migrations make, for this state of history (drift's reference)."""
+        self.conn.execute(self.statements["remember"], (state_key, Jsonb(snapshot)))
+
+    def remembered_schema(self, state_key: str) -> dict | None:
+        if not self.exists()["schema"]:
+            return None
+        row = self.conn.execute(self.statements["read_schema"], (state_key,)).fetchone()
+        return row[0] if row else None
 
     def record_unmarked(self, migration_id: str) -> None:
         """An operator undid a dirty migration by hand: yoyo's log says so (it is pending again)."""

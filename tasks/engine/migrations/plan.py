@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tasks.engine.connection import Connection
+from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.history import History, read_history, resolve_hint
 from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
@@ -22,6 +23,11 @@ class Plan:
     unverified: tuple[str, ...] = ()  # applied before checksums were kept (e.g. by plain yoyo)
     beyond_target: tuple[str, ...] = ()  # pending, but after the requested target
     invalid_indexes: tuple[InvalidIndex, ...] = ()  # dropped or refused by policy.invalid_index
+
+    def to_json(self) -> dict[str, object]:
+        return {"applied": list(self.applied), "pending": list(self.pending), "problems": list(self.problems),
+                "unverified": list(self.unverified), "beyond_target": list(self.beyond_target),
+                "invalid_indexes": [str(index) for index in self.invalid_indexes]}
 
 
 def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
@@ -89,6 +95,12 @@ def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,
          allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Read-only: connect, read the history, compare with the files. Takes no lock, writes nothing."""
     with session(connection, read_only=True) as conn:
-        current = make_plan(catalog, read_history(conn), target=target, allow_out_of_order=allow_out_of_order,
+        history = read_history(conn)
+        current = make_plan(catalog, history, target=target, allow_out_of_order=allow_out_of_order,
                             environment=environment)
+        if not history.applied:
+            # A database holding things no migration of ours made, with no history: adopt it first.
+            refusal = census(conn).refusal()
+            if refusal:
+                return replace(current, problems=(refusal, *current.problems))
         return replace(current, invalid_indexes=find_invalid_indexes(conn, catalog, current.pending))

@@ -1,15 +1,20 @@
-"""The rehearsal: every migration applied on a throwaway database, the tail that has rollback files rolled
-back and applied again, then the database dropped (or cached, see rehearsal_cache.py). Where: the target's
-own server, the embedded server, or a scratch server named by an environment variable (a CI container)."""
+"""The rehearsal: what the run will do, done first on a throwaway database (scratch.py says where).
+
+Two ways, chosen by the environment (`rehearsal.start`):
+- from nothing (`empty`): every migration of the directory applied on an empty database, the tail that has
+  rollback files rolled back and applied again (the directory must build a database on its own: pull
+  requests); the last rehearsed database may be kept for the next one (rehearsal_cache.py);
+- on the target's own schema (`target_schema`): the target's schema copied (pg_dump --schema-only, read-only
+  on the target) with its history, then only the pending migrations applied on top, and those with
+  rollback files at the end rolled back and applied again: what will really happen, tables that no
+  migration made included.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-import uuid
-
-from psycopg import sql
 
 from tasks.engine.connection import Connection, connected, connection_from_url
 from tasks.engine.embedded import embedded_server
@@ -17,17 +22,21 @@ from tasks.engine.environments import Environment, Policy
 from tasks.engine.errors import ConfigError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.rehearsal_cache import put_cached, rehearsal_keys, take_cached
 from tasks.engine.migrations.report import RehearsalResult
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.rollback import roll_back
+from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
+from tasks.engine.migrations.scratch import Place, scratch_database
+from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
 
 
 def rehearsal_server(environment: Environment, target: Connection | None) -> Connection | None:
-    """The server on which a throwaway rehearsal database is created, per the environment's setting."""
+    """The server the environment asks rehearsals to run on (scratch.choose_place may stand another in)."""
     kind = environment.rehearsal.kind
     if kind == "none":
         return None
@@ -43,7 +52,22 @@ def rehearsal_server(environment: Environment, target: Connection | None) -> Con
     return target
 
 
-def rehearse(catalog: Catalog, server: Connection, policy: Policy,
+def _policy(policy: Policy) -> Policy:
+    # The rehearsal must not wait on anything for long: no other session uses its database.
+    return policy.model_copy(update={"migration_lock_wait_seconds": 0, "lock_timeout_retries": 0})
+
+
+def _tail(migrations: list[Migration]) -> list[Migration]:
+    """The migrations at the end that have rollback files, last first: rolled back, then applied again."""
+    tail = []
+    for migration in reversed(migrations):
+        if not migration.has_rollback:
+            break
+        tail.append(migration)
+    return tail
+
+
+def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
              log: Log = logger, *, cache: bool = True) -> RehearsalResult:
     """Apply everything on a new database, roll back the tail that has rollback files, re-apply; drop it.
 
@@ -57,45 +81,43 @@ def rehearse(catalog: Catalog, server: Connection, policy: Policy,
         result = rehearse(catalog, server, environment.policy)   # result.reused: migrations not re-applied
     """
     started = time.monotonic()
-    name = f"rdsm_rehearsal_{uuid.uuid4().hex[:12]}"
-    # The rehearsal must not wait on anything for long: no other session uses this database.
-    rehearsal_policy = policy.model_copy(update={"migration_lock_wait_seconds": 0, "lock_timeout_retries": 0})
+    place = place if isinstance(place, Place) else Place(place)
+    server = place.server
+    rehearsal_policy = _policy(policy)
+    cache = cache and not place.stand_in  # a stand-in's roles and databases are made for this rehearsal alone
     keys = rehearsal_keys(catalog, server.user) if cache else []
-    reused = take_cached(server, catalog, keys, name, log) if keys else 0
-    if not reused:
-        with connected(server) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    where = f"{server.host}:{server.port} (temporary database {name}"
-    where += f", from a cached database holding the first {reused} migrations)" if reused else ")"
-    scratch = server.with_database(name)
+    reused = 0
     rolled_back: list[str] = []
     failure: MigrationError | None = None
-    finished = False  # the rehearsal ran to its end or to a migration's failure (not to another exception)
-    try:
-        apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
-        tail = []
-        for migration in reversed(catalog.migrations):
-            if not migration.has_rollback:
-                break
-            tail.append(migration)
-        for migration in tail:
-            roll_back(scratch, migration, rehearsal_policy)
-            rolled_back.append(migration.id)
-        if tail:
-            apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
-        finished = True
-    except MigrationError as exc:
-        failure, finished = exc, True
-    finally:
-        # Worth keeping: the end of a rehearsal that passed, or the state before a transactional migration that
-        # failed while applying (rolled back, so the database holds exactly the migrations before it).
-        keep = bool(keys) and finished and (
-            failure is None
-            or (not rolled_back and failure.report.failed is not None and failure.report.failed.transactional)
-        )
-        if not (keep and put_cached(server, catalog, keys, name, log)):
+    with scratch_database(place, log) as name:
+        reused = take_cached(server, catalog, keys, name, log) if keys else 0
+        if not reused:
             with connected(server) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
+        where = f"{place.where} (temporary database {name}"
+        where += f", from a cached database holding the first {reused} migrations)" if reused else ")"
+        scratch = server.with_database(name)
+        finished = False  # the rehearsal ran to its end or to a migration's failure (not to another exception)
+        try:
+            apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
+            tail = _tail(list(catalog.migrations))
+            for migration in tail:
+                roll_back(scratch, migration, rehearsal_policy)
+                rolled_back.append(migration.id)
+            if tail:
+                apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
+            finished = True
+        except MigrationError as exc:
+            failure, finished = exc, True
+        finally:
+            # Worth keeping: the end of a rehearsal that passed, or the state before a transactional migration
+            # that failed while applying (rolled back: the database holds exactly the migrations before it).
+            keep = bool(keys) and finished and (
+                failure is None
+                or (not rolled_back and failure.report.failed is not None and failure.report.failed.transactional)
+            )
+            if keep:
+                put_cached(server, catalog, keys, name, log)  # renamed away: the scratch drop finds nothing
     return RehearsalResult(
         where=where,
         applied=len(catalog.migrations),
@@ -103,4 +125,50 @@ def rehearse(catalog: Catalog, server: Connection, policy: Policy,
         failure=str(failure) if failure else None,
         duration_seconds=time.monotonic() - started,
         reused=reused,
+        note=place.note,
+    )
+
+
+def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target: Connection,
+                              place: Place | Connection, policy: Policy, log: Log = logger) -> RehearsalResult:
+    """Copy the target's schema and history to a scratch database (read-only on the target), apply only the
+    `pending` migrations on top, roll back and apply again those at the end with rollback files."""
+    started = time.monotonic()
+    place = place if isinstance(place, Place) else Place(place)
+    rehearsal_policy = _policy(policy)
+    dump = dump_schema(target)
+    with session(target, read_only=True) as conn:
+        applied = Ledger.open(conn).read().applied
+    by_id = {m.id: m for m in catalog.migrations}
+    rolled_back: list[str] = []
+    failure: MigrationError | None = None
+    with scratch_database(place, log) as name:
+        with connected(place.server) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
+        scratch = place.server.with_database(name)
+        restore_schema(dump, scratch)
+        with session(scratch) as conn:
+            ledger = Ledger.open(conn)
+            ledger.create_tables()
+            ledger.record_applied([by_id[i] for i in applied if i in by_id], "rehearsal", None,
+                                  operation="mark", comment="rds-migrations rehearsal: the target's history")
+        last = pending[-1] if pending else None
+        try:
+            apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
+            tail = _tail([by_id[i] for i in pending])
+            for migration in tail:
+                roll_back(scratch, migration, rehearsal_policy)
+                rolled_back.append(migration.id)
+            if tail:
+                apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
+        except MigrationError as exc:
+            failure = exc
+    return RehearsalResult(
+        where=f"{place.where} (temporary database {name}, a copy of the target's schema)",
+        applied=len(pending),
+        rolled_back=tuple(rolled_back),
+        failure=str(failure) if failure else None,
+        duration_seconds=time.monotonic() - started,
+        note=place.note,
+        on_target_schema=True,
     )

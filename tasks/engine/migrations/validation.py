@@ -19,8 +19,10 @@ from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 from tasks.engine.migrations.lint import LintFinding, lint_files
 from tasks.engine.migrations.plan import plan
-from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse
-from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_plan, with_rehearsal
+from tasks.engine.migrations.reference import check_drift
+from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse, rehearse_on_target_schema
+from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_drift, with_plan, with_rehearsal
+from tasks.engine.migrations.scratch import choose_place
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +51,41 @@ def check_migrations(migrations_dir: Path, project_root: Path, policy: Policy) -
 
 def validate(migrations_dir: Path, project_root: Path, policy: Policy,
              log: Log = logger) -> tuple[Catalog, ValidationReport]:
-    """Static checks and lint, before anything touches AWS or the database; `ValidationFailed` on errors."""
+    """Static checks and lint, before anything touches AWS or the database; `ValidationFailed` on a problem
+    with the files. Which lint findings block is decided with the plan, when it is known what is pending."""
     catalog, report = check_migrations(migrations_dir, project_root, policy)
     log.info("Static checks and lint:\n%s", report.to_text())
-    if not report.ok:
+    if not report.static_ok:
         raise ValidationFailed(report)
     return catalog, report
 
 
 def rehearse_and_plan(environment: Environment, catalog: Catalog, report: ValidationReport,
-                      connection: Connection, target: str | None = None, log: Log = logger) -> ValidationReport:
-    """Plan against the target (read-only) and, when something is pending, rehearse on a throwaway database."""
+                      connection: Connection, target: str | None = None, log: Log = logger, *,
+                      dry_run: bool = False) -> ValidationReport:
+    """Plan against the target (read-only); when something is pending and the lint findings of what is about
+    to run allow it, rehearse (never changing the target's server in a dry run, see scratch.py)."""
     current = plan(connection, catalog, target=target, allow_out_of_order=environment.policy.allow_out_of_order,
                    environment=environment.name)
-    report = with_plan(report, current)
-    if current.pending and not current.problems:
-        server = rehearsal_server(environment, connection)
-        if server is not None:
-            rehearsal = rehearse(catalog, server, environment.policy, cache=environment.rehearsal.cache)
-            report = with_rehearsal(report, rehearsal)
+    report = with_plan(report, current, catalog)
+    if environment.policy.drift != "ignore" and report.ok:
+        asked = rehearsal_server(environment, connection) or connection
+        applied = [m for m in catalog.migrations if m.id in set(current.applied)]
+        drift, source = check_drift(connection, catalog, choose_place(asked, connection, applied, dry_run=dry_run,
+                                                                      log=log), environment.policy, log)
+        report = with_drift(report, drift, source, environment.policy.drift)
+    server = rehearsal_server(environment, connection) if current.pending and report.ok else None
+    if server is not None:
+        start = getattr(environment.rehearsal, "start", "empty")
+        pending = [m for m in catalog.migrations if m.id in set(current.pending)]
+        if start in ("target_schema", "both"):
+            place = choose_place(server, connection, pending, dry_run=dry_run, log=log)
+            report = with_rehearsal(report, rehearse_on_target_schema(
+                catalog, current.pending, connection, place, environment.policy, log))
+        if start in ("empty", "both"):
+            place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
+            report = with_rehearsal(report, rehearse(catalog, place, environment.policy, log,
+                                                     cache=environment.rehearsal.cache))
     log.info("Plan:\n%s", report.to_text())
     if not report.ok:
         raise ValidationFailed(report)

@@ -18,6 +18,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, SecretsManagerCredentials, load_environment
 from tasks.engine.errors import ConfigError, DatabaseUnreachable, InvalidIndexFound, SecretError
 from tasks.engine.messages import RunSummary, restore_commands
+from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import ApplyReport, MigrationError
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
@@ -157,7 +158,7 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     progress.step = "validate"
     static = progress.report
     report = progress.report = credentials.run(
-        lambda c: steps.rehearse_and_plan(environment, catalog, static, c, target))
+        lambda c: steps.rehearse_and_plan(environment, catalog, static, c, target, dry_run=dry_run))
     if report.plan and report.plan.invalid_indexes and environment.policy.invalid_index == "refuse":
         raise InvalidIndexFound(report.plan.invalid_indexes)
     if not report.pending or dry_run:
@@ -172,6 +173,9 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     progress.step = "migrate"
     progress.applied = credentials.run(lambda c: steps.migrate(
         c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name))
+    if report.drift is not None and not report.drift.drifted:
+        # No drift before, so the live schema now is what the migrations make: the next check reads it back.
+        remember_live_schema(credentials.connection, catalog)
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:

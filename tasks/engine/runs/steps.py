@@ -16,7 +16,9 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import AwsSettings, ConsoleNotify, Environment, Policy, SlackNotify
 from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
+from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.report import ValidationReport
 from tasks.engine.migrations.results import ApplyReport
 from tasks.engine.snapshots.naming import Snapshot
@@ -49,8 +51,9 @@ class Steps(Protocol):
         """The environment's database credentials."""
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
-                          connection: Connection, target: str | None) -> ValidationReport:
-        """The plan against the target and, when something is pending, the rehearsal."""
+                          connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:
+        """The plan against the target and, when something is pending, the rehearsal (a dry run's never
+        creates anything on the target's server)."""
 
     def approve(self, environment: Environment, report: ValidationReport) -> str:
         """Wait for a person to approve the plan; who approved, else `ApprovalDenied`."""
@@ -73,6 +76,13 @@ class Steps(Protocol):
 
     def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
         """Restore one of the environment's snapshots to a new name and swap it in."""
+
+    def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
+                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+        """Record what the database already holds as applied, and keep its schema (migrations/baseline.py)."""
+
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
+        """The live schema against what the applied migrations make; and where that came from."""
 
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         """Announce a run; never fails it."""
@@ -116,10 +126,10 @@ class DirectSteps:
         return connection
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
-                          connection: Connection, target: str | None) -> ValidationReport:
+                          connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:
         from tasks.engine.migrations.validation import rehearse_and_plan
 
-        return rehearse_and_plan(environment, catalog, report, connection, target, log=self.log)
+        return rehearse_and_plan(environment, catalog, report, connection, target, log=self.log, dry_run=dry_run)
 
     def approve(self, environment: Environment, report: ValidationReport) -> str:
         from tasks.engine.errors import ApprovalDenied
@@ -164,6 +174,16 @@ class DirectSteps:
         return restore_environment(environment, snapshot_id, connection, rds_client=self.client("rds", environment),
                                    log=self.log)
 
+    def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
+                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+        from tasks.engine.migrations.baseline import baseline
+
+        return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
+                        dry_run=dry_run, log=self.log)
+
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
+        return environment_drift(environment, connection, catalog, self.log)
+
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         from tasks.engine.notify import deliver
 
@@ -174,3 +194,16 @@ class DirectSteps:
 
     def exclusive(self, environment: str) -> AbstractContextManager[None]:
         return nullcontext()
+
+
+def environment_drift(environment: Environment, connection: Connection, catalog: Catalog,
+                      log: Log) -> tuple[DriftReport, str]:
+    """The drift step's engine, for both kinds of steps: the reference is built (when not remembered) where
+    the environment rehearses."""
+    from tasks.engine.migrations.reference import check_drift
+    from tasks.engine.migrations.rehearsal import rehearsal_server
+    from tasks.engine.migrations.scratch import choose_place
+
+    asked = rehearsal_server(environment, connection) or connection
+    place = choose_place(asked, connection, catalog.migrations, dry_run=False, log=log)
+    return check_drift(connection, catalog, place, environment.policy, log)

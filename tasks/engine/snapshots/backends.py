@@ -236,7 +236,7 @@ class LocalDatabases:
         target = self.credentials.with_database(name)
         env = {**os.environ, **target.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
         # Owners and grants are the source's; the environment's own user owns the restored objects.
-        command = [str(client_binary("pg_restore")), "--no-owner", "--no-privileges", "--exit-on-error",
+        command = [str(client_binary("pg_restore", target.tls())), "--no-owner", "--no-privileges", "--exit-on-error",
                    "--no-password", f"--dbname={name}", "--", snapshot.location]
         self.log.info("pg_restore into database %s", name)
         result = subprocess.run(command, env=env, capture_output=True, text=True)

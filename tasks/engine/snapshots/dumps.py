@@ -47,9 +47,10 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
     dump, partial = directory / f"{identifier}.dump", directory / f"{identifier}.dump.partial"
     log.info("Dumping database %s to %s", connection.dbname, dump)
     env = {**os.environ, **connection.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
-    # The password is only in PGPASSWORD; a table lock held elsewhere fails the dump instead of hanging it.
-    command = [str(client_binary("pg_dump")), "--format=custom", "--no-password", "--lock-wait-timeout=60s",
-               f"--file={partial}"]
+    # The password is only in PGPASSWORD, the TLS settings in PGSSLMODE etc.; a table lock held elsewhere fails
+    # the dump instead of hanging it.
+    command = [str(client_binary("pg_dump", connection.tls())), "--format=custom", "--no-password",
+               "--lock-wait-timeout=60s", f"--file={partial}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

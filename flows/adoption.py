@@ -1,0 +1,39 @@
+"""The baseline flow (run by hand, from the UI: adopt a database another tool migrated) and the drift-check
+flow (scheduled nightly: notifies only when the live schema drifted, and then ends Failed). The steps are in
+tasks/engine/runs/adoption.py; each is a task run of these flows."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.steps import PrefectSteps
+from tasks.engine.migrations.baseline import BaselineReport
+from tasks.engine.runs.adoption import adopt_environment, check_environment_drift
+
+
+@flow(name="baseline")
+def baseline(environment: str, through: str | None = None, tool: str | None = None,
+             migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False) -> BaselineReport:
+    """Record what the environment's database already holds as applied, without running it; keep its schema.
+
+    Args:
+        environment: the environment whose database is adopted.
+        through: every migration up to and including this version is already applied ("0": none).
+        tool: or read this tool's history instead: "knex", "flyway" or "golang-migrate".
+        migrations_dir: the migrations directory, relative to the project.
+        git_sha: the commit recorded with the adopted migrations.
+        dry_run: show the mapping; write nothing.
+    """
+    return adopt_environment(environment, PrefectSteps(), through=through, tool=tool, migrations_dir=migrations_dir,
+                             git_sha=git_sha, dry_run=dry_run)
+
+
+@flow(name="drift-check")
+def drift_check(environment: str, migrations_dir: str = "migrations") -> dict:
+    """Compare the environment's live schema with what its applied migrations make; notify when they differ.
+
+    Args:
+        environment: the environment to check.
+        migrations_dir: the migrations directory, relative to the project.
+    """
+    return check_environment_drift(environment, PrefectSteps(), migrations_dir=migrations_dir).to_json()

@@ -1,0 +1,107 @@
+"""The commands that change a database or a server: run, baseline, resolve, restore, setup-prefect, demo.
+Each goes straight through the engine unless a Prefect API is asked for (flows/launch.py decides)."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli_common import catalog_of, connection_of, emit, environment_of
+from tasks.engine.environments import load_environment
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from tasks.engine.git import head_sha
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.launch import prefect_wanted, run_direct, run_migration_flow
+
+    environment = environment_of(args)
+    parameters = {"git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run, "target": args.target,
+                  "migrations_dir": args.migrations, "trigger": "cli"}
+    if prefect_wanted(environment, asked=args.prefect):
+        code, summary = run_migration_flow(environment, **parameters)  # type: ignore[arg-type]
+    else:
+        from tasks.engine.runs.migration import migrate_environment
+
+        code, summary = run_direct(
+            lambda steps: migrate_environment(environment.name, environment.tier, steps, **parameters),
+            environment.name)
+    emit(args, "run", {"environment": environment.name, "exit_code": code,
+                       **(summary.to_json() if summary is not None else {"outcome": "failed"})}, None)
+    return code
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from flows.launch import prefect_wanted, run_direct
+
+    environment = environment_of(args)
+    parameters = {"through": args.through, "tool": args.tool, "migrations_dir": args.migrations,
+                  "git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run}
+    if prefect_wanted(environment, asked=args.prefect):
+        from flows.adoption import baseline
+        from flows.launch import run_flow
+
+        code, report = run_flow(baseline, environment.name, environment=environment.name, **parameters)
+    else:
+        from tasks.engine.runs.adoption import adopt_environment
+
+        code, report = run_direct(lambda steps: adopt_environment(environment.name, steps, **parameters),
+                                  environment.name)
+    emit(args, "baseline", {"environment": environment.name, "exit_code": code,
+                            **(report.to_json() if report is not None else {})},
+         report.to_text() if report is not None else None)
+    return code
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Without MIGRATION_ID: explain what is dirty. With it: record the operator's resolution."""
+    from tasks.engine.migrations.resolve import explain_state, resolve_dirty
+
+    marked = args.mark_applied or args.mark_not_applied
+    if args.migration is None and marked:
+        raise UsageError("name the migration to mark: resolve --env NAME MIGRATION_ID --mark-applied")
+    if args.migration is not None and not marked:
+        raise UsageError("say how it was resolved: --mark-applied (finished by hand) or --mark-not-applied "
+                         "(undone by hand)")
+    environment = environment_of(args)
+    catalog = catalog_of(args)
+    connection = connection_of(environment)
+    if args.migration is None:
+        clean, explanation = explain_state(connection, catalog, environment=environment.name)
+        print(explanation)
+        return EXIT_OK if clean else EXIT_FAILED
+    print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
+                        policy=environment.policy))
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from flows.launch import prefect_wanted, run_direct, run_flow
+
+    environment = load_environment(args.env)
+    sha = args.git_sha or head_sha()
+    if prefect_wanted(environment, asked=args.prefect):
+        from flows.restore import restore_snapshot
+
+        return run_flow(restore_snapshot, environment.name, environment=environment.name,
+                        snapshot_id=args.snapshot_id, git_sha=sha)[0]
+    from tasks.engine.runs.refresh import restore_snapshot as run_restore
+
+    return run_direct(lambda steps: run_restore(environment.name, args.snapshot_id, steps, git_sha=sha),
+                      environment.name)[0]
+
+
+def cmd_setup_prefect(args: argparse.Namespace) -> int:
+    from flows.setup import FLOW_RUN_COMMAND, setup_prefect
+
+    for name in args.environments:
+        load_environment(name)  # a typo is a usage error, not a limit nobody uses
+    command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
+    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
+                                  flow_run_command=command)))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import demo
+
+    return demo(reset=args.reset)

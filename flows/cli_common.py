@@ -1,0 +1,54 @@
+"""What every command of `rds-migrations` shares: which database a command is about, its credentials, the
+migrations directory, and one way of printing a result (text for a person, or exactly one JSON document on
+stdout with a `schema_version` for a machine; logs always go to stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Environment, load_environment
+from tasks.engine.errors import UsageError
+from tasks.engine.migrations.catalog import Catalog, read_catalog
+
+DATABASE_URL_ENVIRONMENT = "database-url"
+JSON_SCHEMA_VERSION = 1
+
+
+def environment_of(args: argparse.Namespace) -> Environment:
+    """`--env NAME`, or `--database-url URL` (kept in DATABASE_URL, off the process list for children)."""
+    if getattr(args, "database_url", None):
+        os.environ["DATABASE_URL"] = args.database_url
+    if getattr(args, "env", None):
+        return load_environment(args.env)
+    if os.environ.get("DATABASE_URL"):
+        return load_environment(DATABASE_URL_ENVIRONMENT)
+    raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
+
+
+def connection_of(environment: Environment) -> Connection:
+    """The environment's credentials, read directly (read-only commands need no flow run). A named
+    credentials block is a Prefect block, read through the Prefect API; otherwise the default chain."""
+    from tasks.engine.runs.steps import DirectSteps
+
+    make_client = None
+    if environment.aws is not None and environment.aws.credentials_block:
+        from tasks.aws import aws_client as make_client
+    return DirectSteps(make_client=make_client).fetch_secret(environment)
+
+
+def catalog_of(args: argparse.Namespace) -> Catalog:
+    return read_catalog(Path(args.migrations), Path.cwd())
+
+
+def emit(args: argparse.Namespace, command: str, document: dict[str, Any], text: str | None) -> None:
+    """The result: `text` for a person, or with --json one JSON document (`schema_version`, `command`, ...)."""
+    if getattr(args, "json", False):
+        print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "command": command, **document}, indent=2,
+                         default=str))
+    elif text is not None:
+        print(text)

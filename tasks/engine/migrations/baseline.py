@@ -1,0 +1,127 @@
+"""Baseline: adopt a database that another tool (Knex, Flyway, golang-migrate) or a person already migrated.
+
+The migrations it already holds are recorded as applied without running them (yoyo's rows, our checksums,
+who, when, from where, the git SHA, operation `baseline`), and the schema as it was is kept, so drift is
+measured from it. `--through VERSION` records every migration up to VERSION (`0`: none: the schema as it is
+becomes the starting point and the next run applies the whole directory on top of it); `--from TOOL` maps
+that tool's history onto the directory (adopt.py) and refuses, writing nothing, on any entry it cannot map.
+
+Under the migration lock, idempotent (the same migrations recorded again: nothing to do), refused when other
+history is already there. The other tool's tables are left as they are. A dry run reads only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Policy
+from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
+from tasks.engine.logs import Log
+from tasks.engine.migrations.adopt import map_to_catalog, read_applied
+from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.reference import state_key
+from tasks.engine.migrations.schema import read_schema
+from tasks.engine.migrations.schema_copy import dump_schema
+from tasks.engine.migrations.session import migration_lock, session
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    """What a baseline adopted (or, in a dry run, would adopt)."""
+
+    database: str
+    tool: str | None
+    through: str
+    adopted: tuple[str, ...]  # recorded as applied without running them
+    pending: tuple[str, ...]  # what the next run applies
+    mapping: str  # the mapping, as shown before anything was written
+    already: bool = False  # the same migrations were recorded before: nothing was written
+    dry_run: bool = False
+
+    def to_text(self) -> str:
+        if self.already:
+            state = "already adopted: the same migrations are recorded; nothing was written"
+        elif self.dry_run:
+            state = "dry run: nothing was written"
+        else:
+            state = f"adopted: {len(self.adopted)} migration(s) recorded as applied, the schema kept for drift"
+        return f"{self.mapping}\n{self.database}: {state}; {len(self.pending)} pending"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"database": self.database, "tool": self.tool, "through": self.through,
+                "adopted": list(self.adopted), "pending": list(self.pending), "already": self.already,
+                "dry_run": self.dry_run}
+
+
+def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
+             tool: str | None = None, git_sha: str = "unknown", run_id: str | None = None, dry_run: bool = False,
+             log: Log = logger) -> BaselineReport:
+    """Adopt the database `connection` names: see the module's docstring."""
+    if (through is None) == (tool is None):
+        raise UsageError("say what to adopt: --through VERSION (0 for nothing) or --from knex|flyway|golang-migrate")
+    if catalog.problems:
+        raise InvalidMigrations("the migrations directory has problems; nothing was written:\n"
+                                + "\n".join(f"  - {problem}" for problem in catalog.problems))
+    with session(connection, read_only=dry_run, policy=policy, application_name="rds-migrations baseline") as conn:
+        lock = migration_lock(conn, policy.migration_lock_wait_seconds) if not dry_run else _nothing()
+        with lock:
+            if tool is not None:
+                adoption = map_to_catalog(read_applied(conn, tool), catalog, tool)
+                mapping = adoption.to_text()
+                log.info("%s", mapping)
+                adoption.check()
+                adopted = [m for m in catalog.migrations if m.id in set(adoption.applied)]
+            else:
+                adopted = _through(catalog, through or "0")
+                mapping = (f"--through {through}: {len(adopted)} migration(s) of {catalog.directory.name}/ recorded "
+                           "as applied without running them" + "".join(f"\n  {m.id}" for m in adopted))
+                log.info("%s", mapping)
+            ledger = Ledger.open(conn)
+            history = ledger.read()
+            pending = tuple(m.id for m in catalog.migrations if m not in adopted)
+            report = BaselineReport(connection.describe(), tool, through or (adopted[-1].id if adopted else "0"),
+                                    tuple(m.id for m in adopted), pending, mapping, dry_run=dry_run)
+            if history.applied or ledger.baseline() is not None:
+                if set(history.applied) == {m.id for m in adopted}:
+                    return replace(report, already=True)
+                raise HistoryMismatch(
+                    f"{connection.describe()} already has migration history ({len(history.applied)} applied, the "
+                    f"newest {history.applied[-1] if history.applied else 'none'}): a baseline adopts a database "
+                    "that has none; nothing was written (see `rds-migrations plan` for what is pending)")
+            if dry_run:
+                return report
+            dump = dump_schema(connection)
+            ledger.create_tables()
+            ledger.record_baseline(adopted, tool=tool, through=report.through, git_sha=git_sha, run_id=run_id,
+                                   schema_dump=dump, comment=f"rds-migrations baseline "
+                                   f"{'--from ' + tool if tool else '--through ' + report.through}")
+            # The schema as adopted is, by definition, what the migrations recorded so far make.
+            adopted_baseline = ledger.baseline()
+            assert adopted_baseline is not None
+            ledger.remember_schema(state_key(adopted, adopted_baseline.id), read_schema(conn).to_json())
+    log.info("Adopted %s: %d migration(s) recorded as applied", connection.describe(), len(adopted))
+    return report
+
+
+def _through(catalog: Catalog, through: str) -> list[Migration]:
+    if through == "0":
+        return []
+    for index, migration in enumerate(catalog.migrations):
+        if through == migration.id or (through.isdigit() and int(through) == migration.version):
+            return list(catalog.migrations[: index + 1])
+    raise UsageError(f"--through {through!r} names no migration in {catalog.directory.name}/ (a migration id or its "
+                     "version number; 0 adopts the schema as it is with nothing recorded)")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,166 @@
+"""The history tables and every statement that reads or writes them, kept as SQL. Table names are
+placeholders (`{migration}`, `{history}`, ...) that `Ledger.open` fills in, schema-qualified, once per
+session; `%(name)s` and `%s` are psycopg's parameters. yoyo's tables are created exactly as yoyo 9 does, so
+`yoyo list` still reads them."""
+
+from __future__ import annotations
+
+import socket
+
+HOSTNAME = socket.gethostname()[:255]  # for yoyo's log rows: read once, not once per migration
+
+HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS {migration} (
+    migration_hash VARCHAR(64), migration_id VARCHAR(255), applied_at_utc TIMESTAMP,
+    PRIMARY KEY (migration_hash));
+CREATE TABLE IF NOT EXISTS {log} (
+    id VARCHAR(36), migration_hash VARCHAR(64), migration_id VARCHAR(255), operation VARCHAR(10),
+    username VARCHAR(255), hostname VARCHAR(255), comment VARCHAR(255), created_at_utc TIMESTAMP,
+    PRIMARY KEY (id));
+CREATE TABLE IF NOT EXISTS {version} (version INT NOT NULL PRIMARY KEY, installed_at_utc TIMESTAMP);
+INSERT INTO {version} (version, installed_at_utc)
+    VALUES (2, now() AT TIME ZONE 'utc') ON CONFLICT (version) DO NOTHING;
+CREATE TABLE IF NOT EXISTS {lock} (
+    locked INT DEFAULT 1, ctime TIMESTAMP, pid INT NOT NULL, PRIMARY KEY (locked));
+CREATE TABLE IF NOT EXISTS {history} (
+    migration_id VARCHAR(255) PRIMARY KEY,
+    checksum CHAR(64) NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    git_sha TEXT,
+    flow_run_id TEXT,
+    duration_ms INTEGER,
+    transactional BOOLEAN NOT NULL DEFAULT true);
+CREATE TABLE IF NOT EXISTS {dirty} (
+    migration_id VARCHAR(255) PRIMARY KEY,
+    state TEXT NOT NULL,                         -- running | failed | recording
+    statement_number INTEGER NOT NULL DEFAULT 0, -- the statement being run, 1-based
+    statement_count INTEGER NOT NULL,
+    checksum CHAR(64) NOT NULL,
+    sqlstate TEXT,
+    message TEXT,
+    git_sha TEXT,
+    flow_run_id TEXT,
+    backend_pid INTEGER NOT NULL DEFAULT pg_backend_pid(),
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+-- statements 1..applied_through are applied (a failure inside the migration's own transaction undoes more)
+ALTER TABLE {dirty} ADD COLUMN IF NOT EXISTS applied_through INTEGER;
+-- What `baseline` adopted: the schema as it was (pg_dump --schema-only, custom format) and the migrations it
+-- recorded as applied without running them. Drift's reference is this schema plus the migrations since.
+CREATE TABLE IF NOT EXISTS {baseline} (
+    id SERIAL PRIMARY KEY,
+    adopted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    adopted_by TEXT NOT NULL DEFAULT current_user,
+    hostname TEXT,
+    tool TEXT,                                   -- knex | flyway | golang-migrate | NULL (--through)
+    through TEXT,                                -- the last migration recorded, or '0'
+    migrations JSONB NOT NULL,                   -- the ids recorded as applied by this baseline
+    git_sha TEXT,
+    flow_run_id TEXT,
+    schema_dump BYTEA NOT NULL);
+-- The schema the applied migrations make, remembered for a state of history (drift's reference, read fast).
+CREATE TABLE IF NOT EXISTS {schema} (
+    state_key TEXT PRIMARY KEY,
+    snapshot JSONB NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now());
+"""
+
+# The yoyo rows and our checksum row, in one statement (one round trip, inside the migration's transaction).
+RECORD_SQL = """
+WITH migration AS (
+    INSERT INTO {migration} (migration_hash, migration_id, applied_at_utc)
+    VALUES (%(hash)s, %(id)s, now() AT TIME ZONE 'utc') RETURNING 1
+), log AS (
+    INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment,
+                           created_at_utc)
+    VALUES (%(log_id)s, %(hash)s, %(id)s, %(operation)s, current_user, %(hostname)s, %(comment)s,
+            now() AT TIME ZONE 'utc') RETURNING 1
+)
+INSERT INTO {history} (migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional)
+VALUES (%(id)s, %(checksum)s, %(git_sha)s, %(run_id)s,
+        COALESCE(%(duration_ms)s, (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::int),
+        %(transactional)s)
+ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),
+    git_sha = EXCLUDED.git_sha, flow_run_id = EXCLUDED.flow_run_id, duration_ms = EXCLUDED.duration_ms
+"""
+
+RECORD_PARAMETERS = ("hash", "id", "log_id", "operation", "hostname", "comment", "checksum", "git_sha", "run_id",
+                     "duration_ms", "transactional")
+
+# The same statement prepared once per apply session: a migration's message then carries only `EXECUTE` and
+# the server skips parsing and planning the three inserts every time.
+PREPARE_RECORD_SQL = "PREPARE rdsm_record AS " + RECORD_SQL % {
+    name: f"${number}" for number, name in enumerate(RECORD_PARAMETERS, 1)}
+
+EXECUTE_RECORD_SQL = "EXECUTE rdsm_record ({})".format(", ".join(f"%({name})s" for name in RECORD_PARAMETERS))
+
+MARK_DIRTY_SQL = """
+INSERT INTO {dirty} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
+VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s)
+"""
+
+PROGRESS_SQL = """
+UPDATE {dirty} SET state = %s, statement_number = %s, sqlstate = %s, message = %s,
+    applied_through = %s, updated_at = now()
+WHERE migration_id = %s
+"""
+
+CLEAR_DIRTY_SQL = "DELETE FROM {dirty} WHERE migration_id = %s"
+
+# A mark whose session still holds the migration lock belongs to a run in progress, not to a dead one.
+DIRTY_SQL = """
+SELECT d.migration_id, d.state, d.statement_number, d.statement_count, d.checksum, d.sqlstate, d.message,
+       d.flow_run_id, d.started_at, d.applied_through
+FROM {dirty} d
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.pid = d.backend_pid AND l.locktype = 'advisory' AND l.granted
+      AND ((l.classid::bigint << 32) | l.objid::bigint) = %s)
+ORDER BY d.started_at
+"""
+READ_APPLIED_SQL = "SELECT migration_id FROM {migration} ORDER BY applied_at_utc, migration_id"
+READ_CHECKSUMS_SQL = "SELECT migration_id, checksum FROM {history}"
+RECORD_UNVERIFIED_SQL = """
+INSERT INTO {history} (migration_id, checksum, transactional, git_sha) VALUES (%s, %s, %s, 'adopted')
+ON CONFLICT (migration_id) DO NOTHING
+"""
+# Our tables exist where yoyo's do: found by the name yoyo gives them, wherever the session looks first.
+SCHEMA_SQL = """
+SELECT coalesce(
+    (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid)),
+    (SELECT min(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relname = '_yoyo_migration' AND c.relkind IN ('r', 'p')
+     HAVING count(*) = 1),
+    current_schema(),
+    'public')
+"""
+
+# A rollback: yoyo's row goes, a log row says so, and our checksum row goes.
+UNRECORD_SQL = """
+WITH migration AS (
+    DELETE FROM {migration} WHERE migration_hash = %(hash)s RETURNING 1
+), log AS (
+    INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment,
+                           created_at_utc)
+    VALUES (%(log_id)s, %(hash)s, %(id)s, 'rollback', current_user, %(hostname)s, 'rds-migrations',
+            now() AT TIME ZONE 'utc') RETURNING 1
+)
+DELETE FROM {history} WHERE migration_id = %(id)s
+"""
+UNMARK_LOG_SQL = """
+INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment, created_at_utc)
+VALUES (%s, %s, %s, 'unmark', current_user, %s, 'rds-migrations resolve --mark-not-applied', now() AT TIME ZONE 'utc')
+"""
+
+
+BASELINE_SQL = """
+INSERT INTO {baseline} (hostname, tool, through, migrations, git_sha, flow_run_id, schema_dump)
+VALUES (%(hostname)s, %(tool)s, %(through)s, %(migrations)s, %(git_sha)s, %(run_id)s, %(dump)s)
+"""
+READ_BASELINE_SQL = "SELECT id, migrations, schema_dump FROM {baseline} ORDER BY id DESC LIMIT 1"
+REMEMBER_SCHEMA_SQL = """
+INSERT INTO {schema} (state_key, snapshot) VALUES (%s, %s)
+ON CONFLICT (state_key) DO UPDATE SET snapshot = EXCLUDED.snapshot, recorded_at = now()
+"""
+READ_SCHEMA_SQL = "SELECT snapshot FROM {schema} WHERE state_key = %s"

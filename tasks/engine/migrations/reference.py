@@ -1,0 +1,94 @@
+"""Drift's reference: the schema the applied migrations make, and the live schema held against it.
+
+The reference is remembered in the target's own tables for each state of its history (after a baseline,
+and after every run that found no drift), so a check reads two schemas and compares them. When it is not
+remembered, it is built: on a scratch database (scratch.py), the schema a baseline adopted (if any) is
+restored and the migrations applied since are replayed; nothing is written to the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import Policy
+from tasks.engine.logs import Log
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.drift import DriftReport, compare
+from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
+from tasks.engine.migrations.schema_copy import restore_schema
+from tasks.engine.migrations.scratch import Place, scratch_database
+from tasks.engine.migrations.session import session
+
+logger = logging.getLogger(__name__)
+
+
+def state_key(applied: Iterable[Migration], baseline_id: int | None) -> str:
+    """A name for a state of history: the baseline it started from and every migration applied since, each
+    with its content checksum, in order."""
+    digest = hashlib.sha256(f"rds-migrations schema v1\0baseline={baseline_id}".encode())
+    for migration in applied:
+        digest.update(f"\0{migration.id}\0{migration.checksum}".encode())
+    return digest.hexdigest()[:32]
+
+
+def current_state_key(conn_ledger: Ledger, catalog: Catalog) -> str:
+    """The key of the state the database's history is in now (migrations in the directory's order)."""
+    applied = set(conn_ledger.read().applied)
+    baseline = conn_ledger.baseline()
+    return state_key([m for m in catalog.migrations if m.id in applied], baseline.id if baseline else None)
+
+
+def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: Policy,
+                    log: Log = logger) -> tuple[SchemaSnapshot, str]:
+    """(the schema the target's applied migrations make, where it came from). Reads only on the target."""
+    with session(target, read_only=True) as conn:
+        ledger = Ledger.open(conn)
+        applied = set(ledger.read().applied)
+        baseline = ledger.baseline()
+        migrations = [m for m in catalog.migrations if m.id in applied]
+        remembered = ledger.remembered_schema(state_key(migrations, baseline.id if baseline else None))
+    if remembered is not None:
+        return SchemaSnapshot.from_json(remembered), "remembered after the last run"
+    adopted = set(baseline.migrations) if baseline else set()
+    replay = Catalog(catalog.directory, tuple(migrations))
+    # The replay must not stop at anything a real run would refuse: it rebuilds what was applied, as applied.
+    replay_policy = policy.model_copy(update={"allow_out_of_order": True, "migration_lock_wait_seconds": 0,
+                                              "lock_timeout_retries": 0})
+    with scratch_database(place, log) as name:
+        with connected(place.server) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
+        scratch = place.server.with_database(name)
+        if baseline is not None:
+            restore_schema(baseline.schema_dump, scratch)
+        with session(scratch) as conn:
+            scratch_ledger = Ledger.open(conn)
+            scratch_ledger.create_tables()
+            scratch_ledger.record_applied([m for m in migrations if m.id in adopted], "drift", None,
+                                          operation="mark", comment="rds-migrations drift: adopted by a baseline")
+        apply_pending(scratch, replay, replay_policy, git_sha="drift", log=log)
+        with connected(scratch) as conn:
+            snapshot = read_schema(conn)
+    how = "the adopted schema and the migrations since" if baseline else "the applied migrations"
+    return snapshot, f"rebuilt from {how} on {place.where}"
+
+
+def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Policy,
+                log: Log = logger) -> tuple[DriftReport, str]:
+    """The live schema compared with the expected one; (the report, where the expected one came from)."""
+    expected, source = expected_schema(target, catalog, place, policy, log)
+    with connected(target) as conn:
+        live = read_schema(conn)
+    return compare(expected, live), source
+
+
+def remember_live_schema(target: Connection, catalog: Catalog) -> None:
+    """After a run that found no drift: the live schema is what the migrations make, for the new state."""
+    with session(target) as conn:
+        ledger = Ledger.open(conn)
+        if ledger.exists()["schema"]:
+            ledger.remember_schema(current_state_key(ledger, catalog), read_schema(conn).to_json())

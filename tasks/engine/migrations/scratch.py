@@ -1,0 +1,180 @@
+"""Scratch databases: the throwaway databases rehearsals and drift checks build schemas in, and where.
+
+A scratch database is named after the session that keeps it, `rdsm_rehearsal_<keeper pid>_<random>`, and
+that keeper session stays open for as long as the database is used. Every new scratch database first drops
+the ones whose keeper is gone and that nobody is connected to: a run killed with `kill -9` leaves nothing
+behind once the next run on that server starts.
+
+Where: the target's own server (same version, same extensions, the same roles), unless that would change
+the target's server: in a dry run, or when a migration to be rehearsed reaches beyond one database (roles,
+tablespaces, ALTER DATABASE, ALTER SYSTEM). Then the embedded server, with the target's roles created there
+first (names only, no login), so that a GRANT to an existing role works as it would on the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.embedded import embedded_server
+from tasks.engine.logs import Log
+from tasks.engine.migrations.catalog import Migration
+from tasks.engine.migrations.statements import cluster_wide, parsed
+
+logger = logging.getLogger(__name__)
+SCRATCH = re.compile(r"^rdsm_rehearsal_(?:(?P<pid>\d+)_)?[0-9a-f]{8,12}$")
+
+# Ours (by name) and owned by this role, and the session that kept it is gone: what a dead run's statements
+# may still be doing in it is ended with it (FORCE). A name without a keeper's pid comes from an older
+# version of this tool, which kept no session: it goes only when nobody is connected to it.
+ABANDONED_SQL = """
+SELECT d.datname, substring(d.datname FROM '^rdsm_rehearsal_([0-9]+)_') IS NOT NULL FROM pg_database d
+WHERE d.datname ~ '^rdsm_rehearsal_'
+  AND d.datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.pid::text = substring(d.datname FROM '^rdsm_rehearsal_([0-9]+)_'))
+  AND (substring(d.datname FROM '^rdsm_rehearsal_([0-9]+)_') IS NOT NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname))
+"""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where scratch databases are made: `server` (its `dbname` is the database the admin session uses) and,
+    when it is not the place the environment asked for, why, and what the stand-in server is given first."""
+
+    server: Connection
+    note: str | None = None
+    roles_from: Connection | None = None  # the target, whose roles (by name) the stand-in is given first
+    own_roles: frozenset[str] = frozenset()  # roles the migrations create: not copied, dropped afterwards
+    databases: tuple[str, ...] = ()  # empty databases named as the target's (for ALTER DATABASE <name>)
+
+    @property
+    def where(self) -> str:
+        return f"{self.server.host}:{self.server.port}"
+
+    @property
+    def stand_in(self) -> bool:
+        return self.roles_from is not None
+
+
+def choose_place(asked: Connection, target: Connection | None, migrations: Iterable[Migration], *,
+                 dry_run: bool, log: Log = logger) -> Place:
+    """`asked` is the server the environment names for rehearsals; when it is the target's own server and
+    rehearsing there would change that server, the embedded server instead (see the module's docstring)."""
+    if target is None or (asked.host, asked.port) != (target.host, target.port):
+        return Place(asked)
+    migrations = list(migrations)
+    local = embedded_server()
+    if local.port is not None and (target.host, target.port) == ("127.0.0.1", local.port):
+        return Place(asked)  # the target is on the tool's own throwaway server: there is no other to use
+    reasons = []
+    if dry_run:
+        reasons.append("a dry run creates nothing on the target's server")
+    reaching = [f"{m.id} ({what})" for m in migrations for s in m.statements if (what := cluster_wide(s))]
+    if reaching:
+        reasons.append(f"{', '.join(dict.fromkeys(reaching))} would change the target's server itself")
+    if not reasons:
+        return Place(asked)
+    note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
+    log.info("%s", note)
+    local.start()
+    alters = any(cluster_wide(s) == "ALTER DATABASE" for m in migrations for s in m.statements)
+    return Place(local.connection(), note, roles_from=target, own_roles=frozenset(created_roles(migrations)),
+                 databases=(target.dbname,) if alters else ())
+
+
+@contextmanager
+def scratch_database(place: Place, log: Log = logger, *, name: str | None = None) -> Iterator[str]:
+    """A new empty database on `place` (or `name`, when the caller renames a cached one into it), kept by a
+    session of its own until the block ends; dropped afterwards unless the caller renamed it away."""
+    with connected(place.server, application_name="rds-migrations scratch keeper") as keeper:
+        drop_abandoned(keeper, log)
+        made = _prepare_stand_in(place, keeper, log) if place.stand_in else []
+        name = name or keeper_name(keeper)
+        try:
+            yield name
+        finally:
+            _quietly(keeper, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)), log)
+            for database in made:
+                _quietly(keeper, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(database)), log)
+            for role in sorted(place.own_roles):  # what the rehearsed migrations made on the stand-in goes
+                _quietly(keeper, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), log)
+
+
+def _quietly(conn: psycopg.Connection, statement: sql.Composable, log: Log) -> None:
+    try:
+        conn.execute(statement)
+    except psycopg.Error as exc:  # the next run's drop_abandoned finds what is left
+        log.warning("Left after the rehearsal (%s): %s", exc.diag.message_primary or exc,
+                    statement.as_string(conn))
+
+
+def _prepare_stand_in(place: Place, conn: psycopg.Connection, log: Log) -> list[str]:
+    """The target's roles and the databases the migrations name, on the stand-in server; the databases made."""
+    assert place.roles_from is not None
+    for role in sorted(place.own_roles):  # a stopped earlier rehearsal may have left them
+        _quietly(conn, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), log)
+    _copy_roles(place.roles_from, conn, log, skip=place.own_roles)
+    made = []
+    for database in place.databases:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            made.append(database)
+    return made
+
+
+def keeper_name(conn: psycopg.Connection) -> str:
+    """A scratch name for the session `conn` (when it keeps a database the caller creates itself)."""
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    return f"rdsm_rehearsal_{pid}_{uuid.uuid4().hex[:8]}"
+
+
+def drop_abandoned(conn: psycopg.Connection, log: Log = logger) -> list[str]:
+    """Drop the scratch databases dead runs left on this server; the ones dropped."""
+    dropped = []
+    for name, kept in conn.execute(ABANDONED_SQL).fetchall():
+        if not SCRATCH.match(name):
+            continue
+        try:
+            drop = "DROP DATABASE IF EXISTS {} WITH (FORCE)" if kept else "DROP DATABASE IF EXISTS {}"
+            conn.execute(sql.SQL(drop).format(sql.Identifier(name)))  # type: ignore[arg-type]
+            dropped.append(name)
+        except psycopg.Error as exc:  # someone connected meanwhile, or it is not ours to drop
+            log.info("Left scratch database %s (%s)", name, exc.diag.message_primary or exc)
+    if dropped:
+        log.info("Dropped %d scratch database(s) a stopped run left: %s", len(dropped), ", ".join(dropped))
+    return dropped
+
+
+def _copy_roles(target: Connection, conn: psycopg.Connection, log: Log, *, skip: frozenset[str]) -> None:
+    """The target server's roles, by name only (no login, no password, no attribute), on this server."""
+    with connected(target) as source:
+        names = [r[0] for r in source.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")]
+    existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+    for name in sorted(set(names) - existing - skip):
+        try:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            log.info("Role %s not made on the rehearsal server (%s)", name, exc.diag.message_primary or exc)
+
+
+def created_roles(migrations: Iterable[Migration]) -> set[str]:
+    """Roles the migrations create themselves (not to be copied from the target before replaying them)."""
+    from pglast import ast
+
+    found = set()
+    for migration in migrations:
+        for statement in migration.statements:
+            if cluster_wide(statement) == "CREATE ROLE":
+                found |= {node.role for node in parsed(statement) or () if isinstance(node, ast.CreateRoleStmt)}
+    return found

@@ -1,0 +1,83 @@
+"""Adopting a database and watching it afterwards, as runs:
+
+    baseline:    fetch-secret → baseline (record what is already applied, keep the schema) → notify
+    drift-check: fetch-secret → drift (the live schema against what the applied migrations make) → notify,
+                 only when something drifted (a nightly schedule should not be noise)
+
+A drifted database ends the check in `DriftFound` (exit 1 on the command line, a Failed flow run).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tasks.engine.environments import load_environment
+from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.migrations.baseline import BaselineReport
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.drift import DriftReport
+from tasks.engine.notices import Notice
+from tasks.engine.runs.parameters import check_parameters
+from tasks.engine.runs.steps import Steps
+
+
+class DriftFound(RdsMigrationsError):
+    """The live schema is not what the applied migrations make (every difference is in the report)."""
+
+    def __init__(self, environment: str, drift: DriftReport) -> None:
+        super().__init__(f"{environment}: {drift.summary()}\n" + "\n".join(f"  {d.text}" for d in drift.differences)
+                         + "\nput what was changed by hand into a migration (or undo it by hand)")
+        self.drift = drift
+
+
+def adopt_environment(name: str, steps: Steps, *, through: str | None = None, tool: str | None = None,
+                      migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
+                      project_root: Path | None = None) -> BaselineReport:
+    """Record what the named environment's database already holds as applied, keep its schema, notify."""
+    environment = load_environment(name)
+    check_parameters(git_sha, "manual", through, migrations_dir)
+    started, report, error = time.monotonic(), None, None
+    try:
+        with steps.exclusive(environment.name):
+            catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
+            connection = steps.fetch_secret(environment)
+            report = steps.baseline(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
+                                    dry_run=dry_run)
+    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
+        error = exc
+    outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if report and report.already \
+        else "succeeded"
+    facts = [("adopting", f"--from {tool}" if tool else f"--through {through}")]
+    if report is not None:
+        facts += [("recorded", f"{len(report.adopted)} migration(s) as applied, without running them"),
+                  ("pending", f"{len(report.pending)}")]
+    notice = Notice("Baseline", environment.name, environment.tier, outcome, tuple(facts),
+                    tuple(report.mapping.splitlines()) if report else (), str(error) if error else None,
+                    time.monotonic() - started, steps.run_info().run_url)
+    steps.notify(environment.notify, notice)
+    if error is not None:
+        raise error
+    assert report is not None
+    return report
+
+
+def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "migrations",
+                            project_root: Path | None = None) -> DriftReport:
+    """Compare the named environment's live schema with what its applied migrations make; notify and raise
+    `DriftFound` when they differ."""
+    environment = load_environment(name)
+    check_parameters("unknown", "schedule", None, migrations_dir)
+    started = time.monotonic()
+    catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
+    connection = steps.fetch_secret(environment)
+    drift, source = steps.drift(environment, connection, catalog)
+    steps.log.info("%s (the expected schema: %s)", drift.summary(), source)
+    if drift.drifted:
+        notice = Notice("Drift check", environment.name, environment.tier, "drifted",
+                        (("expected", source), ("found", drift.summary())),
+                        tuple(d.text for d in drift.differences), duration_seconds=time.monotonic() - started,
+                        run_url=steps.run_info().run_url)
+        steps.notify(environment.notify, notice)
+        raise DriftFound(environment.name, drift)
+    return drift

@@ -1,0 +1,144 @@
+"""Adopting databases teams already have, through the command line on real PostgreSQL: refused early when not
+adopted, `baseline` from Knex, Flyway and golang-migrate, `--through 0` over foreign tables with the rehearsal
+on the target's own schema, and drift that names a hand-added column and a dropped index and blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.engine.connection import Connection, connected
+from tests.helpers import applied_ids, cli, url_of, write_migrations
+from tests.test_adopt import FLYWAY_DDL, FLYWAY_ROW, GOLANG_DDL, GOLANG_ROW, KNEX_DDL, KNEX_ROW, run
+
+# What Knex (or Flyway, or golang-migrate) made, and the files the team ported to this tool.
+SCHEMA = """
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+ALTER TABLE users ADD COLUMN phone_number text;
+CREATE TABLE devices (id bigint PRIMARY KEY, user_id bigint NOT NULL REFERENCES users (id));
+CREATE INDEX devices_user_id_idx ON devices (user_id);
+"""
+PORTED = {
+    "0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n",
+    "0002.add-phone-number-to-users.sql": "ALTER TABLE users ADD COLUMN phone_number text;\n",
+    "0003.create-devices.sql": ("CREATE TABLE devices (id bigint PRIMARY KEY, user_id bigint NOT NULL "
+                                "REFERENCES users (id));\nCREATE INDEX devices_user_id_idx ON devices (user_id);\n"),
+}
+NEW = {"0004.create-sessions.sql": "CREATE TABLE sessions (id bigint PRIMARY KEY, user_id bigint NOT NULL);\n"}
+
+# An environment like production's: the pending migrations rehearsed on a copy of the target's schema, and
+# drift blocking; a plain PostgreSQL from DATABASE_URL.
+ADOPTED = """
+[environments.adopted]
+tier = "staging"
+credentials = { kind = "url_env", variable = "DATABASE_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+rehearsal = { kind = "target_server", start = "target_schema" }
+policy = { snapshot_required = false, lint_blocks_on = "error", drift = "block" }
+"""
+
+
+@pytest.fixture
+def adopted(tmp_path: Path, database: Connection) -> dict[str, str]:
+    (tmp_path / "environments.toml").write_text(ADOPTED)
+    return {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(database)}
+
+
+def scratch_databases(database: Connection) -> list[str]:
+    with connected(database) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'rdsm\\_%'")]
+
+
+def test_a_database_with_tables_and_no_history_is_refused_before_anything_happens(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    run(database, SCHEMA, KNEX_DDL)
+    write_migrations(tmp_path, PORTED)
+    before = scratch_databases(database)
+    result = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert result.returncode == 1
+    assert "this database has 2 tables (devices, users)" in result.stderr
+    assert "no migration history: adopt it with `rds-migrations baseline`" in result.stderr
+    assert "migrated by Knex; try `rds-migrations baseline --from knex`" in result.stderr
+    assert "rehearsal on" not in result.stderr  # refused before any rehearsal...
+    assert scratch_databases(database) == before and applied_ids(database) == []  # ...lock or history
+
+
+@pytest.mark.parametrize("tool", ["knex", "flyway", "golang-migrate"])
+def test_a_database_another_tool_migrated_is_adopted_and_the_next_run_applies_only_the_new_migration(
+        tmp_path: Path, database: Connection, adopted: dict[str, str], tool: str) -> None:
+    run(database, SCHEMA)
+    if tool == "knex":
+        run(database, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)),
+            (KNEX_ROW, ("002_add_phone_number_to_users.js", 1)), (KNEX_ROW, ("003_create_devices.js", 2)))
+    elif tool == "flyway":
+        run(database, FLYWAY_DDL.format(schema="public"), *(
+            (FLYWAY_ROW.format(schema="public"), (rank, str(rank), description, "SQL", script, 0, True))
+            for rank, description, script in [(1, "create users", "V1__create_users.sql"),
+                                               (2, "add phone number to users", "V2__add_phone_number_to_users.sql"),
+                                               (3, "create devices", "V3__create_devices.sql")]))
+    else:
+        run(database, GOLANG_DDL, (GOLANG_ROW, (3, False)))
+    write_migrations(tmp_path, PORTED)
+
+    shown = cli("baseline", "--env", "adopted", "--from", tool, "--dry-run", "--json", cwd=tmp_path, env=adopted)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    document = json.loads(shown.stdout)
+    assert document["schema_version"] == 1 and document["dry_run"] is True
+    assert document["adopted"] == ["0001.create-users", "0002.add-phone-number-to-users", "0003.create-devices"]
+    assert applied_ids(database) == []  # a dry run writes nothing
+
+    result = cli("baseline", "--env", "adopted", "--from", tool, cwd=tmp_path, env=adopted)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Baseline SUCCEEDED" in result.stderr and "3 migration(s) as applied" in result.stderr
+    again = cli("baseline", "--env", "adopted", "--from", tool, cwd=tmp_path, env=adopted)
+    assert again.returncode == 0 and "already adopted" in again.stdout  # idempotent
+
+    write_migrations(tmp_path, NEW)
+    ran = cli("run", "--env", "adopted", "--json", cwd=tmp_path, env=adopted)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout)["applied"] == ["0004.create-sessions"]
+    assert applied_ids(database) == sorted([*[f[:-4] for f in PORTED], "0004.create-sessions"])
+    if tool == "knex":  # the other tool's tables are left as they were
+        with connected(database) as conn:
+            assert conn.execute("SELECT count(*) FROM knex_migrations").fetchone() == (3,)
+
+
+def test_through_0_adopts_foreign_tables_and_a_migration_altering_one_is_rehearsed_on_the_target_schema(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    run(database, "CREATE TABLE pgbench_accounts (aid integer NOT NULL PRIMARY KEY, bid integer, abalance integer, "
+                  "filler character(84))", "INSERT INTO pgbench_accounts VALUES (1, 1, 0, '')")
+    write_migrations(tmp_path, {"0001.accounts-note.sql": "ALTER TABLE pgbench_accounts ADD COLUMN note text;\n"})
+    assert cli("run", "--env", "adopted", cwd=tmp_path, env=adopted).returncode == 1  # not adopted yet
+
+    adopted_now = cli("baseline", "--env", "adopted", "--through", "0", cwd=tmp_path, env=adopted)
+    assert adopted_now.returncode == 0, adopted_now.stderr[-3000:]
+    result = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a copy of the target's schema" in result.stderr  # replayed from nothing it would fail: no such table
+    assert applied_ids(database) == ["0001.accounts-note"]
+    with connected(database) as conn:
+        assert conn.execute("SELECT note FROM pgbench_accounts").fetchall() == [(None,)]
+
+
+def test_a_hand_added_column_and_a_dropped_index_are_named_by_drift_and_block_the_run(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    write_migrations(tmp_path, PORTED)
+    assert cli("run", "--env", "adopted", cwd=tmp_path, env=adopted).returncode == 0
+    clean = cli("drift", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert clean.returncode == 0 and "no drift" in clean.stdout
+
+    run(database, "ALTER TABLE users ADD COLUMN nickname text", "DROP INDEX devices_user_id_idx")
+    drifted = cli("drift", "--env", "adopted", "--json", cwd=tmp_path, env=adopted)
+    assert drifted.returncode == 1
+    texts = [d["text"] for d in json.loads(drifted.stdout)["differences"]]
+    assert "column public.users.nickname: not made by any migration (added by hand?)" in texts
+    assert "index public.devices_user_id_idx: missing (dropped by hand?)" in texts
+
+    write_migrations(tmp_path, NEW)
+    blocked = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert blocked.returncode == 1
+    assert "the live schema has drifted" in blocked.stderr and "public.users.nickname" in blocked.stderr
+    assert "0004.create-sessions" not in applied_ids(database)

@@ -1,0 +1,104 @@
+"""The rehearsal never changes the target's server: not in a dry run, not with statements that reach beyond
+one database (roles, ALTER DATABASE); and a rehearsal killed halfway leaves nothing once the next run ends.
+Through the command line, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from tasks.engine.connection import Connection, connected
+from tests.helpers import PROJECT, applied_ids, cli, url_of, write_migrations
+
+
+def roles(database: Connection, prefix: str) -> list[str]:
+    with connected(database) as conn:
+        return [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s ORDER BY 1",
+                                           (prefix + "%",))]
+
+
+def scratch_databases(database: Connection) -> list[str]:
+    with connected(database) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'rdsm\\_rehearsal\\_%' ORDER BY 1")]
+
+
+@pytest.fixture
+def role_name(database: Connection):
+    name = f"rdsm_test_{uuid.uuid4().hex[:8]}"
+    yield name
+    with connected(database) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_a_dry_run_changes_nothing_on_the_target_server(tmp_path: Path, database: Connection,
+                                                         role_name: str) -> None:
+    write_migrations(tmp_path, {"0001.role.sql": f"CREATE ROLE {role_name} NOLOGIN;\n"
+                                                 "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    before = scratch_databases(database)
+    result = cli("run", "--database-url", url_of(database), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rehearsed on the embedded server, not the target's: a dry run creates nothing" in result.stderr
+    assert roles(database, role_name) == [] and applied_ids(database) == []
+    assert scratch_databases(database) == before  # not even a scratch database came and went
+
+
+def test_a_migration_creating_a_role_is_rehearsed_elsewhere_and_applied_once(
+        tmp_path: Path, database: Connection, role_name: str) -> None:
+    write_migrations(tmp_path, {
+        "0001.role.sql": f"CREATE ROLE {role_name} NOLOGIN;\n",
+        "0002.grant.sql": f"CREATE TABLE a (id bigint PRIMARY KEY);\nGRANT SELECT ON a TO {role_name};\n",
+        "0003.database.sql": f"ALTER DATABASE {database.dbname} SET work_mem = '8MB';\n",
+    })
+    result = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "would change the target's server itself" in result.stderr
+    assert roles(database, role_name) == [role_name]  # made once, by the run itself
+    assert applied_ids(database) == ["0001.role", "0002.grant", "0003.database"]
+    with connected(database) as conn:  # ALTER DATABASE reached the target only through the real run
+        settings = conn.execute("SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d "
+                                "ON d.oid = s.setdatabase WHERE d.datname = current_database()").fetchone()
+    assert settings == (["work_mem=8MB"],)
+
+
+SLEEP_IN_REHEARSAL = ("DO $$ BEGIN IF current_database() LIKE 'rdsm_rehearsal%' THEN PERFORM pg_sleep(60); "
+                      "END IF; END $$;\n")
+
+
+def test_a_rehearsal_killed_halfway_leaves_nothing_once_the_next_run_ends(tmp_path: Path,
+                                                                          database: Connection) -> None:
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
+                                "0002.slow-in-rehearsal.sql": SLEEP_IN_REHEARSAL})
+    before = scratch_databases(database)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
+    running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        with connected(database) as watcher:
+            while not watcher.execute("SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'rdsm\\_rehearsal\\_%' "
+                                      "AND wait_event = 'PgSleep'").fetchone():
+                assert running.poll() is None and time.monotonic() < deadline, "the rehearsal never started"
+                time.sleep(0.1)
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    left = sorted(set(scratch_databases(database)) - set(before))
+    assert len(left) == 1  # what kill -9 leaves behind, for now
+
+    write_migrations(tmp_path, {"0002.slow-in-rehearsal.sql": "SELECT 1;\n"})  # fixed, and run again
+    result = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Dropped 1 scratch database(s) a stopped run left: {left[0]}" in result.stderr
+    assert scratch_databases(database) == before
