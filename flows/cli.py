@@ -16,10 +16,18 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from flows import cli_change, cli_inspect  # noqa: E402
-from tasks.engine.errors import RdsMigrationsError  # noqa: E402
+from flows import cli_change, cli_inspect, completion  # noqa: E402
+from tasks.engine.errors import EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
 
-VERSION = "0.2.0"
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("rds-migrations")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="rds-migrations",
         description="Safe, observable PostgreSQL schema migrations for AWS RDS, orchestrated by Prefect.",
     )
-    parser.add_argument("--version", action="version", version=f"rds-migrations {VERSION}")
+    parser.add_argument("--version", action="version", version=f"rds-migrations {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run staging then production on an embedded local PostgreSQL")
@@ -73,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     target_options(drift)
     migrations_option(drift)
     json_option(drift)
+
+    status = commands.add_parser("status", help="what the database's history holds: applied (when, by whom, "
+                                                "from which commit and flow run), pending, dirty, the lock, drift")
+    target_options(status)
+    migrations_option(status)
+    json_option(status)
 
     run = commands.add_parser("run", help="run the staging or production flow (by the environment's tier)")
     target_options(run)
@@ -128,13 +142,51 @@ def _parser() -> argparse.ArgumentParser:
                          help="the snapshot (RDS snapshot id, or a local dump's name without .dump)")
     restore.add_argument("--git-sha", default=None, help="the commit the restored database should match")
     prefect_option(restore)
+
+    rollback = commands.add_parser(
+        "rollback", help="undo the applied migrations after a version, newest first, through the same safe pipeline "
+                         "as a run (every one of them needs a rollback file)")
+    target_options(rollback)
+    migrations_option(rollback)
+    rollback.add_argument("--to", required=True, metavar="VERSION",
+                          help="the migration id or version number to go back to (0: undo every migration)")
+    rollback.add_argument("--git-sha", default=None, help="the commit being used (default: git rev-parse HEAD)")
+    rollback.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    prefect_option(rollback)
+    json_option(rollback)
+
+    new = commands.add_parser("new", help="write the next migration file: numbered, depending on the head, from a "
+                                          "template that no rehearsal or run gets past until it is written")
+    new.add_argument("slug", metavar="SLUG", help="what it changes, in lowercase words and hyphens (add-users-email)")
+    migrations_option(new)
+    new.add_argument("--non-transactional", action="store_true",
+                     help="for what cannot run in a transaction (CREATE INDEX CONCURRENTLY): -- transactional: false")
+    new.add_argument("--with-rollback", action="store_true", help="also write NNNN.slug.rollback.sql")
+
+    shells = commands.add_parser("completion", help="print the bash or zsh completion script (install: see "
+                                                    "rds-migrations completion --help)",
+                                 description=completion.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shells.add_argument("shell", nargs="?", choices=["bash", "zsh"], help="the shell to complete in")
+    shells.add_argument("--list-environments", action="store_true", help=argparse.SUPPRESS)  # asked by the scripts
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    if args.list_environments:  # at each TAB: the names, and never an error
+        print("\n".join(completion.environment_names()))
+        return EXIT_OK
+    if args.shell is None:
+        raise UsageError("say which shell: rds-migrations completion bash, or rds-migrations completion zsh")
+    print(completion.script(args.shell, _parser()), end="")
+    return EXIT_OK
+
+
 COMMANDS = {"demo": cli_change.cmd_demo, "validate": cli_inspect.cmd_validate, "plan": cli_inspect.cmd_plan,
-            "drift": cli_inspect.cmd_drift, "run": cli_change.cmd_run, "baseline": cli_change.cmd_baseline,
+            "drift": cli_inspect.cmd_drift,
+            "status": cli_inspect.cmd_status, "run": cli_change.cmd_run, "baseline": cli_change.cmd_baseline,
             "resolve": cli_change.cmd_resolve, "setup-prefect": cli_change.cmd_setup_prefect,
-            "restore": cli_change.cmd_restore}
+            "restore": cli_change.cmd_restore, "rollback": cli_change.cmd_rollback, "new": cli_change.cmd_new,
+            "completion": cmd_completion}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,17 @@
-"""The commands that change a database or a server: run, baseline, resolve, restore, setup-prefect, demo.
+"""The commands that change a database, a server or the migrations directory: run, rollback, baseline,
+resolve, restore, new, setup-prefect, demo.
 Each goes straight through the engine unless a Prefect API is asked for (flows/launch.py decides)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
 
 from flows.cli_common import catalog_of, connection_of, emit, environment_of
-from tasks.engine.environments import load_environment
+from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 from tasks.engine.git import head_sha
 
@@ -31,25 +36,55 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from flows.launch import prefect_wanted, run_direct
-
     environment = environment_of(args)
-    parameters = {"through": args.through, "tool": args.tool, "migrations_dir": args.migrations,
-                  "git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run}
-    if prefect_wanted(environment, asked=args.prefect):
-        from flows.adoption import baseline
-        from flows.launch import run_flow
-
-        code, report = run_flow(baseline, environment.name, environment=environment.name, **parameters)
-    else:
-        from tasks.engine.runs.adoption import adopt_environment
-
-        code, report = run_direct(lambda steps: adopt_environment(environment.name, steps, **parameters),
-                                  environment.name)
+    code, report = _flow_or_engine(args, environment, "flows.adoption:baseline",
+                                   "tasks.engine.runs.adoption:adopt_environment",
+                                   through=args.through, tool=args.tool, migrations_dir=args.migrations,
+                                   git_sha=args.git_sha or head_sha(), dry_run=args.dry_run)
     emit(args, "baseline", {"environment": environment.name, "exit_code": code,
                             **(report.to_json() if report is not None else {})},
          report.to_text() if report is not None else None)
     return code
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    environment = environment_of(args)
+    code, report = _flow_or_engine(args, environment, "flows.rollback:rollback",
+                                   "tasks.engine.runs.rollback:roll_back_environment",
+                                   to=args.to, git_sha=args.git_sha or head_sha(), dry_run=args.dry_run,
+                                   migrations_dir=args.migrations, trigger="cli")
+    emit(args, "rollback", {"environment": environment.name, "exit_code": code,
+                            **(report.to_json() if report is not None else {"rolled_back": []})},
+         report.to_text() if report is not None else None)
+    return code
+
+
+def _flow_or_engine(args: argparse.Namespace, environment: Environment, flow: str, pipeline: str,
+                    **parameters: object) -> tuple[int, Any]:
+    """The flow (`module:name`) when Prefect is wanted, else the pipeline (`module:name`, called with the
+    environment's name and DirectSteps); both imported only then, so the other path costs nothing."""
+    from flows.launch import prefect_wanted, run_direct, run_flow
+
+    def load(where: str) -> Any:
+        module, name = where.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    if prefect_wanted(environment, asked=args.prefect):
+        return run_flow(load(flow), environment.name, environment=environment.name, **parameters)
+    run = load(pipeline)
+    return run_direct(lambda steps: run(environment.name, steps, **parameters), environment.name)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from tasks.engine.migrations.new import new_migration
+
+    written = new_migration(Path(args.migrations), Path.cwd(), args.slug,
+                            transactional=not args.non_transactional, with_rollback=args.with_rollback)
+    for path in written:
+        print(path.relative_to(Path.cwd().resolve()))
+    print("next: write the change where the DO block is (and delete it), then run rds-migrations validate",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The commands that read: validate, plan, drift (and status). None of them writes to the target database;
+"""The commands that read: validate, plan, drift, status. None of them writes to the target database;
 `validate` rehearses on a scratch database of the server it is given, or of the embedded one."""
 
 from __future__ import annotations
@@ -81,3 +81,16 @@ def _log():  # noqa: ANN202 - a logging.Logger
     from flows.launch import console_log
 
     return console_log()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Read-only: what the history holds, pending, dirty marks, the lock and drift when cheap. Exit 0."""
+    import sys
+
+    from tasks.engine.migrations.status import read_status
+
+    environment = environment_of(args)
+    status = read_status(connection_of(environment), catalog_of(args), environment=environment.name,
+                         allow_out_of_order=environment.policy.allow_out_of_order)
+    emit(args, "status", status.to_json(), status.to_text(color=sys.stdout.isatty()))
+    return EXIT_OK

@@ -47,7 +47,8 @@ HISTORY_TABLES = {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", 
 
 
 def test_the_failing_statement_is_named_past_comment_only_statements(tmp_path: Path, database: Connection) -> None:
-    # yoyo keeps comment-only pieces as statements; the server sends no result for them inside one message.
+    # A comment-only piece is no statement (PostgreSQL's scanner splits the file, as the server reads it); a
+    # comment before a statement, or after it before its semicolon, stays with it.
     sql_text = (
         "CREATE TABLE a (id bigint);\n"
         "/* a comment /* nested */ on its own */\n-- and another\n;\n"
@@ -56,7 +57,7 @@ def test_the_failing_statement_is_named_past_comment_only_statements(tmp_path: P
         "CREATE TABLE c (id bigint);\n"
     )
     number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
-    assert (number, sqlstate) == (4, "22P02") and statement.startswith("INSERT INTO a VALUES ('not a number')")
+    assert (number, sqlstate) == (3, "22P02") and statement.startswith("INSERT INTO a VALUES ('not a number')")
 
 
 def test_a_syntax_error_in_a_later_statement_is_named_and_nothing_runs(tmp_path: Path, database: Connection) -> None:
@@ -115,8 +116,8 @@ def test_an_unclosed_quote_is_named_as_statement_by_statement(tmp_path: Path, da
 def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
     tmp_path: Path, database: Connection
 ) -> None:
-    # yoyo's splitter reads \' as an escaped quote and joins statements 2-4 into one; the server runs them as
-    # three. Counting answers would blame the wrong statement, so such a file goes statement by statement.
+    # yoyo's splitter (sqlparse) reads \' as an escaped quote and would join statements 2-4 into one; the server
+    # runs them as three. Files are split by PostgreSQL's own scanner, so the numbers are the server's.
     sql_text = (
         "CREATE TABLE t (s text);\n"
         "INSERT INTO t VALUES ('C:\\');\n"
@@ -126,7 +127,7 @@ def test_a_file_the_server_splits_differently_from_yoyo_is_not_misnamed(
         "INSERT INTO u VALUES (1);\n"
     )
     number, statement, sqlstate = failed_statement(tmp_path, database, sql_text)
-    assert (number, sqlstate, statement) == (4, "23505", "INSERT INTO u VALUES (1);")
+    assert (number, sqlstate, statement) == (6, "23505", "INSERT INTO u VALUES (1)")
 
 
 def test_standard_conforming_strings_set_inside_a_migration_reads_as_written(

@@ -88,7 +88,7 @@ def apply_pending(
                 # run, a progress line per PROGRESS_EVERY in a large one (1,000 pending: 11 lines, not 1,000).
                 if count <= PROGRESS_EVERY or position % PROGRESS_EVERY == 0 or position == count - 1:
                     log.info("Applying %s (%d of %d)", migration.id, position + 1, count)
-                outcome = _apply_one(conn, ledger, migration, policy, start, git_sha=git_sha, run_id=run_id, log=log)
+                outcome = apply_one(conn, ledger, migration, policy, start, git_sha=git_sha, run_id=run_id, log=log)
                 if isinstance(outcome, MigrationFailure):
                     resolution = resolve_hint(migration.id, environment) if outcome.dirty else ""
                     outcome = redacted(replace(outcome, resolution=resolution), password)
@@ -112,9 +112,12 @@ def apply_pending(
     )
 
 
-def _apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, policy: Policy,
+def apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, policy: Policy,
                start: StartingState, *, git_sha: str, run_id: str | None,
                log: Log) -> AppliedMigration | MigrationFailure:
+    """One migration, retried after a lock timeout with the policy's backoff and jitter when it is
+    transactional (rolled back, so known to have changed nothing); never anything else. The rollback path uses
+    it too, with a ledger whose history step removes what a migration's records."""
     attempts = 0
     while True:
         attempts += 1

@@ -11,8 +11,10 @@ import hashlib
 import heapq
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
+import pglast
 import sqlparse
 from yoyo.migrations import parse_metadata_from_sql_comments
 
@@ -77,7 +79,11 @@ class Catalog:
         return tuple(m.id for m in self.migrations)
 
     def get(self, migration_id: str) -> Migration | None:
-        return next((m for m in self.migrations if m.id == migration_id), None)
+        return self._by_id.get(migration_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, Migration]:
+        return {m.id: m for m in self.migrations}
 
 
 def checksum(text: str) -> str:
@@ -181,12 +187,22 @@ def read_text(path: Path) -> str:
 
 
 def split_migration(text: str) -> tuple[dict[str, str], list[str]]:
-    """(directives, statements) as yoyo reads them: its leading-comment directives (`-- depends:`,
-    `-- transactional:`) and its statements, empty ones dropped."""
-    statements = sqlparse.split(text)
-    directives: dict[str, str] = {}
-    if statements:
-        directives, _, statements[0] = parse_metadata_from_sql_comments(statements[0])
+    """(directives, statements): yoyo's leading-comment directives (`-- depends:`, `-- transactional:`), and
+    the statements as PostgreSQL's own scanner splits them (pglast): dollar quotes, E'' strings, nested
+    comments and all, exactly where the server will. (yoyo splits with sqlparse, which reads `\\'` as an
+    escaped quote where PostgreSQL does not, and takes 20 s for a 10 MB file of INSERTs.) A text the scanner
+    cannot read (an unclosed quote) is split by sqlparse, and the server then says what is wrong."""
+    header = after_comments(text)
+    directives, _, _ = parse_metadata_from_sql_comments(text[: len(text) - len(header)])
+    try:
+        statements = list(pglast.split(text, with_parser=False))
+    except pglast.parser.ParseError:
+        statements = [s for s in sqlparse.split(text) if s.strip()]
+        if statements:
+            statements[0] = parse_metadata_from_sql_comments(statements[0])[2]
+        return directives, statements
+    if statements:  # the first statement carries the file's leading comments: the directives
+        statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
     return directives, [s for s in statements if s.strip()]
 
 

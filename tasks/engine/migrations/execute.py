@@ -56,7 +56,7 @@ def run_transactional(conn: psycopg.Connection, ledger: Ledger, migration: Migra
 def _run_as_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, start: StartingState, *,
                 git_sha: str, run_id: str | None, prepared: bool) -> MigrationFailure | None:
     script = Script.build(migration, ledger.record_statement(migration, git_sha, run_id, prepared=prepared),
-                          start=start.statements(), before_record=RECORD_AS_THE_RUN)
+                          start=start.statements(), before_record=start.as_the_run())
     answers: list[pq.PGresult] = []
     try:
         _exchange(conn, script.text, answers)
@@ -121,12 +121,15 @@ def _ended_early(conn: psycopg.Connection, ledger: Ledger, migration: Migration,
 def _exchange(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -> None:
     """Send `text` as one message and collect the server's answers into `answers` as they arrive, so that they
     are there when the connection drops halfway. Stops at an answer that needs more than reading (COPY)."""
+    pgconn = conn.pgconn
     with conn.lock:
-        conn.pgconn.send_query(text.encode(conn.info.encoding))
-        conn.wait(generators.send(conn.pgconn))
+        pgconn.send_query(text.encode(conn.info.encoding))
+        conn.wait(generators.send(pgconn))
         while True:
             try:
-                answer = conn.wait(generators.fetch(conn.pgconn))
+                # An answer already read off the socket is taken as it is; psycopg's wait only when one is not
+                # there yet (a migration has seven answers: most are there by the time the first is read).
+                answer = pgconn.get_result() if not pgconn.is_busy() else conn.wait(generators.fetch(pgconn))
             except psycopg.Error:
                 if any(a.status == FATAL_ERROR for a in answers):
                     return  # the server said why before it closed the connection (as psycopg's fetch_many does)
@@ -168,7 +171,7 @@ def _run_statement_by_statement(conn: psycopg.Connection, ledger: Ledger, migrat
                 answer = conn.execute(statement, prepare=False)
                 if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
                     raise _EndedEarly(number, answer.statusmessage or "COMMIT or ROLLBACK")
-            conn.execute("; ".join(RECORD_AS_THE_RUN))
+            conn.execute("; ".join(start.as_the_run()))
             ledger.record(migration, git_sha, run_id, started)
     except _EndedEarly as ended:
         return _ended_early(conn, ledger, migration, ended.number, ended.tag)
@@ -257,8 +260,6 @@ class Script:
 _ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
 MISSING_PREPARED = "26000"  # invalid_sql_statement_name: the prepared history insert is gone
 RECORDING = "(recording it in the history tables)"
-# Before the history rows: the run's own user again, whatever role the migration's statements ran as.
-RECORD_AS_THE_RUN = ("SET SESSION AUTHORIZATION DEFAULT", "RESET ROLE")
 
 
 # Statements whose first keyword is the first word of the command tag the server answers them with. Others

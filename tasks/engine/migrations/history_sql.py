@@ -164,3 +164,20 @@ INSERT INTO {schema} (state_key, snapshot) VALUES (%s, %s)
 ON CONFLICT (state_key) DO UPDATE SET snapshot = EXCLUDED.snapshot, recorded_at = now()
 """
 READ_SCHEMA_SQL = "SELECT snapshot FROM {schema} WHERE state_key = %s"
+
+# Status (read-only): every applied migration with the log row that recorded it (its apply, its mark by resolve,
+# or its baseline; the newest, as a rollback and a new apply log again), and our row beside it when there is one.
+READ_RECORDED_SQL = """
+SELECT m.migration_id, m.applied_at_utc, l.operation, l.username, l.hostname, l.comment
+FROM {migration} m
+LEFT JOIN (
+    SELECT DISTINCT ON (migration_hash) migration_hash, operation, username, hostname, comment
+    FROM {log} WHERE operation IN ('apply', 'mark', 'baseline')
+    ORDER BY migration_hash, created_at_utc DESC, id DESC
+) l ON l.migration_hash = m.migration_hash
+ORDER BY m.applied_at_utc, m.migration_id
+"""
+READ_RECORDED_NO_LOG_SQL = """
+SELECT migration_id, applied_at_utc, NULL, NULL, NULL, NULL FROM {migration} ORDER BY applied_at_utc, migration_id
+"""
+READ_HISTORY_ROWS_SQL = "SELECT migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional FROM {history}"

@@ -75,6 +75,8 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
         else:
             beyond = [m.id for m in pending if position[m.id] > index]
             pending = [m for m in pending if position[m.id] <= index]
+            if not pending and known_applied and index < max(known_applied):
+                problems.append(_below_head(catalog, target, max(known_applied), environment))
     return Plan(
         applied=history.applied,
         pending=tuple(m.id for m in pending),
@@ -82,6 +84,14 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
         unverified=tuple(unverified),
         beyond_target=tuple(beyond),
     )
+
+
+def _below_head(catalog: Catalog, target: str, head: int, environment: str | None) -> str:
+    """`run` only applies: a target below what is applied asks for a rollback, which is its own command."""
+    where = f"--env {environment}" if environment else "--env NAME"
+    return (f"target {target!r} is below the newest applied migration ({catalog.migrations[head].id}): a run only "
+            f"applies, it never undoes; to go back to it, run `rds-migrations rollback {where} --to {target}` "
+            "(every migration above it needs a rollback file)")
 
 
 def _target_index(catalog: Catalog, target: str) -> int | None:

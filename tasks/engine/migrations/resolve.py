@@ -1,5 +1,5 @@
-"""Dirty databases: explain what a non-transactional migration that did not finish left behind (each
-statement's fate, the indexes it names), and record how an operator resolved it by hand."""
+"""Dirty databases: explain what a non-transactional migration (or its rollback file) that did not finish left
+behind (each statement's fate, the indexes it names), and record how an operator resolved it by hand."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.history import DirtyMigration, Ledger, read_history, resolve_hint
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
 from tasks.engine.migrations.plan import make_plan
+from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
 from tasks.engine.migrations.session import migration_lock, session
 from tasks.engine.migrations.sqltext import quote_identifier, shorten
 
@@ -32,7 +33,14 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
     else:
         if migration.checksum != dirty.checksum:
             lines.append("  its file changed since it ran: restore the version that ran to resolve this")
-        for number, statement in enumerate(migration.statements, 1):
+        statements = migration.statements
+        undoing = bool(dirty.message and dirty.message.startswith(rolling_back(migration)))
+        if undoing:  # its rollback file left the mark: those statements are the ones that ran, or not
+            statements = migration.rollback_statements or ()
+            lines.append(f"  its rollback file ({rollback_file(migration)}) was running; the migration is recorded as "
+                         "not applied: --mark-not-applied once the undo is finished by hand, --mark-applied once "
+                         "what the rollback undid is put back")
+        for number, statement in enumerate(statements, 1):
             if dirty.state == "recording" or number < dirty.statement_number:
                 fate = "ran"
             elif number == dirty.statement_number:

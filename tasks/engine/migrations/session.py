@@ -78,28 +78,33 @@ def _unlock(conn: psycopg.Connection) -> None:
 @dataclass(frozen=True)
 class StartingState:
     """What every migration starts with, whatever the one before it did to the session: the run's own user
-    (no role, no session authorization), the policy's timeouts and the search_path the session began with.
-    A migration may set any of them for its own statements; the next one starts from this again."""
+    (no role, no other session authorization), the policy's timeouts and the search_path the session began
+    with. A migration may set any of them for its own statements; the next one starts from this again."""
 
+    user: str
     search_path: str
     lock_timeout_ms: int
     statement_timeout_ms: int
 
     @classmethod
     def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
-        search_path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
-        return cls(search_path, policy.lock_timeout_ms, policy.statement_timeout_ms)
+        user, search_path = conn.execute(  # type: ignore[misc]
+            "SELECT session_user, current_setting('search_path')").fetchone()
+        return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms)
 
     def statements(self) -> tuple[str, ...]:
-        """Plain SQL text (sent inside a migration's message, where no parameter can go)."""
-        return (
-            "SET SESSION AUTHORIZATION DEFAULT",
-            "RESET ROLE",
-            f"SET lock_timeout = '{self.lock_timeout_ms}ms'",
-            f"SET statement_timeout = '{self.statement_timeout_ms}ms'",
-            # set_config, not SET: `SET search_path = '<list>'` would read the whole list as one name.
-            f"SELECT set_config('search_path', {_literal(self.search_path)}, false)",
-        )
+        """Plain SQL text (sent inside a migration's message, where no parameter can go): ONE statement, so a
+        migration costs the server one more answer, not five. set_config, not SET: `SET search_path = '<list>'`
+        would read the whole list as one name."""
+        return (self.as_the_run()[0][: -len(")")] + ", " + ", ".join([
+            f"set_config('lock_timeout', '{self.lock_timeout_ms}ms', false)",
+            f"set_config('statement_timeout', '{self.statement_timeout_ms}ms', false)",
+            f"set_config('search_path', {_literal(self.search_path)}, false)"]) + ")",)
+
+    def as_the_run(self) -> tuple[str, ...]:
+        """Back to the run's own user (before the history rows are written)."""
+        return (f"SELECT (set_config('session_authorization', {_literal(self.user)}, false), "
+                "set_config('role', 'none', false))",)
 
     def restore(self, conn: psycopg.Connection) -> None:
         """Back to the starting state, outside a migration (before bookkeeping, at the end of a run)."""

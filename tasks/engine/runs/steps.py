@@ -21,6 +21,7 @@ from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.report import ValidationReport
 from tasks.engine.migrations.results import ApplyReport
+from tasks.engine.migrations.rollback import RollbackReport
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.refresh import Replacement
 from tasks.engine.snapshots.swap import SwapResult
@@ -76,6 +77,10 @@ class Steps(Protocol):
 
     def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
         """Restore one of the environment's snapshots to a new name and swap it in."""
+
+    def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
+                 environment: str) -> RollbackReport:
+        """Undo the applied migrations after `to`, newest first, under the migration lock."""
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
@@ -173,6 +178,15 @@ class DirectSteps:
 
         return restore_environment(environment, snapshot_id, connection, rds_client=self.client("rds", environment),
                                    log=self.log)
+
+    def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
+                 environment: str) -> RollbackReport:
+        from tasks.engine.migrations.rollback import roll_back_to
+
+        report = roll_back_to(connection, catalog, policy, to, git_sha=git_sha, run_id=None, environment=environment,
+                              log=self.log)
+        self.log.info("Rolled back %d migration(s) in %.1fs", len(report.rolled_back), report.duration_seconds)
+        return report
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:

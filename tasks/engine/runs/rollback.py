@@ -1,0 +1,84 @@
+"""Rolling back to a version, as a run: the same pipeline as a migration run, the other way.
+
+    validate → fetch-secret → plan (what will be undone, newest first) → [approve] → snapshot → roll back → notify
+
+Refused before anything is written when a migration above the version has no rollback file (each named).
+Nothing to undo, or a dry run: no snapshot and no lock. Notify always runs; the run ends in the error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tasks.engine.environments import load_environment
+from tasks.engine.messages import restore_commands
+from tasks.engine.migrations.plan import Plan
+from tasks.engine.migrations.report import with_plan
+from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
+from tasks.engine.migrations.rollback_plan import plan_rollback
+from tasks.engine.notices import Notice
+from tasks.engine.runs.migration import Credentials, check_tier
+from tasks.engine.runs.parameters import check_parameters
+from tasks.engine.runs.steps import Steps
+from tasks.engine.snapshots.naming import Snapshot
+
+
+def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "unknown", dry_run: bool = False,
+                          migrations_dir: str = "migrations", trigger: str = "manual",
+                          project_root: Path | None = None) -> RollbackReport | None:
+    """Undo the named environment's migrations after `to` (`"0"`: all), newest first; None when there was nothing
+    to undo or it was a dry run."""
+    environment = load_environment(name)
+    check_tier(environment, environment.tier)
+    check_parameters(git_sha, trigger, to, migrations_dir)
+    started, step = time.monotonic(), "validate"
+    report: RollbackReport | None = None
+    snapshot: Snapshot | None = None
+    undo: tuple[str, ...] = ()
+    error: Exception | None = None
+    with steps.exclusive(environment.name):
+        try:
+            catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
+            step = "fetch-secret"
+            credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
+                                                    "trigger": trigger, "to": to}, steps)
+            step = "plan"
+            plan = credentials.run(lambda c: plan_rollback(c, catalog, to, environment=environment.name))
+            undo = plan.undo
+            steps.publish(f"rollback-plan-{environment.name}", f"```\n{plan.to_text()}\n```\n",
+                          f"Rollback plan for {environment.name}")
+            steps.log.info("Rollback plan:\n%s", plan.to_text())
+            if plan.problems:
+                raise RollbackRefused(plan)
+            if plan.undo and not dry_run:
+                if environment.tier == "production" and environment.policy.approval_required:
+                    step = "approval"
+                    # The approval form lists what will be undone as what is "pending" for this run.
+                    steps.log.info("Approved by %s", steps.approve(environment, with_plan(
+                        validation, Plan(applied=plan.keep, pending=plan.undo), catalog)))
+                if environment.snapshot.kind != "none":
+                    step = "snapshot"
+                    snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger)
+                step = "rollback"
+                report = credentials.run(lambda c: steps.rollback(c, catalog, environment.policy, to=to,
+                                                                  git_sha=git_sha, environment=environment.name))
+        except Exception as exc:  # noqa: BLE001 - announced, then raised again below
+            error = exc
+            if isinstance(exc, RollbackError):
+                report = exc.report
+        outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if not undo else "succeeded"
+        facts = [("to", to), ("git SHA", git_sha), ("planned", ", ".join(undo) or "nothing to undo")]
+        if report is not None:
+            facts += [("rolled back", ", ".join(report.rolled_back_ids) or "none"),
+                      ("still applied", report.applied[-1] if report.applied else "none")]
+        if snapshot is not None:
+            facts.append(("snapshot", snapshot.identifier))
+        details = restore_commands(environment.name, snapshot.identifier) if snapshot and error else ()
+        notice = Notice("Rollback", environment.name, environment.tier, outcome, tuple(facts), details,
+                        (f"at step {step}: {error}" if error else None), time.monotonic() - started,
+                        steps.run_info().run_url)
+        steps.notify(environment.notify, notice)
+    if error is not None:
+        raise error
+    return report
