@@ -34,7 +34,8 @@ def test_workflows_validate_offline_against_the_github_schema() -> None:
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_every_entrypoint_imports_and_names_a_flow(name: str) -> None:
     flow = flow_of(DEPLOYMENTS[name]["entrypoint"])
-    assert flow.name.startswith(("migrate-", "refresh-", "restore-"))
+    assert flow.name.startswith(("migrate-", "refresh-", "restore-")) or flow.name in {"rollback", "baseline",
+                                                                                       "drift-check"}
     parameters = set(flow.parameters.properties)
     assert set(DEPLOYMENTS[name].get("parameters", {})) <= parameters
 
@@ -72,6 +73,11 @@ def test_prefect_yaml_policies() -> None:
     schedule = DEPLOYMENTS["staging-refresh"]["schedules"][0]
     assert schedule["cron"] and schedule["timezone"]
     assert "git_clone" in json.dumps(PREFECT_YAML["pull"])
+    # What writes to a database runs one at a time per deployment; a read-only check needs no slot.
+    for name in ("staging", "production", "staging-refresh", "restore", "rollback", "baseline"):
+        assert DEPLOYMENTS[name]["concurrency_limit"]["limit"] == 1, name
+    assert DEPLOYMENTS["baseline"]["parameters"]["dry_run"] is True  # adopting is tried before it is done
+    assert DEPLOYMENTS["production-drift-check"]["schedules"][0]["cron"]
 
 
 def policy(name: str) -> dict:

@@ -65,6 +65,10 @@ class LintError(RdsMigrationsError):
     """squawk could not run, or its output could not be read. Not raised for findings."""
 
 
+class CommitUnavailable(RdsMigrationsError):
+    """A run's commit cannot be fetched or checked out: nothing was read from migrations/ or touched."""
+
+
 class InvalidMigrations(RdsMigrationsError):
     """The migrations directory has problems (catalog.py names each file and line): nothing was applied."""
 

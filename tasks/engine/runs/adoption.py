@@ -18,6 +18,7 @@ from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.notices import Notice
+from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters
 from tasks.engine.runs.steps import Steps
 
@@ -40,6 +41,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
     started, report, error = time.monotonic(), None, None
     try:
         with steps.exclusive(environment.name):
+            git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
             connection = steps.fetch_secret(environment)
             report = steps.baseline(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,

@@ -21,6 +21,7 @@ from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import ApplyReport, MigrationError
+from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.naming import Snapshot
@@ -100,6 +101,7 @@ class Progress:
     """What a run has got to so far: the step it is in and the values each step returned."""
 
     step: str = "validate"
+    git_sha: str = "unknown"  # the commit really applied, once the run knows it
     report: ValidationReport | None = None
     snapshot: Snapshot | None = None
     applied: ApplyReport | None = None
@@ -122,7 +124,7 @@ def run_migration(
     check_parameters(git_sha, trigger, target, migrations_dir)
     project_root = project_root or Path.cwd()
     started = time.monotonic()
-    progress = Progress()
+    progress = Progress(step="checkout", git_sha=git_sha)
     error: Exception | None = None
     try:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
@@ -136,7 +138,7 @@ def run_migration(
 
     if progress.report is not None:
         _publish_plan(steps, environment, progress.report)
-    summary = summarize(environment, steps, progress, git_sha=git_sha, trigger=trigger, dry_run=dry_run,
+    summary = summarize(environment, steps, progress, git_sha=progress.git_sha, trigger=trigger, dry_run=dry_run,
                         error=error, duration=time.monotonic() - started)
     delivered = steps.notify(environment.notify, summary)
     steps.log.info("Notification %s", "sent" if delivered else "not sent")
@@ -150,6 +152,8 @@ def run_migration(
 
 def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, dry_run: bool,
            target: str | None, migrations_dir: str, trigger: str, project_root: Path, approval: bool) -> None:
+    git_sha = progress.git_sha = commit_of_run(steps, git_sha, project_root, migrations_dir)
+    progress.step = "validate"
     catalog, progress.report = steps.validate(Path(migrations_dir), project_root, environment.policy)
     progress.step = "fetch-secret"
     credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,

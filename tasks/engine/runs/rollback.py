@@ -18,6 +18,7 @@ from tasks.engine.migrations.report import with_plan
 from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
 from tasks.engine.migrations.rollback_plan import plan_rollback
 from tasks.engine.notices import Notice
+from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.migration import Credentials, check_tier
 from tasks.engine.runs.parameters import check_parameters
 from tasks.engine.runs.steps import Steps
@@ -32,13 +33,15 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     environment = load_environment(name)
     check_tier(environment, environment.tier)
     check_parameters(git_sha, trigger, to, migrations_dir)
-    started, step = time.monotonic(), "validate"
+    started, step = time.monotonic(), "checkout"
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None
     undo: tuple[str, ...] = ()
     error: Exception | None = None
     with steps.exclusive(environment.name):
         try:
+            git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
+            step = "validate"
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
             step = "fetch-secret"
             credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
