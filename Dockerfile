@@ -3,10 +3,10 @@
 # non-root user. The code is not baked in: each flow run clones the repository (the pull step in
 # prefect.yaml), so the image changes only when uv.lock does.
 #
-#   docker build --platform linux/amd64 -t rds-migrations .     (or prefect.yaml's build step)
+#   docker build --platform linux/amd64 -t rds-migrations .     (or deployments/prefect.ecs.yaml's build step)
 #   docker run --rm -e PREFECT_API_URL=… rds-migrations          a worker of the `rds-migrations` pool
 #
-# Written for Docker's classic builder too (prefect-docker builds through docker-py): no BuildKit-only syntax.
+# Written for Docker's classic builder too: no BuildKit-only syntax.
 # linux/amd64 only: pgserver, a dependency, publishes no wheel for arm64.
 
 # python:3.11.16-slim-bookworm, pinned by the digest of its multi-platform index (docker-library/repo-info).

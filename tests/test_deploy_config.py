@@ -1,8 +1,9 @@
-"""prefect.yaml, the GitHub workflows, the README and the IAM policies agree with the code (no services)."""
+"""prefect.yaml (and its ECS twin), the GitHub workflows, the README and the IAM policies agree with the code."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -113,3 +114,47 @@ def test_refresh_role_denies_production_explicitly() -> None:
     for s in statements:
         if s["Effect"] == "Allow" and {"rds:DeleteDBInstance", "rds:ModifyDBInstance"} & set(s["Action"]):
             assert "app-staging" in s["Resource"] and "production" not in s["Resource"]
+
+
+ECS_YAML = yaml.safe_load((PROJECT / "deployments/prefect.ecs.yaml").read_text())
+
+
+def test_the_ecs_file_deploys_the_same_deployments_on_the_ecs_pool() -> None:
+    """Everything but the pool and its job variables is prefect.yaml's: the two files cannot drift apart."""
+    ecs = {d["name"]: d for d in ECS_YAML["deployments"]}
+    assert sorted(ecs) == sorted(DEPLOYMENTS)
+    for name, deployment in DEPLOYMENTS.items():
+        same = {k: v for k, v in deployment.items() if k != "work_pool"}
+        assert {k: v for k, v in ecs[name].items() if k != "work_pool"} == same, name
+        pool = ecs[name]["work_pool"]
+        assert pool["name"] == "rds-migrations-ecs" and pool["job_variables"]["image"] == "{{ image-name.stdout }}"
+        role = pool["job_variables"]["task_role_arn"].removeprefix("{{ $RDS_MIGRATIONS_ROLES }}")
+        assert (PROJECT / "deployments/iam" / f"{role}.json").is_file(), name
+    assert ECS_YAML["pull"] == PREFECT_YAML["pull"]
+
+
+def test_the_ecs_build_and_push_steps_build_the_dockerfile_and_name_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> None:
+    """Prefect's own step runner runs the build and push steps, with `docker` a script that records its
+    arguments (no Docker engine here); the image the deployments get is the one pushed."""
+    import asyncio
+
+    from prefect.deployments.steps.core import run_steps
+    from prefect.utilities.templating import apply_values
+
+    calls = tmp_path / "docker-calls"
+    docker = tmp_path / "bin" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{docker.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("RDS_MIGRATIONS_IMAGE", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rds-migrations")
+    monkeypatch.setenv("RDS_MIGRATIONS_IMAGE_TAG", "0a1b2c3d4e5f")
+    monkeypatch.chdir(PROJECT)
+    outputs = asyncio.run(run_steps(ECS_YAML["build"] + ECS_YAML["push"], print_function=lambda *a, **k: None))
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rds-migrations:0a1b2c3d4e5f"
+    assert calls.read_text().splitlines() == [f"build --platform linux/amd64 --tag {image} .", f"push {image}"]
+    assert (PROJECT / "Dockerfile").is_file()
+    job = apply_values(ECS_YAML["deployments"][0]["work_pool"]["job_variables"], outputs)
+    assert job["image"] == image
