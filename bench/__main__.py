@@ -22,12 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from bench import apply, machine, realistic, report, stall, validation  # noqa: E402
+from bench import apply, fleet, machine, realistic, report, schema, stall, validation  # noqa: E402
+from bench import trigger as trigger_bench  # noqa: E402
 from bench.pg import BenchServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-SECTIONS = ("apply", "stall", "validation", "realistic", "prefect")
+SECTIONS = ("apply", "stall", "validation", "realistic", "schema", "fleet", "prefect", "trigger")
 SIZES = (100, 300, 1000)
 # Runs per tool and N, in rounds that run every tool once in a rotating order; medians are reported. The
 # floor and the engine run N = 1,000 five times (their ratio is the target); the slow reference tools once.
@@ -119,9 +120,28 @@ def measure(sections: tuple[str, ...], sizes: tuple[int, ...], out: Path, candid
             except (RuntimeError, subprocess.SubprocessError) as exc:
                 results["errors"]["realistic"] = str(exc)
                 log(f"  not measured: {exc}")
+        if "schema" in sections:
+            log(f"Drift and the target-schema rehearsal on {schema.TABLES} tables; memory for "
+                f"{schema.MEMORY_MIGRATIONS:,} migrations:")
+            try:
+                results["schema"] = schema.run(server, base, bytecode_env(), log)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                results["errors"]["schema"] = str(exc)
+                log(f"  not measured: {exc}")
+        if "fleet" in sections:
+            log(f"A fleet of {fleet.TARGETS} databases × {fleet.MIGRATIONS} migrations, concurrency "
+                f"{fleet.CONCURRENCY} vs one after another:")
+            results["fleet"] = fleet.run(server, base, log)
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+    if "trigger" in sections:
+        log("The GitHub check: rds-migrations trigger against prefect deployment run --watch (a few minutes):")
+        try:
+            results["trigger"] = trigger_bench.run_section(out, bytecode_env())
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            results["errors"]["trigger"] = str(exc)
+            log(f"  not measured: {exc}")
     if "prefect" in sections:
         log("No-op runs through a local Prefect server and a process worker (takes a minute or two):")
         try:
@@ -142,6 +162,10 @@ def render(results: dict, out: Path, publish: bool) -> str:
         report.trigger_breakdown(results),
         "### A realistic history and large inputs (issue 15)\n\n" + report.realistic_table(results)
         if "realistic" in results else "",
+        "### Adoption and day two: drift, the target-schema rehearsal, memory\n\n" + schema.render(results["schema"])
+        if "schema" in results else "",
+        "### A fleet of databases\n\n" + fleet.render(results["fleet"]) if "fleet" in results else "",
+        "### The GitHub check\n\n" + trigger_bench.render(results["trigger"]) if "trigger" in results else "",
         "\n".join(f"Not measured, {k}: {v}" for k, v in results.get("errors", {}).items()),
         f"Measured in {results['duration_seconds']:.0f} s." if "duration_seconds" in results else "",
     ) if part)

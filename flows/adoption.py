@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.budget import within_budget
+from flows.hooks import report_cancellation, report_crash
+from flows.observe import run_name
 from flows.steps import PrefectSteps
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.runs.adoption import adopt_environment, check_environment_drift
 
 
-@flow(name="baseline")
+@flow(name="baseline", flow_run_name=run_name, on_crashed=[report_crash], on_cancellation=[report_cancellation])
 def baseline(environment: str, through: str | None = None, tool: str | None = None,
              migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False) -> BaselineReport:
     """Record what the environment's database already holds as applied, without running it; keep its schema.
@@ -24,11 +27,12 @@ def baseline(environment: str, through: str | None = None, tool: str | None = No
         git_sha: the commit recorded with the adopted migrations.
         dry_run: show the mapping; write nothing.
     """
-    return adopt_environment(environment, PrefectSteps(), through=through, tool=tool, migrations_dir=migrations_dir,
-                             git_sha=git_sha, dry_run=dry_run)
+    with within_budget(environment):
+        return adopt_environment(environment, PrefectSteps(), through=through, tool=tool, migrations_dir=migrations_dir,
+                                 git_sha=git_sha, dry_run=dry_run)
 
 
-@flow(name="drift-check")
+@flow(name="drift-check", flow_run_name=run_name)
 def drift_check(environment: str, migrations_dir: str = "migrations") -> dict:
     """Compare the environment's live schema with what its applied migrations make; notify when they differ.
 
@@ -36,4 +40,5 @@ def drift_check(environment: str, migrations_dir: str = "migrations") -> dict:
         environment: the environment to check.
         migrations_dir: the migrations directory, relative to the project.
     """
-    return check_environment_drift(environment, PrefectSteps(), migrations_dir=migrations_dir).to_json()
+    with within_budget(environment):
+        return check_environment_drift(environment, PrefectSteps(), migrations_dir=migrations_dir).to_json()

@@ -17,7 +17,11 @@ from tasks.engine.git import head_sha
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.cli_fleet import is_fleet_run, run_fleet
     from flows.launch import prefect_wanted, run_direct, run_migration_flow
+
+    if is_fleet_run(args):
+        return run_fleet(args)
 
     environment = environment_of(args)
     parameters = {"git_sha": args.git_sha or head_sha(), "dry_run": args.dry_run, "target": args.target,
@@ -132,7 +136,10 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
         load_environment(name)  # a typo is a usage error, not a limit nobody uses
     command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
     print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
-                                  flow_run_command=command)))
+                                  flow_run_command=command, alerts_block=args.alerts_block,
+                                  crash_report_seconds=args.crash_report_seconds,
+                                  pending_seconds=args.pending_seconds, heartbeat_seconds=args.heartbeat_seconds,
+                                  fleet_limit=args.fleet_limit)))
     return EXIT_OK
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.budget import within_budget
+from flows.hooks import report_cancellation, report_crash
+from flows.observe import run_name
 from flows.steps import PrefectSteps
 from tasks.engine.messages import RunSummary
 from tasks.engine.runs.migration import migrate_environment
 
 
-@flow(name="migrate-production")
+@flow(name="migrate-production", flow_run_name=run_name, on_crashed=[report_crash],
+      on_cancellation=[report_cancellation])
 def production(
     git_sha: str = "unknown",
     dry_run: bool = False,
@@ -32,5 +36,6 @@ def production(
         migrations_dir: the migrations directory, relative to the project.
         trigger: who asked for this run ("github", "manual", "cli").
     """
-    return migrate_environment(environment, "production", PrefectSteps(), git_sha=git_sha, dry_run=dry_run,
-                               target=target, migrations_dir=migrations_dir, trigger=trigger)
+    with within_budget(environment):
+        return migrate_environment(environment, "production", PrefectSteps(), git_sha=git_sha, dry_run=dry_run,
+                                   target=target, migrations_dir=migrations_dir, trigger=trigger)

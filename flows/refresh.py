@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.hooks import report_cancellation, report_crash
+from flows.observe import run_name
 from flows.steps import PrefectSteps
 from tasks.engine.messages import RefreshSummary
 from tasks.engine.runs.refresh import refresh_staging as run_refresh
 
 
-@flow(name="refresh-staging")
+@flow(name="refresh-staging", flow_run_name=run_name, on_crashed=[report_crash],
+      on_cancellation=[report_cancellation])
 def refresh_staging(
     environment: str = "staging", git_sha: str = "unknown", trigger: str = "schedule"
 ) -> RefreshSummary:

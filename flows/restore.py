@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.hooks import report_cancellation, report_crash
+from flows.observe import run_name
 from flows.steps import PrefectSteps
 from tasks.engine.messages import RefreshSummary
 from tasks.engine.runs.refresh import restore_snapshot as run_restore
 
 
-@flow(name="restore-snapshot")
+@flow(name="restore-snapshot", flow_run_name=run_name, on_crashed=[report_crash],
+      on_cancellation=[report_cancellation])
 def restore_snapshot(environment: str, snapshot_id: str, git_sha: str = "unknown") -> RefreshSummary:
     """Restore `snapshot_id` next to the environment's database, swap names, keep the old copy, notify.
 

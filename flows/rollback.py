@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.budget import within_budget
+from flows.hooks import report_cancellation, report_crash
+from flows.observe import run_name
 from flows.steps import PrefectSteps
 from tasks.engine.migrations.rollback import RollbackReport
 from tasks.engine.runs.rollback import roll_back_environment
 
 
-@flow(name="rollback")
+@flow(name="rollback", flow_run_name=run_name, on_crashed=[report_crash], on_cancellation=[report_cancellation])
 def rollback(environment: str, to: str, git_sha: str = "unknown", dry_run: bool = False,
              migrations_dir: str = "migrations", trigger: str = "manual") -> RollbackReport | None:
     """Undo the environment's applied migrations after `to` ("0": all), newest first.
@@ -24,5 +27,6 @@ def rollback(environment: str, to: str, git_sha: str = "unknown", dry_run: bool 
         migrations_dir: the migrations directory, relative to the project.
         trigger: who asked ("manual", "ui", "cli").
     """
-    return roll_back_environment(environment, PrefectSteps(), to=to, git_sha=git_sha, dry_run=dry_run,
-                                 migrations_dir=migrations_dir, trigger=trigger)
+    with within_budget(environment):
+        return roll_back_environment(environment, PrefectSteps(), to=to, git_sha=git_sha, dry_run=dry_run,
+                                     migrations_dir=migrations_dir, trigger=trigger)

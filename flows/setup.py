@@ -1,15 +1,23 @@
-"""`rds-migrations setup-prefect`: the work pool and one global concurrency limit per environment."""
+"""`rds-migrations setup-prefect`: the work pool, one global concurrency limit per environment and one for
+fleets, and the automations that alert on what a run cannot say itself (flows/automations.py)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate, WorkPoolUpdate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from flows import automations
 from flows.exclusive import limit_name
+from flows.fleet_target import FLEET_LIMIT
+from tasks.engine.environments import SlackNotify, load_environment
+from tasks.engine.errors import ConfigError
+
+SLACK_BLOCK_TYPE = "slack-incoming-webhook"  # prefect-slack's SlackWebhook
 
 # The command a process worker starts each flow run with. Left unset, Prefect 3.9's process worker starts a
 # workspace supervisor process that runs the pull steps and then starts this same engine command: two Python
@@ -28,9 +36,14 @@ def process_pool_template(command: str | None = FLOW_RUN_COMMAND) -> dict[str, A
 
 
 def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", pool_type: str = "process",
-                  flow_run_command: str = FLOW_RUN_COMMAND) -> list[str]:
+                  flow_run_command: str = FLOW_RUN_COMMAND, alerts_block: str | None = None,
+                  crash_report_seconds: int = 300, pending_seconds: int = 900,
+                  heartbeat_seconds: int = 600, fleet_limit: int = 8) -> list[str]:
     """Create what the deployments need on the Prefect server; existing objects are left as they are, except
-    that a process pool without a flow-run command gets `flow_run_command` ("" leaves Prefect's default)."""
+    that a process pool without a flow-run command gets `flow_run_command` ("" leaves Prefect's default), and
+    the automations are brought to their current definitions. Alerts go to `alerts_block` (a prefect-slack
+    SlackWebhook block), by default the one the environments notify. The fleet's limit (`rds-migrations-fleet`,
+    targets migrated at once across every fleet run) is made with `fleet_limit` slots when missing."""
     done: list[str] = []
     template = process_pool_template(flow_run_command) if pool_type == "process" and flow_run_command else {}
     with get_client(sync_client=True) as client:
@@ -55,13 +68,42 @@ def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", po
                 done.append(f"concurrency limit {name} (1) created")
             except ObjectAlreadyExists:
                 done.append(f"concurrency limit {name} exists")
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLEET_LIMIT, limit=fleet_limit))
+            done.append(f"concurrency limit {FLEET_LIMIT} ({fleet_limit}) created")
+        except ObjectAlreadyExists:
+            done.append(f"concurrency limit {FLEET_LIMIT} exists")
+        alerts: list[str] = []
+        block_id = alerts_block_id(client, alerts_block or slack_block(environments), alerts)
+        alerts += automations.ensure(client, automations.definitions(
+            block_id, crash_report_seconds=crash_report_seconds, pending_seconds=pending_seconds,
+            heartbeat_seconds=heartbeat_seconds))
     if template:
         done.append(f"(`{flow_run_command.split()[0]}` is the one first on the worker's PATH: start workers with "
                     "`uv run prefect worker start …` or with the venv's bin directory first on PATH)")
-    return done
+    return done + alerts
 
 
-if __name__ == "__main__":  # python -m flows.setup ENV [ENV ...]
-    import sys
+def slack_block(environments: list[str]) -> str | None:
+    """The Slack block the environments notify (the first one named, when they name several)."""
+    for name in environments:
+        try:
+            notify = load_environment(name).notify
+        except ConfigError:
+            continue  # a limit can be made for a name the environments file does not know (yet)
+        if isinstance(notify, SlackNotify):
+            return notify.webhook_block
+    return None
 
-    print("\n".join(setup_prefect(sys.argv[1:])))
+
+def alerts_block_id(client: SyncPrefectClient, name: str | None, done: list[str]) -> UUID | None:
+    if name is None:
+        done.append("no Slack block to alert: the automations that notify were not created (--alerts-block NAME)")
+        return None
+    try:
+        return client.read_block_document_by_name(name, SLACK_BLOCK_TYPE, include_secrets=False).id
+    except ObjectNotFound:
+        done.append(f"Slack block {name!r} not found: the automations that notify were not created; save the block "
+                    "(README, step 2) and run setup-prefect again")
+        return None
+

@@ -1,6 +1,7 @@
 """The pipelines' steps as Prefect tasks of the current flow run: each step a task run (retries, logs),
-reports as artifacts, the run's id and links from Prefect's runtime. The flow makes the AWS clients and
-hands them to the tasks; a task never builds credentials."""
+reports as artifacts (markdown, tables, progress; flows/observe.py) and events (flows/events.py), the run's
+id and links from Prefect's runtime. The flow makes the AWS clients and hands them to the tasks; a task never
+builds credentials."""
 
 from __future__ import annotations
 
@@ -13,16 +14,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
+from flows import events, observe
 from flows.approval import request_approval
 from flows.exclusive import one_run_per_environment
+from tasks.adoption import baseline_task, drift_task
 from tasks.aws import aws_client
 from tasks.engine.aws import AwsClients
 from tasks.engine.connection import Connection
 from tasks.engine.environments import ConsoleNotify, Environment, Policy, SlackNotify
-from tasks.engine.messages import Summary
+from tasks.engine.messages import RefreshSummary, RunSummary, Summary
+from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.report import ValidationReport
-from tasks.engine.migrations.results import ApplyReport
+from tasks.engine.migrations.drift import DriftReport
+from tasks.engine.migrations.report import ValidationFailed, ValidationReport
+from tasks.engine.migrations.results import ApplyReport, MigrationError
+from tasks.engine.migrations.rollback import RollbackReport
 from tasks.engine.runs.steps import RunInfo
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.refresh import Replacement
@@ -30,6 +36,7 @@ from tasks.engine.snapshots.swap import SwapResult
 from tasks.migrate import migrate
 from tasks.notify import notify_task
 from tasks.refresh import newest_snapshot_task, plan_refresh_task, refresh_task, restore_task
+from tasks.rollback import rollback_task
 from tasks.secrets import fetch_secret
 from tasks.snapshot import snapshot_task
 from tasks.validate import rehearse_and_plan, validate
@@ -56,25 +63,45 @@ class PrefectSteps:
         )
 
     def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
-        return validate(migrations_dir, project_root, policy)
+        try:
+            return validate(migrations_dir, project_root, policy)
+        except ValidationFailed as exc:  # otherwise the findings are published with the plan
+            observe.publish_lint(observe.run_environment(), exc.report)
+            raise
 
     def fetch_secret(self, environment: Environment) -> Connection:
         return fetch_secret(environment, self.client("secretsmanager", environment))
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
                           connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:
-        return rehearse_and_plan(environment, catalog, report, connection, target, dry_run=dry_run)
+        try:
+            report = rehearse_and_plan(environment, catalog, report, connection, target, dry_run=dry_run)
+        except ValidationFailed as exc:
+            report = exc.report
+            raise
+        finally:  # what blocks is known once the plan says what is about to run
+            observe.publish_lint(environment.name, report)
+            observe.publish_plan(environment.name, report, catalog)
+        return report
 
     def approve(self, environment: Environment, report: ValidationReport) -> str:
         return request_approval(environment.name, report, timeout_seconds=environment.policy.approval_timeout_seconds)
 
     def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
         return snapshot_task(environment, connection, git_sha=git_sha, trigger=trigger,
-                             rds=self.client("rds", environment))
+                             rds=self.client("rds", environment), progress=observe.snapshot_progress(environment.name))
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:
-        return migrate(connection, catalog, policy, target=target, git_sha=git_sha, environment=environment)
+        progress = observe.MigrationProgress(environment, git_sha)
+        try:
+            report = migrate(connection, catalog, policy, target=target, git_sha=git_sha, environment=environment,
+                             observe=progress)
+        except MigrationError as exc:
+            observe.publish_applied(environment, exc.report)
+            raise
+        observe.publish_applied(environment, report)
+        return report
 
     def plan_refresh(self, environment: Environment, source: Environment, connection: Connection) -> Replacement:
         return plan_refresh_task(environment, source, connection, rds=self.client("rds", environment))
@@ -88,8 +115,25 @@ class PrefectSteps:
     def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
         return restore_task(environment, snapshot_id, connection, rds=self.client("rds", environment))
 
+    def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
+                 environment: str) -> RollbackReport:
+        return rollback_task(connection, catalog, policy, to=to, git_sha=git_sha, environment=environment)
+
+    def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
+                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+        return baseline_task(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
+                             dry_run=dry_run)
+
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
+        drift, source = drift_task(environment, connection, catalog)
+        events.drift_found(environment.name, observe.run_sha(), drift)
+        return drift, source
+
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
-        return notify_task(target, summary)
+        delivered = notify_task(target, summary)
+        if isinstance(summary, RunSummary | RefreshSummary):
+            events.run_completed(summary)
+        return delivered
 
     def publish(self, key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(markdown=markdown, key=key, description=description)

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.engine.environments import ConsoleNotify, SlackNotify
+from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
 from tasks.engine.notify import SlackPost, deliver, slack_sdk_logs_redacted
 
@@ -27,7 +28,22 @@ def slack_post(webhook: SlackWebhook) -> SlackPost:
     return post
 
 
-@task(name="notify", persist_result=False, cache_policy=NO_CACHE)
+def slack_post_for(target: SlackNotify | ConsoleNotify, log: Log) -> SlackPost | None:
+    """How to post to the target's Slack block (None for the console, or when the block cannot be loaded:
+    `deliver` then writes the summary to the log instead)."""
+    if not isinstance(target, SlackNotify):
+        return None
+    from prefect_slack import SlackWebhook
+
+    try:
+        return slack_post(SlackWebhook.load(target.webhook_block, _sync=True))  # type: ignore[call-arg]
+    except Exception as exc:  # noqa: BLE001 - the block's absence must not change the outcome either
+        log.warning("Slack webhook block %r could not be loaded (%s); the outcome is unchanged",
+                    target.webhook_block, type(exc).__name__)
+        return None
+
+
+@task(name="notify", task_run_name="notify-{summary.environment}", persist_result=False, cache_policy=NO_CACHE)
 def notify_task(target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
     """Announce a run's outcome; a failure to notify is logged and never fails the run.
 
@@ -44,13 +60,4 @@ def notify_task(target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         ```
     """
     log = get_run_logger()
-    post: SlackPost | None = None
-    if isinstance(target, SlackNotify):
-        from prefect_slack import SlackWebhook
-
-        try:
-            post = slack_post(SlackWebhook.load(target.webhook_block, _sync=True))  # type: ignore[call-arg]
-        except Exception as exc:  # noqa: BLE001 - the block's absence must not change the outcome either
-            log.warning("Slack webhook block %r could not be loaded (%s); the outcome is unchanged",
-                        target.webhook_block, type(exc).__name__)
-    return deliver(target, summary, post=post, log=log)
+    return deliver(target, summary, post=slack_post_for(target, log), log=log)

@@ -19,7 +19,7 @@ from tasks.engine.snapshots.refresh import Replacement
 from tasks.engine.snapshots.swap import SwapResult
 
 
-@task(name="plan-refresh", persist_result=False, cache_policy=NO_CACHE)
+@task(name="plan-refresh", task_run_name="plan-refresh-{environment.name}", persist_result=False, cache_policy=NO_CACHE)
 def plan_refresh_task(environment: Environment, source: Environment, connection: Connection,
                       rds: Any = None) -> Replacement:
     """Check everything a refresh can before it creates anything: names, the live copy, its master user.
@@ -32,13 +32,14 @@ def plan_refresh_task(environment: Environment, source: Environment, connection:
     return refresh.plan_refresh(environment, source, connection, rds_client=rds, log=get_run_logger())
 
 
-@task(name="find-snapshot", persist_result=False, cache_policy=NO_CACHE)
+@task(name="find-snapshot", task_run_name="find-snapshot-{source.name}", persist_result=False, cache_policy=NO_CACHE)
 def newest_snapshot_task(source: Environment, rds: Any = None) -> Snapshot:
     """The newest available snapshot of the environment a refresh copies from."""
     return refresh.newest_snapshot(source, rds)
 
 
-@task(name="refresh-from-snapshot", persist_result=False, cache_policy=NO_CACHE)
+@task(name="refresh-from-snapshot", task_run_name="refresh-from-snapshot-{replacement.environment}",
+      persist_result=False, cache_policy=NO_CACHE)
 def refresh_task(replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
     """Replace a staging environment's database with a masked copy of `snapshot`.
 
@@ -50,7 +51,8 @@ def refresh_task(replacement: Replacement, snapshot: Snapshot, connection: Conne
     return refresh.refresh_from(replacement, snapshot, connection, log=get_run_logger())
 
 
-@task(name="restore-from-snapshot", persist_result=False, cache_policy=NO_CACHE)
+@task(name="restore-from-snapshot", task_run_name="restore-from-snapshot-{environment.name}",
+      persist_result=False, cache_policy=NO_CACHE)
 def restore_task(environment: Environment, snapshot_id: str, connection: Connection, rds: Any = None) -> SwapResult:
     """Restore one of an environment's snapshots to a new name and swap it in; the replaced copy is kept.
 

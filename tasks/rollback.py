@@ -14,7 +14,8 @@ from tasks.engine.migrations.rollback import RollbackReport, roll_back_to
 from tasks.retries import transient_retries
 
 
-@task(name="rollback", **transient_retries(retries=2, backoff_factor=5), persist_result=False, cache_policy=NO_CACHE)
+@task(name="rollback", task_run_name="rollback-{environment}", **transient_retries(retries=2, backoff_factor=5),
+      persist_result=False, cache_policy=NO_CACHE)
 def rollback_task(connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str = "unknown",
                   environment: str | None = None) -> RollbackReport:
     """Undo the applied migrations after `to` ("0": all), each rollback file and the removal of its history

@@ -18,6 +18,7 @@ from tasks.retries import transient_retries
 
 @task(
     name="fetch-secret",
+    task_run_name="fetch-secret-{environment.name}",
     **transient_retries(retries=3, backoff_factor=2),
     persist_result=False,  # the password is never written to result storage
     cache_policy=NO_CACHE,

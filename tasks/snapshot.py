@@ -11,22 +11,24 @@ from prefect.runtime import flow_run as current_flow_run
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment
 from tasks.engine.snapshots.naming import Snapshot
-from tasks.engine.snapshots.take import take_snapshot
+from tasks.engine.snapshots.take import SnapshotProgress, take_snapshot
 from tasks.retries import transient_retries
 
 
 @task(
     name="snapshot",
+    task_run_name="snapshot-{environment.name}",
     **transient_retries(retries=2, backoff_factor=5),
     persist_result=False,
     cache_policy=NO_CACHE,
 )
 def snapshot_task(environment: Environment, connection: Connection, git_sha: str, trigger: str,
-                  rds: Any = None) -> Snapshot:
+                  rds: Any = None, progress: SnapshotProgress | None = None) -> Snapshot:
     """Take (or reuse) the pre-migration snapshot of an environment and wait until it is usable.
 
     Args:
         rds: a boto3 RDS client, for the RDS instance and Aurora cluster kinds.
+        progress: told (snapshot id, percent) while waiting, and 100 when the snapshot is usable.
 
     Example:
         ```python
@@ -34,4 +36,4 @@ def snapshot_task(environment: Environment, connection: Connection, git_sha: str
         ```
     """
     return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=current_flow_run.id,
-                         trigger=trigger, rds_client=rds, log=get_run_logger())
+                         trigger=trigger, rds_client=rds, log=get_run_logger(), progress=progress)

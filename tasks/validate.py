@@ -15,7 +15,7 @@ from tasks.engine.migrations.report import ValidationReport
 from tasks.retries import transient_retries
 
 
-@task(name="validate", persist_result=False, cache_policy=NO_CACHE)
+@task(name="validate", task_run_name="validate", persist_result=False, cache_policy=NO_CACHE)
 def validate(migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
     """Static checks and lint, before anything touches AWS or the database.
 
@@ -27,6 +27,7 @@ def validate(migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[
 
 @task(
     name="rehearse-and-plan",
+    task_run_name="rehearse-and-plan-{environment.name}",
     **transient_retries(retries=2, backoff_factor=5),
     persist_result=False,
     cache_policy=NO_CACHE,

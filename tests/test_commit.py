@@ -140,3 +140,18 @@ def test_a_terminal_run_warns_when_migrations_hold_what_its_commit_does_not(
     assert len(warned) == 1 and "migrations/0003.accounts-email.sql" in warned[0] and b in warned[0]
     assert len(applied_ids(database)) == 3  # a terminal run applies the working tree, and says so
     assert git(root, "rev-parse", "HEAD") == b  # and never moves the person's checkout
+
+
+def test_a_deployment_not_from_git_applies_its_files_as_they_are_and_says_so(
+    tmp_path: Path, database: Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Code baked into an image (no pull step): nothing to check out; the given SHA is recorded, with a warning."""
+    project = tmp_path / "baked"
+    (project / "migrations").mkdir(parents=True)
+    for name, text in A_MIGRATION.items():
+        (project / "migrations" / name).write_text(text)
+    steps = DeploymentSteps(log=logging.getLogger("commit-test"))
+    with caplog.at_level(logging.WARNING, logger="commit-test"):
+        run(project, steps, "abc1234", database, monkeypatch)
+    assert recorded_shas(database) == ["abc1234"]
+    assert any("is not a git checkout" in r.getMessage() for r in caplog.records)

@@ -11,8 +11,8 @@ import select
 import shutil
 import subprocess
 import sys
-import tomllib
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -116,7 +116,7 @@ def test_the_bash_script_is_valid_bash(tmp_path: Path) -> None:
 
 def test_bash_completes_a_subcommand_an_option_and_choices(workspace: dict[str, str]) -> None:
     assert bash_complete("rds-migrations ru", workspace) == ["run"]
-    assert bash_complete("rds-migrations run --da", workspace) == ["--database-url"]
+    assert bash_complete("rds-migrations run --da", workspace) == ["--database-url", "--database-urls"]
     assert bash_complete("rds-migrations baseline --from ", workspace) == TOOLS
     assert bash_complete("rds-migrations baseline --from=g", workspace) == ["golang-migrate"]
     assert bash_complete("rds-migrations --ver", workspace) == ["--version"]
@@ -248,7 +248,7 @@ def test_the_zsh_script_is_valid_zsh(tmp_path: Path) -> None:
 @needs_zsh
 def test_zsh_completes_a_subcommand_an_option_choices_and_environments(workspace: dict[str, str]) -> None:
     assert zsh_complete("rds-migrations ru", workspace) == ["run"]
-    assert zsh_complete("rds-migrations run --da", workspace) == ["--database-url"]
+    assert zsh_complete("rds-migrations run --da", workspace) == ["--database-url", "--database-urls"]
     assert sorted(zsh_complete("rds-migrations baseline --from ", workspace)) == sorted(TOOLS)
     assert zsh_complete("rds-migrations run --env ", workspace) == ["production", "qa-eu", "staging"]
     # _files tries directories under more than one tag, so a directory may be added twice

@@ -62,7 +62,7 @@ def test_the_push_trigger_watches_migrations_and_its_own_file() -> None:
     migrate = yaml.safe_load((PROJECT / ".github/workflows/migrate.yml").read_text())
     paths = migrate[True]["push"]["paths"]  # YAML 1.1 reads the key `on` as True
     assert "migrations/**" in paths and ".github/workflows/migrate.yml" in paths
-    assert "--watch" in (PROJECT / ".github/workflows/migrate.yml").read_text()
+    assert "rds-migrations trigger" in (PROJECT / ".github/workflows/migrate.yml").read_text()
     for workflow in WORKFLOWS:
         data = yaml.safe_load(workflow.read_text())
         assert data["permissions"] == {"contents": "read"}
@@ -158,3 +158,15 @@ def test_the_ecs_build_and_push_steps_build_the_dockerfile_and_name_the_image(
     assert (PROJECT / "Dockerfile").is_file()
     job = apply_values(ECS_YAML["deployments"][0]["work_pool"]["job_variables"], outputs)
     assert job["image"] == image
+
+
+def test_the_fleet_role_deletes_only_snapshots_it_tagged_and_snapshots_only_fleet_instances() -> None:
+    statements = policy("migrate-fleet.json")["Statement"]
+    actions = {a for s in statements for a in s["Action"]}
+    assert not any(a.endswith("*") for a in actions)
+    assert not any(a.startswith(("rds:Modify", "rds:Restore")) for a in actions)
+    [delete] = [s for s in statements if "rds:DeleteDBSnapshot" in s["Action"]]
+    assert delete["Action"] == ["rds:DeleteDBSnapshot"] and delete["Resource"].endswith(":snapshot:rdsm-tenants-*")
+    assert delete["Condition"]["StringEquals"] == {"rds:snapshot-tag/rds-migrations:managed-by": "rds-migrations"}
+    on_instances = [s for s in statements if "rds:CreateDBSnapshot" in s["Action"] and ":db:" in s["Resource"]]
+    assert on_instances and all(s["Condition"]["StringEquals"] for s in on_instances)

@@ -410,3 +410,31 @@ def test_the_command_line_rolls_back_one_below_the_head_and_says_so_in_json(tmp_
     assert document["schema_version"] == 1 and [m["id"] for m in document["rolled_back"]] == ["0003.devices"]
     assert "Rollback SUCCEEDED" in result.stderr
     assert applied_ids(database) == ["0001.users", "0002.accounts"] and "devices" not in tables(database)
+
+
+def test_the_rollback_flow_undoes_through_prefect_tasks_and_names_its_run(
+    tmp_path: Path, database: Connection, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> None:
+    """The `rollback` deployment's flow: the same pipeline with each step a task run of the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.rollback import rollback
+    from tests.helpers import PROJECT, url_of
+
+    write_migrations(tmp_path, WITH_ROLLBACKS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(PROJECT / "deployments/environments.toml"))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    apply_pending(database, read_catalog(tmp_path / "migrations", tmp_path), POLICY)
+
+    state = rollback(environment="database-url", to="2", git_sha="abc1234", return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.result().rolled_back_ids == ("0003.devices",)
+    assert applied_ids(database) == ["0001.users", "0002.accounts"] and "devices" not in tables(database)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert run.name == "database-url-abc1234"
+    assert {"validate", "fetch-secret-database-url", "rollback-database-url"} <= {t.name for t in tasks}

@@ -28,7 +28,8 @@ def test_a_new_pool_starts_flow_runs_with_the_engine_and_each_environment_gets_a
     assert f"db-migrate-{environment}" in limits()
     assert done[:2] == [f"work pool {pool} (process) created; flow runs start with `python -m prefect.engine`",
                         f"concurrency limit db-migrate-{environment} (1) created"]
-    assert "start workers with `uv run prefect worker start" in done[2]
+    assert done[2].startswith("concurrency limit rds-migrations-fleet ") and "rds-migrations-fleet" in limits()
+    assert "start workers with `uv run prefect worker start" in done[3]
     again = setup_prefect([environment], work_pool=pool)
     assert again[:2] == [f"work pool {pool} exists", f"concurrency limit db-migrate-{environment} exists"]
 

@@ -156,10 +156,11 @@ def prefect_deployments(root: Path) -> set[str]:
 
 
 def deployment_problems(root: Path) -> list[str]:
-    """Every `prefect deployment run` names, literally, a deployment that prefect.yaml defines."""
+    """Every `prefect deployment run` or `rds-migrations trigger` names, literally, a deployment that prefect.yaml
+    defines."""
     named, problems = prefect_deployments(root), []
     for name, text, _ in workflows(root):
-        for run in re.finditer(r"prefect\s+deployment\s+run\s+(\S+)", text):
+        for run in re.finditer(r"(?:prefect\s+deployment\s+run|rds-migrations\s+trigger)\s+(\S+)", text):
             literal = re.fullmatch(r"'([\w-]+/[\w-]+)'", run.group(1))
             if not literal:
                 problems.append(f"{name}: `prefect deployment run {run.group(1)}`: name a 'flow/deployment' literal")
@@ -279,7 +280,7 @@ def test_the_workflows_run_what_the_readme_promises() -> None:
     paths = set(triggers(by_name["validate.yml"])["pull_request"]["paths"])
     assert {"migrations/**", "tasks/**", "flows/**", "pyproject.toml", "uv.lock"} <= paths
     assert {"migrate-production/production", "migrate-staging/staging"} <= {
-        run for _, text, _ in workflows(PROJECT) for run in re.findall(r"deployment run '([\w/-]+)'", text)}
+        run for _, text, _ in workflows(PROJECT) for run in re.findall(r"(?:deployment run|trigger) '([\w/-]+)'", text)}
 
 
 def test_production_jobs_keep_their_environment_and_migrate_waits_for_deploy() -> None:
@@ -290,9 +291,23 @@ def test_production_jobs_keep_their_environment_and_migrate_waits_for_deploy() -
     condition = " ".join(migrate["migrate"]["if"].split())
     assert "!cancelled()" in condition and "needs.changes.outputs.migrate == 'true'" in condition
     assert "needs.deploy.result == 'success' || needs.deploy.result == 'skipped'" in condition
-    run = step_named(PROJECT, "migrate.yml", "migrate", "run the deployment and watch it")["run"]
+    run = step_named(PROJECT, "migrate.yml", "migrate", "run the deployment and follow it")["run"]
     command = " ".join(run.replace("\\\n", " ").split())  # one line per command, continuations joined
-    assert "'migrate-production/production' --param git_sha=" in command and "--watch-timeout 5100" in command
+    assert "rds-migrations trigger 'migrate-production/production' --env production --param git_sha=" in command
+
+
+def test_the_job_outlives_the_checks_deadline_which_is_the_flows_budget_plus_a_start_margin() -> None:
+    """The check can never be killed by GitHub while it still follows a run: the job's timeout is above the
+    deadline the trigger derives from each environment's policy (snapshot, approval, lock and statement waits)."""
+    from tasks.engine.environments import load_environment
+    from tasks.engine.runs.budget import run_budget_seconds, watch_timeout
+
+    job = yaml.safe_load((PROJECT / ".github/workflows/migrate.yml").read_text())["jobs"]["migrate"]
+    deadlines = {name: watch_timeout(load_environment(name, PROJECT / "deployments/environments.toml"))
+                 for name in ("staging", "production")}
+    assert job["timeout-minutes"] * 60 >= max(deadlines.values()) + 600, deadlines
+    production = load_environment("production", PROJECT / "deployments/environments.toml")
+    assert run_budget_seconds(production) < deadlines["production"]
 
 
 def test_dependabot_keeps_actions_uv_lock_and_the_base_image_fresh() -> None:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tasks.engine.errors import ConfigError
+from tasks.engine.fleet.config import Fleet
 
 DEFAULT_ENVIRONMENTS_FILE = Path("deployments/environments.toml")
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -194,6 +195,9 @@ class Policy(_Strict):
     # Production only: pause after the plan until a person approves (Prefect UI or one API call).
     approval_required: bool = False
     approval_timeout_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    # How long a run may take once started, after which its flow stops itself, notifies and fails; the GitHub
+    # check's deadline is this plus a start margin. Default: the sum of the waits above (runs/budget.py).
+    run_budget_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Policy:
@@ -252,6 +256,9 @@ class Environment(_Strict):
     tls: Tls = Tls()
     policy: Policy = Policy()
     refresh: Refresh | None = None
+    # Many databases in one run (tasks/engine/fleet/): `credentials` and `snapshot` above are then the template
+    # each target's copy is made from, its own credentials and identifiers put in.
+    fleet: Fleet | None = None
 
     @model_validator(mode="after")
     def _refresh_is_possible(self) -> Environment:

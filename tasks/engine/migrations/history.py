@@ -240,10 +240,10 @@ class Ledger:
                        operation: str, comment: str) -> None:
         """Record migrations as applied without running them (a baseline adopting what another tool or a person
         applied; a rehearsal's copy of the target's history), in one transaction."""
-        started = time.monotonic()
-        with self.conn.transaction():
-            for migration in migrations:
-                self.record(migration, git_sha, run_id, started, operation=operation, comment=comment)
+        with self.conn.transaction(), self.conn.cursor() as cursor:  # executemany: pipelined, one round trip
+            cursor.executemany(self.statements["record"], [
+                record_params(migration, git_sha, run_id, operation=operation, comment=comment, duration_ms=0)
+                for migration in migrations])
 
     def mark_dirty(self, migration: Migration, git_sha: str, run_id: str | None) -> None:
         """Before a non-transactional migration's first statement: later runs refuse until it is recorded."""

@@ -33,6 +33,8 @@ from tasks.engine.snapshots.naming import (
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, error_code, waiter_config
 
 logger = logging.getLogger(__name__)
+# Told (snapshot id, percent done) while waiting, and 100 when the snapshot is usable; must not raise.
+SnapshotProgress = Callable[[str, int], None]
 
 
 def take_snapshot(
@@ -46,11 +48,12 @@ def take_snapshot(
     rds_client: Any = None,
     log: Log = logger,
     sleep: Callable[[float], None] = time.sleep,
+    progress: SnapshotProgress | None = None,
 ) -> Snapshot:
     """Take the environment's pre-migration snapshot, or reuse the one already taken for `git_sha`.
 
-    Waits until the snapshot is usable. Raises `SnapshotError` when it cannot be taken or fails, and
-    `ValueError` for a bad `git_sha` or an environment without snapshots (`kind = "none"`).
+    Waits until the snapshot is usable, telling `progress` how far it is. Raises `SnapshotError` when it cannot
+    be taken or fails, and `ValueError` for a bad `git_sha` or an environment without snapshots (`kind = "none"`).
     """
     check_git_sha(git_sha)
     when = utc(now or datetime.now(UTC))
@@ -58,7 +61,10 @@ def take_snapshot(
     tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger)
     config = environment.snapshot
     if isinstance(config, PgDumpSnapshot):
-        return take_dump(config, connection, identifier, tags, when, log)
+        dump = take_dump(config, connection, identifier, tags, when, log)
+        if progress is not None:
+            progress(dump.identifier, 100)
+        return dump
     if not isinstance(config, RdsInstanceSnapshot | AuroraClusterSnapshot):
         raise ConfigError(f"environment {environment.name!r} takes no snapshots (snapshot.kind = 'none')")
     if rds_client is None:
@@ -68,7 +74,7 @@ def take_snapshot(
     else:
         api, source = CLUSTER, config.cluster_id
     return _take_rds_snapshot(
-        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep
+        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep, progress
     )
 
 
@@ -82,6 +88,7 @@ def _take_rds_snapshot(
     max_wait_seconds: int,
     log: Log,
     sleep: Callable[[float], None],
+    progress: SnapshotProgress | None,
 ) -> Snapshot:
     # Reuse first: while our earlier snapshot is still being created, the instance itself is `backing-up`.
     ours = [s for s in api.manual_snapshots(rds, source_id) if _is_ours(s, tags)]
@@ -90,7 +97,7 @@ def _take_rds_snapshot(
         reused_id = reusable[api.snapshot_param]
         log.info("Reusing snapshot %s (%s) of %s %s, taken for the same git SHA",
                  reused_id, reusable["Status"], api.noun, source_id)
-        final = _wait_until_available(api, rds, reused_id, max_wait_seconds, log, sleep)
+        final = _wait_until_available(api, rds, reused_id, max_wait_seconds, log, sleep, progress)
         return _rds_result(api, final, source_id, reused=True, fallback_time=when)
 
     status = api.source(rds, source_id)[api.status_key]
@@ -108,7 +115,7 @@ def _take_rds_snapshot(
         )
     except ClientError as exc:
         raise _create_error(api, exc, identifier, source_id, ours, rds.meta.region_name) from None
-    final = _wait_until_available(api, rds, identifier, max_wait_seconds, log, sleep)
+    final = _wait_until_available(api, rds, identifier, max_wait_seconds, log, sleep, progress)
     return _rds_result(api, final, source_id, reused=False, fallback_time=when)
 
 
@@ -182,7 +189,7 @@ def _create_error(api: RdsApi, exc: ClientError, identifier: str, source_id: str
 
 
 def _wait_until_available(api: RdsApi, rds: Any, snapshot_id: str, max_wait_seconds: int, log: Log,
-                          sleep: Callable[[float], None]) -> dict:
+                          sleep: Callable[[float], None], progress: SnapshotProgress | None = None) -> dict:
     """Poll like botocore's snapshot-available waiter (same config, same failure states), logging progress."""
     config = waiter_config(max_wait_seconds)
     failure_states = {a.expected for a in rds.get_waiter(api.snapshot_waiter).config.acceptors if a.state == "failure"}
@@ -190,15 +197,18 @@ def _wait_until_available(api: RdsApi, rds: Any, snapshot_id: str, max_wait_seco
     for attempt in range(1, config["MaxAttempts"] + 1):
         snapshot = api.snapshot(rds, snapshot_id)
         status = snapshot.get("Status", "unknown")
+        percent = 100 if status == "available" else int(snapshot.get("PercentProgress", 0))
+        if progress is not None and status not in failure_states:
+            progress(snapshot_id, percent)
         if status == "available":
-            log.info("snapshot %s: %s%%", snapshot_id, 100)
+            log.info("snapshot %s: %s%%", snapshot_id, percent)
             return snapshot
         if status in failure_states:
             raise SnapshotError(
                 f"snapshot {snapshot_id} is {status!r}: it cannot be used to restore; nothing was migrated; "
                 "check the RDS events of the source for the cause, delete the snapshot and run again"
             )
-        log.info("snapshot %s: %s%%", snapshot_id, snapshot.get("PercentProgress", 0))
+        log.info("snapshot %s: %s%%", snapshot_id, percent)
         if attempt < config["MaxAttempts"]:
             sleep(config["Delay"])
     raise SnapshotError(

@@ -1,0 +1,96 @@
+"""The Prefect automations `setup-prefect` creates: what the server itself watches, for what a run cannot say.
+
+- **rds-migrations: crashed and not reported** — a migration flow run went Crashed and its crash hook
+  (flows/hooks.py) did not report it within `crash_report_seconds`: the worker died with it (a spot instance,
+  a lost host), or the hook could not run. Notifies the alerts block.
+- **rds-migrations: pending too long** — a migration flow run stayed Pending (a worker took it and its
+  process never started: an image pull, no capacity) for `pending_seconds`. Notifies the alerts block.
+- **rds-migrations: heartbeats stopped** — a running migration flow run sent no heartbeat for
+  `heartbeat_seconds`: its process and its worker are gone. Marks it Crashed, which the first one then
+  reports. A flow run beats every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (Prefect's default: 180), so
+  the window is several beats long.
+
+A failure inside a run is notified by the run itself (the notify step), so no automation repeats it; the
+events (flows/events.py) are there for teams that want more (e.g. `rds-migrations.migration.failed` in
+`production` → a pager). Definitions are data; `ensure` creates each once and updates it on later runs.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.events.actions import ChangeFlowRunState, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+from flows.events import RUN_ENDED
+
+MIGRATION_FLOWS = ["migrate-staging", "migrate-production", "refresh-staging", "restore-snapshot", "rollback",
+                   "baseline", "drift-check", "migrate-fleet", "migrate-target"]
+# Flow run state events name the flow as a related resource; so do the hooks' reports.
+OUR_FLOW_RUNS = {"match": {"prefect.resource.id": "prefect.flow-run.*"},
+                 "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": MIGRATION_FLOWS}}
+TERMINAL = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+RUN = "{{ flow.name }} run {{ flow_run.name }} (environment {{ flow_run.parameters.environment }}, git SHA " \
+      "{{ flow_run.parameters.git_sha }})"
+LINK = "\nRun: {{ flow_run|ui_url }}"
+
+
+def definitions(alerts_block_id: UUID | None, *, crash_report_seconds: int = 300, pending_seconds: int = 900,
+                heartbeat_seconds: int = 600) -> list[AutomationCore]:
+    """Every automation; those that notify only when there is an alerts block to notify."""
+    found: list[AutomationCore] = []
+    if alerts_block_id is not None:
+        found.append(AutomationCore(
+            name="rds-migrations: crashed and not reported",
+            description="A migration flow run crashed and its crash hook did not report it: its worker died too?",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.Crashed"}, expect={RUN_ENDED["crashed"]}, for_each={"prefect.resource.id"},
+                posture=Posture.Proactive, threshold=1, within=timedelta(seconds=crash_report_seconds),
+                **OUR_FLOW_RUNS),
+            actions=[SendNotification(
+                block_document_id=alerts_block_id,
+                subject="Schema migrations CRASHED and not reported",
+                body=f"{RUN} crashed and no report followed within {crash_report_seconds} s: its worker may have "
+                     "died with it. What the database says: `rds-migrations plan --env ENV`; a dirty database: "
+                     "`rds-migrations resolve --env ENV`." + LINK)],
+        ))
+        found.append(AutomationCore(
+            name="rds-migrations: pending too long",
+            description="A migration flow run was taken by a worker and its process never started.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.Pending"}, expect={"prefect.flow-run.Running", *TERMINAL},
+                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                within=timedelta(seconds=pending_seconds), **OUR_FLOW_RUNS),
+            actions=[SendNotification(
+                block_document_id=alerts_block_id,
+                subject="Schema migrations PENDING too long",
+                body=f"{RUN} has been Pending for {pending_seconds} s: a worker took it and its process never "
+                     "started (image pull, capacity, the pool's command). Nothing was applied by it." + LINK)],
+        ))
+    found.append(AutomationCore(
+        name="rds-migrations: heartbeats stopped",
+        description="A running migration flow run stopped sending heartbeats: mark it Crashed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *TERMINAL},
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=heartbeat_seconds), **OUR_FLOW_RUNS),
+        actions=[ChangeFlowRunState(state="CRASHED", message=f"No heartbeat for {heartbeat_seconds} s: the flow "
+                                    "run's process (and its worker) stopped")],
+    ))
+    return found
+
+
+def ensure(client: SyncPrefectClient, automations: list[AutomationCore]) -> list[str]:
+    """Create each automation once, by name; one that exists is updated to this definition."""
+    done = []
+    for automation in automations:
+        existing = client.read_automations_by_name(automation.name)
+        if existing:
+            client.update_automation(existing[0].id, automation)
+            done.append(f"automation {automation.name!r} exists (updated)")
+        else:
+            client.create_automation(automation)
+            done.append(f"automation {automation.name!r} created")
+    return done

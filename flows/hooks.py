@@ -1,0 +1,143 @@
+"""The crash and cancel hooks: a run whose process was killed (OOM, `kill -9`, a spot instance) or that was
+cancelled still tells its team, with the notification it would have sent: the environment, the SHA, what the
+database says this run applied, its dirty state, the snapshot and how to restore it.
+
+They run where Prefect runs them: in the worker, after the flow run's process died (the worker loads the
+flow from the deployment to find them), or in the run's own process when it caught the crash itself. So
+they read everything again (the run's parameters, the environment, the database, the snapshots) and never
+raise: what they cannot read, the message says it does not know. The report ends with a
+`rds-migrations.run.crashed` / `.run.cancelled` event, which the "crashed and not reported" automation
+(flows/automations.py) waits for.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.logging.loggers import flow_run_logger
+from prefect.utilities.urls import url_for
+
+from flows import events, observe
+from tasks.aws import aws_client
+from tasks.engine.aws import AwsClients
+from tasks.engine.credentials import fetch_connection
+from tasks.engine.environments import AuroraClusterSnapshot, Environment, RdsInstanceSnapshot, load_environment
+from tasks.engine.logs import Log
+from tasks.engine.notify import deliver
+from tasks.engine.runs.crash import EndedRun, Ending, KnownState, crash_summary, describe, known_state
+from tasks.notify import slack_post_for
+
+# The task names of every step (tasks/*.py): a task run is named `<step>-<environment>`.
+STEPS = ("validate", "fetch-secret", "rehearse-and-plan", "snapshot", "migrate", "notify", "plan-refresh",
+         "find-snapshot", "refresh-from-snapshot", "restore-from-snapshot", "rollback", "baseline", "drift-check")
+
+
+def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_crashed` of every flow: the run's process died, so the run could not notify anyone itself."""
+    _report("crashed", flow, flow_run, state)
+
+
+def report_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_cancellation` of every flow: the run was cancelled (its process is stopped)."""
+    _report("cancelled", flow, flow_run, state)
+
+
+def report_over_budget(flow: Any, flow_run: Any, message: str) -> None:
+    """From the flow itself (flows/budget.py): the run was stopped at its time budget."""
+    _report("timed-out", flow, flow_run, SimpleNamespace(message=message))
+
+
+def _report(ending: Ending, flow: Any, flow_run: Any, state: Any) -> None:
+    log = flow_run_logger(flow_run, flow)
+    try:
+        delivered = announce(ending, flow, flow_run, state, log)
+        log.info("The %s run was %s", ending, "reported" if delivered else "not reported (see above)")
+    except Exception as exc:  # noqa: BLE001 - a hook never raises; the automations are the backstop
+        log.warning("The %s run could not be reported (%s)", ending, describe(exc))
+
+
+def announce(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log) -> bool:
+    """Read what is known, notify the environment's target, emit the report event. Whether it was delivered."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)  # fresh: the hook's copy may predate the run's start
+        ended = EndedRun(
+            ending=ending, reason=(state.message or "") if state else "", flow_name=flow.name,
+            flow_run_id=str(run.id), parameters=dict(run.parameters), step=running_step(client, run.id),
+            planned=planned(client, run.id, str(run.parameters.get("environment"))),
+            deployment=deployment_name(client, flow.name, run),
+            duration_seconds=(datetime.now(UTC) - run.start_time).total_seconds() if run.start_time else 0.0,
+            run_url=url_for("flow-run", obj_id=run.id),
+        )
+    environment: Environment | None = None
+    delivered = False
+    try:
+        environment = load_environment(ended.parameter("environment"))
+    except Exception as exc:  # noqa: BLE001 - nowhere to notify; the event and the automations still say it
+        log.warning("Environment of the %s run unknown (%s): nobody notified", ending, describe(exc))
+    if environment is not None:
+        summary = crash_summary(ended, environment, read_known(environment, ended))
+        delivered = deliver(environment.notify, summary, post=slack_post_for(environment.notify, log), log=log)
+    events.run_ended(ending, ended.flow_run_id, run.name, str(run.flow_id), flow.name, ended.parameter("environment"),
+                     ended.parameter("git_sha"), {"step": ended.step, "notified": delivered,
+                                                  "reason": ended.reason[:500]})
+    return delivered
+
+
+def read_known(environment: Environment, ended: EndedRun) -> KnownState:
+    """What the database and the snapshots say, with AWS clients from the environment's blocks."""
+    clients = AwsClients(aws_client)
+    connection: Any
+    try:
+        connection = fetch_connection(environment, clients.get("secretsmanager", environment))
+    except Exception as exc:  # noqa: BLE001 - said in the message as not known
+        connection = exc
+    rds = None
+    if isinstance(environment.snapshot, RdsInstanceSnapshot | AuroraClusterSnapshot):
+        rds = clients.get("rds", environment)
+    return known_state(environment, connection, ended.flow_run_id, ended.parameter("git_sha"), rds)
+
+
+def step_of(task_run_name: str) -> str | None:
+    for step in sorted(STEPS, key=len, reverse=True):
+        if task_run_name == step or task_run_name.startswith(f"{step}-"):
+            return step
+    return None
+
+
+def running_step(client: SyncPrefectClient, flow_run_id: UUID) -> str | None:
+    """The step that was running when the run stopped: the last task run that started and did not complete
+    (killed, it stays Running: nobody ends it); else "after" the last one that completed."""
+    task_runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                 if t.start_time is not None]
+    stopped = [t for t in task_runs if t.state is None or not t.state.is_completed()]
+    if stopped:
+        return step_of(max(stopped, key=lambda t: t.start_time).name)  # type: ignore[arg-type, return-value]
+    if not task_runs:
+        return None
+    last = step_of(max(task_runs, key=lambda t: t.start_time).name)  # type: ignore[arg-type, return-value]
+    return f"after {last}" if last else None
+
+
+def planned(client: SyncPrefectClient, flow_run_id: UUID, environment: str) -> tuple[str, ...] | None:
+    """What the run's plan table artifact said was pending; None when it never got that far."""
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[observe.plan_key(environment)])),
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+    )
+    if not found:
+        return None
+    latest = max(found, key=lambda artifact: artifact.created or datetime.min.replace(tzinfo=UTC))
+    rows = json.loads(latest.data) if isinstance(latest.data, str) else latest.data
+    return tuple(str(row["migration"]) for row in rows or () if row.get("status") == "pending")
+
+
+def deployment_name(client: SyncPrefectClient, flow_name: str, run: Any) -> str | None:
+    if run.deployment_id is None:
+        return None
+    return f"{flow_name}/{client.read_deployment(run.deployment_id).name}"

@@ -1,0 +1,197 @@
+"""What is known about a run that could not say so itself: its process was killed (OOM, `kill -9`, a spot
+instance) or it was cancelled. Nothing comes from the dead process: the database's history rows and dirty
+marks and the snapshots carry the run's flow run id, so the report is what they say.
+
+The crash and cancel hooks (flows/hooks.py) add what the orchestrator knows (the step that was running, the
+plan the run published) and deliver the summary like any other run's (tasks/engine/notify.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from psycopg import sql
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import (
+    ENVIRONMENT_NAME,
+    AuroraClusterSnapshot,
+    Environment,
+    PgDumpSnapshot,
+    RdsInstanceSnapshot,
+)
+from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
+from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, shown_parameters
+from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, DirtyMigration, Ledger, resolve_hint
+from tasks.engine.runs.parameters import TRIGGER
+from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
+from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
+from tasks.engine.snapshots.rds import CLUSTER, INSTANCE
+from tasks.engine.snapshots.restore import SNAPSHOT_ID
+
+Ending = Literal["crashed", "cancelled", "timed-out"]
+REFRESH_FLOWS = {"refresh-staging": "refresh", "restore-snapshot": "restore"}
+# The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
+PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,
+              "snapshot_id": SNAPSHOT_ID}
+APPLIED_BY_RUN_SQL = "SELECT migration_id FROM {history} WHERE flow_run_id = %s ORDER BY applied_at, migration_id"
+# The run's own marks, even while the session it left behind still holds the lock (the server ends a dead
+# client's session only when it next talks to it): the columns of DirtyMigration, in its order.
+DIRTY_BY_RUN_SQL = """
+SELECT migration_id, state, statement_number, statement_count, checksum, sqlstate, message, flow_run_id,
+       started_at, applied_through
+FROM {dirty} WHERE flow_run_id = %s ORDER BY started_at
+"""
+
+
+@dataclass(frozen=True)
+class KnownState:
+    """What the database and the snapshots say about one run."""
+
+    applied: tuple[str, ...] = ()  # its rows in the history table, in the order it applied them
+    dirty: tuple[DirtyMigration, ...] = ()  # the database's dirty marks, whichever run left them
+    snapshot: Snapshot | None = None  # tagged with the run, else the one taken for its commit
+    unknown: tuple[str, ...] = ()  # what could not be read, and why (no secret in it)
+
+
+@dataclass(frozen=True)
+class EndedRun:
+    """The run as the orchestrator knows it."""
+
+    ending: Ending
+    reason: str  # the orchestrator's state message ("Process exited with status code: -9 ...")
+    flow_name: str
+    flow_run_id: str
+    parameters: dict[str, Any]
+    step: str | None = None  # the step that was running, when known
+    planned: tuple[str, ...] | None = None  # what its plan said was pending, when it got that far
+    deployment: str | None = None
+    duration_seconds: float = 0.0
+    run_url: str | None = None
+
+    def parameter(self, name: str, default: str = "unknown") -> str:
+        """A parameter's value when its allow-list takes it (it may be a secret pasted into the wrong field)."""
+        value = self.parameters.get(name)
+        return value if isinstance(value, str) and PARAMETERS[name].match(value) else default
+
+
+def read_database(connection: Connection, flow_run_id: str) -> tuple[tuple[str, ...], tuple[DirtyMigration, ...]]:
+    """This run's history rows, its dirty marks, and those that dead runs before it left."""
+    with connected(connection, application_name="rds-migrations crash report") as conn:
+        ledger = Ledger.open(conn)
+        tables = ledger.exists()
+        if not (tables["history"] and tables["dirty"]):
+            return (), ()
+        names = {key: sql.Identifier(ledger.schema, table) for key, table in (("history", HISTORY_TABLE),
+                                                                              ("dirty", DIRTY_TABLE))}
+        applied = tuple(row[0] for row in conn.execute(sql.SQL(APPLIED_BY_RUN_SQL).format(**names), (flow_run_id,)))
+        ours = tuple(DirtyMigration(*row) for row in conn.execute(sql.SQL(DIRTY_BY_RUN_SQL).format(**names),
+                                                                  (flow_run_id,)))
+        others = tuple(mark for mark in ledger.read().dirty if mark.flow_run_id != flow_run_id)
+        return applied, ours + others
+
+
+def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None) -> Snapshot | None:
+    """The snapshot tagged with this run; else the newest one taken for its commit (which a run reuses)."""
+    config = environment.snapshot
+    found: list[tuple[Snapshot, dict[str, str]]] = []
+    if isinstance(config, PgDumpSnapshot):
+        found = [(snapshot, {"flow_run_id": str(record.get("flow_run_id")), "git_sha": str(record.get("git_sha"))})
+                 for snapshot, record in stored_dumps(dump_directory(config))
+                 if record.get("environment") == environment.name]
+    elif isinstance(config, RdsInstanceSnapshot | AuroraClusterSnapshot) and rds_client is not None:
+        api, source = (INSTANCE, config.instance_id) if isinstance(config, RdsInstanceSnapshot) else \
+            (CLUSTER, config.cluster_id)
+        for item in api.manual_snapshots(rds_client, source):
+            tags = {tag["Key"]: tag.get("Value", "") for tag in item.get("TagList", [])}
+            if tags.get(f"{TAG_PREFIX}environment") != environment.name or item.get("Status") == "failed":
+                continue
+            created = item.get("SnapshotCreateTime")
+            found.append((Snapshot(kind=api.kind, identifier=item[api.snapshot_param], source=source, reused=True,
+                                   location=item.get(api.arn_key, ""),
+                                   created_at=utc(created) if isinstance(created, datetime) else datetime.now(UTC)),
+                          {"flow_run_id": tags.get(f"{TAG_PREFIX}flow-run-id", ""),
+                           "git_sha": tags.get(f"{TAG_PREFIX}git-sha", "")}))
+    ours = [s for s, tags in found if tags["flow_run_id"] == flow_run_id]
+    if not ours and GIT_SHA.match(git_sha):
+        ours = [s for s, tags in found if tags["git_sha"] == git_sha]
+    return max(ours, key=lambda s: s.created_at) if ours else None
+
+
+def known_state(environment: Environment, connection: Connection | Exception, flow_run_id: str, git_sha: str,
+                rds_client: Any = None) -> KnownState:
+    """Everything that can be read; each part that cannot is named in `unknown` instead of failing the rest.
+    `connection` is the error that stopped the credentials being read, when they could not be."""
+    applied: tuple[str, ...] = ()
+    dirty: tuple[DirtyMigration, ...] = ()
+    snapshot = None
+    unknown = []
+    if isinstance(connection, Exception):
+        unknown.append(f"what the database says (its credentials could not be read: {describe(connection)})")
+    else:
+        try:
+            applied, dirty = read_database(connection, flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
+            unknown.append(f"what the database says (it could not be read: {describe(exc)})")
+    try:
+        snapshot = run_snapshot(environment, flow_run_id, git_sha, rds_client)
+    except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
+        unknown.append(f"whether a snapshot was taken ({describe(exc)})")
+    return KnownState(applied, dirty, snapshot, tuple(unknown))
+
+
+def describe(exc: BaseException) -> str:
+    """Our errors' texts are free of secrets; anyone else's is named by its type only."""
+    return str(exc).splitlines()[0][:300] if isinstance(exc, RdsMigrationsError) else type(exc).__name__
+
+
+def explanation(run: EndedRun, environment: str, known: KnownState) -> str:
+    """The error text of the summary: why nobody heard from the run, and what the database says."""
+    what = {"crashed": "crashed (its process died", "cancelled": "was cancelled (its process was stopped",
+            "timed-out": "was stopped at its time budget (from the environment's policy"}[run.ending]
+    lines = [f"The flow run {what}: {run.reason.strip()[:300] or 'no reason given'}); it could not report "
+             "itself, so this is what the database and the snapshots say."]
+    ours = [d for d in known.dirty if d.flow_run_id == run.flow_run_id]
+    for mark in known.dirty:
+        lines.append(f"Dirty: {mark.describe()}. To resolve: {resolve_hint(mark.migration_id, environment)}.")
+    if run.step == "migrate" and not ours:
+        lines.append("The migration that was running, if any, ran in its own transaction: the server rolled it back "
+                     "when the session ended, and the next run applies it again.")
+    if run.planned is None:
+        lines.append("What is still pending is not known here (the run stopped before its plan was published): "
+                     f"`rds-migrations plan --env {environment}` says.")
+    lines += [f"Not known: {item}." for item in known.unknown]
+    return "\n".join(lines)
+
+
+def crash_summary(run: EndedRun, environment: Environment | None, known: KnownState) -> RunSummary | RefreshSummary:
+    """The summary a crashed or cancelled run would have sent, built from what is known."""
+    name = run.parameter("environment")
+    step = f"{run.step or 'unknown'} (run {run.ending})"
+    error = explanation(run, name, known)
+    tier = environment.tier if environment else "unknown"
+    if run.flow_name in REFRESH_FLOWS:
+        given = {key: str(value) for key, value in run.parameters.items() if key in PARAMETERS}
+        return RefreshSummary(
+            action=REFRESH_FLOWS[run.flow_name], environment=name, tier=tier, outcome="failed",  # type: ignore[arg-type]
+            failed_step=step, error=error, result=None, applied=known.applied, deployment=run.deployment,
+            flow_name=run.flow_name, parameters=shown_parameters(given, PARAMETERS),
+            duration_seconds=run.duration_seconds, run_url=run.run_url,
+        )
+    ours = [d.migration_id for d in known.dirty if d.flow_run_id == run.flow_run_id]
+    pending = tuple(m for m in run.planned or () if m not in known.applied)
+    failed = ours[0] if ours else (pending[0] if run.step == "migrate" and pending else None)
+    snapshot = known.snapshot
+    return RunSummary(
+        environment=name, tier=tier, git_sha=run.parameter("git_sha"), trigger=run.parameter("trigger"),
+        outcome="failed", failed_step=step, error=error,
+        applied=known.applied, failed_migration=failed, pending=pending,
+        snapshot_id=snapshot.identifier if snapshot else None,
+        snapshot_location=snapshot.location if snapshot else None,
+        restore_steps=restore_commands(name, snapshot.identifier) if snapshot else (),
+        duration_seconds=run.duration_seconds, run_url=run.run_url,
+    )
+

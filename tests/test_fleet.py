@@ -1,0 +1,268 @@
+"""Fleets without Prefect: the configuration, the waves and stop rules, an embedded fleet of 20 databases with
+one that fails (the other 19 migrated, the failed one left as before its failing migration), a canary that stops
+the rest, and `rds-migrations run` over plain PostgreSQL URLs (--json; the password never in any output)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.engine.connection import connected
+from tasks.engine.embedded import embedded_home, embedded_server
+from tasks.engine.environments import Environment
+from tasks.engine.fleet.config import Fleet
+from tasks.engine.fleet.report import FleetFailed, FleetReport, TargetResult
+from tasks.engine.fleet.targets import fleet_targets, target_environment_name
+from tasks.engine.fleet.waves import StopRule, after_wave, plan_waves
+from tasks.engine.runs.fleet import DirectFleetSteps, migrate_fleet
+from tasks.engine.runs.steps import DirectSteps
+from tests.conftest import CANARY_PASSWORD
+from tests.helpers import PROJECT, applied_ids, cli, url_of, write_migrations
+
+FIRST = {"0001.create-notes.sql": "CREATE TABLE notes (id bigint PRIMARY KEY, body text);\n"}
+# 0002 creates `widgets`: the target that already has one (made by hand) fails there, after `gadgets` was made in
+# the same transaction, which must be rolled back with it.
+NEXT = {
+    **FIRST,
+    "0002.create-widgets.sql": "CREATE TABLE gadgets (id bigint PRIMARY KEY);\n"
+    "CREATE TABLE widgets (id bigint PRIMARY KEY, name text);\n",
+    "0003.create-tags.sql": "CREATE TABLE tags (id bigint PRIMARY KEY);\n",
+}
+
+
+def embedded_fleet(prefix: str, databases: int, **policy: object) -> Environment:
+    return Environment.model_validate(
+        {
+            "name": "fleet-test",
+            "tier": "staging",
+            "credentials": {"kind": "embedded", "database": "unused"},
+            "snapshot": {"kind": "pg_dump"},
+            "notify": {"kind": "console"},
+            "fleet": {
+                "discover": {"kind": "embedded", "databases": databases, "name_pattern": prefix + "_{n:02d}"},
+                **policy,
+            },
+        }
+    )
+
+
+def run(environment: Environment, project: Path, log: logging.Logger | None = None) -> FleetReport:
+    return migrate_fleet(environment, DirectFleetSteps(DirectSteps(log=log)), git_sha="abc1234", project_root=project)
+
+
+def tables_of(database: str) -> set[str]:
+    with connected(embedded_server().connection(database)) as conn:
+        return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+# ---- configuration and the pure parts --------------------------------------------------------------------------
+
+
+def test_a_fleet_names_its_targets_one_way_and_each_target_one_source() -> None:
+    with pytest.raises(ValidationError, match="either targets"):
+        Fleet()
+    with pytest.raises(ValidationError, match="either targets"):
+        Fleet(targets=[{"name": "a", "database": "a"}], discover={"kind": "embedded", "databases": 2})
+    with pytest.raises(ValidationError, match="exactly one of"):
+        Fleet(targets=[{"name": "a", "database": "a", "url_env": "A_URL"}])
+    with pytest.raises(ValidationError, match="given twice"):
+        Fleet(targets=[{"name": "a", "database": "a"}, {"name": "a", "database": "b"}])
+    with pytest.raises(ValidationError, match="target"):
+        Fleet(discover={"kind": "rds_instances", "tags": {"app": "x"}, "secret_pattern": "rds/{name}/migrator"})
+    with pytest.raises(ValidationError, match="distinct"):
+        Fleet(discover={"kind": "embedded", "databases": 3, "name_pattern": "same"})
+
+
+def test_each_target_is_a_single_target_copy_with_its_own_name_credentials_and_snapshot() -> None:
+    environment = Environment.model_validate(
+        {
+            "name": "tenants",
+            "tier": "staging",
+            "aws": {"region": "eu-west-1"},
+            "credentials": {"kind": "secrets_manager", "secret_id": "rds/template"},
+            "snapshot": {"kind": "rds_instance", "instance_id": "template"},
+            "notify": {"kind": "console"},
+            "fleet": {
+                "targets": [
+                    {"name": "tenant-a", "secret_id": "rds/tenant-a/migrator"},
+                    {"name": "tenant-b", "url_env": "TENANT_B_URL"},
+                ]
+            },
+        }
+    )
+    a, b = fleet_targets(environment)
+    assert (a.environment.name, a.environment.credentials.secret_id) == ("tenants-tenant-a", "rds/tenant-a/migrator")
+    assert a.environment.snapshot.instance_id == "tenant-a" and b.environment.snapshot.instance_id == "tenant-b"
+    assert b.environment.credentials.variable == "TENANT_B_URL" and a.environment.fleet is None
+    long = target_environment_name("tenants", "a-very-long-tenant-identifier-number-00001")
+    other = target_environment_name("tenants", "a-very-long-tenant-identifier-number-00002")
+    assert len(long) <= 34 and long != other
+
+
+def test_waves_put_the_canary_first_and_a_failed_canary_stops_the_rest() -> None:
+    waves = plan_waves(list("abcdef"), canary=2)
+    assert [(w.name, w.targets) for w in waves] == [("canary", ("a", "b")), ("rest", ("c", "d", "e", "f"))]
+    assert [w.name for w in plan_waves(list("ab"), canary=5)] == ["rest"]
+    good, bad = TargetResult("a", "succeeded"), TargetResult("b", "failed")
+    assert after_wave(waves[0], [good, TargetResult("b", "nothing-to-do")]) is None
+    assert "canary" in after_wave(waves[0], [good, bad]) and after_wave(waves[1], [bad]) is None
+    rule = StopRule(2)
+    rule.record(bad)
+    assert rule.reason is None
+    rule.record(bad)
+    assert "stop_after_failures is 2" in rule.reason
+    assert StopRule(None).reason is None
+
+
+# ---- an embedded fleet -------------------------------------------------------------------------------------------
+
+
+def test_a_fleet_of_20_migrates_19_and_names_the_one_that_failed_left_as_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"f20_{uuid.uuid4().hex[:6]}"
+    environment = embedded_fleet(prefix, 20, concurrency=6)
+    write_migrations(tmp_path, FIRST)
+    first = run(environment, tmp_path)
+    assert first.counts == {"succeeded": 20}
+    broken = f"{prefix}_07"
+    with connected(embedded_server().connection(broken)) as conn:  # made by hand, with a row someone needs
+        conn.execute("CREATE TABLE widgets (id bigint PRIMARY KEY, colour text)")
+        conn.execute("INSERT INTO widgets VALUES (1, 'blue')")
+    write_migrations(tmp_path, NEXT)
+
+    with caplog.at_level(logging.INFO, logger="rds_migrations"), pytest.raises(FleetFailed) as failed:
+        run(environment, tmp_path, logging.getLogger("rds_migrations"))
+
+    report = failed.value.report
+    assert report.counts == {"succeeded": 19, "failed": 1} and report.outcome == "failed"
+    assert [r.target for r in report.failed] == [broken] and broken in str(failed.value)
+    failure = report.failed[0]
+    assert failure.failed_step == "migrate" and failure.failed_migration == "0002.create-widgets"
+    assert failure.applied == () and failure.pending == ("0002.create-widgets", "0003.create-tags")
+    assert failure.snapshot is not None and "42P07" in failure.error  # duplicate_table
+    # Left as before its failing migration: 0001 only, gadgets rolled back, the hand-made table and row intact.
+    assert applied_ids(embedded_server().connection(broken)) == ["0001.create-notes"]
+    assert {"notes", "widgets"} <= tables_of(broken) and not {"gadgets", "tags"} & tables_of(broken)
+    with connected(embedded_server().connection(broken)) as conn:
+        assert conn.execute("SELECT id, colour FROM widgets").fetchall() == [(1, "blue")]
+    for n in (1, 6, 8, 20):
+        assert applied_ids(embedded_server().connection(f"{prefix}_{n:02d}")) == sorted(name[:-4] for name in NEXT)
+    # ONE summary for the fleet, naming the failed target.
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Fleet migration")]
+    assert len(summaries) == 1
+    assert "FAILED" in summaries[0] and "19 succeeded, 1 failed" in summaries[0] and broken in summaries[0]
+
+
+def test_targets_already_at_head_cost_a_plan_and_nothing_else(tmp_path: Path) -> None:
+    prefix = f"fh_{uuid.uuid4().hex[:6]}"
+    environment = embedded_fleet(prefix, 4, concurrency=2)
+    write_migrations(tmp_path, FIRST)
+    run(environment, tmp_path)
+    dumps = embedded_home() / "snapshots"
+    taken = sorted(dumps.glob(f"rdsm-fleet-test-{prefix.replace('_', '-')}-*.dump"))
+    assert len(taken) == 4  # one per target, each under its own name
+
+    again = run(environment, tmp_path)
+
+    assert again.outcome == "nothing-to-do" and all(r.snapshot is None for r in again.results)
+    assert sorted(dumps.glob(f"rdsm-fleet-test-{prefix.replace('_', '-')}-*.dump")) == taken
+
+
+def test_a_failed_canary_stops_the_rest_and_stop_after_failures_stops_early(tmp_path: Path) -> None:
+    prefix = f"fc_{uuid.uuid4().hex[:6]}"
+    environment = embedded_fleet(prefix, 4, canary=1, concurrency=2)
+    write_migrations(tmp_path, FIRST)
+    run(environment, tmp_path)
+    for n in (1, 3, 4):
+        with connected(embedded_server().connection(f"{prefix}_{n:02d}")) as conn:
+            conn.execute("CREATE TABLE widgets (id bigint PRIMARY KEY)")
+    write_migrations(tmp_path, NEXT)
+
+    with pytest.raises(FleetFailed) as failed:
+        run(environment, tmp_path)
+    report = failed.value.report
+    assert [(r.target[-2:], r.outcome) for r in report.results] == [
+        ("01", "failed"),
+        ("02", "skipped"),
+        ("03", "skipped"),
+        ("04", "skipped"),
+    ]
+    assert "canary" in report.stopped and "canary" in report.results[1].error
+    assert applied_ids(embedded_server().connection(f"{prefix}_02")) == ["0001.create-notes"]  # never started
+
+    serial = embedded_fleet(prefix, 4, concurrency=1, stop_after_failures=1)
+    with pytest.raises(FleetFailed) as failed:
+        run(serial, tmp_path)
+    assert [r.outcome for r in failed.value.report.results] == ["failed", "skipped", "skipped", "skipped"]
+    assert "stop_after_failures is 1" in failed.value.report.stopped
+
+
+def test_a_fleet_without_stop_rules_tries_every_target(tmp_path: Path) -> None:
+    prefix = f"fa_{uuid.uuid4().hex[:6]}"
+    environment = embedded_fleet(prefix, 3, concurrency=1)
+    write_migrations(tmp_path, {"0001.bad.sql": "CREATE TABLE t (id bigint PRIMARY KEY);\n"})
+    run(environment, tmp_path)
+    with connected(embedded_server().connection(f"{prefix}_01")) as conn:
+        conn.execute("CREATE TABLE u (id bigint)")
+    write_migrations(tmp_path, {"0002.u.sql": "CREATE TABLE u (id bigint PRIMARY KEY);\n"})
+    with pytest.raises(FleetFailed) as failed:
+        run(environment, tmp_path)
+    assert [r.outcome for r in failed.value.report.results] == ["failed", "succeeded", "succeeded"]
+
+
+# ---- the command line over plain PostgreSQL URLs ------------------------------------------------------------------
+
+WIRED = (
+    "--database-urls"
+    in subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--help"], cwd=PROJECT, capture_output=True, text=True
+    ).stdout
+)
+
+
+@pytest.mark.skipif(not WIRED, reason="`run` has no fleet options yet (flows/cli.py wiring)")
+def test_run_over_several_urls_prints_one_json_document_and_never_the_password(tmp_path: Path, pg_server) -> None:
+    write_migrations(tmp_path, NEXT)
+    databases = [pg_server.ensure_database(f"u_{uuid.uuid4().hex[:8]}") for _ in range(3)]
+    with connected(databases[1]) as conn:
+        conn.execute("CREATE TABLE notes (id bigint)")  # no history: adopt it first, the plan says
+    urls = [url_of(d) for d in databases]
+
+    done = cli(
+        "run",
+        "--database-url",
+        urls[0],
+        "--database-url",
+        urls[1],
+        "--database-url",
+        urls[2],
+        "--concurrency",
+        "2",
+        "--git-sha",
+        "abc1234",
+        "--json",
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 1, done.stderr[-2000:]
+    document = json.loads(done.stdout)
+    assert document["outcome"] == "failed" and document["counts"] == {"succeeded": 2, "failed": 1}
+    by_name = {t["target"]: t for t in document["targets"]}
+    assert set(by_name) == {d.dbname for d in databases}
+    assert by_name[databases[0].dbname]["applied"] == sorted(name[:-4] for name in NEXT)
+    assert by_name[databases[1].dbname]["outcome"] == "failed" and by_name[databases[1].dbname]["error"]
+    assert set(document["targets"][0]) >= {"target", "outcome", "applied", "pending", "error"}
+
+    listed = tmp_path / "urls.txt"
+    listed.write_text("# tenants\n" + "\n".join([urls[0], urls[2]]) + "\n")
+    again = cli("run", "--database-urls", str(listed), "--git-sha", "abc1234", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing-to-do" in again.stdout and CANARY_PASSWORD not in again.stdout + again.stderr
