@@ -21,13 +21,21 @@ class Approval(RunInput):
     reason: str = ""
 
 
-def request_approval(environment: str, report: ValidationReport, timeout_seconds: int) -> str:
-    """Pause the flow run for approval. Returns who approved; raises `ApprovalDenied` otherwise."""
+def request_approval(environment: str, report: ValidationReport, timeout_seconds: int,
+                     rollback: bool = False) -> str:
+    """Pause the flow run for approval. Returns who approved; raises `ApprovalDenied` otherwise. With
+    `rollback`, the plan's pending migrations are the ones to be undone, newest first."""
     pending = ", ".join(report.pending)
-    description = (
-        f"Approve migrating **{environment}**: {len(report.pending)} pending ({pending}). "
-        f"The plan is in the `migration-plan-{environment}` artifact. Set approved to true to proceed."
-    )
+    if rollback:
+        description = (
+            f"Approve ROLLING BACK **{environment}**: undo {len(report.pending)} migration(s), newest first "
+            f"({pending}). The plan is in the `rollback-plan-{environment}` artifact. Set approved to true to proceed."
+        )
+    else:
+        description = (
+            f"Approve migrating **{environment}**: {len(report.pending)} pending ({pending}). "
+            f"The plan is in the `migration-plan-{environment}` artifact. Set approved to true to proceed."
+        )
     try:
         answer = pause_flow_run(
             wait_for_input=Approval.with_initial_data(description=description, approved=False),

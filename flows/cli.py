@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from flows import cli_change, cli_fleet, cli_inspect, completion  # noqa: E402
 from flows import trigger as trigger_command  # noqa: E402
-from tasks.engine.errors import EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
 
 
 def version() -> str:
@@ -224,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
         print(f"rds-migrations: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        # AWS itself (no credentials, an endpoint out of reach, a refusal the steps did not name): botocore's
+        # texts name the operation and the error code, never a secret.
+        print(f"rds-migrations: AWS: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def run_fleet_flow(
     """The migrate-fleet flow in this process (in-process mode: a URL fleet's variables live here only)."""
     from flows.fleet import migrate_fleet_flow
 
-    named = {"environment": environment.name} if variables is None else {"url_variables": variables}
+    # Always named: a URL fleet's template is the `database-url` environment (no snapshot), never the flow's default.
+    named = {"environment": environment.name, **({"url_variables": variables} if variables else {})}
     state = migrate_fleet_flow(return_state=True, **named, concurrency=concurrency, **parameters)
     if state.is_completed():
         return EXIT_OK, state.result()

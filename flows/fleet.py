@@ -95,6 +95,7 @@ class PrefectFleetSteps:
             "target": run.target,
             "trigger": "fleet",
             "migrations_dir": run.report.migrations_dir,
+            "dry_run": run.dry_run,
         }
         flow_run = run_deployment(
             self.deployment, parameters=parameters, timeout=None, poll_interval=2, as_subflow=True

@@ -41,6 +41,7 @@ def migrate_target_flow(
     target: str | None = None,
     migrations_dir: str = "migrations",
     trigger: str = "fleet",
+    dry_run: bool = False,
 ) -> State:
     """Plan, snapshot and migrate one target of an environment's fleet (the fleet run rehearsed the files).
 
@@ -51,6 +52,7 @@ def migrate_target_flow(
         target: apply up to and including this migration id or version number.
         migrations_dir: the migrations directory, relative to the project.
         trigger: who asked ("fleet" when a migrate-fleet run started it).
+        dry_run: plan only; nothing is snapshotted or applied (a dry fleet run's targets are dry too).
     """
     steps = PrefectSteps()
     with within_budget(environment), concurrency(FLEET_LIMIT, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
@@ -63,6 +65,7 @@ def migrate_target_flow(
             target=target,
             migrations_dir=migrations_dir,
             trigger=trigger,
+            dry_run=dry_run,
         )
     message = json.dumps(result.to_json())
     return (

@@ -84,12 +84,15 @@ class PrefectSteps:
             observe.publish_plan(environment.name, report, catalog)
         return report
 
-    def approve(self, environment: Environment, report: ValidationReport) -> str:
-        return request_approval(environment.name, report, timeout_seconds=environment.policy.approval_timeout_seconds)
+    def approve(self, environment: Environment, report: ValidationReport, rollback: bool = False) -> str:
+        return request_approval(environment.name, report, timeout_seconds=environment.policy.approval_timeout_seconds,
+                                rollback=rollback)
 
-    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
+                 reuse: bool = True) -> Snapshot:
         return snapshot_task(environment, connection, git_sha=git_sha, trigger=trigger,
-                             rds=self.client("rds", environment), progress=observe.snapshot_progress(environment.name))
+                             rds=self.client("rds", environment), progress=observe.snapshot_progress(environment.name),
+                             reuse=reuse)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:

@@ -19,10 +19,12 @@ for late logs after the run ends. It
    is still going and NOT cancelling it; 2 on a usage or configuration error (an unknown deployment, an API
    that cannot be reached or refuses the key, a refused parameter): one line, no traceback.
 
-The deadline (`--timeout`, else `watch_timeout(environment)` from the environment's policy) counts from the
-command's start. Nothing secret is printed: the API key never, the API URL without user info, parameters only
-after the credential check, and a refused value is never repeated. In GitHub Actions the flow run's log lines
-are printed between `::stop-commands::` markers, so a log line cannot act as a workflow command.
+The deadline (`--timeout`, else `watch_timeout(environment)` from the environment's policy; a fleet needs
+`--timeout`) counts from the command's start, except the time the run waits for its deployment's concurrency
+slot behind another run of it (up to one more deadline). Nothing secret is printed: the API key never, the API
+URL without user info, parameters only after the credential check, and a refused value is never repeated. In
+GitHub Actions the flow run's log lines are printed between `::stop-commands::` markers, so a log line cannot
+act as a workflow command.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ def _default_timeout(parameters: dict[str, Any], deployment: dict[str, Any]) -> 
     if not isinstance(name, str):
         raise UsageError("this deployment takes no environment parameter to read a policy from: give --timeout")
     environment = load_environment(name)
+    if environment.fleet is not None:
+        raise UsageError(f"environment {name!r} is a fleet: how long its run takes depends on its targets and "
+                         "waves, so give --timeout")
     parts = deadline_parts(environment)
     explained = " + ".join(f"{label} {seconds}" for label, seconds in parts.items())
     return float(sum(parts.values())), f"from environment {name!r}'s policy: {explained}"
@@ -183,6 +188,9 @@ def _follow(api: Api, run: dict[str, Any], deployment: str, link: str, output: O
     state: dict[str, Any] = run.get("state") or {}
     hinted: set[str] = set()
     api_trouble: str | None = None
+    # A run queued behind another run of its deployment (one at a time) is not late: that wait does not count,
+    # up to one more deadline's length (the run ahead is bounded by its own budget).
+    queue_allowance, queued, last_seen = deadline - started, 0.0, time.monotonic()
     try:
         while True:
             tick = time.monotonic()
@@ -209,6 +217,10 @@ def _follow(api: Api, run: dict[str, Any], deployment: str, link: str, output: O
                                  if state.get("name") == "AwaitingConcurrencySlot" else
                                  f"  still {state.get('name') or 'Scheduled'} after {waiting:.0f} s: is a worker "
                                  f"polling work pool {current.get('work_pool_name')!r}?")
+                if state.get("name") == "AwaitingConcurrencySlot" and queued < queue_allowance:
+                    grant = min(time.monotonic() - last_seen, queue_allowance - queued)
+                    deadline, queued = deadline + grant, queued + grant
+                last_seen = time.monotonic()
                 api_trouble = None
             except ApiUnavailable as exc:  # the deadline came while the API was not answering
                 api_trouble = str(exc)

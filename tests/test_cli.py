@@ -72,3 +72,20 @@ def test_wrong_password_exits_1_without_the_password(project: Path, database: Co
     wrong = database.model_copy(update={"password": type(database.password)(CANARY_PASSWORD + "x")})
     result = cli("plan", "--database-url", url_of(wrong), cwd=project)
     assert result.returncode == 1 and "password authentication failed" in result.stderr
+
+
+def test_aws_out_of_reach_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An AWS failure the steps do not name themselves (here: the endpoint refuses connections) is one line on
+    stderr with exit 1, never a Python traceback."""
+    environments = tmp_path / "environments.toml"
+    environments.write_text(
+        '[environments.aws-down]\ntier = "staging"\n'
+        'aws = { region = "eu-west-1", endpoint_url = "http://127.0.0.1:9" }\n'
+        'credentials = { kind = "secrets_manager", secret_id = "rds/down" }\n'
+        'snapshot = { kind = "none" }\nnotify = { kind = "console" }\n')
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    result = cli("run", "--env", "aws-down", cwd=tmp_path,
+                 env={"RDS_MIGRATIONS_ENVIRONMENTS": str(environments), "AWS_ACCESS_KEY_ID": "testing",
+                      "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"})
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "127.0.0.1:9" in result.stderr

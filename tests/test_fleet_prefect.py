@@ -198,6 +198,11 @@ def test_distributed_fleet_runs_each_target_as_a_subflow_run_on_the_pool(project
     prefix = (project / "prefix").read_text()
     embedded_server().start()
     write_migrations(project, NEXT)
+    dry = migrate_fleet_flow(environment="spread", git_sha="abc1234", target_deployment=workers, dry_run=True,
+                             return_state=True)
+    assert dry.is_completed() and dry.result().counts == {"dry-run": 4}, dry.message
+    before = [applied_ids(embedded_server().connection(f"{prefix}_{n:02d}")) for n in range(1, 5)]
+    assert all(len(ids) < len(NEXT) for ids in before)  # a dry fleet run's targets changed nothing
     started = time.monotonic()
     state = migrate_fleet_flow(environment="spread", git_sha="abc1234", target_deployment=workers, return_state=True)
     elapsed = time.monotonic() - started
@@ -219,7 +224,8 @@ def test_distributed_fleet_runs_each_target_as_a_subflow_run_on_the_pool(project
     assert sorted(c.parameters["target_name"] for c in children) == [f"{prefix}_{n:02d}" for n in range(1, 5)]
     assert all(c.state.is_completed() and c.work_pool_name == POOL for c in children)
     assert all(
-        set(c.parameters) <= {"environment", "target_name", "git_sha", "target", "trigger", "migrations_dir"}
+        set(c.parameters) <= {"environment", "target_name", "git_sha", "target", "trigger", "migrations_dir",
+                              "dry_run"}
         for c in children
     )
     print(f"distributed fleet of 4: {elapsed:.1f}s")

@@ -400,8 +400,10 @@ def test_the_command_line_rolls_back_one_below_the_head_and_says_so_in_json(tmp_
     target = cli("run", "--database-url", url_of(database), "--target", "1", cwd=tmp_path)
     assert target.returncode == 1 and "rds-migrations rollback" in target.stderr  # a run never undoes
 
-    planned = cli("rollback", "--database-url", url_of(database), "--to", "2", "--dry-run", cwd=tmp_path)
+    planned = cli("rollback", "--database-url", url_of(database), "--to", "2", "--dry-run", "--json", cwd=tmp_path)
     assert planned.returncode == 0 and "0003.devices" in planned.stderr
+    dry = json.loads(planned.stdout)  # the plan, and nothing rolled back
+    assert dry["planned"] == ["0003.devices"] and dry["rolled_back"] == []
     assert applied_ids(database) == ["0001.users", "0002.accounts", "0003.devices"]  # a dry run writes nothing
 
     result = cli("rollback", "--database-url", url_of(database), "--to", "2", "--json", cwd=tmp_path)

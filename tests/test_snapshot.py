@@ -141,6 +141,16 @@ def test_a_rerun_with_the_same_sha_reuses_the_snapshot(rds, instance, aws_endpoi
     assert len(manual_snapshots(rds)) == 1
 
 
+def test_a_rollback_never_reuses_the_snapshot_taken_before_the_migration(rds, instance, aws_endpoint) -> None:
+    """The same commit's pre-migration snapshot is not the database before its rollback: a fresh one."""
+    environment = make_environment(INSTANCE, endpoint=aws_endpoint)
+    before_migration = snap(environment, rds, flow_run_id="run-1")
+    before_rollback = snap(environment, rds, flow_run_id="run-2", now=NOW + timedelta(days=2), reuse=False)
+
+    assert not before_rollback.reused and before_rollback.identifier != before_migration.identifier
+    assert len(manual_snapshots(rds)) == 2
+
+
 def _ours(sha: str = SHA, environment: str = "production") -> list[dict]:
     return [{"Key": k, "Value": v} for k, v in snapshot_tags(environment, sha, "run-0", "push").items()]
 

@@ -68,10 +68,15 @@ def sleepy(seconds: float = 20) -> None:
 
 DEPLOY = '''
 from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
 for entrypoint in ("tflows.py:noop", "tflows.py:fail", "tflows.py:sleepy"):
     flow.from_source(source={source!r}, entrypoint=entrypoint).deploy(name="t", work_pool_name={pool!r},
                                                                      print_next_steps=False)
+# One at a time, queued: as migrate-production is.
+flow.from_source(source={source!r}, entrypoint="tflows.py:sleepy").deploy(
+    name="queued", work_pool_name={pool!r}, print_next_steps=False,
+    concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"))
 '''
 
 
@@ -129,6 +134,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     api = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",  # a queued run retries every 2 s, not 30
            "PYTHONUNBUFFERED": "1"}
     for key in ("PREFECT_API_KEY", "PREFECT_PROFILES_PATH", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
         env.pop(key, None)
@@ -244,6 +250,23 @@ def test_the_deadline_exits_1_and_leaves_the_run_going(stack: Stack) -> None:
         assert time.monotonic() < deadline, state
         time.sleep(1)
     assert state == "COMPLETED"
+
+
+@pytest.mark.e2e
+def test_waiting_for_the_deployments_slot_behind_another_run_does_not_count_against_the_deadline(
+    stack: Stack
+) -> None:
+    ahead = subprocess.Popen([sys.executable, "-m", "flows.trigger", "trigger-sleep/queued", "--param", "seconds=8",
+                              "--timeout", "120"], cwd=PROJECT, env=stack.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the first run holds the slot
+        behind = stack.trigger("trigger-sleep/queued", "--param", "seconds=1", "--timeout", "10")
+    finally:
+        out, _ = ahead.communicate(timeout=180)
+    assert ahead.returncode == 0, out[-2000:]
+    assert behind.returncode == 0, behind.stdout[-3000:] + behind.stderr[-2000:]
+    assert "AwaitingConcurrencySlot" in behind.stdout  # it waited its turn, and the wait did not count
 
 
 # ---- without a server -------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ from tasks.engine.environments import AwsSettings, Environment
 BOTOCORE_RETRIES = {"retries": {"mode": "standard", "max_attempts": 5}}
 
 
+def error_code(exc: Any) -> str:
+    """The error code AWS answered a botocore `ClientError` with ("unknown" when it gave none)."""
+    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
 def aws_client(service: str, aws: AwsSettings) -> Any:
     """A boto3 client for `service` in the environment's region, from the default credential chain."""
     import boto3

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tasks.engine.aws import error_code
 from tasks.engine.connection import SSL_MODES, Connection, connection_from_url, parse_rds_secret
 from tasks.engine.environments import (
     EmbeddedCredentials,
@@ -100,7 +101,7 @@ def _read_connection(environment: Environment, secrets_manager: Any) -> Connecti
         except ClientError as exc:
             if is_transient(exc):
                 raise
-            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+            code = error_code(exc)
             meaning = SECRET_READ_ERRORS.get(code, "Secrets Manager refused to return it")
             raise SecretError(
                 f"secretsmanager:{credentials.secret_id} in {environment.aws.region}: {meaning} ({code})"

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.engine.aws import error_code
+from tasks.engine.errors import ConfigError
 from tasks.engine.fleet.config import TagDiscovery
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE
@@ -52,27 +54,40 @@ def _discovered(kind: str, resource: dict) -> Discovered:
     )
 
 
+def _described(api: Any, rds: Any) -> list[dict]:
+    """Every instance or cluster of the region (all pages); an AWS refusal is a configuration error naming it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return [resource for page in rds.get_paginator(api.describe).paginate() for resource in page[api.key]]
+    except ClientError as exc:
+        code = error_code(exc)
+        raise ConfigError(f"discovering the fleet: RDS refused {api.describe} ({code}): the role must be allowed "
+                          f"to describe {api.noun}s (deployments/iam/migrate-fleet.json)") from None
+    except BotoCoreError as exc:
+        raise ConfigError(f"discovering the fleet: RDS could not be asked ({type(exc).__name__}: {exc})") from None
+
+
 def discover(discovery: TagDiscovery, rds: Any, log: Log = logger) -> list[Discovered]:
     """Every PostgreSQL instance or cluster carrying all of `discovery.tags`, by identifier."""
     api = INSTANCE if discovery.kind == "rds_instances" else CLUSTER
     found: list[Discovered] = []
-    for page in rds.get_paginator(api.describe).paginate():
-        for resource in page[api.key]:
-            tags = _tags(resource)
-            if any(tags.get(key) != value for key, value in discovery.tags.items()):
-                continue
-            if discovery.kind == "rds_instances" and resource.get("DBClusterIdentifier"):
-                continue  # an Aurora cluster's member: the cluster is the target, not its instances
-            item = _discovered(discovery.kind, resource)
-            if "postgres" not in item.engine:
-                log.warning(
-                    "%s %s carries the fleet's tags but runs %s, not PostgreSQL: left out",
-                    api.noun,
-                    item.name,
-                    item.engine or "an unknown engine",
-                )
-                continue
-            found.append(item)
+    for resource in _described(api, rds):
+        tags = _tags(resource)
+        if any(tags.get(key) != value for key, value in discovery.tags.items()):
+            continue
+        if discovery.kind == "rds_instances" and resource.get("DBClusterIdentifier"):
+            continue  # an Aurora cluster's member: the cluster is the target, not its instances
+        item = _discovered(discovery.kind, resource)
+        if "postgres" not in item.engine:
+            log.warning(
+                "%s %s carries the fleet's tags but runs %s, not PostgreSQL: left out",
+                api.noun,
+                item.name,
+                item.engine or "an unknown engine",
+            )
+            continue
+        found.append(item)
     log.info(
         "Discovered %d %s(s) tagged %s",
         len(found),

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from tasks.engine.aws import error_code
 from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.environments import (
     RDS_IDENTIFIER,
@@ -163,7 +164,16 @@ def read_master_secret(target: Target, secrets_manager: Any) -> Connection:
     assert target.endpoint is not None and isinstance(target.environment.credentials, SecretsManagerCredentials)
     secret_id = target.environment.credentials.secret_id
     source = f"secretsmanager:{secret_id}"
-    answer = secrets_manager.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = secrets_manager.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
+    except ClientError as exc:
+        code = error_code(exc)
+        raise SecretError(f"{source}: Secrets Manager refused to return {target.name}'s master secret "
+                          f"({code})") from None
+    except BotoCoreError as exc:
+        raise SecretError(f"{source}: Secrets Manager could not be asked ({type(exc).__name__})") from None
     try:
         data = json.loads(answer.get("SecretString") or "")
         user, password = data["username"], data["password"]

@@ -55,6 +55,7 @@ class RollbackReport:
     not_undone: tuple[str, ...] = ()  # planned but not undone, the failed one first
     applied: tuple[str, ...] = ()  # applied after the run, in apply order (a dirty failed one is not)
     duration_seconds: float = 0.0
+    planned: tuple[str, ...] = ()  # what the plan said would be undone, newest first (all a dry run shows)
 
     @property
     def rolled_back_ids(self) -> tuple[str, ...]:

@@ -20,8 +20,9 @@ def deadline_parts(environment: Environment) -> dict[str, int]:
       has no wait of its own);
     - approval: `approval_timeout_seconds` when `approval_required` (the run is paused that long at most);
     - migration lock: `migration_lock_wait_seconds` (another run holding the environment's lock);
-    - longest statement: `statement_timeout_ms`, once (any one statement is cut there; a run that applies many
-      long migrations can take longer: its flow timeout, not this check, is what should stop it);
+    - longest statement: `statement_timeout_ms`, once (any one statement is cut there; a run that applies several
+      long migrations, backfills say, can need more: give it `policy.run_budget_seconds`, or the run stops at
+      this sum, each migration atomic or marked dirty as ever);
     - lock retries: `lock_timeout_retries` × (`lock_timeout_ms` + `lock_retry_max_delay_seconds`), the worst
       case of the retried lock timeouts;
     - the rest of the run: FIXED_RUN_SECONDS (600) for validation, rehearsal, plan, the other migrations and

@@ -274,6 +274,7 @@ def migrate_one_target(
     migrations_dir: str = "migrations",
     trigger: str = "manual",
     project_root: Path | None = None,
+    dry_run: bool = False,
 ) -> TargetResult:
     """One target of a fleet, as a distributed fleet run starts it: the files checked again where it runs
     (the fleet run rehearsed them), then the target's pipeline."""
@@ -282,7 +283,7 @@ def migrate_one_target(
     git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
     catalog, report = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
     found = fleet_target(environment, name, client("rds", environment), steps.log)
-    run = FleetRun(catalog, report, git_sha, trigger, target, keep_snapshots=fleet.keep_snapshots)
+    run = FleetRun(catalog, report, git_sha, trigger, target, dry_run=dry_run, keep_snapshots=fleet.keep_snapshots)
     return run_target(found, steps, run, client)
 
 

@@ -9,6 +9,7 @@ Nothing to undo, or a dry run: no snapshot and no lock. Notify always runs; the 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tasks.engine.environments import load_environment
@@ -28,8 +29,8 @@ from tasks.engine.snapshots.naming import Snapshot
 def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "unknown", dry_run: bool = False,
                           migrations_dir: str = "migrations", trigger: str = "manual",
                           project_root: Path | None = None) -> RollbackReport | None:
-    """Undo the named environment's migrations after `to` (`"0"`: all), newest first; None when there was nothing
-    to undo or it was a dry run."""
+    """Undo the named environment's migrations after `to` (`"0"`: all), newest first. A dry run, or nothing to
+    undo: the report holds the plan (`planned`) and nothing rolled back."""
     environment = load_environment(name)
     check_tier(environment, environment.tier)
     check_parameters(git_sha, trigger, to, migrations_dir)
@@ -57,15 +58,18 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             if plan.undo and not dry_run:
                 if environment.tier == "production" and environment.policy.approval_required:
                     step = "approval"
-                    # The approval form lists what will be undone as what is "pending" for this run.
+                    # The approval form lists what will be undone as what is "pending" for this run, as a rollback.
                     steps.log.info("Approved by %s", steps.approve(environment, with_plan(
-                        validation, Plan(applied=plan.keep, pending=plan.undo), catalog)))
+                        validation, Plan(applied=plan.keep, pending=plan.undo), catalog), rollback=True))
                 if environment.snapshot.kind != "none":
                     step = "snapshot"
-                    snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger)
+                    # Never the pre-migration snapshot of this commit: the database has changed since.
+                    snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger, reuse=False)
                 step = "rollback"
                 report = credentials.run(lambda c: steps.rollback(c, catalog, environment.policy, to=to,
                                                                   git_sha=git_sha, environment=environment.name))
+            else:  # a dry run, or nothing to undo: what would be undone, for --json; nothing written
+                report = RollbackReport(to=to, applied=plan.keep + tuple(reversed(plan.undo)))
         except Exception as exc:  # noqa: BLE001 - announced, then raised again below
             error = exc
             if isinstance(exc, RollbackError):
@@ -73,6 +77,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
         outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if not undo else "succeeded"
         facts = [("to", to), ("git SHA", git_sha), ("planned", ", ".join(undo) or "nothing to undo")]
         if report is not None:
+            report = replace(report, planned=undo)
             facts += [("rolled back", ", ".join(report.rolled_back_ids) or "none"),
                       ("still applied", report.applied[-1] if report.applied else "none")]
         if snapshot is not None:

@@ -56,11 +56,13 @@ class Steps(Protocol):
         """The plan against the target and, when something is pending, the rehearsal (a dry run's never
         creates anything on the target's server)."""
 
-    def approve(self, environment: Environment, report: ValidationReport) -> str:
-        """Wait for a person to approve the plan; who approved, else `ApprovalDenied`."""
+    def approve(self, environment: Environment, report: ValidationReport, rollback: bool = False) -> str:
+        """Wait for a person to approve the plan (with `rollback`: its pending migrations are to be undone); who
+        approved, else `ApprovalDenied`."""
 
-    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
-        """Take (or reuse) the environment's snapshot and wait until it is usable."""
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
+                 reuse: bool = True) -> Snapshot:
+        """Take (or, with `reuse`, reuse this commit's) snapshot of the environment and wait until it is usable."""
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:
@@ -136,17 +138,18 @@ class DirectSteps:
 
         return rehearse_and_plan(environment, catalog, report, connection, target, log=self.log, dry_run=dry_run)
 
-    def approve(self, environment: Environment, report: ValidationReport) -> str:
+    def approve(self, environment: Environment, report: ValidationReport, rollback: bool = False) -> str:
         from tasks.engine.errors import ApprovalDenied
 
         raise ApprovalDenied(f"environment {environment.name} requires approval, which needs a Prefect API: run it "
                              "through its deployment (or with --prefect); nothing was snapshotted or applied")
 
-    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str) -> Snapshot:
+    def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
+                 reuse: bool = True) -> Snapshot:
         from tasks.engine.snapshots.take import take_snapshot
 
         return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=None, trigger=trigger,
-                             rds_client=self.client("rds", environment), log=self.log)
+                             rds_client=self.client("rds", environment), log=self.log, reuse=reuse)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:

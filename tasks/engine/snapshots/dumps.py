@@ -26,7 +26,7 @@ def dump_directory(config: PgDumpSnapshot) -> Path:
 
 
 def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, tags: dict[str, str],
-                  when: datetime, log: Log) -> Snapshot:
+              when: datetime, log: Log, reuse: bool = True) -> Snapshot:
     directory = dump_directory(config)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {
@@ -38,7 +38,7 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
         "flow_run_id": tags[f"{TAG_PREFIX}flow-run-id"],
         "trigger": tags[f"{TAG_PREFIX}trigger"],
     }
-    reusable = _find_reusable_dump(directory, record)
+    reusable = _find_reusable_dump(directory, record) if reuse else None
     if reusable is not None:
         log.info("Reusing dump %s of database %s, taken for the same git SHA",
                  reusable.location, connection.dbname)

@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tasks.engine.aws import error_code
 from tasks.engine.errors import SnapshotError
 from tasks.engine.snapshots.naming import Snapshot, SnapshotKind, utc
 
@@ -154,6 +155,3 @@ def waiter_config(max_wait_seconds: int) -> dict[str, int]:
     delay = max(15, min(30, max_wait_seconds // 60))
     return {"Delay": delay, "MaxAttempts": math.ceil(max_wait_seconds / delay)}
 
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))

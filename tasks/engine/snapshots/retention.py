@@ -4,7 +4,7 @@ snapshots of each target and deletes older ones, after that target was migrated.
 
 Only snapshots this tool took for that very target are ever deleted: tagged `rds-migrations:managed-by` and
 `rds-migrations:environment` = the target's environment name (naming.snapshot_tags), available, and manual.
-The local kind applies the same rule to its pg_dump files (the sidecar's environment and database).
+The local kind applies the same rule to its pg_dump files (the sidecar's environment, which names the target).
 """
 
 from __future__ import annotations

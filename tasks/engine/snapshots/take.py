@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tasks.engine.aws import error_code
 from tasks.engine.connection import Connection
 from tasks.engine.environments import AuroraClusterSnapshot, Environment, PgDumpSnapshot, RdsInstanceSnapshot
 from tasks.engine.errors import ConfigError, SnapshotError
@@ -30,7 +31,7 @@ from tasks.engine.snapshots.naming import (
     snapshot_tags,
     utc,
 )
-from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, error_code, waiter_config
+from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
 
 logger = logging.getLogger(__name__)
 # Told (snapshot id, percent done) while waiting, and 100 when the snapshot is usable; must not raise.
@@ -49,8 +50,11 @@ def take_snapshot(
     log: Log = logger,
     sleep: Callable[[float], None] = time.sleep,
     progress: SnapshotProgress | None = None,
+    reuse: bool = True,
 ) -> Snapshot:
-    """Take the environment's pre-migration snapshot, or reuse the one already taken for `git_sha`.
+    """Take the environment's pre-migration snapshot, or (with `reuse`: a re-run of the same commit's migration)
+    reuse the one already taken for `git_sha`. A rollback never reuses: the snapshot before a migration is not
+    the database before its rollback.
 
     Waits until the snapshot is usable, telling `progress` how far it is. Raises `SnapshotError` when it cannot
     be taken or fails, and `ValueError` for a bad `git_sha` or an environment without snapshots (`kind = "none"`).
@@ -61,7 +65,7 @@ def take_snapshot(
     tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger)
     config = environment.snapshot
     if isinstance(config, PgDumpSnapshot):
-        dump = take_dump(config, connection, identifier, tags, when, log)
+        dump = take_dump(config, connection, identifier, tags, when, log, reuse)
         if progress is not None:
             progress(dump.identifier, 100)
         return dump
@@ -74,7 +78,7 @@ def take_snapshot(
     else:
         api, source = CLUSTER, config.cluster_id
     return _take_rds_snapshot(
-        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep, progress
+        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep, progress, reuse
     )
 
 
@@ -89,10 +93,11 @@ def _take_rds_snapshot(
     log: Log,
     sleep: Callable[[float], None],
     progress: SnapshotProgress | None,
+    reuse: bool = True,
 ) -> Snapshot:
     # Reuse first: while our earlier snapshot is still being created, the instance itself is `backing-up`.
     ours = [s for s in api.manual_snapshots(rds, source_id) if _is_ours(s, tags)]
-    reusable = _pick_reusable(ours, tags[f"{TAG_PREFIX}git-sha"])
+    reusable = _pick_reusable(ours, tags[f"{TAG_PREFIX}git-sha"]) if reuse else None
     if reusable is not None:
         reused_id = reusable[api.snapshot_param]
         log.info("Reusing snapshot %s (%s) of %s %s, taken for the same git SHA",
