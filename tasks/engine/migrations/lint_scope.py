@@ -31,17 +31,28 @@ class LintScope:
     new_table_lines: frozenset[tuple[str, int]] = frozenset()
 
     @classmethod
-    def of(cls, catalog: Catalog, pending: Iterable[str] | None) -> LintScope:
+    def of(cls, catalog: Catalog, pending: Iterable[str] | None,
+           findings: Iterable[LintFinding] = ()) -> LintScope:
+        """The scope of the `pending` migrations. Statements are parsed only as far as `findings` of the lock
+        and rewrite rules need: a batch without such findings costs no parse at all."""
         ids = list(catalog.ids) if pending is None else list(pending)
         by_id = {m.id: m for m in catalog.migrations}
+        batch = [by_id[i] for i in ids if i in by_id]
         files: set[str] = set()
+        for migration in batch:
+            files |= {migration.path.name, f"{migration.id}.rollback.sql"}
+        wanted = {(f.file, f.line) for f in findings if f.rule in LOCK_RULES and f.file in files}
         new_tables: set[str] = set()
         lines: set[tuple[str, int]] = set()
-        for migration in (by_id[i] for i in ids if i in by_id):
-            files |= {migration.path.name, f"{migration.id}.rollback.sql"}
+        for migration in batch:
+            if not wanted:
+                break
             for statement, (first, last) in zip(migration.statements, migration.spans, strict=False):
-                if _plain(touched_table(statement)) in new_tables:
-                    lines |= {(migration.path.name, line) for line in range(first, last + 1)}
+                span = {(migration.path.name, line) for line in range(first, last + 1)}
+                if span & wanted:
+                    wanted -= span
+                    if _plain(touched_table(statement)) in new_tables:
+                        lines |= span
                 new_tables |= {_plain(name) for name in created_tables(statement)}
         return cls(None if pending is None else frozenset(files), frozenset(lines))
 

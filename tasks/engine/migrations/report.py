@@ -179,7 +179,7 @@ def with_rehearsal(report: ValidationReport, rehearsal: RehearsalResult | None) 
 
 def with_plan(report: ValidationReport, plan: Plan, catalog: Catalog) -> ValidationReport:
     """The report with the plan, and lint findings scoped to what the plan says is about to run."""
-    return replace(report, plan=plan, scope=LintScope.of(catalog, plan.pending))
+    return replace(report, plan=plan, scope=LintScope.of(catalog, plan.pending, report.findings))
 
 
 class ValidationFailed(RdsMigrationsError):
