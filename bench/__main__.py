@@ -22,13 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from bench import apply, fleet, machine, realistic, report, schema, stall, validation  # noqa: E402
+from bench import apply, fleet, local, machine, realistic, report, schema, stall, validation  # noqa: E402
 from bench import trigger as trigger_bench  # noqa: E402
 from bench.pg import BenchServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-SECTIONS = ("apply", "stall", "validation", "realistic", "schema", "fleet", "prefect", "trigger")
+SECTIONS = ("apply", "stall", "validation", "local", "realistic", "schema", "fleet", "prefect", "trigger")
 SIZES = (100, 300, 1000)
 # Runs per tool and N, in rounds that run every tool once in a rotating order; medians are reported. The
 # floor and the engine run N = 1,000 five times (their ratio is the target); the slow reference tools once.
@@ -112,6 +112,14 @@ def measure(sections: tuple[str, ...], sizes: tuple[int, ...], out: Path, candid
             log(f"  validation {results['validation']['total_seconds']:.2f} s")
             results["rehearsal"] = dataclasses.asdict(validation.rehearse_incrementally(server, base, REHEARSAL_BASE))
             log(f"  rehearsal {results['rehearsal']['incremental_seconds']:.2f} s")
+        if "local" in sections:
+            log("A person's terminal: `rds-migrations run --database-url` on this repository's migrations, "
+                "the engine path and --prefect:")
+            try:
+                results["local"] = local.run(server, base, bytecode_env(), log)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                results["errors"]["local"] = str(exc)
+                log(f"  not measured: {exc}")
         if "realistic" in sections:
             log(f"A realistic history of {realistic.COUNT} migrations (bench/corpus.py), the CLI end to end; "
                 "large inputs:")
@@ -160,6 +168,8 @@ def render(results: dict, out: Path, publish: bool) -> str:
         + report.apply_table(results) if "apply" in results else "",
         "### Against the targets\n\n" + report.targets_table(results) if report.rows(results) else "",
         report.trigger_breakdown(results),
+        "### A person's terminal: the engine path and the Prefect path\n\n" + local.render(results["local"])
+        if "local" in results else "",
         "### A realistic history and large inputs (issue 15)\n\n" + report.realistic_table(results)
         if "realistic" in results else "",
         "### Adoption and day two: drift, the target-schema rehearsal, memory\n\n" + schema.render(results["schema"])

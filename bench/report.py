@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.apply import CANDIDATE, KNEX, OURS, PSQL, YOYO
 
 # The bar (issue 5). Linear in N: the cost of one migration at N = 1,000 is within 25% of its cost at N = 100.
-APPLY_FLOOR_RATIO = 1.2
+APPLY_FLOOR_RATIO = 1.0  # issue 15 (round one asked for 1.2)
 YOYO_SPEEDUP = 3.5
 LINEARITY = 1.25
 STALL_OVER_LOCK_TIMEOUT = 1.25
