@@ -107,10 +107,16 @@ def test_settings_role_and_search_path_set_by_a_migration_do_not_reach_the_next(
             f"-- transactional: false\nSET ROLE {other_role};\nSET search_path = app;\n"
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS owned_id ON public.owned (id);\n"),
         "0012.check.sql": STARTS_CLEAN,
+        # Another session user, with the run's own user as current_user again: the next starts as the run.
+        "0013.as-another-session-user.sql": (f"SET SESSION AUTHORIZATION {other_role};\n"
+                                             f"SET ROLE {database.user};\nSELECT 1;\n"),
+        "0014.check.sql": STARTS_CLEAN,
     })
+    with connected(database) as conn:  # so that 0013 may become the run's user again
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(database.user), sql.Identifier(other_role)))
     result = run(tmp_path, database)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(history_rows(database)) == 12 and len(applied_ids(database)) == 12
+    assert len(history_rows(database)) == 14 and len(applied_ids(database)) == 14
     with connected(database) as conn:
         assert conn.execute("SELECT to_regclass('app.in_app') IS NOT NULL, to_regclass('public.in_app')").fetchone() \
             == (True, None)  # the migration's own search_path applied to its own statements
