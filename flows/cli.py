@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Before Prefect is imported: no telemetry, and time for the ephemeral API to start on a busy laptop.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from flows import cli_change, cli_fleet, cli_inspect, completion  # noqa: E402
 from flows import trigger as trigger_command  # noqa: E402
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
 
@@ -32,6 +32,9 @@ def version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: `rds-migrations trigger` (the GitHub check) starts without them.
+    from flows import cli_fleet, completion
+
     parser = argparse.ArgumentParser(
         prog="rds-migrations",
         description="Safe, observable PostgreSQL schema migrations for AWS RDS, orchestrated by Prefect.",
@@ -193,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
+    from flows import completion
+
     if args.list_environments:  # at each TAB: the names, and never an error
         print("\n".join(completion.environment_names()))
         return EXIT_OK
@@ -206,7 +211,10 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return trigger_command.run(args)
 
 
-COMMANDS = {"demo": cli_change.cmd_demo, "validate": cli_inspect.cmd_validate, "plan": cli_inspect.cmd_plan,
+def command_table() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from flows import cli_change, cli_inspect
+
+    return {"demo": cli_change.cmd_demo, "validate": cli_inspect.cmd_validate, "plan": cli_inspect.cmd_plan,
             "drift": cli_inspect.cmd_drift,
             "status": cli_inspect.cmd_status, "run": cli_change.cmd_run, "baseline": cli_change.cmd_baseline,
             "resolve": cli_change.cmd_resolve, "setup-prefect": cli_change.cmd_setup_prefect,
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return trigger_command.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return command_table()[args.command](args)
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
         print(f"rds-migrations: {exc}", file=sys.stderr)
         return exc.exit_code
