@@ -71,7 +71,8 @@ def run_prefect_section(out: Path) -> dict:
 
 
 def load_candidate(path: Path) -> tuple[str, Callable[..., object]]:
-    """A copy of tasks/migrate.py with a proposed change, measured beside the engine as it is."""
+    """A copy of tasks/engine/migrations/apply.py (any module with an `apply_pending`) with a proposed change,
+    measured beside the engine as it is."""
     spec = importlib.util.spec_from_file_location("bench_candidate_migrate", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
@@ -193,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="N values for the apply section")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="render saved results, measure nothing")
-    parser.add_argument("--candidate", type=Path, metavar="MIGRATE_PY",
-                        help="also apply with this copy of tasks/migrate.py (a proposed change), side by side")
+    parser.add_argument("--candidate", type=Path, metavar="APPLY_PY",
+                        help="also apply with this copy of tasks/engine/migrations/apply.py (a proposed change), "
+                             "side by side")
     args = parser.parse_args(argv)
     if args.render:
         results = json.loads(args.render.read_text())

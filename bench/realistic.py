@@ -248,7 +248,7 @@ def breakdown(project: Path, cli: Cli, log: Callable[[str], None]) -> dict:
 
     out: dict[str, float] = {}
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import flows.cli"], cwd=project, env=cli.env, check=True,
+    subprocess.run([sys.executable, "-c", "import flows.cli, flows.cli_change"], cwd=project, env=cli.env, check=True,
                    capture_output=True)
     out["python_start_seconds"] = time.monotonic() - started
     started = time.monotonic()

@@ -288,7 +288,8 @@ def realistic_table(results: dict) -> str:
                         + "; ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()) + ".")
     parts = real.get("breakdown")
     if parts:
-        text.append(f"Beside it: a new Python process importing the CLI takes {parts['python_start_seconds']:.2f} s "
+        text.append(f"Beside it: a new Python process importing the CLI and its run command takes "
+                    f"{parts['python_start_seconds']:.2f} s "
                     f"(`rds-migrations --help` {parts['cli_help_seconds']:.2f} s"
                     + (f", `uv run rds-migrations --help` {parts['uv_run_help_seconds']:.2f} s: the runs above start "
                        "the venv's `rds-migrations` directly, without `uv run`" if parts.get("uv_run_help_seconds")
