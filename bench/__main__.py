@@ -58,6 +58,16 @@ def bytecode_env() -> dict[str, str]:
     return env
 
 
+def cli_section(results: dict, name: str, title: str, measure: Callable[[], dict]) -> None:
+    """A section that runs the CLI: its figures in `results[name]`, or why not in `results["errors"]`."""
+    log(title)
+    try:
+        results[name] = measure()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        results["errors"][name] = str(exc)
+        log(f"  not measured: {exc}")
+
+
 def run_prefect_section(out: Path) -> dict:
     """In its own process: Prefect must see the temporary server's settings before it is imported."""
     result_file, log_file = out / "prefect.json", out / "prefect.log"
@@ -113,30 +123,19 @@ def measure(sections: tuple[str, ...], sizes: tuple[int, ...], out: Path, candid
             log(f"  validation {results['validation']['total_seconds']:.2f} s")
             results["rehearsal"] = dataclasses.asdict(validation.rehearse_incrementally(server, base, REHEARSAL_BASE))
             log(f"  rehearsal {results['rehearsal']['incremental_seconds']:.2f} s")
+        env = bytecode_env()
         if "local" in sections:
-            log("A person's terminal: `rds-migrations run --database-url` on this repository's migrations, "
-                "the engine path and --prefect:")
-            try:
-                results["local"] = local.run(server, base, bytecode_env(), log)
-            except (RuntimeError, subprocess.SubprocessError) as exc:
-                results["errors"]["local"] = str(exc)
-                log(f"  not measured: {exc}")
+            cli_section(results, "local", "A person's terminal: `rds-migrations run --database-url` on this "
+                        "repository's migrations, the engine path and --prefect:",
+                        lambda: local.run(server, base, env, log))
         if "realistic" in sections:
-            log(f"A realistic history of {realistic.COUNT} migrations (bench/corpus.py), the CLI end to end; "
-                "large inputs:")
-            try:
-                results["realistic"] = realistic.run(server, base, bytecode_env(), log)
-            except (RuntimeError, subprocess.SubprocessError) as exc:
-                results["errors"]["realistic"] = str(exc)
-                log(f"  not measured: {exc}")
+            cli_section(results, "realistic", f"A realistic history of {realistic.COUNT} migrations "
+                        "(bench/corpus.py), the CLI end to end; large inputs:",
+                        lambda: realistic.run(server, base, env, log))
         if "schema" in sections:
-            log(f"Drift and the target-schema rehearsal on {schema.TABLES} tables; memory for "
-                f"{schema.MEMORY_MIGRATIONS:,} migrations:")
-            try:
-                results["schema"] = schema.run(server, base, bytecode_env(), log)
-            except (RuntimeError, subprocess.SubprocessError) as exc:
-                results["errors"]["schema"] = str(exc)
-                log(f"  not measured: {exc}")
+            cli_section(results, "schema", f"Drift and the target-schema rehearsal on {schema.TABLES} tables; "
+                        f"memory for {schema.MEMORY_MIGRATIONS:,} migrations:",
+                        lambda: schema.run(server, base, env, log))
         if "fleet" in sections:
             log(f"A fleet of {fleet.TARGETS} databases × {fleet.MIGRATIONS} migrations, concurrency "
                 f"{fleet.CONCURRENCY} vs one after another:")
