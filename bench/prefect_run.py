@@ -51,6 +51,34 @@ def _wait_healthy(api: str, server: subprocess.Popen, timeout: float = 180) -> N
     raise RuntimeError("prefect server did not answer /health in time")
 
 
+def start_server(api: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """`prefect server start` on `port`, in its own process group, answering /health when this returns."""
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env={**env, "PREFECT_API_URL": ""}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_healthy(api, server)
+    except RuntimeError:
+        _stop(server)
+        raise
+    return server
+
+
+def start_worker(api: str, env: dict[str, str], worker_dir: Path) -> subprocess.Popen:
+    """A process worker on POOL, in its own process group, having polled the pool once when this returns."""
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+         "--prefetch-seconds", WORKER_PREFETCH_SECONDS],
+        cwd=worker_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        _wait_for_worker(api, worker)
+    except RuntimeError:
+        _stop(worker)
+        raise
+    return worker
+
+
 def _stop(process: subprocess.Popen | None) -> None:
     if process is None or process.poll() is not None:
         return
@@ -267,10 +295,7 @@ def main(out: Path) -> None:
     server = worker = None
     try:
         started = time.monotonic()
-        server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  env={**env, "PREFECT_API_URL": ""}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_healthy(api, server)
+        server = start_server(api, port, env)
         results["server_start_seconds"] = time.monotonic() - started
         _setup(POOL)
         results["noop_in_process"] = noop_in_process()
@@ -278,12 +303,7 @@ def main(out: Path) -> None:
         results["log_lines_seconds"] = log_line_cost()
 
         deploy(env)
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-             "--prefetch-seconds", WORKER_PREFETCH_SECONDS],
-            cwd=worker_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        _wait_for_worker(api, worker)
+        worker = start_worker(api, env, worker_dir)
         # Alternated, so that neither way of triggering always gets the worker's first (cold) subprocess.
         results["triggered_api"], results["triggered_cli"] = [], []
         for _ in range(TRIGGERED_RUNS):

@@ -32,14 +32,13 @@ from bench.prefect_run import (
     DEPLOYMENT,
     POOL,
     PROJECT,
-    WORKER_PREFETCH_SECONDS,
     WORKER_QUERY_SECONDS,
     _free_port,
     _setup,
     _stop,
-    _wait_for_worker,
-    _wait_healthy,
     deploy,
+    start_server,
+    start_worker,
 )
 
 ROUNDS = 3
@@ -168,18 +167,10 @@ def main(out: Path, rounds: int = ROUNDS) -> None:
                                   "log_batch_interval": env.get("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "2.0")}
     server = worker = None
     try:
-        server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  env={**env, "PREFECT_API_URL": ""}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_healthy(api, server)
+        server = start_server(api, port, env)
         _setup(POOL)
         deploy(env)
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-             "--prefetch-seconds", WORKER_PREFETCH_SECONDS],
-            cwd=worker_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        _wait_for_worker(api, worker)
+        worker = start_worker(api, env, worker_dir)
         for name in commands:  # unmeasured: the first applies every migration; all warm up
             measure(api, name, commands[name], env)
         runs: dict[str, list[dict[str, object]]] = {name: [] for name in commands}

@@ -37,6 +37,12 @@ RUN = "{{ flow.name }} run {{ flow_run.name }} (environment {{ flow_run.paramete
 LINK = "\nRun: {{ flow_run|ui_url }}"
 
 
+def _not_followed(event: str, by: set[str], seconds: int) -> EventTrigger:
+    """Fires when, for one of our migration flow runs, `event` is not followed by one of `by` within `seconds`."""
+    return EventTrigger(after={event}, expect=by, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
+                        threshold=1, within=timedelta(seconds=seconds), **OUR_FLOW_RUNS)
+
+
 def definitions(alerts_block_id: UUID | None, *, crash_report_seconds: int = 300, pending_seconds: int = 900,
                 heartbeat_seconds: int = 600) -> list[AutomationCore]:
     """Every automation; those that notify only when there is an alerts block to notify."""
@@ -45,10 +51,7 @@ def definitions(alerts_block_id: UUID | None, *, crash_report_seconds: int = 300
         found.append(AutomationCore(
             name="rds-migrations: crashed and not reported",
             description="A migration flow run crashed and its crash hook did not report it: its worker died too?",
-            trigger=EventTrigger(
-                after={"prefect.flow-run.Crashed"}, expect={RUN_ENDED["crashed"]}, for_each={"prefect.resource.id"},
-                posture=Posture.Proactive, threshold=1, within=timedelta(seconds=crash_report_seconds),
-                **OUR_FLOW_RUNS),
+            trigger=_not_followed("prefect.flow-run.Crashed", {RUN_ENDED["crashed"]}, crash_report_seconds),
             actions=[SendNotification(
                 block_document_id=alerts_block_id,
                 subject="Schema migrations CRASHED and not reported",
@@ -59,10 +62,8 @@ def definitions(alerts_block_id: UUID | None, *, crash_report_seconds: int = 300
         found.append(AutomationCore(
             name="rds-migrations: pending too long",
             description="A migration flow run was taken by a worker and its process never started.",
-            trigger=EventTrigger(
-                after={"prefect.flow-run.Pending"}, expect={"prefect.flow-run.Running", *TERMINAL},
-                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-                within=timedelta(seconds=pending_seconds), **OUR_FLOW_RUNS),
+            trigger=_not_followed("prefect.flow-run.Pending", {"prefect.flow-run.Running", *TERMINAL},
+                                  pending_seconds),
             actions=[SendNotification(
                 block_document_id=alerts_block_id,
                 subject="Schema migrations PENDING too long",
@@ -72,10 +73,8 @@ def definitions(alerts_block_id: UUID | None, *, crash_report_seconds: int = 300
     found.append(AutomationCore(
         name="rds-migrations: heartbeats stopped",
         description="A running migration flow run stopped sending heartbeats: mark it Crashed.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *TERMINAL},
-            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=heartbeat_seconds), **OUR_FLOW_RUNS),
+        trigger=_not_followed("prefect.flow-run.heartbeat", {"prefect.flow-run.heartbeat", *TERMINAL},
+                              heartbeat_seconds),
         actions=[ChangeFlowRunState(state="CRASHED", message=f"No heartbeat for {heartbeat_seconds} s: the flow "
                                     "run's process (and its worker) stopped")],
     ))

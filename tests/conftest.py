@@ -65,13 +65,19 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]
     server.destroy()
 
 
+def fresh_database(server: LocalServer) -> Iterator[Connection]:
+    """A fresh, empty database on `server`, dropped afterwards: for a fixture to `yield from`."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    try:
+        yield server.ensure_database(name)
+    finally:
+        server.drop_database(name)
+
+
 @pytest.fixture
 def database(pg_server: LocalServer) -> Iterator[Connection]:
     """A fresh, empty database on the test server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    connection = pg_server.ensure_database(name)
-    yield connection
-    pg_server.drop_database(name)
+    yield from fresh_database(pg_server)
 
 
 # ---- AWS API emulator ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ migrations the engine tests share; what a database holds."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,13 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     return result
 
 
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started: SIGTERM, then SIGKILL
+    after 30 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)

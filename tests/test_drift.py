@@ -18,6 +18,7 @@ from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import LocalServer
 from tasks.engine.migrations.drift import DriftReport, compare
 from tasks.engine.migrations.schema import KINDS, SchemaObject, SchemaSnapshot, SchemaSnapshotError, read_schema
+from tests.conftest import fresh_database
 
 # One of everything read_schema knows, with values whose printed form depends on the session (a timestamptz,
 # a float, an interval and a bytea constant; names only visible through search_path).
@@ -81,11 +82,7 @@ SET bytea_output = 'escape';
 @pytest.fixture
 def live(pg_server: LocalServer) -> Iterator[Connection]:
     """A second fresh database beside `database`: the one changed by hand."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    try:
-        yield pg_server.ensure_database(name)
-    finally:
-        pg_server.drop_database(name)
+    yield from fresh_database(pg_server)
 
 
 def run(connection: Connection, statements: str) -> None:

@@ -24,6 +24,7 @@ import pytest
 from tasks.engine.connection import connected
 from tasks.engine.embedded import LocalServer, free_port
 from tests.conftest import SlackSink
+from tests.helpers import stop_process_group
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).parents[1]
@@ -194,12 +195,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         for process in (worker, server):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+            stop_process_group(process)
         LocalServer(home / "postgres").destroy()
         for log in logs:
             log.close()

@@ -32,7 +32,7 @@ from tasks.engine.snapshots.backends import LocalDatabases
 from tasks.engine.snapshots.dumps import take_dump
 from tasks.engine.snapshots.naming import snapshot_tags
 from tasks.engine.snapshots.swap import LiveCopy, SwapPlan
-from tests.conftest import CANARY_PASSWORD
+from tests.conftest import CANARY_PASSWORD, fresh_database
 from tests.helpers import PROJECT, cli, tables, url_of, write_migrations
 
 integration = pytest.mark.integration  # the TLS server is this module's own, not one of conftest's services
@@ -67,10 +67,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: ServerTls) -> It
 
 @pytest.fixture
 def tls_database(tls_server: LocalServer) -> Iterator[Connection]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    connection = tls_server.ensure_database(name)
-    yield connection
-    tls_server.drop_database(name)
+    yield from fresh_database(tls_server)
 
 
 def tls_url(connection: Connection, **tls: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from flows.trigger import api_settings, trigger, ui_url
 from tasks.engine.embedded import free_port
 from tasks.engine.environments import load_environments
 from tasks.engine.runs.budget import deadline_parts, run_budget_seconds, watch_timeout
+from tests.helpers import stop_process_group
 
 PROJECT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -98,15 +98,6 @@ class Stack:
         return response.raise_for_status().json()
 
 
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def _until(check, what: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -158,8 +149,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
         yield Stack(api, env)
     finally:
-        _stop(worker)
-        _stop(server)
+        stop_process_group(worker)
+        stop_process_group(server)
         for log in logs:
             log.close()
 
