@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 validation or migration failed (or drift found), 2 bad 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -241,7 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def program() -> int:
+    """The `rds-migrations` program: `main`, then an exit without the garbage collector walking every object
+    of the run once more as Python shuts down (0.1 s of a second-long command; nothing is left to free)."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())
 
 

@@ -138,11 +138,13 @@ def test_percent_signs_and_dollar_quotes_pass_through(tmp_path: Path, database: 
 
 
 def test_the_recorded_duration_is_the_migrations_own(tmp_path: Path, database: Connection) -> None:
-    files = {"0001.quick.sql": "CREATE TABLE q (id bigint);\n", "0002.sleepy.sql": "SELECT pg_sleep(0.3);\n"}
+    files = {"0001.quick.sql": "CREATE TABLE q (id bigint);\n", "0002.sleepy.sql": "SELECT pg_sleep(0.3);\n",
+             "0003.sleepy-alone.sql": "-- transactional: false\nSELECT pg_sleep(0.3);\n"}
     apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
     with connected(database) as conn:
         durations = dict(conn.execute("SELECT migration_id, duration_ms FROM _rds_migrations_history").fetchall())
     assert 300 <= durations["0002.sleepy"] < 30_000 and 0 <= durations["0001.quick"] < 300
+    assert 300 <= durations["0003.sleepy-alone"] < 30_000  # its statements, not the message that records it
 
 
 def test_lock_timeout_rolls_back_and_retries_until_the_reader_ends(tmp_path: Path, database: Connection) -> None:

@@ -170,9 +170,11 @@ def test_a_run_killed_between_statements_and_record_is_reconciled_not_reapplied(
                    "the statements done and the record started")
         wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
                             "AND wait_event_type = 'Lock'", process, "the record waiting")
-        os.kill(process.pid, signal.SIGKILL)  # the crash: after the statements, before the record
-        blocker.close()
+        # The crash: after the statements, before the record. The record and its COMMIT went in one message
+        # with the "recording" mark, so the session must end while the record waits (with the client alone
+        # gone, the server would finish the record: the history would still tell the truth).
         kill_9(process, watcher)
+        blocker.close()
 
     assert "nt" in tables(database) and applied_ids(database) == []
     assert dirty_state(database) == [("0001.nt", "recording", 2)]

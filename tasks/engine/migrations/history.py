@@ -208,10 +208,10 @@ class Ledger:
         self.conn.execute(self.statements["prepare"])
 
     def record_statement(self, migration: Migration, git_sha: str, run_id: str | None, *,
-                         prepared: bool = True) -> str:
+                         prepared: bool = True, duration_ms: int | None = None) -> str:
         """The history insert as SQL text, for a migration's one message: `EXECUTE` of the prepared one, or
-        (`prepared=False`) the whole statement. The duration is measured by the server."""
-        params = record_params(migration, git_sha, run_id, duration_ms=None)
+        (`prepared=False`) the whole statement. Without `duration_ms`, the server measures the message."""
+        params = record_params(migration, git_sha, run_id, duration_ms=duration_ms)
         if not prepared:
             with ClientCursor(self.conn) as cursor:
                 return cursor.mogrify(self.statements["record"], params)
@@ -247,21 +247,35 @@ class Ledger:
 
     def mark_dirty(self, migration: Migration, git_sha: str, run_id: str | None) -> None:
         """Before a non-transactional migration's first statement: later runs refuse until it is recorded."""
-        self.conn.execute(self.statements["mark"], {"id": migration.id, "count": len(migration.statements),
-                                                    "checksum": migration.checksum, "git_sha": git_sha,
-                                                    "run_id": run_id})
+        self.conn.execute(self.mark_statement(migration, git_sha, run_id), prepare=False)
+
+    def mark_statement(self, migration: Migration, git_sha: str, run_id: str | None) -> str:
+        """`mark_dirty`'s statement as SQL text, for a message that carries more."""
+        return self.statements["mark"] % {
+            "id": _literal(migration.id), "count": _literal(len(migration.statements)),
+            "checksum": _literal(migration.checksum), "git_sha": _literal(git_sha), "run_id": _literal(run_id)}
 
     def mark_progress(self, migration_id: str, state: str, number: int, sqlstate: str | None = None,
                       message: str | None = None, applied_through: int | None = None) -> None:
         """Where a dirty migration stands ("running", "failed", "recording"), written in a transaction of its
         own as the run's own user, whatever role the migration's last statement left the session in."""
-        with self.conn.transaction():
-            self.conn.execute("SET LOCAL SESSION AUTHORIZATION DEFAULT")
-            self.conn.execute(self.statements["progress"],
-                              (state, number, sqlstate, message, applied_through, migration_id))
+        self.conn.execute(self.progress_statements(migration_id, state, number, sqlstate, message, applied_through),
+                          prepare=False)
+
+    def progress_statements(self, migration_id: str, state: str, number: int, sqlstate: str | None = None,
+                            message: str | None = None, applied_through: int | None = None) -> str:
+        """`mark_progress` as SQL text: its transaction in one message (one round trip, where psycopg's
+        transaction block and parameters took four; over a network each is a millisecond)."""
+        update = self.statements["progress"] % tuple(
+            _literal(value) for value in (state, number, sqlstate, message, applied_through, migration_id))
+        return f"BEGIN; SET LOCAL SESSION AUTHORIZATION DEFAULT; {update}; COMMIT"
 
     def clear_dirty(self, migration_id: str) -> None:
         self.conn.execute(self.statements["clear"], (migration_id,))
+
+    def clear_statement(self, migration_id: str) -> str:
+        """`clear_dirty`'s statement as SQL text."""
+        return self.statements["clear"] % _literal(migration_id)
 
     def unrecord_statement(self, migration: Migration) -> str:
         """`unrecord`'s statement as SQL text, for a rollback's one message."""

@@ -7,6 +7,7 @@ what ran, and names the command that resolves it (resolve.py).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import psycopg
@@ -26,16 +27,24 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
 
     The file may open transactions of its own (`BEGIN; ...; COMMIT;`): while one is open, the mark is not
     moved (it would be undone with it), and a failure inside one rolls it back, so what is applied is what ran
-    before its BEGIN. The error that stopped the migration is the one reported, never a later one."""
+    before its BEGIN. The error that stopped the migration is the one reported, never a later one.
+
+    Round trips: one message sets the starting state and writes the mark, one moves it before each later
+    statement, and one writes "recording", then the record in its own transaction (each transaction committed
+    before the next begins, as when they were sent one by one)."""
     password = conn.info.password or ""
-    start.restore(conn)
-    ledger.mark_dirty(migration, git_sha, run_id)
+    if not _idle(conn):
+        conn.execute("ROLLBACK")
+    conn.execute("; ".join((*start.statements(), ledger.mark_statement(migration, git_sha, run_id),
+                            ledger.progress_statements(migration.id, "running", 1, applied_through=0))),
+                 prepare=False)
     statement, number, applied_through = "", 0, 0
     try:
         for number, statement in enumerate(migration.statements, 1):
             if _idle(conn):
                 applied_through = number - 1
-                ledger.mark_progress(migration.id, "running", number, applied_through=applied_through)
+                if number > 1:
+                    ledger.mark_progress(migration.id, "running", number, applied_through=applied_through)
             conn.execute(statement, prepare=False)
         if not _idle(conn):
             raise _OpenTransaction(number)
@@ -57,14 +66,16 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
         message = redact(failure.message, password)[:2000]  # the mark is read by later runs
         quietly(ledger.mark_progress, migration.id, "failed", number, failure.sqlstate, message, applied_through)
         return replace(failure, dirty=True, statement_number=number)
+    count = len(migration.statements)
+    record = ledger.record_statement(migration, git_sha, run_id, prepared=False,
+                                     duration_ms=int((time.monotonic() - started) * 1000))
     try:
-        ledger.mark_progress(migration.id, "recording", len(migration.statements),
-                             applied_through=len(migration.statements))
-        start.restore(conn)
-        with conn.transaction():
-            ledger.record(migration, git_sha, run_id, started)
-            ledger.clear_dirty(migration.id)
+        conn.execute("; ".join((
+            ledger.progress_statements(migration.id, "recording", count, applied_through=count),
+            *start.statements(), "BEGIN", record, ledger.clear_statement(migration.id), "COMMIT")), prepare=False)
     except psycopg.Error as exc:
+        if not conn.closed and not _idle(conn):
+            quietly(conn.execute, "ROLLBACK")
         return replace(failure_from(migration, RECORDING, exc, 0), dirty=True)
     return None
 
