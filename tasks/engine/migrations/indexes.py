@@ -54,37 +54,49 @@ def concurrent_index(statement: str) -> tuple[str, str] | None:
     return name, re.sub(r"\s*\.\s*", ".", match["table"])
 
 
+_INDEX_STATES_SQL = """
+SELECT t.position, n.nspname, i.indisvalid OR EXISTS (
+           SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(tbl, name, position)
+JOIN pg_index i ON i.indrelid = to_regclass(t.tbl)
+JOIN pg_class c ON c.oid = i.indexrelid AND c.relname = t.name
+JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+
+
+def index_states(conn: psycopg.Connection, statements: list[str]) -> list[tuple[str, str, bool | None] | None]:
+    """For each statement, (schema, name, valid) of the index its `CREATE INDEX CONCURRENTLY` names (valid is
+    None when there is no such index), or None for any other statement. One query, whatever the count."""
+    named = [concurrent_index(statement) for statement in statements]
+    wanted = [(position, pair) for position, pair in enumerate(named, 1) if pair is not None]
+    rows = {}
+    if wanted:
+        tables, names = [pair[1] for _, pair in wanted], [pair[0] for _, pair in wanted]
+        rows = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, (tables, names)).fetchall()}
+    states: list[tuple[str, str, bool | None] | None] = []
+    for position, pair in enumerate(named, 1):
+        found = rows.get(position) if pair is not None else None
+        states.append(None if pair is None else (found[0], pair[0], found[1]) if found else ("", pair[0], None))
+    return states
+
+
 def index_state(conn: psycopg.Connection, statement: str) -> tuple[str, str, bool | None] | None:
     """(schema, name, valid) of the index a `CREATE INDEX CONCURRENTLY` statement names; valid is None when
     there is no such index. None for any other statement."""
-    named = concurrent_index(statement)
-    if named is None:
-        return None
-    name, table = named
-    row = conn.execute(
-        """
-        SELECT n.nspname, i.indisvalid OR EXISTS (
-                   SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
-        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE i.indrelid = to_regclass(%s) AND c.relname = %s
-        """,
-        (table, name),
-    ).fetchone()
-    return (row[0], name, row[1]) if row else ("", name, None)
+    return index_states(conn, [statement])[0]
 
 
 def find_invalid_indexes(conn: psycopg.Connection, catalog: Catalog,
                          pending: Iterable[str]) -> tuple[InvalidIndex, ...]:
     """INVALID indexes that a pending migration's `CREATE INDEX CONCURRENTLY` names (builds in progress are
     valid for this purpose: another session is still building them)."""
-    found: list[InvalidIndex] = []
-    for migration_id in pending:
-        migration = catalog.get(migration_id)
-        for statement in migration.statements if migration and not migration.transactional else ():
-            state = index_state(conn, statement)
-            if state is not None and state[2] is False:
-                found.append(InvalidIndex(migration_id, state[0], state[1], concurrent_index(statement)[1]))  # type: ignore[index]
-    return tuple(found)
+    candidates = [(migration.id, statement) for migration_id in pending
+                  if (migration := catalog.get(migration_id)) and not migration.transactional
+                  for statement in migration.statements]
+    states = index_states(conn, [statement for _, statement in candidates])
+    return tuple(InvalidIndex(migration_id, state[0], state[1], concurrent_index(statement)[1])  # type: ignore[index]
+                 for (migration_id, statement), state in zip(candidates, states, strict=True)
+                 if state is not None and state[2] is False)
 
 
 def handle_invalid_indexes(conn: psycopg.Connection, catalog: Catalog, pending: tuple[str, ...], policy: Policy,
