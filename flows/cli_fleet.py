@@ -12,13 +12,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.cli_common import DATABASE_URL_ENVIRONMENT, emit
 from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError
-from tasks.engine.fleet.report import FleetFailed, FleetReport, console_table
-from tasks.engine.fleet.targets import url_fleet
 from tasks.engine.git import head_sha
+
+if TYPE_CHECKING:  # the fleet's modules are imported when a fleet runs, not for every command's parser
+    from tasks.engine.fleet.report import FleetReport
 
 URL_VARIABLE = "RDS_MIGRATIONS_FLEET_URL_{n}"
 
@@ -87,6 +89,8 @@ def url_variables(urls: list[str]) -> list[str]:
 
 def fleet_environment(args: argparse.Namespace) -> tuple[Environment, list[str] | None]:
     """The fleet asked for, with `--concurrency` applied; and the URL variables' names for a URL fleet."""
+    from tasks.engine.fleet.targets import url_fleet
+
     if getattr(args, "env", None):
         environment = load_environment(args.env)
         fleet = environment.fleet
@@ -106,6 +110,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     """`rds-migrations run` over a fleet: the exit code; the per-target table (or with --json one document
     with a `targets` list) on stdout, the logs and the fleet's summary on stderr."""
     from flows.launch import prefect_wanted
+    from tasks.engine.fleet.report import console_table
 
     environment, variables = fleet_environment(args)
     parameters = {
@@ -162,6 +167,8 @@ def run_fleet_flow(
 
 def failed(environment: Environment, exc: RdsMigrationsError) -> tuple[int, FleetReport | None]:
     """A fleet run's failure, printed in one line: its exit code, and the per-target report when there is one."""
+    from tasks.engine.fleet.report import FleetFailed
+
     if isinstance(exc, FleetFailed):
         print(f"rds-migrations: {exc}", file=sys.stderr)
         return exc.exit_code, exc.report
