@@ -258,7 +258,9 @@ class Ledger:
     def mark_progress(self, migration_id: str, state: str, number: int, sqlstate: str | None = None,
                       message: str | None = None, applied_through: int | None = None) -> None:
         """Where a dirty migration stands ("running", "failed", "recording"), written in a transaction of its
-        own as the run's own user, whatever role the migration's last statement left the session in."""
+        own as the run's own user, whatever role the migration's last statement left the session in. Called
+        between statements, never inside a transaction a file opened itself (run_alone moves the mark only when
+        none is open; validation refuses a non-transactional rollback file that opens one)."""
         self.conn.execute(self.progress_statements(migration_id, state, number, sqlstate, message, applied_through),
                           prepare=False)
 
