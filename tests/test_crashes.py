@@ -83,6 +83,20 @@ def kill_9(process: subprocess.Popen, watcher) -> None:
         time.sleep(0.05)
 
 
+def record_waiting(database: Connection, watcher, process: subprocess.Popen):
+    """Once the migration's last statement (`SELECT pg_sleep(0.5)`) runs, hold yoyo's table so that its record
+    waits; returns the session holding it (closing it lets the record go on)."""
+    wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%' "
+                        "AND datname = current_database()", process, "the last statement running")
+    blocker = database.connect(autocommit=False, application_name="test-blocker")
+    blocker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")
+    wait_until(watcher, "SELECT 1 FROM _rds_migrations_dirty WHERE state = 'recording'", process,
+               "the statements done and the record started")
+    wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
+                        "AND wait_event_type = 'Lock'", process, "the record waiting")
+    return blocker
+
+
 def test_kill_9_mid_migration_leaves_the_database_consistent_and_unlocked(
     tmp_path: Path, database: Connection
 ) -> None:
@@ -162,14 +176,7 @@ def test_a_run_killed_between_statements_and_record_is_reconciled_not_reapplied(
     catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
     process = start_migrating(database, tmp_path, lock_timeout_ms=30_000)
     with connected(database, application_name="test-watcher") as watcher:
-        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%' "
-                            "AND datname = current_database()", process, "the last statement running")
-        blocker = database.connect(autocommit=False, application_name="test-blocker")
-        blocker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")  # the record will wait
-        wait_until(watcher, "SELECT 1 FROM _rds_migrations_dirty WHERE state = 'recording'", process,
-                   "the statements done and the record started")
-        wait_until(watcher, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
-                            "AND wait_event_type = 'Lock'", process, "the record waiting")
+        blocker = record_waiting(database, watcher, process)
         # The crash: after the statements, before the record. The record and its COMMIT went in one message
         # with the "recording" mark, so the session must end while the record waits (with the client alone
         # gone, the server would finish the record: the history would still tell the truth).
@@ -193,3 +200,24 @@ def test_a_run_killed_between_statements_and_record_is_reconciled_not_reapplied(
             ("mark",)]
         assert conn.execute("SELECT git_sha FROM _rds_migrations_history WHERE migration_id = '0001.nt'"
                             ).fetchone() == ("resolved",)
+
+
+def test_a_client_killed_while_its_record_waits_leaves_the_server_to_finish_the_record(
+    tmp_path: Path, database: Connection
+) -> None:
+    files = {"0001.nt.sql": "-- transactional: false\nCREATE TABLE nt (id bigint);\nSELECT pg_sleep(0.5);\n"}
+    write_migrations(tmp_path, files)
+    process = start_migrating(database, tmp_path, lock_timeout_ms=30_000)
+    with connected(database, application_name="test-watcher") as watcher:
+        blocker = record_waiting(database, watcher, process)
+        os.kill(process.pid, signal.SIGKILL)  # the client alone: its session still holds the whole message
+        process.wait()
+        blocker.close()
+        deadline = time.monotonic() + 30
+        while watcher.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' "
+                              "AND datname = current_database()").fetchone():
+            assert time.monotonic() < deadline, "the dead client's session never ended"
+            time.sleep(0.05)
+
+    # The record and its COMMIT had reached the server: applied and recorded, no mark left to resolve.
+    assert "nt" in tables(database) and applied_ids(database) == ["0001.nt"] and dirty_state(database) == []
