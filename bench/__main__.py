@@ -142,6 +142,7 @@ def measure(sections: tuple[str, ...], sizes: tuple[int, ...], out: Path, candid
             results["fleet"] = fleet.run(server, base, log)
     finally:
         server.stop()
+        realistic.stop_cli_server(base)  # the CLI's dry runs rehearse on the embedded server: it must not outlive us
         shutil.rmtree(base, ignore_errors=True)
     if "trigger" in sections:
         log("The GitHub check: rds-migrations trigger against prefect deployment run --watch (a few minutes):")

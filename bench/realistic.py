@@ -150,13 +150,25 @@ class Cli:
         return elapsed, phases(done.stderr, started_at, started_at + elapsed)
 
 
+def cli_home(base: Path) -> Path:
+    """The CLI runs' RDS_MIGRATIONS_HOME: where a dry run's rehearsal starts the embedded server."""
+    return base / "rds-migrations-home"
+
+
+def stop_cli_server(base: Path) -> None:
+    """Stop and delete the embedded server the CLI runs may have started (its data may live under /tmp)."""
+    from tasks.engine.embedded import LocalServer
+
+    LocalServer(cli_home(base) / "postgres").destroy()
+
+
 def cli_env(base: Path, env: dict[str, str]) -> dict[str, str]:
     """A user's shell on a laptop: no Prefect API configured; Prefect's home and ours in the bench's directory."""
     env = {key: value for key, value in env.items()
            if key not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILES_PATH", "DATABASE_URL",
                           "RDS_MIGRATIONS_ENVIRONMENTS")}
     (base / "prefect-home").mkdir(parents=True, exist_ok=True)
-    env.update(PREFECT_HOME=str(base / "prefect-home"), RDS_MIGRATIONS_HOME=str(base / "rds-migrations-home"),
+    env.update(PREFECT_HOME=str(base / "prefect-home"), RDS_MIGRATIONS_HOME=str(cli_home(base)),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     return env
 
