@@ -13,7 +13,7 @@ import pytest
 from botocore.stub import Stubber
 
 from tasks.engine.environments import Environment
-from tasks.engine.errors import SnapshotError
+from tasks.engine.errors import SecretError, SnapshotError
 from tasks.engine.fleet.targets import fleet_targets, read_master_secret
 from tasks.engine.runs.fleet import DirectFleetSteps, migrate_fleet
 from tasks.engine.runs.steps import DirectSteps
@@ -130,6 +130,19 @@ def test_a_master_secret_target_gets_its_endpoint_from_the_instance(aws_endpoint
     assert (connection.host, connection.port, connection.dbname) == (target.endpoint.host, 5432, "app")
     assert connection.user and connection.password.get_secret_value()
 
+
+
+def test_a_master_secret_that_cannot_be_read_names_the_target_and_what_to_do(aws_endpoint: str) -> None:
+    create_instance(
+        aws_endpoint, "managed", {"app": "tenants", "tier": "staging"}, ManageMasterUserPassword=True, DBName="app"
+    )
+    (target,) = fleet_targets(environment(aws_endpoint, credentials="master_secret"), rds(aws_endpoint))
+    sm = boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=aws_endpoint)
+    sm.delete_secret(SecretId=target.environment.credentials.secret_id, ForceDeleteWithoutRecovery=True)
+    with pytest.raises(SecretError) as raised:
+        read_master_secret(target, sm)
+    assert "(managed's master secret): no such secret (check credentials.secret_id and aws.region)" \
+           " (ResourceNotFoundException)" in str(raised.value)
 
 def test_retention_keeps_our_newest_snapshots_per_target_and_never_touches_others(
     aws_endpoint: str, tenants: dict, tmp_path: Path

@@ -88,6 +88,11 @@ def with_environment_tls(connection: Connection, environment: Environment) -> Co
     return connection.model_copy(update=update)
 
 
+def secret_refusal(exc: Any) -> str:
+    """What Secrets Manager's refusal (a botocore `ClientError`) means, and what to do, with its code."""
+    code = error_code(exc)
+    return f"{SECRET_READ_ERRORS.get(code, 'Secrets Manager refused to return it')} ({code})"
+
 def _read_connection(environment: Environment, secrets_manager: Any) -> Connection:
     from botocore.exceptions import ClientError
 
@@ -101,11 +106,8 @@ def _read_connection(environment: Environment, secrets_manager: Any) -> Connecti
         except ClientError as exc:
             if is_transient(exc):
                 raise
-            code = error_code(exc)
-            meaning = SECRET_READ_ERRORS.get(code, "Secrets Manager refused to return it")
-            raise SecretError(
-                f"secretsmanager:{credentials.secret_id} in {environment.aws.region}: {meaning} ({code})"
-            ) from None
+            raise SecretError(f"secretsmanager:{credentials.secret_id} in {environment.aws.region}: "
+                              f"{secret_refusal(exc)}") from None
     if isinstance(credentials, UrlFromEnvCredentials):
         return read_url_from_env(credentials)
     return read_embedded(credentials)

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from tasks.engine.aws import error_code
 from tasks.engine.connection import Connection, connection_from_url
+from tasks.engine.credentials import secret_refusal
 from tasks.engine.environments import (
     RDS_IDENTIFIER,
     AuroraClusterSnapshot,
@@ -169,9 +169,7 @@ def read_master_secret(target: Target, secrets_manager: Any) -> Connection:
     try:
         answer = secrets_manager.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
     except ClientError as exc:
-        code = error_code(exc)
-        raise SecretError(f"{source}: Secrets Manager refused to return {target.name}'s master secret "
-                          f"({code})") from None
+        raise SecretError(f"{source} ({target.name}'s master secret): {secret_refusal(exc)}") from None
     except BotoCoreError as exc:
         raise SecretError(f"{source}: Secrets Manager could not be asked ({type(exc).__name__})") from None
     try:
