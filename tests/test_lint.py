@@ -460,3 +460,22 @@ def test_sample_migrations_apply_roll_back_and_apply_again(database: Connection)
         for path in migrations:
             run_migration_file(conn, path)
         assert schema_of(conn) == states[-1]
+
+
+def test_statements_refused_in_a_transaction_are_found_by_the_parser_on_their_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "0001.more.sql",
+        "-- Café, déjà vu: lines are counted in characters, not bytes.\n"
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        "  -- DROP INDEX CONCURRENTLY in a function body is text\n"
+        "  PERFORM 1;\n"
+        "END $$;\n"
+        "ALTER TABLE events\n  DETACH PARTITION events_2020\n  CONCURRENTLY;\n"
+        "CREATE TABLESPACE fast LOCATION '/ssd';\n"
+        "REINDEX SYSTEM app;\n",
+    )
+    findings = [f for f in lint_one(path) if f.rule == lint.CANNOT_RUN_IN_TRANSACTION]
+    assert [(f.line, f.message.split("`")[1]) for f in findings] == [
+        (9, "ALTER TABLE ... DETACH PARTITION CONCURRENTLY"), (10, "CREATE TABLESPACE"), (11, "REINDEX SYSTEM")]

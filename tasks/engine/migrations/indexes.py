@@ -3,7 +3,6 @@ or refused by policy (`invalid_index`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,16 +13,8 @@ from tasks.engine.environments import Policy
 from tasks.engine.errors import InvalidIndexFound
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.sqltext import after_comments, quote_identifier
-
-# `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON [ONLY] [schema.]table`: the index is created in
-# the table's schema. An unnamed index cannot be found again by name and is not handled.
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-CONCURRENT_INDEX = re.compile(
-    rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<name>{_IDENT})\s+"
-    rf"ON\s+(?:ONLY\s+)?(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)",
-    re.IGNORECASE,
-)
+from tasks.engine.migrations.sqltext import quote_identifier
+from tasks.engine.migrations.statements import concurrent_index
 
 
 @dataclass(frozen=True)
@@ -42,16 +33,6 @@ class InvalidIndex:
     def __str__(self) -> str:
         return (f"INVALID index {quote_identifier(self.schema)}.{quote_identifier(self.name)} on {self.table}, "
                 f"left by a failed CREATE INDEX CONCURRENTLY of {self.migration_id}")
-
-
-def concurrent_index(statement: str) -> tuple[str, str] | None:
-    """(index name, table as written) for a named `CREATE INDEX CONCURRENTLY`, else None."""
-    match = CONCURRENT_INDEX.match(after_comments(statement))
-    if match is None:
-        return None
-    name = match["name"]
-    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-    return name, re.sub(r"\s*\.\s*", ".", match["table"])
 
 
 _INDEX_STATES_SQL = """

@@ -51,10 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import sqlparse
+import pglast
 
 from tasks.engine.errors import LintError
 from tasks.engine.migrations.catalog import read_text, split_migration
+from tasks.engine.migrations.statements import refused_in_transaction
 
 Severity = Literal["error", "warning"]
 
@@ -101,8 +102,7 @@ CANNOT_RUN_IN_TRANSACTION = "cannot-run-in-transaction"
 # squawk's rule for the one case it covers: where both fire, its finding is kept.
 SQUAWK_CONCURRENTLY_RULE = "ban-concurrent-index-creation-in-transaction"
 # Cheap test before parsing: only a file holding one of these words can hold such a statement.
-_MAY_NEED_NO_TRANSACTION = re.compile(r"concurrently|vacuum|database|system", re.IGNORECASE)
-_NO_TRANSACTION_HEADS = {"VACUUM", "CREATE DATABASE", "DROP DATABASE", "ALTER SYSTEM"}
+_MAY_NEED_NO_TRANSACTION = re.compile(r"concurrently|vacuum|database|system|tablespace", re.IGNORECASE)
 
 SQUAWK_TIMEOUT_SECONDS = 300
 _AWKWARD_NAME = re.compile(r"[*?\[\]{}!]|^-")
@@ -244,27 +244,25 @@ def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFi
 
 
 def _statements_needing_no_transaction(text: str) -> list[tuple[int, str]]:
-    """(line, statement head) of each statement PostgreSQL cannot run inside a transaction block."""
+    """(line, what) of each statement PostgreSQL cannot run inside a transaction block, read by its own lexer
+    and parser (statements.refused_in_transaction). The line is CONCURRENTLY's where the statement has it (where
+    squawk reports its own rule), else the statement's first word's. A file the lexer cannot read (an unclosed
+    quote) is left to squawk, which reports the syntax error."""
     found = []
-    line = 1
-    for statement in sqlparse.parse(text):
-        words: list[tuple[int, str, bool]] = []  # (line, word, is a keyword); no comments, no whitespace
-        for token in statement.flatten():
-            if not token.is_whitespace and token.ttype not in sqlparse.tokens.Comment:
-                words.append((line, token.normalized.upper(), token.ttype in sqlparse.tokens.Keyword))
-            line += token.value.count("\n")
-        if not words:
+    try:
+        statements = pglast.split(text, with_parser=False)
+    except pglast.parser.ParseError:
+        return []
+    position = 0
+    for statement in statements:
+        start = text.find(statement, position)
+        position = start + len(statement)
+        what = refused_in_transaction(statement)
+        if what is None:
             continue
-        head = " ".join(word for _, word, _ in words[:2])
-        concurrently = [i for i, (_, word, keyword) in enumerate(words) if keyword and word == "CONCURRENTLY"]
-        # CREATE/DROP INDEX, REINDEX, ALTER TABLE ... DETACH PARTITION (REFRESH ... CONCURRENTLY is allowed).
-        if concurrently and words[0][1] in {"CREATE", "DROP", "REINDEX", "ALTER"}:
-            at = concurrently[0]
-            found.append((words[at][0], " ".join(word for _, word, keyword in words[: at + 1] if keyword)))
-        elif words[0][1] == "VACUUM":
-            found.append((words[0][0], "VACUUM"))
-        elif head in _NO_TRANSACTION_HEADS:
-            found.append((words[0][0], head))
+        tokens = pglast.parser.scan(statement)
+        at = next((t.start for t in tokens if t.name == "CONCURRENTLY"), tokens[0].start)
+        found.append((text.count("\n", 0, start + at) + 1, what))
     return found
 
 

@@ -7,8 +7,8 @@ from typing import Protocol
 
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.history import applied_before
-from tasks.engine.migrations.indexes import concurrent_index
 from tasks.engine.migrations.sqltext import shorten
+from tasks.engine.migrations.statements import concurrent_index
 
 LOCK_NOT_AVAILABLE = "55P03"
 

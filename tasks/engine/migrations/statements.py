@@ -12,10 +12,17 @@ from functools import lru_cache
 
 from pglast import ast, parse_sql
 from pglast import parser as pg_parser
-from pglast.enums import DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind
+from pglast.enums import (
+    AlterTableType,
+    DiscardMode,
+    ObjectType,
+    ReindexObjectType,
+    TransactionStmtKind,
+    VariableSetKind,
+)
 from pglast.parser import ParseError
 
-from tasks.engine.migrations.sqltext import after_comments
+from tasks.engine.migrations.sqltext import after_comments, quote_identifier
 
 # The first keywords of the statements each question is about.
 _TRANSACTION_WORDS = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"}
@@ -25,6 +32,14 @@ _CLUSTER_WORDS = {"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "SECU
 _CLUSTER_KEYWORDS = {"ROLE", "USER", "GROUP_P", "TABLESPACE", "DATABASE", "SYSTEM_P"}
 _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
+# Statements PostgreSQL refuses inside a transaction block start with one of these words and name one of
+# these keywords (VACUUM is both).
+_NO_TRANSACTION_WORDS = {"CREATE", "DROP", "ALTER", "REINDEX", "VACUUM"}
+_NO_TRANSACTION_KEYWORDS = {"CONCURRENTLY", "DATABASE", "SYSTEM_P", "TABLESPACE", "VACUUM"}
+_NO_TRANSACTION_STATEMENTS = {
+    ast.CreatedbStmt: "CREATE DATABASE", ast.DropdbStmt: "DROP DATABASE", ast.AlterSystemStmt: "ALTER SYSTEM",
+    ast.CreateTableSpaceStmt: "CREATE TABLESPACE", ast.DropTableSpaceStmt: "DROP TABLESPACE",
+}
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
 _ENDS_TRANSACTION = {
     TransactionStmtKind.TRANS_STMT_BEGIN: "BEGIN",
@@ -96,8 +111,60 @@ def cluster_wide(statement: str) -> str | None:
 def _names_a_cluster_object(statement: str) -> bool:
     """Whether the lexer finds a keyword that every cluster-wide statement but role membership holds (a sixth
     of a parse's cost: 300 migrations' DDL is read before every rehearsal). Unreadable: the parse decides."""
+    return _names_keyword(statement, _CLUSTER_KEYWORDS)
+
+
+def refused_in_transaction(statement: str) -> str | None:
+    """What in `statement` PostgreSQL refuses to run inside a transaction block (`CREATE INDEX CONCURRENTLY`,
+    `DROP INDEX CONCURRENTLY`, `REINDEX ... CONCURRENTLY`, `REINDEX DATABASE`/`SYSTEM`, `ALTER TABLE ... DETACH
+    PARTITION ... CONCURRENTLY`, `VACUUM`, `CREATE`/`DROP DATABASE`, `CREATE`/`DROP TABLESPACE`, `ALTER
+    SYSTEM`), as words for messages; None otherwise (`REFRESH MATERIALIZED VIEW CONCURRENTLY` and `ANALYZE`
+    run in one)."""
+    if _first_word(statement) not in _NO_TRANSACTION_WORDS or not _names_keyword(statement, _NO_TRANSACTION_KEYWORDS):
+        return None
+    for node in parsed(statement) or ():
+        for kind, words in _NO_TRANSACTION_STATEMENTS.items():
+            if isinstance(node, kind):
+                return words
+        if isinstance(node, ast.IndexStmt) and node.concurrent:
+            return "CREATE UNIQUE INDEX CONCURRENTLY" if node.unique else "CREATE INDEX CONCURRENTLY"
+        if isinstance(node, ast.DropStmt) and node.concurrent:
+            return "DROP INDEX CONCURRENTLY"
+        if isinstance(node, ast.ReindexStmt):
+            what = ReindexObjectType(node.kind).name.removeprefix("REINDEX_OBJECT_")
+            options = [option.defname for option in node.params or () if isinstance(option, ast.DefElem)]
+            if "concurrently" in options:
+                return f"REINDEX {what} CONCURRENTLY"
+            if node.kind in (ReindexObjectType.REINDEX_OBJECT_DATABASE, ReindexObjectType.REINDEX_OBJECT_SYSTEM):
+                return f"REINDEX {what}"
+        if isinstance(node, ast.AlterTableStmt) and any(
+                command.subtype == AlterTableType.AT_DetachPartition and getattr(command.def_, "concurrent", False)
+                for command in node.cmds or ()):
+            return "ALTER TABLE ... DETACH PARTITION CONCURRENTLY"
+        if isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd:
+            return "VACUUM"
+    return None
+
+
+def concurrent_index(statement: str) -> tuple[str, str] | None:
+    """(index name, table) of a named `CREATE INDEX CONCURRENTLY`, else None. The name as the server stores it
+    (unquoted names folded to lower case); the table quoted, schema-qualified when the statement qualifies it
+    (the index is created in the table's schema). An unnamed index cannot be found again by name: None."""
+    if _first_word(statement) != "CREATE" or not _names_keyword(statement, {"CONCURRENTLY"}):
+        return None
+    for node in parsed(statement) or ():
+        if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
+            relation = node.relation
+            table = ".".join(quote_identifier(part) for part in (relation.schemaname, relation.relname) if part)
+            return node.idxname, table
+    return None
+
+
+def _names_keyword(statement: str, keywords: set[str]) -> bool:
+    """Whether PostgreSQL's lexer finds one of `keywords` (token names) in `statement`; unreadable: True (the
+    parse decides)."""
     try:
-        return any(token.name in _CLUSTER_KEYWORDS for token in pg_parser.scan(statement))
+        return any(token.name in keywords for token in pg_parser.scan(statement))
     except pg_parser.ParseError:
         return True
 

@@ -1,0 +1,59 @@
+"""What a statement does, read with PostgreSQL's own lexer and parser (tasks/engine/migrations/statements.py):
+what cannot run inside a transaction block, and which index a `CREATE INDEX CONCURRENTLY` builds. (What
+reaches beyond one database: tests/test_rehearsal_place.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.engine.migrations.statements import concurrent_index, refused_in_transaction
+
+
+@pytest.mark.parametrize(("statement", "words"), [
+    ("CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email)", "CREATE INDEX CONCURRENTLY"),
+    ("create unique index\n  concurrently u ON t (x)", "CREATE UNIQUE INDEX CONCURRENTLY"),
+    ("DROP INDEX CONCURRENTLY IF EXISTS app.users_email_idx", "DROP INDEX CONCURRENTLY"),
+    ("REINDEX INDEX CONCURRENTLY users_email_key", "REINDEX INDEX CONCURRENTLY"),
+    ("REINDEX (VERBOSE, CONCURRENTLY) TABLE users", "REINDEX TABLE CONCURRENTLY"),
+    ("REINDEX DATABASE app", "REINDEX DATABASE"),
+    ("REINDEX SYSTEM app", "REINDEX SYSTEM"),
+    ("ALTER TABLE events DETACH PARTITION events_2020 CONCURRENTLY", "ALTER TABLE ... DETACH PARTITION CONCURRENTLY"),
+    ("VACUUM (ANALYZE) users", "VACUUM"),
+    ("vacuum full", "VACUUM"),
+    ("CREATE DATABASE reports", "CREATE DATABASE"),
+    ("DROP DATABASE IF EXISTS reports", "DROP DATABASE"),
+    ("ALTER SYSTEM SET work_mem = '64MB'", "ALTER SYSTEM"),
+    ("CREATE TABLESPACE fast LOCATION '/ssd'", "CREATE TABLESPACE"),
+    ("DROP TABLESPACE fast", "DROP TABLESPACE"),
+    # Run inside one, or only look alike:
+    ("REINDEX TABLE users", None),
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY monthly_totals", None),
+    ("ANALYZE users", None),
+    ("ALTER TABLE events DETACH PARTITION events_2020", None),
+    ("CREATE INDEX users_email_idx ON users (email)", None),
+    ("CREATE TABLE database (system text, concurrently text)", None),
+    ("SELECT 'DROP INDEX CONCURRENTLY x'", None),
+    ("-- CREATE INDEX CONCURRENTLY i ON t (x)\nCREATE INDEX i ON t (x)", None),
+    ("DO $$ BEGIN EXECUTE 'VACUUM users'; END $$", None),
+    ("ALTER DATABASE app SET work_mem = '8MB'", None),
+    ("CREATE INDEX CONCURRENTLY i ON t (x", None),  # unreadable: left to the server
+])
+def test_what_cannot_run_in_a_transaction_block_is_found_by_the_parser(statement: str, words: str | None) -> None:
+    assert refused_in_transaction(statement) == words
+
+
+@pytest.mark.parametrize(("statement", "index"), [
+    ("CREATE INDEX CONCURRENTLY users_email_idx ON users (email)", ("users_email_idx", '"users"')),
+    ("create unique index concurrently if not exists Users_Email ON App.Users (email)",
+     ("users_email", '"app"."users"')),  # unquoted names fold to lower case, as the server stores them
+    ('CREATE INDEX CONCURRENTLY "Odd ""Name""" ON ONLY "My Schema"."My Table" (x)',
+     ('Odd "Name"', '"My Schema"."My Table"')),
+    ("/* build it */ CREATE INDEX\n  CONCURRENTLY i\n  ON t USING gin (doc)", ("i", '"t"')),
+    ("CREATE INDEX CONCURRENTLY ON users (email)", None),  # unnamed: cannot be found again by name
+    ("CREATE INDEX users_email_idx ON users (email)", None),
+    ("DROP INDEX CONCURRENTLY users_email_idx", None),
+    ("SELECT 'CREATE INDEX CONCURRENTLY i ON t (x)'", None),
+])
+def test_the_index_a_concurrent_build_names_is_read_by_the_parser(statement: str,
+                                                                  index: tuple[str, str] | None) -> None:
+    assert concurrent_index(statement) == index
