@@ -16,8 +16,12 @@ import pytest
 from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.rehearsal import rehearse, rehearse_on_target_schema
+from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.statements import cluster_wide
-from tests.helpers import PROJECT, applied_ids, cli, url_of, write_migrations
+from tests.helpers import POLICY, PROJECT, applied_ids, cli, url_of, write_migrations
 
 
 def roles(database: Connection, prefix: str) -> list[str]:
@@ -133,3 +137,22 @@ def test_a_rehearsal_killed_halfway_leaves_nothing_once_the_next_run_ends(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Dropped 1 scratch database(s) a stopped run left: {left[0]}" in result.stderr
     assert scratch_databases(database) == before
+
+
+# Fails on any database that was not set to commit without waiting for the disk.
+COMMITS_WITHOUT_WAITING = (
+    "DO $$ BEGIN\n"
+    "  IF NOT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase\n"
+    "                 WHERE d.datname = current_database() AND 'synchronous_commit=off' = ANY (s.setconfig)) THEN\n"
+    "    RAISE EXCEPTION 'this database waits for the disk at every commit';\n"
+    "  END IF;\n"
+    "END $$;\n"
+)
+
+
+def test_scratch_databases_commit_without_waiting_for_the_disk(tmp_path: Path, database: Connection) -> None:
+    catalog = read_catalog(write_migrations(tmp_path, {"0001.check.sql": COMMITS_WITHOUT_WAITING}), tmp_path)
+    assert rehearse(catalog, database, POLICY, cache=False).failure is None
+    assert rehearse_on_target_schema(catalog, ("0001.check",), database, database, POLICY).failure is None
+    with pytest.raises(MigrationError, match="waits for the disk"):  # the target itself is left as it is
+        apply_pending(database, catalog, POLICY)

@@ -21,7 +21,7 @@ from tasks.engine.migrations.drift import DriftReport, compare
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.schema_copy import restore_schema
-from tasks.engine.migrations.scratch import Place, scratch_database
+from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
     replay_policy = policy.model_copy(update={"allow_out_of_order": True, "migration_lock_wait_seconds": 0,
                                               "lock_timeout_retries": 0})
     with scratch_database(place, log) as name:
-        with connected(place.server) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
-        scratch = place.server.with_database(name)
+        scratch = create_scratch(place, name, log)
         if baseline is not None:
             restore_schema(baseline.schema_dump, scratch)
         with session(scratch) as conn:

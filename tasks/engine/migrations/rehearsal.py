@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from tasks.engine.connection import Connection, connected, connection_from_url
+from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.embedded import embedded_server
 from tasks.engine.environments import Environment, Policy
 from tasks.engine.errors import ConfigError
@@ -29,7 +29,7 @@ from tasks.engine.migrations.report import RehearsalResult
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.rollback import roll_back
 from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
-from tasks.engine.migrations.scratch import Place, scratch_database
+from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,9 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
         reused = take_cached(server, catalog, keys, name, log) if keys else 0
-        if not reused:
-            with connected(server) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
+        scratch = server.with_database(name) if reused else create_scratch(place, name, log)
         where = f"{place.where} (temporary database {name}"
         where += f", from a cached database holding the first {reused} migrations)" if reused else ")"
-        scratch = server.with_database(name)
         finished = False  # the rehearsal ran to its end or to a migration's failure (not to another exception)
         try:
             apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
@@ -143,9 +140,7 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
     rolled_back: list[str] = []
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
-        with connected(place.server) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # a name of ours: letters, digits, underscores
-        scratch = place.server.with_database(name)
+        scratch = create_scratch(place, name, log)
         restore_schema(dump, scratch)
         with session(scratch) as conn:
             ledger = Ledger.open(conn)

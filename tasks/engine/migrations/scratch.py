@@ -5,6 +5,11 @@ that keeper session stays open for as long as the database is used. Every new sc
 the ones whose keeper is gone and that nobody is connected to: a run killed with `kill -9` leaves nothing
 behind once the next run on that server starts.
 
+A scratch database commits without waiting for its WAL to reach the disk (`synchronous_commit = off` set
+on the database): what is in it is thrown away, a crash loses only whole transactions at its end (the
+history in it stays true, and the rehearsal cache checks it before reuse), and on RDS, where every commit
+waits for storage in two zones, a rehearsal of hundreds of migrations no longer waits for each one.
+
 Where: the target's own server (same version, same extensions, the same roles), unless that would change
 the target's server: in a dry run, or when a migration to be rehearsed reaches beyond one database (roles,
 tablespaces, ALTER DATABASE, ALTER SYSTEM). Then the embedded server, with the target's roles created there
@@ -111,11 +116,20 @@ def scratch_database(place: Place, log: Log = logger, *, name: str | None = None
                 _quietly(keeper, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), log)
 
 
+def create_scratch(place: Place, name: str, log: Log = logger) -> Connection:
+    """Create the scratch database `name` (empty, from the server's template) on `place`, set to commit without
+    waiting for the disk; the connection to it."""
+    with connected(place.server) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        _quietly(conn, sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(name)), log)
+    return place.server.with_database(name)
+
+
 def _quietly(conn: psycopg.Connection, statement: sql.Composable, log: Log) -> None:
     try:
         conn.execute(statement)
-    except psycopg.Error as exc:  # the next run's drop_abandoned finds what is left
-        log.warning("Left after the rehearsal (%s): %s", exc.diag.message_primary or exc,
+    except psycopg.Error as exc:  # a drop: the next run's drop_abandoned finds what is left
+        log.warning("Not done on the rehearsal's server (%s): %s", exc.diag.message_primary or exc,
                     statement.as_string(conn))
 
 
