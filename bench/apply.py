@@ -1,5 +1,10 @@
 """Apply N generated migrations on a fresh database: our engine, one psql session (the floor), the yoyo CLI
-and Knex, interleaved so that a noisy neighbour slows every tool alike."""
+and Knex, interleaved so that a noisy neighbour slows every tool alike.
+
+Beside the floor, a reference that is not a tool: the same psql session sending each migration as ONE
+message (`BEGIN\\; ...\\; COMMIT`), as our engine does, without the history rows and the session reset. The
+gap between it and the floor is what one message a migration saves; the gap between it and our engine is
+what our bookkeeping costs."""
 
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from bench.pg import BenchServer, client_cpu_seconds, libpq_env, server_cpu_seco
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
 from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import Catalog, read_catalog
+from tasks.engine.migrations.catalog import Catalog, read_catalog, read_text, split_migration
 
 PSQL, OURS, YOYO, KNEX = "psql (floor)", "rds-migrations", "yoyo CLI", "Knex"
+PSQL_ONE = "psql, one message a migration"
 CANDIDATE = "candidate engine"
 
 
@@ -29,6 +35,7 @@ class Workload:
     directory: Path
     paths: list[Path]
     psql_script: Path
+    psql_one_message: Path
     catalog: Catalog | None = None
     catalog_seconds: list[float] = field(default_factory=list)
     knex_directory: Path | None = None
@@ -50,14 +57,23 @@ def prepare(base: Path, n: int, with_knex: bool) -> Workload:
     script = project / "psql.sql"
     # The floor the issue defines: one session, one transaction per migration, nothing else.
     script.write_text("".join(f"BEGIN;\n{p.read_text()}COMMIT;\n" for p in paths))
-    workload = Workload(n, project, directory, paths, script)
+    one = project / "psql-one-message.sql"
+    one.write_text("".join(one_message(p) for p in paths))
+    workload = Workload(n, project, directory, paths, script, one)
     if with_knex:
         workload.knex_directory = knex.write_migrations(paths, project / "knex")
     return workload
 
 
-def run_psql(workload: Workload, connection: Connection) -> None:
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(workload.psql_script)],
+def one_message(path: Path) -> str:
+    """A migration as psql sends it in ONE message: its statements joined by `\\;` (the newline first: a
+    statement may end in a -- comment)."""
+    _, statements = split_migration(read_text(path))
+    return "\n\\;\n".join(["BEGIN", *statements, "COMMIT"]) + "\n;\n"
+
+
+def run_psql(workload: Workload, connection: Connection, script: Path | None = None) -> None:
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script or workload.psql_script)],
                    env=libpq_env(connection), check=True, capture_output=True)
 
 
@@ -98,6 +114,7 @@ def run(server: BenchServer, base: Path, sizes: list[int], repeats: dict[int, di
         read_files(workload)
         tools: list[tuple[str, Callable[[Connection], None]]] = [
             (PSQL, lambda c, w=workload: run_psql(w, c)),
+            (PSQL_ONE, lambda c, w=workload: run_psql(w, c, w.psql_one_message)),
             (OURS, lambda c, w=workload: apply_pending(c, w.catalog, policy, git_sha="bench")),
             (YOYO, lambda c, w=workload: run_yoyo(w, c)),
         ]

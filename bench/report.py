@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apply import CANDIDATE, KNEX, OURS, PSQL, YOYO
+from bench.apply import CANDIDATE, KNEX, OURS, PSQL, PSQL_ONE, YOYO
 
 # The bar (issue 5). Linear in N: the cost of one migration at N = 1,000 is within 25% of its cost at N = 100.
 APPLY_FLOOR_RATIO = 1.0  # issue 15 (round one asked for 1.2)
@@ -60,7 +60,7 @@ def ratio(results: dict, tool: str, reference: str, n: int, *, cpu: bool = False
 
 def apply_table(results: dict) -> str:
     apply = results["apply"]
-    tools = [t for t in (OURS, CANDIDATE, KNEX, YOYO) if t in apply["times"]]
+    tools = [t for t in (PSQL_ONE, OURS, CANDIDATE, KNEX, YOYO) if t in apply["times"]]
     header = (["N", PSQL] + [f"{t} (× floor)" for t in tools]
               + ["yoyo ÷ rds-migrations", "CPU: rds-migrations ÷ psql", "reading the files"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -112,6 +112,12 @@ def _apply_rows(results: dict) -> list[Row]:
     if ours_cpu and floor_cpu and cpu_ratio:
         out.append(Row(f"apply {big:,}, CPU time (client + server)", _s(ours_cpu), f"psql floor {_s(floor_cpu)}",
                        _x(cpu_ratio), "(for information)", None))
+    one, one_ratio = median_time(results, PSQL_ONE, big), ratio(results, PSQL_ONE, PSQL, big)
+    if floor and one and one_ratio and ours:
+        # What one message a migration saves (this against the floor) and what the history rows and the session
+        # reset cost (rds-migrations against this).
+        out.append(Row(f"apply {big:,}: {PSQL_ONE}, no history", _s(one), f"psql floor {_s(floor)}", _x(one_ratio),
+                       f"(reference: rds-migrations is {_x(ours / one)} of it)", None))
     candidate, candidate_ratio = median_time(results, CANDIDATE, big), ratio(results, CANDIDATE, PSQL, big)
     if floor and candidate and candidate_ratio:
         out.append(Row(f"apply {big:,}, candidate engine", _s(candidate), f"psql floor {_s(floor)}",
@@ -350,7 +356,8 @@ def write_plot(results: dict, path: Path) -> None:
     (apply_axis, stall_axis), (budget_axis, trigger_axis) = axes
 
     sizes = results["apply"]["sizes"] if "apply" in results else []
-    for tool, style in ((PSQL, "k--o"), (OURS, "C0-o"), (CANDIDATE, "C4-d"), (KNEX, "C2-s"), (YOYO, "C3-^")):
+    styles = ((PSQL, "k--o"), (PSQL_ONE, "k:."), (OURS, "C0-o"), (CANDIDATE, "C4-d"), (KNEX, "C2-s"), (YOYO, "C3-^"))
+    for tool, style in styles:
         points = [(n, median_time(results, tool, n)) for n in sizes if median_time(results, tool, n)]
         if points:
             apply_axis.plot([p[0] for p in points], [p[1] for p in points], style, label=tool)
