@@ -1,6 +1,7 @@
 """The rehearsal never changes the target's server: not in a dry run, not with statements that reach beyond
 one database (roles, ALTER DATABASE); and a rehearsal killed halfway leaves nothing once the next run ends.
-Through the command line, on real PostgreSQL."""
+Through the command line, on real PostgreSQL. Last, the scratch databases themselves: they commit without
+waiting for the disk, and the target does not."""
 
 from __future__ import annotations
 
