@@ -466,16 +466,37 @@ def test_statements_refused_in_a_transaction_are_found_by_the_parser_on_their_li
     path = write(
         tmp_path,
         "0001.more.sql",
-        "-- Café, déjà vu: lines are counted in characters, not bytes.\n"
+        "-- Lines are counted in characters, not bytes, and comments before a statement are not its line.\n"
         "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\n"
         "BEGIN\n"
         "  -- DROP INDEX CONCURRENTLY in a function body is text\n"
         "  PERFORM 1;\n"
         "END $$;\n"
+        "DROP INDEX /* déjà vu, déjà vu, déjà vu, déjà vu, déjà vu, déjà vu, déjà vu, déjà vu, déjà vu */\n"
+        "  CONCURRENTLY i;\n"
+        "-- reclaim the space\n"
+        "VACUUM FULL t;\n"
         "ALTER TABLE events\n  DETACH PARTITION events_2020\n  CONCURRENTLY;\n"
-        "CREATE TABLESPACE fast LOCATION '/ssd';\n"
-        "REINDEX SYSTEM app;\n",
+        "/* a new disk */ CREATE TABLESPACE fast LOCATION '/ssd';\n"
+        "REINDEX SCHEMA app; DROP INDEX CONCURRENTLY j;\n",
     )
     findings = [f for f in lint_one(path) if f.rule == lint.CANNOT_RUN_IN_TRANSACTION]
     assert [(f.line, f.message.split("`")[1]) for f in findings] == [
-        (9, "ALTER TABLE ... DETACH PARTITION CONCURRENTLY"), (10, "CREATE TABLESPACE"), (11, "REINDEX SYSTEM")]
+        (8, "DROP INDEX CONCURRENTLY"), (10, "VACUUM"), (13, "ALTER TABLE ... DETACH PARTITION CONCURRENTLY"),
+        (14, "CREATE TABLESPACE"), (15, "REINDEX SCHEMA"), (15, "DROP INDEX CONCURRENTLY")]
+
+
+def test_a_statement_refused_in_a_transaction_is_found_in_a_file_the_lexer_cannot_read(tmp_path: Path) -> None:
+    # An unclosed quote at the end: the statements before it are still split (by sqlparse) and read.
+    path = write(tmp_path, "0001.unclosed.sql", "-- Broken at the end.\nVACUUM t;\nSELECT 'never closed;\n")
+    findings = [f for f in lint_one(path) if f.rule == lint.CANNOT_RUN_IN_TRANSACTION]
+    assert [(f.line, f.message.split("`")[1]) for f in findings] == [(2, "VACUUM")]
+
+
+def test_squawk_and_our_rule_report_a_concurrent_index_once_and_keep_the_statement_beside_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "0001.same-line.sql",
+                 "-- Two on one line.\nCREATE TABLE t (a int);\n"
+                 "CREATE INDEX CONCURRENTLY i ON t (a); DROP INDEX CONCURRENTLY k;\n")
+    findings = [(f.line, f.rule) for f in lint_one(path) if f.rule in (lint.CANNOT_RUN_IN_TRANSACTION,
+                                                                          lint.SQUAWK_CONCURRENTLY_RULE)]
+    assert sorted(findings) == [(3, lint.SQUAWK_CONCURRENTLY_RULE), (3, lint.CANNOT_RUN_IN_TRANSACTION)]

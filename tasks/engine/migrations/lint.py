@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Literal
 
 import pglast
+import sqlparse
 
 from tasks.engine.errors import LintError
 from tasks.engine.migrations.catalog import read_text, split_migration
@@ -102,7 +103,10 @@ CANNOT_RUN_IN_TRANSACTION = "cannot-run-in-transaction"
 # squawk's rule for the one case it covers: where both fire, its finding is kept.
 SQUAWK_CONCURRENTLY_RULE = "ban-concurrent-index-creation-in-transaction"
 # Cheap test before parsing: only a file holding one of these words can hold such a statement.
-_MAY_NEED_NO_TRANSACTION = re.compile(r"concurrently|vacuum|database|system|tablespace", re.IGNORECASE)
+_MAY_NEED_NO_TRANSACTION = re.compile(r"concurrently|vacuum|database|system|tablespace|reindex|cluster|discard",
+                                      re.IGNORECASE)
+# Lexer tokens that are not words of a statement.
+_COMMENT_TOKENS = {"SQL_COMMENT", "C_COMMENT"}
 
 SQUAWK_TIMEOUT_SECONDS = 300
 _AWKWARD_NAME = re.compile(r"[*?\[\]{}!]|^-")
@@ -222,6 +226,7 @@ def blocking(
 
 def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFinding]) -> list[LintFinding]:
     """Statements of transactional files that PostgreSQL refuses inside a transaction block."""
+    # squawk's rule covers CREATE INDEX CONCURRENTLY only: another statement on the same line is still ours.
     reported = {(f.file, f.line) for f in already if f.rule == SQUAWK_CONCURRENTLY_RULE}
     findings = []
     for path, content in files.items():
@@ -229,7 +234,8 @@ def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFi
         if not _MAY_NEED_NO_TRANSACTION.search(text):
             continue
         for line, what in _statements_needing_no_transaction(text):
-            if (path.name, line) not in reported:
+            squawk_says_so = what.startswith("CREATE") and what.endswith("INDEX CONCURRENTLY")
+            if not (squawk_says_so and (path.name, line) in reported):
                 findings.append(
                     LintFinding(
                         path.name,
@@ -246,22 +252,25 @@ def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFi
 def _statements_needing_no_transaction(text: str) -> list[tuple[int, str]]:
     """(line, what) of each statement PostgreSQL cannot run inside a transaction block, read by its own lexer
     and parser (statements.refused_in_transaction). The line is CONCURRENTLY's where the statement has it (where
-    squawk reports its own rule), else the statement's first word's. A file the lexer cannot read (an unclosed
-    quote) is left to squawk, which reports the syntax error."""
+    squawk reports its own rule), else the statement's first word's. Statements are split by the lexer; in a
+    file it cannot read (an unclosed quote), as catalog.split_migration does, by sqlparse. A statement the
+    parser cannot read is left to squawk, which reports the syntax error, and to the server."""
     found = []
     try:
         statements = pglast.split(text, with_parser=False)
     except pglast.parser.ParseError:
-        return []
+        statements = sqlparse.split(text)
     position = 0
     for statement in statements:
         start = text.find(statement, position)
+        if start < 0:
+            continue
         position = start + len(statement)
         what = refused_in_transaction(statement)
         if what is None:
             continue
-        tokens = pglast.parser.scan(statement)
-        at = next((t.start for t in tokens if t.name == "CONCURRENTLY"), tokens[0].start)
+        words = [t for t in pglast.parser.scan(statement) if t.name not in _COMMENT_TOKENS]
+        at = next((t.start for t in words if t.name == "CONCURRENTLY"), words[0].start)
         found.append((text.count("\n", 0, start + at) + 1, what))
     return found
 

@@ -32,14 +32,18 @@ _CLUSTER_WORDS = {"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "SECU
 _CLUSTER_KEYWORDS = {"ROLE", "USER", "GROUP_P", "TABLESPACE", "DATABASE", "SYSTEM_P"}
 _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
-# Statements PostgreSQL refuses inside a transaction block start with one of these words and name one of
-# these keywords (VACUUM is both).
-_NO_TRANSACTION_WORDS = {"CREATE", "DROP", "ALTER", "REINDEX", "VACUUM"}
-_NO_TRANSACTION_KEYWORDS = {"CONCURRENTLY", "DATABASE", "SYSTEM_P", "TABLESPACE", "VACUUM"}
+# Statements PostgreSQL refuses inside a transaction block start with one of these words; those starting
+# with CREATE, DROP or ALTER (most DDL) also name one of these keywords, and only those are parsed.
+_NO_TRANSACTION_WORDS = {"CREATE", "DROP", "ALTER", "REINDEX", "VACUUM", "CLUSTER", "DISCARD"}
+_NO_TRANSACTION_DDL_WORDS = {"CREATE", "DROP", "ALTER"}
+_NO_TRANSACTION_KEYWORDS = {"CONCURRENTLY", "DATABASE", "SYSTEM_P", "TABLESPACE"}
 _NO_TRANSACTION_STATEMENTS = {
     ast.CreatedbStmt: "CREATE DATABASE", ast.DropdbStmt: "DROP DATABASE", ast.AlterSystemStmt: "ALTER SYSTEM",
     ast.CreateTableSpaceStmt: "CREATE TABLESPACE", ast.DropTableSpaceStmt: "DROP TABLESPACE",
 }
+# REINDEX of more than one table at a time.
+_REINDEX_MANY = (ReindexObjectType.REINDEX_OBJECT_SCHEMA, ReindexObjectType.REINDEX_OBJECT_DATABASE,
+                 ReindexObjectType.REINDEX_OBJECT_SYSTEM)
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
 _ENDS_TRANSACTION = {
     TransactionStmtKind.TRANS_STMT_BEGIN: "BEGIN",
@@ -116,11 +120,14 @@ def _names_a_cluster_object(statement: str) -> bool:
 
 def refused_in_transaction(statement: str) -> str | None:
     """What in `statement` PostgreSQL refuses to run inside a transaction block (`CREATE INDEX CONCURRENTLY`,
-    `DROP INDEX CONCURRENTLY`, `REINDEX ... CONCURRENTLY`, `REINDEX DATABASE`/`SYSTEM`, `ALTER TABLE ... DETACH
-    PARTITION ... CONCURRENTLY`, `VACUUM`, `CREATE`/`DROP DATABASE`, `CREATE`/`DROP TABLESPACE`, `ALTER
-    SYSTEM`), as words for messages; None otherwise (`REFRESH MATERIALIZED VIEW CONCURRENTLY` and `ANALYZE`
-    run in one)."""
-    if _first_word(statement) not in _NO_TRANSACTION_WORDS or not _names_keyword(statement, _NO_TRANSACTION_KEYWORDS):
+    `DROP INDEX CONCURRENTLY`, `REINDEX ... CONCURRENTLY`, `REINDEX SCHEMA`/`DATABASE`/`SYSTEM`, `ALTER TABLE
+    ... DETACH PARTITION ... CONCURRENTLY`, `VACUUM`, `CLUSTER` of every table, `DISCARD ALL`, `CREATE`/`DROP
+    DATABASE`, `ALTER DATABASE ... SET TABLESPACE`, `CREATE`/`DROP TABLESPACE`, `ALTER SYSTEM`), as words for
+    messages; None otherwise (`REFRESH MATERIALIZED VIEW CONCURRENTLY`, `ANALYZE` and `CLUSTER <table>` run in
+    one). A statement the parser cannot read: None (the server refuses it anyway)."""
+    first = _first_word(statement)
+    if first not in _NO_TRANSACTION_WORDS or (
+            first in _NO_TRANSACTION_DDL_WORDS and not _names_keyword(statement, _NO_TRANSACTION_KEYWORDS)):
         return None
     for node in parsed(statement) or ():
         for kind, words in _NO_TRANSACTION_STATEMENTS.items():
@@ -135,8 +142,15 @@ def refused_in_transaction(statement: str) -> str | None:
             options = [option.defname for option in node.params or () if isinstance(option, ast.DefElem)]
             if "concurrently" in options:
                 return f"REINDEX {what} CONCURRENTLY"
-            if node.kind in (ReindexObjectType.REINDEX_OBJECT_DATABASE, ReindexObjectType.REINDEX_OBJECT_SYSTEM):
+            if node.kind in _REINDEX_MANY:
                 return f"REINDEX {what}"
+        if isinstance(node, ast.AlterDatabaseStmt) and any(
+                isinstance(option, ast.DefElem) and option.defname == "tablespace" for option in node.options or ()):
+            return "ALTER DATABASE ... SET TABLESPACE"
+        if isinstance(node, ast.ClusterStmt) and node.relation is None:
+            return "CLUSTER"
+        if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
+            return "DISCARD ALL"
         if isinstance(node, ast.AlterTableStmt) and any(
                 command.subtype == AlterTableType.AT_DetachPartition and getattr(command.def_, "concurrent", False)
                 for command in node.cmds or ()):
