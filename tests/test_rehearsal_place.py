@@ -21,7 +21,6 @@ from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.rehearsal import rehearse, rehearse_on_target_schema
 from tasks.engine.migrations.results import MigrationError
-from tasks.engine.migrations.statements import cluster_wide
 from tests.helpers import POLICY, PROJECT, applied_ids, cli, url_of, write_migrations
 
 
@@ -45,36 +44,6 @@ def role_name(database: Connection):
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.mark.parametrize(("statement", "words"), [
-    ("CREATE ROLE app NOLOGIN", "CREATE ROLE"),
-    ("create user app password 'x'", "CREATE ROLE"),
-    ("CREATE GROUP readers", "CREATE ROLE"),
-    ("ALTER ROLE app SET search_path = app", "ALTER ROLE"),
-    ("ALTER USER app WITH CONNECTION LIMIT 5", "ALTER ROLE"),
-    ("DROP ROLE IF EXISTS app", "DROP ROLE"),
-    ("GRANT readers TO app", "GRANT/REVOKE role membership"),  # no keyword: the parse decides
-    ("REVOKE readers FROM app", "GRANT/REVOKE role membership"),
-    ("CREATE TABLESPACE fast LOCATION '/ssd'", "CREATE TABLESPACE"),
-    ("ALTER TABLESPACE fast SET (random_page_cost = 1)", "ALTER TABLESPACE"),
-    ("CREATE DATABASE other", "CREATE DATABASE"),
-    ("ALTER DATABASE app SET timezone = 'UTC'", "ALTER DATABASE"),
-    ("ALTER DATABASE app RENAME TO app2", "ALTER DATABASE ... RENAME"),
-    ("ALTER DATABASE app OWNER TO owner", "ALTER DATABASE ... OWNER"),
-    ("alter system set work_mem = '64MB'", "ALTER SYSTEM"),
-    ("COMMENT ON ROLE app IS 'the application'", "COMMENT/SECURITY LABEL ON ROLE"),
-    ("SECURITY LABEL FOR selinux ON DATABASE app IS 'x'", "COMMENT/SECURITY LABEL ON DATABASE"),
-    ("CREATE TABLE roles (id bigint, role text, \"database\" text, user_id bigint)", None),  # parsed: not one
-    ("CREATE TABLE t (id bigint DEFAULT 1, owner text DEFAULT current_user)", None),
-    ("GRANT SELECT ON users TO readers", None),
-    ("ALTER TABLE users OWNER TO app", None),
-    ("COMMENT ON TABLE users IS 'every user, role and database'", None),
-    ("CREATE USER MAPPING FOR app SERVER remote", None),
-    ("CREATE TABLE t (note text DEFAULT 'unterminated", None),  # unreadable: left to the server
-])
-def test_what_reaches_beyond_one_database_is_found_by_the_parser(statement: str, words: str | None) -> None:
-    assert cluster_wide(statement) == words
 
 
 def test_a_dry_run_changes_nothing_on_the_target_server(tmp_path: Path, database: Connection,

@@ -1,12 +1,47 @@
 """What a statement does, read with PostgreSQL's own lexer and parser (tasks/engine/migrations/statements.py):
-what cannot run inside a transaction block, and which index a `CREATE INDEX CONCURRENTLY` builds. (What
-reaches beyond one database: tests/test_rehearsal_place.py.)"""
+what reaches beyond one database, what cannot run inside a transaction block, and which index a `CREATE INDEX
+CONCURRENTLY` builds. (Where a rehearsal runs because of the first: tests/test_rehearsal_place.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.engine.migrations.statements import concurrent_index, refused_in_transaction
+from tasks.engine.migrations.statements import (
+    cluster_wide,
+    concurrent_index,
+    may_be_refused_in_transaction,
+    refused_in_transaction,
+)
+
+
+@pytest.mark.parametrize(("statement", "words"), [
+    ("CREATE ROLE app NOLOGIN", "CREATE ROLE"),
+    ("create user app password 'x'", "CREATE ROLE"),
+    ("CREATE GROUP readers", "CREATE ROLE"),
+    ("ALTER ROLE app SET search_path = app", "ALTER ROLE"),
+    ("ALTER USER app WITH CONNECTION LIMIT 5", "ALTER ROLE"),
+    ("DROP ROLE IF EXISTS app", "DROP ROLE"),
+    ("GRANT readers TO app", "GRANT/REVOKE role membership"),  # no keyword: the parse decides
+    ("REVOKE readers FROM app", "GRANT/REVOKE role membership"),
+    ("CREATE TABLESPACE fast LOCATION '/ssd'", "CREATE TABLESPACE"),
+    ("ALTER TABLESPACE fast SET (random_page_cost = 1)", "ALTER TABLESPACE"),
+    ("CREATE DATABASE other", "CREATE DATABASE"),
+    ("ALTER DATABASE app SET timezone = 'UTC'", "ALTER DATABASE"),
+    ("ALTER DATABASE app RENAME TO app2", "ALTER DATABASE ... RENAME"),
+    ("ALTER DATABASE app OWNER TO owner", "ALTER DATABASE ... OWNER"),
+    ("alter system set work_mem = '64MB'", "ALTER SYSTEM"),
+    ("COMMENT ON ROLE app IS 'the application'", "COMMENT/SECURITY LABEL ON ROLE"),
+    ("SECURITY LABEL FOR selinux ON DATABASE app IS 'x'", "COMMENT/SECURITY LABEL ON DATABASE"),
+    ("CREATE TABLE roles (id bigint, role text, \"database\" text, user_id bigint)", None),  # parsed: not one
+    ("CREATE TABLE t (id bigint DEFAULT 1, owner text DEFAULT current_user)", None),
+    ("GRANT SELECT ON users TO readers", None),
+    ("ALTER TABLE users OWNER TO app", None),
+    ("COMMENT ON TABLE users IS 'every user, role and database'", None),
+    ("CREATE USER MAPPING FOR app SERVER remote", None),
+    ("CREATE TABLE t (note text DEFAULT 'unterminated", None),  # unreadable: left to the server
+])
+def test_what_reaches_beyond_one_database_is_found_by_the_parser(statement: str, words: str | None) -> None:
+    assert cluster_wide(statement) == words
 
 
 @pytest.mark.parametrize(("statement", "words"), [
@@ -47,6 +82,7 @@ from tasks.engine.migrations.statements import concurrent_index, refused_in_tran
 ])
 def test_what_cannot_run_in_a_transaction_block_is_found_by_the_parser(statement: str, words: str | None) -> None:
     assert refused_in_transaction(statement) == words
+    assert may_be_refused_in_transaction(statement) or words is None  # lint's text search never skips one
 
 
 @pytest.mark.parametrize(("statement", "index"), [

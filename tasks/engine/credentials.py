@@ -93,6 +93,7 @@ def secret_refusal(exc: Any) -> str:
     code = error_code(exc)
     return f"{SECRET_READ_ERRORS.get(code, 'Secrets Manager refused to return it')} ({code})"
 
+
 def _read_connection(environment: Environment, secrets_manager: Any) -> Connection:
     from botocore.exceptions import ClientError
 

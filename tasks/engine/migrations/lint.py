@@ -56,7 +56,7 @@ import sqlparse
 
 from tasks.engine.errors import LintError
 from tasks.engine.migrations.catalog import read_text, split_migration
-from tasks.engine.migrations.statements import refused_in_transaction
+from tasks.engine.migrations.statements import may_be_refused_in_transaction, refused_in_transaction
 
 Severity = Literal["error", "warning"]
 
@@ -102,9 +102,7 @@ NOT_UTF8 = "not-utf8"
 CANNOT_RUN_IN_TRANSACTION = "cannot-run-in-transaction"
 # squawk's rule for the one case it covers: where both fire, its finding is kept.
 SQUAWK_CONCURRENTLY_RULE = "ban-concurrent-index-creation-in-transaction"
-# Cheap test before parsing: only a file holding one of these words can hold such a statement.
-_MAY_NEED_NO_TRANSACTION = re.compile(r"concurrently|vacuum|database|system|tablespace|reindex|cluster|discard",
-                                      re.IGNORECASE)
+SQUAWK_CONCURRENTLY_STATEMENTS = ("CREATE INDEX CONCURRENTLY", "CREATE UNIQUE INDEX CONCURRENTLY")  # what it covers
 # Lexer tokens that are not words of a statement.
 _COMMENT_TOKENS = {"SQL_COMMENT", "C_COMMENT"}
 
@@ -231,11 +229,10 @@ def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFi
     findings = []
     for path, content in files.items():
         text = content.decode("utf-8")
-        if not _MAY_NEED_NO_TRANSACTION.search(text):
+        if not may_be_refused_in_transaction(text):
             continue
         for line, what in _statements_needing_no_transaction(text):
-            squawk_says_so = what.startswith("CREATE") and what.endswith("INDEX CONCURRENTLY")
-            if not (squawk_says_so and (path.name, line) in reported):
+            if not (what in SQUAWK_CONCURRENTLY_STATEMENTS and (path.name, line) in reported):
                 findings.append(
                     LintFinding(
                         path.name,

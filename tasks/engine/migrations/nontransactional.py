@@ -33,11 +33,8 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
     statement, and one writes "recording", then the record in its own transaction (each transaction committed
     before the next begins, as when they were sent one by one)."""
     password = conn.info.password or ""
-    if not _idle(conn):
-        conn.execute("ROLLBACK")
-    conn.execute("; ".join((*start.statements(), ledger.mark_statement(migration, git_sha, run_id),
-                            ledger.progress_statements(migration.id, "running", 1, applied_through=0))),
-                 prepare=False)
+    start.restore(conn, ledger.mark_statement(migration, git_sha, run_id),
+                  ledger.progress_statements(migration.id, "running", 1, applied_through=0))
     statement, number, applied_through = "", 0, 0
     try:
         for number, statement in enumerate(migration.statements, 1):

@@ -121,11 +121,12 @@ class StartingState:
         return (f"CASE WHEN session_user = {user} AND current_user = {user} THEN NULL "
                 f"ELSE set_config('session_authorization', {user}, false) || set_config('role', 'none', false) END")
 
-    def restore(self, conn: psycopg.Connection) -> None:
-        """Back to the starting state, outside a migration (before bookkeeping, at the end of a run)."""
+    def restore(self, conn: psycopg.Connection, *then: str) -> None:
+        """Back to the starting state, outside a migration (before bookkeeping, at the end of a run); `then`:
+        statements sent in the same message after it."""
         if conn.info.transaction_status != TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
-        conn.execute("; ".join(self.statements()))
+        conn.execute("; ".join((*self.statements(), *then)), prepare=False)
 
 
 def _literal(text: str) -> str:

@@ -41,6 +41,10 @@ _NO_TRANSACTION_STATEMENTS = {
     ast.CreatedbStmt: "CREATE DATABASE", ast.DropdbStmt: "DROP DATABASE", ast.AlterSystemStmt: "ALTER SYSTEM",
     ast.CreateTableSpaceStmt: "CREATE TABLESPACE", ast.DropTableSpaceStmt: "DROP TABLESPACE",
 }
+# Every statement refused_in_transaction finds holds one of these words (a text search, before a file is split).
+_MAY_BE_REFUSED_IN_TRANSACTION = re.compile("|".join(sorted(
+    {word.removesuffix("_P") for word in _NO_TRANSACTION_KEYWORDS} | (_NO_TRANSACTION_WORDS - _NO_TRANSACTION_DDL_WORDS)
+)), re.IGNORECASE)
 # REINDEX of more than one table at a time.
 _REINDEX_MANY = (ReindexObjectType.REINDEX_OBJECT_SCHEMA, ReindexObjectType.REINDEX_OBJECT_DATABASE,
                  ReindexObjectType.REINDEX_OBJECT_SYSTEM)
@@ -97,7 +101,10 @@ def cluster_wide(statement: str) -> str | None:
     """What in `statement` changes the server rather than one database (roles, tablespaces, databases,
     server settings), as a few words for messages; None otherwise."""
     first = _first_word(statement)
-    if first not in _CLUSTER_WORDS or (first not in _MEMBERSHIP_WORDS and not _names_a_cluster_object(statement)):
+    # The lexer (a sixth of a parse's cost: 300 migrations' DDL is read before every rehearsal) looks for a
+    # keyword every cluster-wide statement holds, but role membership.
+    if first not in _CLUSTER_WORDS or (first not in _MEMBERSHIP_WORDS and not _names_keyword(statement,
+                                                                                            _CLUSTER_KEYWORDS)):
         return None
     for node in parsed(statement) or ():
         for kind, words in _CLUSTER_STATEMENTS.items():
@@ -110,12 +117,6 @@ def cluster_wide(statement: str) -> str | None:
         if isinstance(node, ast.CommentStmt | ast.SecLabelStmt) and node.objtype in _CLUSTER_OBJECTS:
             return f"COMMENT/SECURITY LABEL ON {_CLUSTER_OBJECTS[node.objtype]}"
     return None
-
-
-def _names_a_cluster_object(statement: str) -> bool:
-    """Whether the lexer finds a keyword that every cluster-wide statement but role membership holds (a sixth
-    of a parse's cost: 300 migrations' DDL is read before every rehearsal). Unreadable: the parse decides."""
-    return _names_keyword(statement, _CLUSTER_KEYWORDS)
 
 
 def refused_in_transaction(statement: str) -> str | None:
@@ -158,6 +159,12 @@ def refused_in_transaction(statement: str) -> str | None:
         if isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd:
             return "VACUUM"
     return None
+
+
+def may_be_refused_in_transaction(text: str) -> bool:
+    """False when no statement of `text` (a whole file) can be one `refused_in_transaction` finds: a text
+    search for the words they all hold, so that most files are never split."""
+    return _MAY_BE_REFUSED_IN_TRANSACTION.search(text) is not None
 
 
 def concurrent_index(statement: str) -> tuple[str, str] | None:
