@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from flows import trigger as trigger_command  # noqa: E402
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError  # noqa: E402
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, DatabaseRefused, RdsMigrationsError, UsageError  # noqa: E402
 
 
 def version() -> str:
@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rds-migrations: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
+        if type(exc).__module__.startswith("psycopg"):  # a refusal no step explained, in any command
+            print(f"rds-migrations: {DatabaseRefused.of(exc)}", file=sys.stderr)
+            return EXIT_FAILED
         if not type(exc).__module__.startswith("botocore"):
             raise
         # AWS itself (no credentials, an endpoint out of reach, a refusal the steps did not name): botocore's

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from tasks.engine.errors import DatabaseUnreachable, SecretError
+from tasks.engine.errors import DatabaseUnreachable, SecretError, redact
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # weakest first
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -102,15 +102,6 @@ class Connection(BaseModel):
 
 def _sqlstate(exc: psycopg.Error) -> str | None:
     return exc.sqlstate or (exc.diag.sqlstate if exc.diag else None)
-
-
-def redact(text: str, *secrets: str) -> str:
-    # A secret of one to three characters is no secret, and starring every "p" in a message would both
-    # garble it and give the password away.
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "**********")
-    return text
 
 
 @contextmanager

@@ -14,6 +14,15 @@ from collections.abc import Iterable
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def redact(text: str, *secrets: str) -> str:
+    # A secret of one to three characters is no secret, and starring every "p" in a message would both
+    # garble it and give the password away.
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "**********")
+    return text
+
+
 class RdsMigrationsError(Exception):
     """The root: a failure explained in words, with what to do next."""
 
@@ -54,6 +63,30 @@ class DatabaseUnreachable(RdsMigrationsError):
         super().__init__(f"cannot connect to {where}: {detail.strip()}")
 
 
+class DatabaseRefused(RdsMigrationsError):
+    """The database refused what the tool itself asked of it (a privilege, a setting): its SQLSTATE and words,
+    and what to do. A migration's own failure is a `MigrationError`, not this."""
+
+    @classmethod
+    def of(cls, exc: Exception, *secrets: str) -> DatabaseRefused:
+        """From a psycopg error (read by its attributes: psycopg is not imported here), without the query text
+        the driver adds and without `secrets`."""
+        diag = getattr(exc, "diag", None)
+        words = (getattr(diag, "message_primary", None) or str(exc).split("\n", 1)[0]).strip()
+        sqlstate = getattr(exc, "sqlstate", None)
+        hint = _REFUSAL_HINTS.get(sqlstate or "", "")
+        text = f"the database refused (SQLSTATE {sqlstate or 'unknown'}): {words}{hint}"
+        return cls(redact(text, *secrets))
+
+
+_REFUSAL_HINTS = {
+    "42501": "; the database user lacks a privilege this needs: grant it, or run as a role that has it",
+    "25006": "; the session is read-only (a replica, or default_transaction_read_only): point at the primary",
+    "53300": "; the server has no connection slots left: try again when fewer sessions are open",
+    "57014": "; a timeout of the environment's policy (statement_timeout) or an operator cancelled it",
+}
+
+
 class EmbeddedServerError(RdsMigrationsError):
     """The throwaway local PostgreSQL could not be found, started or used."""
 
@@ -63,6 +96,10 @@ class EmbeddedServerError(RdsMigrationsError):
 
 class LintError(RdsMigrationsError):
     """squawk could not run, or its output could not be read. Not raised for findings."""
+
+
+class RehearsalUnavailable(RdsMigrationsError):
+    """The rehearsal's scratch database could not be made where the environment asks: nothing was applied."""
 
 
 class CommitUnavailable(RdsMigrationsError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import psycopg
 from psycopg import generators, pq
 
-from tasks.engine.connection import redact
+from tasks.engine.errors import redact
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationFailure

@@ -26,6 +26,7 @@ from psycopg import ClientCursor, sql
 from psycopg.types.json import Jsonb
 from yoyo.migrations import get_migration_hash
 
+from tasks.engine.errors import DatabaseRefused
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history_sql import (
@@ -200,8 +201,17 @@ class Ledger:
                      for migration_id, applied_at, *logged in rows)
 
     def create_tables(self) -> None:
-        """yoyo's tables and ours, when missing (idempotent)."""
-        self.conn.execute(self.statements["ddl"])
+        """yoyo's tables and ours, when missing (idempotent). Refused (a migrator that may not create in the
+        schema): `DatabaseRefused`, saying which grant is missing; nothing has been applied yet."""
+        try:
+            self.conn.execute(self.statements["ddl"])
+        except psycopg.errors.InsufficientPrivilege as exc:
+            user = self.conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            raise DatabaseRefused(
+                f"the history tables ({', '.join(TABLES.values())}) cannot be created in schema {self.schema!r} "
+                f"as {user}: {exc.diag.message_primary}. Nothing was applied. Grant it (GRANT CREATE ON SCHEMA "
+                f'"{self.schema}" TO "{user}") and run again'
+            ) from None
 
     def prepare_record(self) -> None:
         """Prepare the history insert once per session: a migration's message then carries only `EXECUTE`."""

@@ -13,7 +13,7 @@ from dataclasses import replace
 import psycopg
 from psycopg import pq
 
-from tasks.engine.connection import redact
+from tasks.engine.errors import redact
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.execute import RECORDING, failure_from, quietly
 from tasks.engine.migrations.history import Ledger

@@ -22,6 +22,7 @@ from tasks.engine.connection import Connection, connected
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.history import read_history
+from tasks.engine.migrations.scratch import admin_session
 
 REHEARSAL_CACHE_KEPT = 2
 _CACHED = re.compile(r"^rdsm_rc_(?P<saved>\d{13})_(?P<key>[0-9a-f]{32})$")
@@ -70,7 +71,8 @@ def take_cached(server: Connection, catalog: Catalog, keys: list[str], name: str
     """Rename the cached database holding the longest prefix of the catalog to `name`; how many it holds (0: none)."""
     position = {key: index + 1 for index, key in enumerate(keys)}
     try:
-        with connected(server) as conn:
+        with admin_session(server) as admin:
+            conn = admin.conn
             cached = [(position[key], database) for database, _, key in _cached_databases(conn) if key in position]
             if not cached:
                 return 0
@@ -84,8 +86,8 @@ def take_cached(server: Connection, catalog: Catalog, keys: list[str], name: str
         log.warning("Cached rehearsal database %s does not hold what its name says; rebuilding", database)
     except psycopg.Error as exc:  # taken by a concurrent rehearsal, or not ours to alter: build from nothing
         log.warning("Rehearsal cache not used (%s)", (exc.diag.message_primary or type(exc).__name__))
-    with connected(server) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with admin_session(server) as admin:
+        admin.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     return 0
 
 
@@ -98,13 +100,15 @@ def put_cached(server: Connection, catalog: Catalog, keys: list[str], name: str,
             return False
         cached = f"rdsm_rc_{time.time_ns() // 1_000_000:013d}_{keys[count - 1]}"
         comment = f"rds-migrations rehearsal cache: the first {count} migrations, to {catalog.migrations[count - 1].id}"
-        with connected(server) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(cached)))
+        with admin_session(server) as admin:
+            admin.conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name),
+                                                                                sql.Identifier(cached)))
     except psycopg.Error as exc:
         log.warning("Rehearsal database not cached (%s)", exc.diag.message_primary or type(exc).__name__)
         return False
     try:
-        with connected(server) as conn:
+        with admin_session(server) as admin:
+            conn = admin.conn
             # While cached, nobody connects to it: it cannot change, and nothing holds up the next rename.
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(cached)))
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(cached), sql.Literal(comment)))

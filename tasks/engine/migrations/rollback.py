@@ -19,9 +19,9 @@ from typing import Protocol
 
 import psycopg
 
-from tasks.engine.connection import Connection, redact
+from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
-from tasks.engine.errors import DirtyDatabase, InvalidMigrations, RdsMigrationsError
+from tasks.engine.errors import DirtyDatabase, InvalidMigrations, RdsMigrationsError, redact
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import PROGRESS_EVERY, apply_one
 from tasks.engine.migrations.catalog import Catalog, Migration

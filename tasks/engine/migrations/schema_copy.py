@@ -10,9 +10,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.engine.connection import Connection, redact
+from tasks.engine.connection import Connection
 from tasks.engine.embedded import client_binary
-from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.errors import RdsMigrationsError, redact
 
 # The tools' own tables (ours, yoyo's, Knex's, Flyway's, golang-migrate's) stay out of every copy.
 TOOL_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations*",

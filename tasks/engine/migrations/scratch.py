@@ -14,6 +14,11 @@ Where: the target's own server (same version, same extensions, the same roles), 
 the target's server: in a dry run, or when a migration to be rehearsed reaches beyond one database (roles,
 tablespaces, ALTER DATABASE, ALTER SYSTEM). Then the embedded server, with the target's roles created there
 first (names only, no login), so that a GRANT to an existing role works as it would on the target.
+
+Who: the role sessions start as. When that is not the login itself (`ALTER ROLE <login> SET role = <owner>`,
+as RDS teams give objects to a role nobody logs in as) and only the login may create databases, the login
+makes, renames and drops scratch databases (`admin_session`), and gives the role it starts as the rights of
+an owner in each one (`create_scratch`): migrations run there as that role, as they will on the target.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import embedded_server
+from tasks.engine.errors import RehearsalUnavailable
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.statements import cluster_wide, parsed
@@ -97,11 +103,41 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
                  databases=(target.dbname,) if alters else ())
 
 
+# The role sessions start as (when it is not the login) and whether it may create databases, the login's too.
+WHO_SQL = """
+SELECT CASE WHEN current_user <> session_user THEN current_user END, c.rolcreatedb, s.rolcreatedb
+FROM pg_roles c, pg_roles s WHERE c.rolname = current_user AND s.rolname = session_user
+"""
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A session that makes, renames and drops scratch databases. `starts_as`: the role the login's sessions
+    start as, when this session acts as the login instead (see the module's docstring); None otherwise."""
+
+    conn: psycopg.Connection
+    starts_as: str | None = None
+
+
+@contextmanager
+def admin_session(server: Connection, **kwargs: object) -> Iterator[AdminSession]:
+    """A session on the scratch server as whichever of the starting role and the login may create databases
+    (the starting role when both may): every scratch database is then made, found and dropped by the same."""
+    with connected(server, **kwargs) as conn:
+        role, role_may, login_may = conn.execute(WHO_SQL).fetchone() or (None, True, True)
+        if role is not None and not role_may and login_may:
+            conn.execute("SET ROLE NONE")
+            yield AdminSession(conn, starts_as=role)
+        else:
+            yield AdminSession(conn)
+
+
 @contextmanager
 def scratch_database(place: Place, log: Log = logger, *, name: str | None = None) -> Iterator[str]:
     """A new empty database on `place` (or `name`, when the caller renames a cached one into it), kept by a
     session of its own until the block ends; dropped afterwards unless the caller renamed it away."""
-    with connected(place.server, application_name="rds-migrations scratch keeper") as keeper:
+    with admin_session(place.server, application_name="rds-migrations scratch keeper") as admin:
+        keeper = admin.conn
         drop_abandoned(keeper, log)
         made = _prepare_stand_in(place, keeper, log) if place.stand_in else []
         name = name or keeper_name(keeper)
@@ -118,11 +154,30 @@ def scratch_database(place: Place, log: Log = logger, *, name: str | None = None
 
 def create_scratch(place: Place, name: str, log: Log = logger) -> Connection:
     """Create the scratch database `name` (empty, from the server's template) on `place`, set to commit without
-    waiting for the disk; the connection to it."""
-    with connected(place.server) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        _quietly(conn, sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(name)), log)
-    return place.server.with_database(name)
+    waiting for the disk; the connection to it. Made by the login for the role its sessions start as, that
+    role gets an owner's rights in it (the database's and its public schema's)."""
+    database = sql.Identifier(name)
+    with admin_session(place.server) as admin:
+        try:
+            admin.conn.execute(sql.SQL("CREATE DATABASE {}").format(database))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise RehearsalUnavailable(
+                f"the rehearsal cannot create its temporary database on {place.where}: "
+                f"{exc.diag.message_primary or exc} (as {place.server.user}). Nothing was applied. Give the role "
+                f"CREATEDB (ALTER ROLE {place.server.user} CREATEDB), or rehearse elsewhere: set the environment's "
+                f'rehearsal = {{ kind = "embedded" }} (or "url_env") in the environments file') from None
+        _quietly(admin.conn, sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(database), log)
+        if admin.starts_as is not None:
+            admin.conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
+                database, sql.Identifier(admin.starts_as)))
+    scratch = place.server.with_database(name)
+    if admin.starts_as is not None:
+        # The public schema belongs to pg_database_owner (PostgreSQL 15+; before, everybody may create in it),
+        # whose rights a NOINHERIT login has only as that role (measured on 15 and 16).
+        with connected(scratch) as conn:
+            _quietly(conn, sql.SQL("SET ROLE pg_database_owner; GRANT ALL ON SCHEMA public TO {}").format(
+                sql.Identifier(admin.starts_as)), log)
+    return scratch
 
 
 def _quietly(conn: psycopg.Connection, statement: sql.Composable, log: Log) -> None:

@@ -85,19 +85,21 @@ def _unlock(conn: psycopg.Connection) -> None:
 @dataclass(frozen=True)
 class StartingState:
     """What every migration starts with, whatever the one before it did to the session: the run's own user
-    (no role, no other session authorization), the policy's timeouts and the search_path the session began
-    with. A migration may set any of them for its own statements; the next one starts from this again."""
+    with the role the session began with (`none`, or the one `ALTER ROLE <user> SET role` gives every session of
+    it), the policy's timeouts and the search_path the session began with. A migration may set any of them for
+    its own statements; the next one starts from this again."""
 
     user: str
     search_path: str
     lock_timeout_ms: int
     statement_timeout_ms: int
+    role: str = "none"
 
     @classmethod
     def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
-        user, search_path = conn.execute(  # type: ignore[misc]
-            "SELECT session_user, current_setting('search_path')").fetchone()
-        return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms)
+        user, search_path, role = conn.execute(  # type: ignore[misc]
+            "SELECT session_user, current_setting('search_path'), current_setting('role')").fetchone()
+        return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms, role)
 
     def statements(self) -> tuple[str, ...]:
         """Plain SQL text (sent inside a migration's message, where no parameter can go): ONE statement, so a
@@ -115,11 +117,13 @@ class StartingState:
 
     def _as_the_run(self) -> str:
         # Only when a migration changed who the session is: setting session_authorization and role costs the
-        # server about 0.4 ms each time (a fifth of what a small migration costs), and the same user as
-        # session_user and current_user is the same starting point (CASE evaluates only the branch it takes).
+        # server about 0.4 ms each time (a fifth of what a small migration costs), and the same session_user and
+        # current_user is the same starting point (CASE evaluates only the branch it takes).
         user = _literal(self.user)
-        return (f"CASE WHEN session_user = {user} AND current_user = {user} THEN NULL "
-                f"ELSE set_config('session_authorization', {user}, false) || set_config('role', 'none', false) END")
+        current = user if self.role == "none" else _literal(self.role)
+        return (f"CASE WHEN session_user = {user} AND current_user = {current} THEN NULL "
+                f"ELSE set_config('session_authorization', {user}, false) "
+                f"|| set_config('role', {_literal(self.role)}, false) END")
 
     def restore(self, conn: psycopg.Connection, *then: str) -> None:
         """Back to the starting state, outside a migration (before bookkeeping, at the end of a run); `then`:

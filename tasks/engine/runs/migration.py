@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
+
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, SecretsManagerCredentials, load_environment
-from tasks.engine.errors import ConfigError, DatabaseUnreachable, InvalidIndexFound, SecretError
+from tasks.engine.errors import ConfigError, DatabaseRefused, DatabaseUnreachable, InvalidIndexFound, SecretError
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
@@ -73,6 +75,13 @@ class Credentials:
         return connection
 
     def run(self, step: Callable[[Connection], T]) -> T:
+        """`step` on the database; a refusal no step explained (a privilege, say) becomes `DatabaseRefused`."""
+        try:
+            return self._run(step)
+        except psycopg.Error as exc:
+            raise DatabaseRefused.of(exc, self.connection.password.get_secret_value()) from None
+
+    def _run(self, step: Callable[[Connection], T]) -> T:
         try:
             return step(self.connection)
         except DatabaseUnreachable as exc:

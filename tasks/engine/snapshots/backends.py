@@ -15,9 +15,9 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from tasks.engine.connection import Connection, redact
+from tasks.engine.connection import Connection
 from tasks.engine.embedded import client_binary
-from tasks.engine.errors import RefreshError
+from tasks.engine.errors import RefreshError, redact
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config

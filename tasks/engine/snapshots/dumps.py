@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from tasks.engine.connection import Connection, redact
+from tasks.engine.connection import Connection
 from tasks.engine.embedded import client_binary, embedded_home
 from tasks.engine.environments import PgDumpSnapshot
-from tasks.engine.errors import SnapshotError
+from tasks.engine.errors import SnapshotError, redact
 from tasks.engine.git import GIT_SHA
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.naming import NAME_PREFIX, TAG_PREFIX, Snapshot, utc

@@ -1,0 +1,160 @@
+"""Who the tool runs as: a login whose sessions start as another role, a login that may not create databases or
+tables, a login that may not read the history. Each one either works as it would by hand or is told in one
+sentence what is missing (never a traceback), with nothing applied. Through the command line, on real
+PostgreSQL, with real roles."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+from tasks.engine.connection import Connection, connected
+from tests.helpers import cli, dirty_state, tables, url_of, write_migrations
+
+
+def run(project: Path, database: Connection, *extra: str):
+    return cli("run", "--database-url", url_of(database), "--git-sha", "abcdef1", *extra, cwd=project)
+
+
+@pytest.fixture
+def login(database: Connection):
+    """A login role with a password and nothing else (a factory: `login(name_suffix)`); dropped afterwards
+    with everything it owns."""
+    made: list[str] = []
+
+    def make(suffix: str, attributes: str = "") -> Connection:
+        name, password = f"{suffix}_{database.dbname}", uuid.uuid4().hex
+        with connected(database) as conn:
+            conn.execute(sql.SQL(f"CREATE ROLE {{}} LOGIN {attributes} PASSWORD {{}}").format(
+                sql.Identifier(name), sql.Literal(password)))
+        made.append(name)
+        return database.model_copy(update={"user": name, "password": SecretStr(password)})
+
+    yield make
+    drop_roles(database, made)
+
+
+def drop_roles(database: Connection, roles: list[str]) -> None:
+    """The roles, what they own in the test's database, and the databases they own (cached rehearsals)."""
+    with connected(database.with_database("postgres")) as conn:
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datdba IN (SELECT oid FROM pg_roles "
+                                    "WHERE rolname = ANY(%s))", (roles,)).fetchall():
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with connected(database) as conn:
+        for role in roles:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# ---- the role a login starts with (ALTER ROLE ... SET role) is where every migration starts ------------------
+
+
+STARTS_AS_OWNER = """
+DO $$ BEGIN
+    IF current_user <> '{owner}' THEN RAISE EXCEPTION 'started as role %', current_user; END IF;
+END $$;
+"""
+
+
+@pytest.fixture
+def deployer_of_owner(database: Connection):
+    """As RDS teams set it up: objects belong to a role nobody logs in as (the owner); the migrator logs in as
+    its own user, a NOINHERIT member of the owner, whose `ALTER ROLE ... SET role` makes every session the
+    owner. Yields (the migrator's connection, the owner's name)."""
+    owner, deployer, password = f"owner_{database.dbname}", f"deployer_{database.dbname}", uuid.uuid4().hex
+    with connected(database) as conn:
+        for statement in (
+                "CREATE ROLE {owner} NOLOGIN", "CREATE ROLE {deployer} LOGIN NOINHERIT CREATEDB PASSWORD {password}",
+                "GRANT {owner} TO {deployer}", "ALTER ROLE {deployer} SET role = {owner_name}",
+                "GRANT CREATE ON DATABASE {db} TO {owner}", "GRANT CREATE, USAGE ON SCHEMA public TO {owner}"):
+            conn.execute(sql.SQL(statement).format(
+                owner=sql.Identifier(owner), deployer=sql.Identifier(deployer), password=sql.Literal(password),
+                owner_name=sql.Literal(owner), db=sql.Identifier(database.dbname)))
+    yield database.model_copy(update={"user": deployer, "password": SecretStr(password)}), owner
+    drop_roles(database, [deployer, owner])
+
+
+def test_the_role_a_login_starts_with_is_where_every_migration_starts(
+        tmp_path: Path, deployer_of_owner: tuple[Connection, str]) -> None:
+    """Every migration starts as the role the session began with, not as the login user with no role: the
+    tables belong to the owner, and a migration that drops the role does not take it from the next."""
+    deployer, owner = deployer_of_owner
+    checks = STARTS_AS_OWNER.replace("{owner}", owner)
+    write_migrations(tmp_path, {
+        "0001.check.sql": checks,
+        "0002.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
+        "0003.role-dropped.sql": "SET ROLE NONE;\nSELECT 1;\n",
+        "0004.check.sql": checks,
+        "0005.non-transactional.sql": "-- transactional: false\nSET ROLE NONE;\nSELECT 1;\n",
+        "0006.check.sql": checks,
+        "0007.index.sql": "-- transactional: false\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\n",
+        "0008.b.sql": "CREATE TABLE b (id bigint PRIMARY KEY);\n",
+    })
+    result = run(tmp_path, deployer)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with connected(deployer) as conn:
+        owners = conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' "
+                              "ORDER BY 1").fetchall()
+        assert conn.execute("SELECT count(*) FROM public._rds_migrations_history").fetchone() == (8,)
+    assert owners == [(name, owner) for name in sorted(
+        ["_rds_migrations_baseline", "_rds_migrations_dirty", "_rds_migrations_history", "_rds_migrations_schema",
+         "_yoyo_log", "_yoyo_migration", "_yoyo_version", "a", "b", "yoyo_lock"])]
+    assert dirty_state(deployer) == []
+    # The next run's rehearsal starts from the one this run cached (made, renamed and found by the login).
+    write_migrations(tmp_path, {"0009.c.sql": "CREATE TABLE c (id bigint PRIMARY KEY);\n"})
+    again = run(tmp_path, deployer)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "from a cached database holding the first 8 migrations" in again.stdout + again.stderr
+    assert "Traceback" not in again.stderr and "not cached" not in again.stdout + again.stderr
+
+
+def test_a_login_that_may_not_create_databases_is_told_what_to_do(
+        tmp_path: Path, database: Connection, login) -> None:
+    """The rehearsal's temporary database needs CREATEDB (on RDS the master user has it, a migrator role may
+    not): one sentence saying so and the ways out, not a traceback; nothing is applied."""
+    migrator = login("nocreatedb")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(migrator.user)))
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    result = run(tmp_path, migrator)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the rehearsal cannot create its temporary database" in result.stderr
+    assert f"ALTER ROLE {migrator.user} CREATEDB" in result.stderr
+    assert 'rehearsal = { kind = "embedded" }' in result.stderr
+    assert tables(database) == set()
+
+
+# ---- a login without the rights the tool needs on the target: one sentence, nothing applied ---------------------
+
+
+def test_a_login_that_may_not_create_the_history_tables_is_told_which_grant(
+        tmp_path: Path, database: Connection, login) -> None:
+    migrator = login("nocreate", "CREATEDB")  # may rehearse (its own scratch database), not create in public
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    result = run(tmp_path, migrator)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (f"cannot be created in schema 'public' as {migrator.user}: permission denied for schema public. Nothing "
+            f'was applied. Grant it (GRANT CREATE ON SCHEMA "public" TO "{migrator.user}")') in result.stderr
+    assert tables(database) == set()
+
+
+def test_a_refusal_no_step_explains_is_one_line_in_every_command(
+        tmp_path: Path, database: Connection, login) -> None:
+    """History made by another role, a login that may create tables but not read that history: `run` (inside
+    the pipeline, after the notification) and `status` (outside it) both end in one line with the SQLSTATE."""
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert run(tmp_path, database).returncode == 0
+    reader = login("noread", "CREATEDB")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(reader.user)))
+    write_migrations(tmp_path, {"0002.b.sql": "CREATE TABLE b (id bigint PRIMARY KEY);\n"})
+    for result in (run(tmp_path, reader), cli("status", "--database-url", url_of(reader), cwd=tmp_path)):
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert "the database refused (SQLSTATE 42501): permission denied for table" in last
+        assert "lacks a privilege this needs" in last
+    assert "b" not in tables(database)
