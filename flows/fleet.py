@@ -76,7 +76,8 @@ class PrefectFleetSteps:
         def map_wave(targets: Sequence[Target], run: RunTarget) -> list[TargetResult]:
             with ThreadPoolTaskRunner(max_workers=fleet.concurrency) as runner:
                 futures = runner.map(fleet_target, {"target": list(targets), "run": unmapped(run)})
-                return [future.result() for future in futures]
+                # A failed target's task run is Failed and carries its result: read, not raised.
+                return [future.result(raise_on_failure=False) for future in futures]
 
         return map_wave
 

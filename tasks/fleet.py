@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment
@@ -19,14 +20,20 @@ from tasks.retries import transient_retries
 
 
 @task(name="fleet-target", task_run_name="target-{target.name}", persist_result=False, cache_policy=NO_CACHE)
-def fleet_target(target: Target, run: Callable[[Target], TargetResult]) -> TargetResult:
+def fleet_target(target: Target, run: Callable[[Target], TargetResult]) -> TargetResult | State:
     """One target of a fleet run: its pipeline in this process, or its own flow run on the work pool,
-    as `run` does it. A target's failure is its result (the fleet run ends Failed at its end).
+    as `run` does it. A target's failure is its result (the fleet goes on and ends Failed at its end), carried
+    by a Failed state, so that the UI shows that target's task run as failed.
 
     Example:
-        results = runner.map(fleet_target, {"target": targets, "run": unmapped(run)})
+        results = [f.result(raise_on_failure=False)
+                   for f in runner.map(fleet_target, {"target": targets, "run": unmapped(run)})]
     """
-    return run(target)
+    result = run(target)
+    if result.outcome == "failed":
+        return Failed(message=f"target {target.name} failed at {result.failed_step}: {result.error}"[:1000],
+                      data=result)
+    return result
 
 
 @task(

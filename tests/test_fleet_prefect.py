@@ -108,6 +108,8 @@ def test_in_process_fleet_maps_a_task_per_target_and_reports_once(
         run = client.read_flow_run(state.state_details.flow_run_id)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert {f"target-{d.dbname}" for d in databases} <= {t.name for t in task_runs}
+    states = {t.name: t.state.type.value for t in task_runs if t.name.startswith("target-")}
+    assert states == {f"target-{d.dbname}": "FAILED" if d.dbname == broken else "COMPLETED" for d in databases}
     seen = (
         str(run.parameters)
         + str(table.data)
