@@ -142,3 +142,24 @@ def test_a_hand_added_column_and_a_dropped_index_are_named_by_drift_and_block_th
     assert blocked.returncode == 1
     assert "the live schema has drifted" in blocked.stderr and "public.users.nickname" in blocked.stderr
     assert "0004.create-sessions" not in applied_ids(database)
+
+
+def test_a_database_whose_schemas_a_dba_made_first_shows_no_drift_until_something_changes(
+        tmp_path: Path, database: Connection) -> None:
+    """No `public`, a schema made by hand before any migration, a search_path naming it and the one the first
+    migration makes: drift's reference starts the same way, so only a change by hand is named, in `app`."""
+    run(database, "DROP SCHEMA public", "CREATE SCHEMA shared",
+        f'ALTER DATABASE "{database.dbname}" SET search_path = app, shared')
+    write_migrations(tmp_path, {"0001.schema.sql": "CREATE SCHEMA app;\n",
+                                "0002.t.sql": "CREATE TABLE t (id bigint PRIMARY KEY);\n",
+                                "0003.u.sql": "CREATE TABLE u (id bigint PRIMARY KEY, t_id bigint REFERENCES t);\n"})
+    url = ("--database-url", url_of(database))
+    assert cli("run", *url, cwd=tmp_path).returncode == 0
+    clean = cli("drift", *url, "--json", cwd=tmp_path)
+    assert json.loads(clean.stdout)["differences"] == [] and clean.returncode == 0, clean.stdout
+
+    run(database, "ALTER TABLE app.t ADD COLUMN nickname text")
+    drifted = cli("drift", *url, "--json", cwd=tmp_path)
+    assert drifted.returncode == 1
+    assert [d["text"] for d in json.loads(drifted.stdout)["differences"]] == [
+        "column app.t.nickname: not made by any migration (added by hand?)"]

@@ -10,6 +10,7 @@ from tasks.engine.migrations.statements import (
     cluster_wide,
     concurrent_index,
     may_be_refused_in_transaction,
+    named_schemas,
     refused_in_transaction,
 )
 
@@ -100,3 +101,16 @@ def test_what_cannot_run_in_a_transaction_block_is_found_by_the_parser(statement
 def test_the_index_a_concurrent_build_names_is_read_by_the_parser(statement: str,
                                                                   index: tuple[str, str] | None) -> None:
     assert concurrent_index(statement) == index
+
+
+@pytest.mark.parametrize(("statement", "schemas"), [
+    ("CREATE SCHEMA app", {"app"}),
+    ('create schema if not exists "App" authorization owner', {"App"}),
+    ("CREATE SCHEMA AUTHORIZATION joe", {"joe"}),  # named after the role
+    ("DROP SCHEMA IF EXISTS public, legacy CASCADE", {"public", "legacy"}),
+    ("-- CREATE SCHEMA no\nCREATE TABLE app.t (id int)", set()),
+    ("DROP TABLE app.t", set()),
+    ("SELECT 'CREATE SCHEMA x'", set()),
+])
+def test_the_schemas_a_statement_creates_or_drops_are_read_by_the_parser(statement: str, schemas: set[str]) -> None:
+    assert named_schemas(statement) == schemas

@@ -4,6 +4,11 @@ The reference is remembered in the target's own tables for each state of its his
 and after every run that found no drift), so a check reads two schemas and compares them. When it is not
 remembered, it is built: on a scratch database (scratch.py), the schema a baseline adopted (if any) is
 restored and the migrations applied since are replayed; nothing is written to the target.
+
+Without a baseline, the replay starts where the target's migrations started: with the target's search_path,
+the schemas on it that no migration makes (an `app` schema a DBA made first), and no `public` schema when
+the target has none and no migration drops it. Otherwise every table of such a database would show as
+missing from `public` and unexpected in `app`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
@@ -23,6 +32,7 @@ from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.schema_copy import restore_schema
 from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
+from tasks.engine.migrations.statements import named_schemas
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +53,50 @@ def current_state_key(conn_ledger: Ledger, catalog: Catalog) -> str:
     return state_key([m for m in catalog.migrations if m.id in applied], baseline.id if baseline else None)
 
 
+@dataclass(frozen=True)
+class StartingPoint:
+    """How the target's sessions find schemas: its search_path, the schemas on it that exist, and whether it has
+    a `public` schema at all."""
+
+    search_path: str
+    schemas: tuple[str, ...]
+    has_public: bool
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection) -> StartingPoint:
+        path, schemas, public = conn.execute(  # type: ignore[misc]
+            "SELECT current_setting('search_path'), current_schemas(false), "
+            "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')").fetchone()
+        return cls(path, tuple(schemas), public)
+
+    def prepare(self, scratch: Connection, migrations: Iterable[Migration], log: Log) -> None:
+        """Make the empty scratch database start like the target (see the module's docstring). What the
+        scratch's user may not do is logged and left: drift then shows it, as before."""
+        made = {name for migration in migrations for statement in migration.statements
+                for name in named_schemas(statement)}
+        statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                      for schema in self.schemas if schema not in made]
+        if not self.has_public and "public" not in made:
+            statements.append(sql.SQL("DROP SCHEMA IF EXISTS public"))
+        if self.search_path != '"$user", public':
+            statements.append(sql.SQL("SELECT set_config('search_path', {}, false)").format(
+                sql.Literal(self.search_path)))
+            statements.append(sql.SQL("ALTER DATABASE {} SET search_path FROM CURRENT").format(
+                sql.Identifier(scratch.dbname)))
+        with connected(scratch) as conn:
+            for statement in statements:
+                try:
+                    conn.execute(statement)
+                except psycopg.Error as exc:
+                    log.warning("The drift reference's database does not start like the target (%s): %s",
+                                exc.diag.message_primary or exc, statement.as_string(conn))
+
+
 def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: Policy,
                     log: Log = logger) -> tuple[SchemaSnapshot, str]:
     """(the schema the target's applied migrations make, where it came from). Reads only on the target."""
     with session(target, read_only=True) as conn:
+        start = StartingPoint.of(conn)
         ledger = Ledger.open(conn)
         applied = set(ledger.read().applied)
         baseline = ledger.baseline()
@@ -63,6 +113,8 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
         scratch = create_scratch(place, name, log)
         if baseline is not None:
             restore_schema(baseline.schema_dump, scratch)
+        else:
+            start.prepare(scratch, migrations, log)
         with session(scratch) as conn:
             scratch_ledger = Ledger.open(conn)
             scratch_ledger.create_tables()

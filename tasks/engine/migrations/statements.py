@@ -241,6 +241,20 @@ def created_tables(statement: str) -> set[str]:
     return found
 
 
+def named_schemas(statement: str) -> set[str]:
+    """The schemas `statement` creates or drops (`CREATE SCHEMA`, `DROP SCHEMA`; `CREATE SCHEMA AUTHORIZATION
+    joe` creates `joe`)."""
+    if _first_word(statement) not in {"CREATE", "DROP"}:
+        return set()
+    found = set()
+    for node in parsed(statement) or ():
+        if isinstance(node, ast.CreateSchemaStmt):
+            found.add(node.schemaname or (node.authrole.rolename if node.authrole else ""))
+        elif isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_SCHEMA:
+            found |= {name.sval for name in node.objects or () if isinstance(name, ast.String)}
+    return found - {""}
+
+
 def touched_table(statement: str) -> str | None:
     """The table an `ALTER TABLE`, `CREATE INDEX` or `VALIDATE`/`ADD CONSTRAINT` works on, as in
     `created_tables`; None for anything else."""
