@@ -143,6 +143,22 @@ def test_a_hand_added_column_and_a_dropped_index_are_named_by_drift_and_block_th
     assert "the live schema has drifted" in blocked.stderr and "public.users.nickname" in blocked.stderr
     assert "0004.create-sessions" not in applied_ids(database)
 
+    # The way out the failure names: what was changed by hand, written as migrations. One of the two is not enough.
+    write_migrations(tmp_path, {"0005.keep-nickname.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS nickname text;"})
+    half = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert half.returncode == 1
+    assert ("drift: 1 difference (1 missing) in 16 objects compared: index public.devices_user_id_idx: missing"
+            in half.stderr)
+    write_migrations(tmp_path, {
+        "0006.index-dropped.sql": "-- transactional: false\nDROP INDEX CONCURRENTLY IF EXISTS devices_user_id_idx;"})
+    both = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert "column public.users.nickname: not made by any migration (added by hand?): accounted for by a pending " \
+           "migration, not drift" in both.stdout + both.stderr
+    assert {"0004.create-sessions", "0005.keep-nickname", "0006.index-dropped"} <= set(applied_ids(database))
+    after = cli("drift", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert after.returncode == 0 and "no drift" in after.stdout
+
 
 def test_a_database_whose_schemas_a_dba_made_first_shows_no_drift_until_something_changes(
         tmp_path: Path, database: Connection) -> None:

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import LocalServer
-from tasks.engine.migrations.drift import DriftReport, compare
+from tasks.engine.migrations.drift import DriftReport, compare, explained_by_pending
 from tasks.engine.migrations.schema import KINDS, SchemaObject, SchemaSnapshot, SchemaSnapshotError, read_schema
 from tests.conftest import fresh_database
 
@@ -376,3 +376,32 @@ def test_a_300_table_schema_is_read_and_compared(database: Connection, live: Con
     assert [d.text for d in compare(expected, found).differences] == [
         "column public.t7.note: not made by any migration (added by hand?)",
         "index public.t150_name_idx: missing (dropped by hand?)"]
+
+
+def test_only_what_a_pending_migration_leaves_exactly_as_the_live_database_has_it_is_not_drift() -> None:
+    """Pure: applied makes t(id); live has t(id, nick), index t_nick, and lacks t_id_idx; the pending migrations
+    add nick (same type), drop t_id_idx, and make t_nick on another column. Only the index stays drift; a column
+    of a table the pending migrations drop is not taken as accounted for."""
+    def table(*objects: SchemaObject) -> SchemaSnapshot:
+        return SchemaSnapshot(objects=tuple(objects))
+
+    t = SchemaObject("table", "public.t", {"kind": "r"})
+    t_id = SchemaObject("column", "public.t.id", {"type": "bigint"}, parent="public.t")
+    nick = SchemaObject("column", "public.t.nick", {"type": "text"}, parent="public.t")
+    by_hand = SchemaObject("index", "public.t_nick", {"definition": "ON t (nick)"}, parent="public.t")
+    pending_index = replace(by_hand, definition={"definition": "ON t (id)"})
+    dropped = SchemaObject("index", "public.t_id_idx", {"definition": "ON t (id)"}, parent="public.t")
+    old = SchemaObject("table", "public.old", {"kind": "r"})
+    old_extra = SchemaObject("column", "public.old.extra", {"type": "int"}, parent="public.old")
+    applied = table(t, t_id, dropped, old)
+    live = table(t, t_id, nick, by_hand, old, old_extra)
+    after = table(t, t_id, nick, pending_index)  # the pending migrations also drop table old
+    drift = compare(applied, live)
+    assert {d.name for d in drift.differences} == {"public.t.nick", "public.t_nick", "public.t_id_idx",
+                                                   "public.old.extra"}
+    left = explained_by_pending(drift, after, live)
+    assert [d.name for d in left.differences] == ["public.old.extra", "public.t_nick"]
+    assert sorted(left.notes) == [
+        "column public.t.nick: not made by any migration (added by hand?): accounted for by a pending migration, "
+        "not drift",
+        "index public.t_id_idx: missing (dropped by hand?): accounted for by a pending migration, not drift"]

@@ -8,7 +8,7 @@ line. Pure: no database, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tasks.engine.migrations.schema import KIND_ORDER, KINDS, SchemaObject, SchemaSnapshot
@@ -19,6 +19,9 @@ Status = Literal["missing", "unexpected", "changed"]
 STATUS_TEXT = {"missing": "missing (dropped by hand?)", "unexpected": "not made by any migration (added by hand?)"}
 LABELS = {"not_null": "NOT NULL", "owned_by": "owned by", "partition_key": "partition key",
           "partition_bound": "partition bound", "row_security": "row security", "state_type": "state type"}
+# What to do about drift, wherever it is reported: the pending migration then accounts for it (explained_by_pending).
+WAY_OUT = ("write what was changed by hand as a migration that does the same (IF NOT EXISTS / IF EXISTS: here it "
+           "then changes nothing), or undo it by hand")
 NAME_WIDTH = 48  # names longer than this push their line's text right rather than every line's
 
 
@@ -139,6 +142,28 @@ def compare(expected: SchemaSnapshot, live: SchemaSnapshot) -> DriftReport:
                                           have[key].definition))
     return DriftReport(differences=tuple(differences), compared=len(want.keys() | have.keys()),
                        notes=_version_notes(expected.server_version, live.server_version))
+
+
+def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: SchemaSnapshot) -> DriftReport:
+    """`drift` (the live schema against the applied migrations) without the differences the pending migrations
+    account for: an object the live database already has as the applied and pending migrations together make
+    it (`after`), or lacks as they do. The way out of drift the report suggests: a change made by hand, then
+    written as a migration (`CREATE INDEX ... IF NOT EXISTS`), no longer stops that migration's run. Each one
+    becomes a note; whatever else differs stays drift."""
+    want, have = after.by_key(), live.by_key()
+    still = {(d.kind, d.name) for d in compare(after, live).differences}
+
+    def accounted_for(difference: Difference) -> bool:
+        key = (difference.kind, difference.name)
+        made, there = want.get(key), have.get(key)
+        return key not in still and (made.definition if made else None) == (there.definition if there else None)
+
+    explained = [d for d in drift.differences if accounted_for(d)]
+    if not explained:
+        return drift
+    return replace(drift, differences=tuple(d for d in drift.differences if not accounted_for(d)),
+                   notes=(*drift.notes, *(f"{d.text}: accounted for by a pending migration, not drift"
+                                          for d in explained)))
 
 
 def _version_notes(expected: str, live: str) -> tuple[str, ...]:

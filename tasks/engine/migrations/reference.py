@@ -26,7 +26,7 @@ from tasks.engine.environments import Policy
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
-from tasks.engine.migrations.drift import DriftReport, compare
+from tasks.engine.migrations.drift import DriftReport, compare, explained_by_pending
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.schema_copy import restore_schema
@@ -93,15 +93,18 @@ class StartingPoint:
 
 
 def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: Policy,
-                    log: Log = logger) -> tuple[SchemaSnapshot, str]:
-    """(the schema the target's applied migrations make, where it came from). Reads only on the target."""
+                    log: Log = logger, *, pending: Iterable[str] = ()) -> tuple[SchemaSnapshot, str]:
+    """(the schema the target's applied migrations make, where it came from). Reads only on the target.
+    With `pending`: the schema those make on top of them (always rebuilt: no run has left it yet)."""
+    also = set(pending)
     with session(target, read_only=True) as conn:
         start = StartingPoint.of(conn)
         ledger = Ledger.open(conn)
         applied = set(ledger.read().applied)
         baseline = ledger.baseline()
-        migrations = [m for m in catalog.migrations if m.id in applied]
-        remembered = ledger.remembered_schema(state_key(migrations, baseline.id if baseline else None))
+        migrations = [m for m in catalog.migrations if m.id in applied or m.id in also]
+        remembered = None if also else ledger.remembered_schema(
+            state_key(migrations, baseline.id if baseline else None))
     if remembered is not None:
         return SchemaSnapshot.from_json(remembered), "remembered after the last run"
     adopted = set(baseline.migrations) if baseline else set()
@@ -134,6 +137,16 @@ def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Poli
     with connected(target) as conn:
         live = read_schema(conn)
     return compare(expected, live), source
+
+
+def drift_left_by_pending(drift: DriftReport, target: Connection, catalog: Catalog, pending: tuple[str, ...],
+                          place: Place, policy: Policy, log: Log = logger) -> DriftReport:
+    """`drift` without what the pending migrations account for (drift.explained_by_pending); `place` must
+    suit the pending migrations too (scratch.choose_place)."""
+    after, _ = expected_schema(target, catalog, place, policy, log, pending=pending)
+    with connected(target) as conn:
+        live = read_schema(conn)
+    return explained_by_pending(drift, after, live)
 
 
 def remember_live_schema(target: Connection, catalog: Catalog) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.drift import DriftReport
+from tasks.engine.migrations.drift import WAY_OUT, DriftReport
 from tasks.engine.migrations.lint import LintFinding, blocking
 from tasks.engine.migrations.lint_scope import LintScope
 from tasks.engine.migrations.plan import Plan
@@ -83,8 +83,8 @@ class ValidationReport:
                         f"or change what blocks in this environment (policy.lint_blocks_on, now "
                         f"{self.lint_blocks_on!r}, in deployments/environments.toml)")
         if self.drift is not None and self.drift.drifted and self.drift_policy == "block":
-            ways.append("put what was changed by hand into a migration (or undo it), then run again; "
-                        "`rds-migrations drift` lists every difference; policy.drift decides whether drift blocks")
+            ways.append(f"{WAY_OUT}, then run again; `rds-migrations drift` lists every difference; policy.drift "
+                        "decides whether drift blocks")
         if any(r.failure for r in self.rehearsals):
             ways.append("the rehearsal ran the migrations on a throwaway database and one failed: fix it (the "
                         "target was not touched)")
@@ -117,6 +117,7 @@ class ValidationReport:
             lines.append(f"  drift ({self.drift_source}): {state}" + (f", {self.drift.summary()}"
                                                                        if self.drift.drifted else ""))
             lines += [f"    {d.text}" for d in self.drift.differences]
+            lines += [f"    note: {note}" for note in self.drift.notes]
         if self.plan:
             lines.append(f"  plan: {len(self.plan.applied)} applied, {len(self.plan.pending)} pending")
             lines += [f"    pending {m}" for m in self.plan.pending]

@@ -16,7 +16,7 @@ from tasks.engine.environments import load_environment
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
-from tasks.engine.migrations.drift import DriftReport
+from tasks.engine.migrations.drift import WAY_OUT, DriftReport
 from tasks.engine.notices import Notice
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters
@@ -28,7 +28,7 @@ class DriftFound(RdsMigrationsError):
 
     def __init__(self, environment: str, drift: DriftReport) -> None:
         super().__init__(f"{environment}: {drift.summary()}\n" + "\n".join(f"  {d.text}" for d in drift.differences)
-                         + "\nput what was changed by hand into a migration (or undo it by hand)")
+                         + f"\n{WAY_OUT}")
         self.drift = drift
 
 
