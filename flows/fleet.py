@@ -76,8 +76,13 @@ class PrefectFleetSteps:
         def map_wave(targets: Sequence[Target], run: RunTarget) -> list[TargetResult]:
             with ThreadPoolTaskRunner(max_workers=fleet.concurrency) as runner:
                 futures = runner.map(fleet_target, {"target": list(targets), "run": unmapped(run)})
-                # A failed target's task run is Failed and carries its result: read, not raised.
-                return [future.result(raise_on_failure=False) for future in futures]
+                # A failed target's task run is Failed and carries its result: read, not raised. A task that
+                # raised (it could not even make a result) hands back its exception: raised, as before.
+                results = [future.result(raise_on_failure=False) for future in futures]
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
 
         return map_wave
 

@@ -179,3 +179,19 @@ def test_a_database_whose_schemas_a_dba_made_first_shows_no_drift_until_somethin
     assert drifted.returncode == 1
     assert [d["text"] for d in json.loads(drifted.stdout)["differences"]] == [
         "column app.t.nickname: not made by any migration (added by hand?)"]
+
+
+def test_a_pending_migration_that_fails_on_a_drifted_database_leaves_the_drift_standing_and_says_so(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """Whether the pending migrations account for the drift is found by replaying them on a scratch database;
+    when one fails there, the drift blocks as it is, the note says why, and nothing reads as applied."""
+    write_migrations(tmp_path, PORTED)
+    assert cli("run", "--env", "adopted", cwd=tmp_path, env=adopted).returncode == 0
+    run(database, "ALTER TABLE users ADD COLUMN nickname text")
+    write_migrations(tmp_path, {"0004.broken.sql": "ALTER TABLE no_such_table ADD COLUMN x int;\n"})
+    result = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "column public.users.nickname: not made by any migration" in result.stderr
+    assert ("whether the pending migrations account for it is not known: drift's reference could not be rebuilt "
+            "on a scratch database") in result.stderr and 'relation "no_such_table" does not exist' in result.stderr
+    assert "applied:    none" in result.stderr and "0004.broken" not in applied_ids(database)

@@ -119,6 +119,31 @@ def test_in_process_fleet_maps_a_task_per_target_and_reports_once(
     assert CANARY_PASSWORD not in seen and "postgresql://" not in seen
 
 
+def test_a_target_task_that_raises_ends_the_wave_with_its_error(prefect_api: None) -> None:
+    """A target whose task could not even make a result (its flow run could not be started, say) raises its own
+    error out of the wave, while a target that failed the ordinary way is a result read from its Failed state."""
+    from types import SimpleNamespace
+
+    from prefect import flow
+
+    from flows.fleet import PrefectFleetSteps
+    from tasks.engine.fleet.report import TargetResult
+
+    def run(target: SimpleNamespace) -> TargetResult:
+        if target.name == "b":
+            raise RuntimeError("the target's flow run could not be started")
+        return TargetResult(target.name, "failed" if target.name == "c" else "succeeded", error="boom")
+
+    @flow
+    def wave(names: list[str]) -> list[str]:
+        map_wave = PrefectFleetSteps.map_wave(SimpleNamespace(), SimpleNamespace(concurrency=2))  # type: ignore[arg-type]
+        return [r.outcome for r in map_wave([SimpleNamespace(name=n) for n in names], run)]
+
+    assert wave(["a", "c"]) == ["succeeded", "failed"]
+    with pytest.raises(RuntimeError, match="could not be started"):
+        wave(["a", "b", "c"])
+
+
 def test_a_url_fleet_is_refused_in_distributed_mode(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.fleet import migrate_fleet_flow
 

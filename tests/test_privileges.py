@@ -112,6 +112,55 @@ def test_the_role_a_login_starts_with_is_where_every_migration_starts(
     assert "Traceback" not in again.stderr and "not cached" not in again.stdout + again.stderr
 
 
+def test_a_database_a_dba_prepared_shows_no_drift_to_a_login_that_starts_as_its_owner(
+        tmp_path: Path, database: Connection, deployer_of_owner: tuple[Connection, str]) -> None:
+    """Drift's scratch database starts like the target (no public, the DBA's schema, its search_path) although
+    the login made it and the migrations replay as the owner role."""
+    deployer, owner = deployer_of_owner
+    with connected(database) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(owner)))
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = app").format(sql.Identifier(database.dbname)))
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (id bigint PRIMARY KEY);\n"})
+    assert run(tmp_path, deployer).returncode == 0
+    drift = cli("drift", "--database-url", url_of(deployer), cwd=tmp_path)
+    assert drift.returncode == 0 and "no drift" in drift.stdout, drift.stdout + drift.stderr[-2000:]
+    assert "does not start like the target" not in drift.stderr
+
+
+def test_a_noinherit_login_rehearses_in_the_public_schema_of_its_own_scratch_database(
+        tmp_path: Path, database: Connection, login) -> None:
+    """PostgreSQL 15+: the public schema of a database belongs to pg_database_owner, whose rights a NOINHERIT
+    owner does not have as itself: its scratch database gives them to it."""
+    migrator = login("noinherit", "NOINHERIT CREATEDB")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(migrator.user)))
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    result = run(tmp_path, migrator)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a" in tables(database)
+
+
+def test_another_login_with_every_right_on_the_history_may_run_without_owning_it(
+        tmp_path: Path, database: Connection, login) -> None:
+    """The history tables were made by one login; another, with CREATE on the schema and every right on the
+    tables but not their owner, runs the next migration (bringing the tables up to date needs no owner when
+    they are up to date)."""
+    first, second = login("first", "CREATEDB"), login("second", "CREATEDB")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}, {}").format(
+            sql.Identifier(first.user), sql.Identifier(second.user)))
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert run(tmp_path, first).returncode == 0
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(second.user)))
+    write_migrations(tmp_path, {"0002.b.sql": "CREATE TABLE b (id bigint PRIMARY KEY);\n"})
+    result = run(tmp_path, second)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with connected(database) as conn:
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'b'").fetchone() == (second.user,)
+
+
 def test_a_login_that_may_not_create_databases_is_told_what_to_do(
         tmp_path: Path, database: Connection, login) -> None:
     """The rehearsal's temporary database needs CREATEDB (on RDS the master user has it, a migrator role may
@@ -123,7 +172,7 @@ def test_a_login_that_may_not_create_databases_is_told_what_to_do(
     result = run(tmp_path, migrator)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "the rehearsal cannot create its temporary database" in result.stderr
-    assert f"ALTER ROLE {migrator.user} CREATEDB" in result.stderr
+    assert f'ALTER ROLE "{migrator.user}" CREATEDB' in result.stderr
     assert 'rehearsal = { kind = "embedded" }' in result.stderr
     assert tables(database) == set()
 
@@ -137,8 +186,9 @@ def test_a_login_that_may_not_create_the_history_tables_is_told_which_grant(
     write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
     result = run(tmp_path, migrator)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (f"cannot be created in schema 'public' as {migrator.user}: permission denied for schema public. Nothing "
-            f'was applied. Grant it (GRANT CREATE ON SCHEMA "public" TO "{migrator.user}")') in result.stderr
+    assert (f"cannot be created or brought up to date in schema 'public' of database {database.dbname!r} as "
+            f"{migrator.user}: permission denied for schema public. Nothing was applied. Grant it (GRANT CREATE ON "
+            f'SCHEMA "public" TO "{migrator.user}")') in result.stderr
     assert tables(database) == set()
 
 

@@ -102,6 +102,11 @@ class RehearsalUnavailable(RdsMigrationsError):
     """The rehearsal's scratch database could not be made where the environment asks: nothing was applied."""
 
 
+class DriftReferenceUnavailable(RdsMigrationsError):
+    """Drift's reference could not be rebuilt: a migration failed on the scratch database. The target was not
+    touched."""
+
+
 class CommitUnavailable(RdsMigrationsError):
     """A run's commit cannot be fetched or checked out: nothing was read from migrations/ or touched."""
 

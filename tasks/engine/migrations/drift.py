@@ -154,9 +154,10 @@ def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: Schema
     still = {(d.kind, d.name) for d in compare(after, live).differences}
 
     def accounted_for(difference: Difference) -> bool:
-        key = (difference.kind, difference.name)
-        made, there = want.get(key), have.get(key)
-        return key not in still and (made.definition if made else None) == (there.definition if there else None)
+        keys = {(difference.kind, difference.name)}
+        if difference.kind == "table" and difference.status != "changed":  # its columns, indexes, ... folded in
+            keys |= {key for key, obj in (want | have).items() if obj.parent == difference.name}
+        return all(key not in still and _definition(want.get(key)) == _definition(have.get(key)) for key in keys)
 
     explained = [d for d in drift.differences if accounted_for(d)]
     if not explained:
@@ -164,6 +165,10 @@ def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: Schema
     return replace(drift, differences=tuple(d for d in drift.differences if not accounted_for(d)),
                    notes=(*drift.notes, *(f"{d.text}: accounted for by a pending migration, not drift"
                                           for d in explained)))
+
+
+def _definition(obj: SchemaObject | None) -> dict[str, Any] | None:
+    return obj.definition if obj is not None else None
 
 
 def _version_notes(expected: str, live: str) -> tuple[str, ...]:

@@ -166,6 +166,7 @@ class Ledger:
     def open(cls, conn: psycopg.Connection) -> Ledger:
         schema = conn.execute(SCHEMA_SQL).fetchone()[0]  # type: ignore[index]
         names = {key: sql.Identifier(schema, table).as_string(conn) for key, table in TABLES.items()}
+        names["dirty_name"] = sql.Literal(names["dirty"]).as_string(conn)
         return cls(conn, schema, {key: text.format(**names) for key, text in _STATEMENTS.items()})
 
     def exists(self) -> dict[str, bool]:
@@ -207,11 +208,14 @@ class Ledger:
             self.conn.execute(self.statements["ddl"])
         except psycopg.errors.InsufficientPrivilege as exc:
             user = self.conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            where = f"in schema {self.schema!r} of database {self.conn.info.dbname!r} as {user}"
+            grant = sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(sql.Identifier(self.schema),
+                                                                     sql.Identifier(user)).as_string(self.conn)
+            way = (f"Grant it ({grant}) and run again" if "schema" in (exc.diag.message_primary or "") else
+                   "They belong to another role: run as that role, or as a member of it")
             raise DatabaseRefused(
-                f"the history tables ({', '.join(TABLES.values())}) cannot be created in schema {self.schema!r} "
-                f"as {user}: {exc.diag.message_primary}. Nothing was applied. Grant it (GRANT CREATE ON SCHEMA "
-                f'"{self.schema}" TO "{user}") and run again'
-            ) from None
+                f"the history tables ({', '.join(TABLES.values())}) cannot be created or brought up to date {where}: "
+                f"{exc.diag.message_primary}. Nothing was applied. {way}") from None
 
     def prepare_record(self) -> None:
         """Prepare the history insert once per session: a migration's message then carries only `EXECUTE`."""

@@ -43,8 +43,15 @@ CREATE TABLE IF NOT EXISTS {dirty} (
     backend_pid INTEGER NOT NULL DEFAULT pg_backend_pid(),
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
--- statements 1..applied_through are applied (a failure inside the migration's own transaction undoes more)
-ALTER TABLE {dirty} ADD COLUMN IF NOT EXISTS applied_through INTEGER;
+-- statements 1..applied_through are applied (a failure inside the migration's own transaction undoes more).
+-- Added only where it is missing: ALTER TABLE needs the table's owner even when the column is there, and another
+-- login with every right on the tables may run the tool.
+DO $rdsm$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({dirty_name})
+                   AND attname = 'applied_through' AND NOT attisdropped) THEN
+        ALTER TABLE {dirty} ADD COLUMN applied_through INTEGER;
+    END IF;
+END $rdsm$;
 -- What `baseline` adopted: the schema as it was (pg_dump --schema-only, custom format) and the migrations it
 -- recorded as applied without running them. Drift's reference is this schema plus the migrations since.
 CREATE TABLE IF NOT EXISTS {baseline} (

@@ -16,18 +16,20 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
+from tasks.engine.errors import DriftReferenceUnavailable
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.drift import DriftReport, compare, explained_by_pending
 from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.schema_copy import restore_schema
 from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
@@ -70,26 +72,37 @@ class StartingPoint:
         return cls(path, tuple(schemas), public)
 
     def prepare(self, scratch: Connection, migrations: Iterable[Migration], log: Log) -> None:
-        """Make the empty scratch database start like the target (see the module's docstring). What the
-        scratch's user may not do is logged and left: drift then shows it, as before."""
+        """Make the empty scratch database start like the target (see the module's docstring), as its owner
+        (the login or the role it starts as, see scratch.py), the schemas given to the role migrations run as.
+        What cannot be done is logged and left: drift then shows it, as before."""
         made = {name for migration in migrations for statement in migration.statements
                 for name in named_schemas(statement)}
-        statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-                      for schema in self.schemas if schema not in made]
-        if not self.has_public and "public" not in made:
-            statements.append(sql.SQL("DROP SCHEMA IF EXISTS public"))
-        if self.search_path != '"$user", public':
-            statements.append(sql.SQL("SELECT set_config('search_path', {}, false)").format(
-                sql.Literal(self.search_path)))
-            statements.append(sql.SQL("ALTER DATABASE {} SET search_path FROM CURRENT").format(
-                sql.Identifier(scratch.dbname)))
         with connected(scratch) as conn:
-            for statement in statements:
-                try:
-                    conn.execute(statement)
-                except psycopg.Error as exc:
+            runs_as, owner = conn.execute(  # type: ignore[misc]
+                "SELECT current_user, pg_get_userbyid(datdba) FROM pg_database "
+                "WHERE datname = current_database()").fetchone()
+            # Each step: the ways to do it, tried in order until one is taken.
+            steps: list[tuple[sql.Composable, ...]] = [(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)),)]
+            steps += [(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(runs_as)),) for schema in self.schemas if schema not in made]
+            if not self.has_public and "public" not in made:  # pg_database_owner's (15+): as that role if NOINHERIT
+                steps.append((sql.SQL("DROP SCHEMA IF EXISTS public"), sql.SQL(
+                    "SET ROLE pg_database_owner; DROP SCHEMA IF EXISTS public; SET ROLE {}").format(
+                    sql.Identifier(owner))))
+            if self.search_path != '"$user", public':
+                steps.append((sql.SQL("SELECT set_config('search_path', {}, false); "
+                                      "ALTER DATABASE {} SET search_path FROM CURRENT").format(
+                    sql.Literal(self.search_path), sql.Identifier(scratch.dbname)),))
+            for ways in steps:
+                for way in ways:
+                    try:
+                        conn.execute(way)
+                        break
+                    except psycopg.Error as exc:
+                        failed = exc
+                else:
                     log.warning("The drift reference's database does not start like the target (%s): %s",
-                                exc.diag.message_primary or exc, statement.as_string(conn))
+                                failed.diag.message_primary or failed, ways[-1].as_string(conn))
 
 
 def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: Policy,
@@ -123,7 +136,12 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
             scratch_ledger.create_tables()
             scratch_ledger.record_applied([m for m in migrations if m.id in adopted], "drift", None,
                                           operation="mark", comment="rds-migrations drift: adopted by a baseline")
-        apply_pending(scratch, replay, replay_policy, git_sha="drift", log=log)
+        try:
+            apply_pending(scratch, replay, replay_policy, git_sha="drift", log=log)
+        except MigrationError as exc:  # not the target's: its report must not read as this run's
+            raise DriftReferenceUnavailable(
+                f"drift's reference could not be rebuilt on a scratch database ({place.where}), the target was not "
+                f"touched: {exc}") from None
         with connected(scratch) as conn:
             snapshot = read_schema(conn)
     how = "the adopted schema and the migrations since" if baseline else "the applied migrations"
@@ -143,7 +161,11 @@ def drift_left_by_pending(drift: DriftReport, target: Connection, catalog: Catal
                           place: Place, policy: Policy, log: Log = logger) -> DriftReport:
     """`drift` without what the pending migrations account for (drift.explained_by_pending); `place` must
     suit the pending migrations too (scratch.choose_place)."""
-    after, _ = expected_schema(target, catalog, place, policy, log, pending=pending)
+    try:
+        after, _ = expected_schema(target, catalog, place, policy, log, pending=pending)
+    except DriftReferenceUnavailable as exc:  # a pending migration fails: the drift stands, and why is said
+        return replace(drift, notes=(*drift.notes, f"whether the pending migrations account for it is not known: "
+                                                   f"{exc}"))
     with connected(target) as conn:
         live = read_schema(conn)
     return explained_by_pending(drift, after, live)

@@ -103,9 +103,11 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
                  databases=(target.dbname,) if alters else ())
 
 
-# The role sessions start as (when it is not the login) and whether it may create databases, the login's too.
+# The role sessions start as (when it is not the login), whether it may create databases, the login's too, and
+# whether the login has the rights of the roles it belongs to (NOINHERIT: it does not).
 WHO_SQL = """
-SELECT CASE WHEN current_user <> session_user THEN current_user END, c.rolcreatedb, s.rolcreatedb
+SELECT CASE WHEN current_user <> session_user THEN current_user END, c.rolcreatedb OR c.rolsuper,
+       s.rolcreatedb OR s.rolsuper, s.rolinherit OR s.rolsuper
 FROM pg_roles c, pg_roles s WHERE c.rolname = current_user AND s.rolname = session_user
 """
 
@@ -113,10 +115,13 @@ FROM pg_roles c, pg_roles s WHERE c.rolname = current_user AND s.rolname = sessi
 @dataclass(frozen=True)
 class AdminSession:
     """A session that makes, renames and drops scratch databases. `starts_as`: the role the login's sessions
-    start as, when this session acts as the login instead (see the module's docstring); None otherwise."""
+    start as, when this session acts as the login instead (see the module's docstring); None otherwise.
+    `given_public`: the role that needs the public schema granted in a new scratch database (the one migrations
+    run as, when it lacks the database owner's rights there: it is not the owner, or owns it NOINHERIT)."""
 
     conn: psycopg.Connection
     starts_as: str | None = None
+    given_public: str | None = None
 
 
 @contextmanager
@@ -124,12 +129,12 @@ def admin_session(server: Connection, **kwargs: object) -> Iterator[AdminSession
     """A session on the scratch server as whichever of the starting role and the login may create databases
     (the starting role when both may): every scratch database is then made, found and dropped by the same."""
     with connected(server, **kwargs) as conn:
-        role, role_may, login_may = conn.execute(WHO_SQL).fetchone() or (None, True, True)
+        role, role_may, login_may, inherits = conn.execute(WHO_SQL).fetchone() or (None, True, True, True)
         if role is not None and not role_may and login_may:
             conn.execute("SET ROLE NONE")
-            yield AdminSession(conn, starts_as=role)
+            yield AdminSession(conn, starts_as=role, given_public=role)
         else:
-            yield AdminSession(conn)
+            yield AdminSession(conn, given_public=None if inherits or role is not None else server.user)
 
 
 @contextmanager
@@ -161,22 +166,24 @@ def create_scratch(place: Place, name: str, log: Log = logger) -> Connection:
         try:
             admin.conn.execute(sql.SQL("CREATE DATABASE {}").format(database))
         except psycopg.errors.InsufficientPrivilege as exc:
+            alter = sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(place.server.user)).as_string(admin.conn)
             raise RehearsalUnavailable(
                 f"the rehearsal cannot create its temporary database on {place.where}: "
                 f"{exc.diag.message_primary or exc} (as {place.server.user}). Nothing was applied. Give the role "
-                f"CREATEDB (ALTER ROLE {place.server.user} CREATEDB), or rehearse elsewhere: set the environment's "
+                f"CREATEDB ({alter}), or rehearse elsewhere: set the environment's "
                 f'rehearsal = {{ kind = "embedded" }} (or "url_env") in the environments file') from None
         _quietly(admin.conn, sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(database), log)
         if admin.starts_as is not None:
             admin.conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
                 database, sql.Identifier(admin.starts_as)))
+        newer = admin.conn.info.server_version >= 150000
     scratch = place.server.with_database(name)
-    if admin.starts_as is not None:
+    if admin.given_public is not None and newer:
         # The public schema belongs to pg_database_owner (PostgreSQL 15+; before, everybody may create in it),
         # whose rights a NOINHERIT login has only as that role (measured on 15 and 16).
         with connected(scratch) as conn:
             _quietly(conn, sql.SQL("SET ROLE pg_database_owner; GRANT ALL ON SCHEMA public TO {}").format(
-                sql.Identifier(admin.starts_as)), log)
+                sql.Identifier(admin.given_public)), log)
     return scratch
 
 
