@@ -370,7 +370,10 @@ def test_census_of_a_pgbench_database(database: Connection) -> None:
 
 @pytest.mark.parametrize(("tool", "ddl", "table"), [
     ("knex", KNEX_DDL, "knex_migrations"),
+    ("knex", KNEX_DDL.replace("knex_migrations", "migrations"), "migrations"),  # knexfile's tableName
     ("flyway", FLYWAY_DDL.format(schema="public"), "flyway_schema_history"),
+    ("flyway", FLYWAY_DDL.format(schema="public").replace("flyway_schema_history", "schema_version"),
+     "schema_version"),  # Flyway before 5
     ("golang-migrate", GOLANG_DDL, "schema_migrations"),
 ])
 def test_census_detects_each_tool_by_its_tables_alone(database: Connection, tool: str, ddl: str, table: str) -> None:
@@ -383,6 +386,18 @@ def test_census_detects_each_tool_by_its_tables_alone(database: Connection, tool
         "this database has no tables of its own and no migration history: adopt it with `rds-migrations baseline` "
         f"({table} is here: it was migrated by {slug_key(tool).title().replace('Golang-Migrate', 'golang-migrate')}; "
         f"try `rds-migrations baseline --from {tool}`)")
+
+
+def test_a_knex_history_under_another_name_is_read_and_a_look_alike_without_its_lock_is_not(
+        database: Connection) -> None:
+    run(database, KNEX_DDL.replace("knex_migrations", "migrations"),
+        (KNEX_ROW.replace("knex_migrations", "migrations"), ("001_create_users.js", 1)),
+        "CREATE SCHEMA other", 'CREATE TABLE other.jobs ("id" serial primary key, "name" varchar(255), '
+                               '"batch" integer, "migration_time" timestamptz)')
+    assert [(e.name, e.detail) for e in applied(database, "knex")] == [("001_create_users.js", "batch 1")]
+    found = census_of(database)
+    assert found.tools == ("knex",) and found.tool_tables == ("migrations",)
+    assert found.of("table").names == ("other.jobs",)  # Knex's columns, no jobs_lock: a table of the team's
 
 
 def test_census_leaves_a_rails_schema_migrations_as_a_user_table(database: Connection) -> None:

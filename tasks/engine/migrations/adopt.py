@@ -26,6 +26,10 @@ HISTORY_TABLES = {"knex": "knex_migrations", "flyway": "flyway_schema_history", 
 KNEX_COLUMNS = {"id", "name", "batch", "migration_time"}
 FLYWAY_COLUMNS = {"installed_rank", "version", "description", "type", "script", "success"}
 GOLANG_COLUMNS = {"version": "bigint", "dirty": "boolean"}  # exactly: Rails' and dbmate's schema_migrations differ
+# Knex's and Flyway's tables may have another name (Knex's `tableName`, Flyway's `table`, `schema_version` before
+# Flyway 5): found by their columns too, a Knex table only with its `<name>_lock` beside it.
+OTHER_NAMES = {"knex": " (or a table of another name with them and its _lock table)",
+               "flyway": " (or a table of another name with them, as Flyway before 5 named it schema_version)"}
 OURS = frozenset(OUR_TABLES.values())  # yoyo's tables and ours
 KINDS = ("table", "view", "sequence", "function", "type")
 SHOWN = 10  # names kept per kind
@@ -109,7 +113,10 @@ COLUMNS_SQL = f"""
 SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s) AND {USER_SCHEMA} ORDER BY 1, 2"""
+WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMA} AND (c.relname = ANY(%s) OR EXISTS (
+    SELECT 1 FROM pg_attribute m WHERE m.attrelid = c.oid AND NOT m.attisdropped
+      AND m.attname IN ('migration_time', 'is_locked', 'installed_rank')))
+ORDER BY 1, 2"""
 
 
 def census(conn: psycopg.Connection) -> Census:
@@ -136,10 +143,14 @@ def _tool_tables(conn: psycopg.Connection) -> dict[str, list[tuple[str, str]]]:
         columns[(schema, table)][column] = type_
     found: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for (schema, table), cols in columns.items():
-        if (table == "knex_migrations" and KNEX_COLUMNS <= set(cols)
-                or table == "flyway_schema_history" and FLYWAY_COLUMNS <= set(cols)
-                or table == "schema_migrations" and cols == GOLANG_COLUMNS):
-            found[next(t for t, name in HISTORY_TABLES.items() if name == table)].append((schema, table))
+        names = set(cols)
+        lock = columns.get((schema, f"{table}_lock"), {})
+        if KNEX_COLUMNS <= names and (table == "knex_migrations" or (names == KNEX_COLUMNS and "is_locked" in lock)):
+            found["knex"].append((schema, table))
+        elif FLYWAY_COLUMNS <= names:
+            found["flyway"].append((schema, table))
+        elif table == "schema_migrations" and cols == GOLANG_COLUMNS:
+            found["golang-migrate"].append((schema, table))
     return dict(found)
 
 
@@ -174,7 +185,7 @@ def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = No
     if not places:
         where = f"schema {schema} holds no" if schema else "no schema holds"
         raise AdoptionRefused(f"no {TITLES[tool]} history here: {where} {HISTORY_TABLES[tool]} with "
-                              f"{TITLES[tool]}'s columns")
+                              f"{TITLES[tool]}'s columns{OTHER_NAMES.get(tool, '')}")
     if len(places) > 1:
         raise AdoptionRefused(f"{TITLES[tool]}'s history is in {len(places)} schemas "
                               f"({_and([_shown(*p) for p in places])}): name the one to adopt from")
