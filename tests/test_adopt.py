@@ -15,14 +15,8 @@ import pytest
 from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import client_binary
 from tasks.engine.errors import UsageError
-from tasks.engine.migrations.adopt import (
-    AdoptionRefused,
-    Census,
-    census,
-    map_to_catalog,
-    read_applied,
-    slug_key,
-)
+from tasks.engine.migrations.adopt import AdoptionRefused, Census, census, read_applied
+from tasks.engine.migrations.adopt_mapping import map_to_catalog, slug_key
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.session import session

@@ -20,7 +20,8 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
 from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
 from tasks.engine.logs import Log
-from tasks.engine.migrations.adopt import map_to_catalog, read_applied
+from tasks.engine.migrations.adopt import read_applied
+from tasks.engine.migrations.adopt_mapping import map_to_catalog
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.reference import state_key
