@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -75,8 +75,15 @@ class StartingPoint:
         """Make the empty scratch database start like the target (see the module's docstring), as its owner
         (the login or the role it starts as, see scratch.py), the schemas given to the role migrations run as.
         What cannot be done is logged and left: drift then shows it, as before."""
+        path = self.search_path if self.search_path != '"$user", public' else None
+        if self.has_public and set(self.schemas) <= {"public"} and path is None:
+            return  # the target starts as a new database does
         made = {name for migration in migrations for statement in migration.statements
                 for name in named_schemas(statement)}
+        schemas = [schema for schema in self.schemas if schema != "public" and schema not in made]
+        drop_public = not self.has_public and "public" not in made
+        if not (schemas or drop_public or path):
+            return  # what differs, the migrations make themselves
         with connected(scratch) as conn:
             runs_as, owner = conn.execute(  # type: ignore[misc]
                 "SELECT current_user, pg_get_userbyid(datdba) FROM pg_database "
@@ -84,15 +91,15 @@ class StartingPoint:
             # Each step: the ways to do it, tried in order until one is taken.
             steps: list[tuple[sql.Composable, ...]] = [(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)),)]
             steps += [(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-                sql.Identifier(schema), sql.Identifier(runs_as)),) for schema in self.schemas if schema not in made]
-            if not self.has_public and "public" not in made:  # pg_database_owner's (15+): as that role if NOINHERIT
+                sql.Identifier(schema), sql.Identifier(runs_as)),) for schema in schemas]
+            if drop_public:  # pg_database_owner's (15+): as that role if NOINHERIT
                 steps.append((sql.SQL("DROP SCHEMA IF EXISTS public"), sql.SQL(
                     "SET ROLE pg_database_owner; DROP SCHEMA IF EXISTS public; SET ROLE {}").format(
                     sql.Identifier(owner))))
-            if self.search_path != '"$user", public':
+            if path is not None:
                 steps.append((sql.SQL("SELECT set_config('search_path', {}, false); "
                                       "ALTER DATABASE {} SET search_path FROM CURRENT").format(
-                    sql.Literal(self.search_path), sql.Identifier(scratch.dbname)),))
+                    sql.Literal(path), sql.Identifier(scratch.dbname)),))
             for ways in steps:
                 for way in ways:
                     try:
@@ -148,27 +155,24 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
     return snapshot, f"rebuilt from {how} on {place.where}"
 
 
-def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Policy,
-                log: Log = logger) -> tuple[DriftReport, str]:
-    """The live schema compared with the expected one; (the report, where the expected one came from)."""
+def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Policy, log: Log = logger, *,
+                pending: tuple[str, ...] = (), pending_place: Callable[[], Place] | None = None
+                ) -> tuple[DriftReport, str]:
+    """The live schema compared with the expected one; (the report, where the expected one came from). With
+    `pending`, a drift is then held against what those migrations make too (drift.explained_by_pending), on
+    `pending_place()`: chosen only then, as it must suit them (scratch.choose_place may start a server)."""
     expected, source = expected_schema(target, catalog, place, policy, log)
     with connected(target) as conn:
         live = read_schema(conn)
-    return compare(expected, live), source
-
-
-def drift_left_by_pending(drift: DriftReport, target: Connection, catalog: Catalog, pending: tuple[str, ...],
-                          place: Place, policy: Policy, log: Log = logger) -> DriftReport:
-    """`drift` without what the pending migrations account for (drift.explained_by_pending); `place` must
-    suit the pending migrations too (scratch.choose_place)."""
+    drift = compare(expected, live)
+    if not (drift.drifted and pending and pending_place):
+        return drift, source
     try:
-        after, _ = expected_schema(target, catalog, place, policy, log, pending=pending)
+        after, _ = expected_schema(target, catalog, pending_place(), policy, log, pending=pending)
     except DriftReferenceUnavailable as exc:  # a pending migration fails: the drift stands, and why is said
         return replace(drift, notes=(*drift.notes, f"whether the pending migrations account for it is not known: "
-                                                   f"{exc}"))
-    with connected(target) as conn:
-        live = read_schema(conn)
-    return explained_by_pending(drift, after, live)
+                                                   f"{exc}")), source
+    return explained_by_pending(drift, after, live), source
 
 
 def remember_live_schema(target: Connection, catalog: Catalog) -> None:

@@ -244,7 +244,7 @@ def created_tables(statement: str) -> set[str]:
 def named_schemas(statement: str) -> set[str]:
     """The schemas `statement` creates or drops (`CREATE SCHEMA`, `DROP SCHEMA`; `CREATE SCHEMA AUTHORIZATION
     joe` creates `joe`)."""
-    if _first_word(statement) not in {"CREATE", "DROP"}:
+    if _first_word(statement) not in {"CREATE", "DROP"} or not _names_keyword(statement, {"SCHEMA"}):
         return set()
     found = set()
     for node in parsed(statement) or ():

@@ -19,7 +19,7 @@ from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 from tasks.engine.migrations.lint import LintFinding, lint_files
 from tasks.engine.migrations.plan import plan
-from tasks.engine.migrations.reference import check_drift, drift_left_by_pending
+from tasks.engine.migrations.reference import check_drift
 from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse, rehearse_on_target_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_drift, with_plan, with_rehearsal
 from tasks.engine.migrations.scratch import choose_place
@@ -71,12 +71,12 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
     if environment.policy.drift != "ignore" and report.ok:
         asked = rehearsal_server(environment, connection) or connection
         applied = [m for m in catalog.migrations if m.id in set(current.applied)]
-        drift, source = check_drift(connection, catalog, choose_place(asked, connection, applied, dry_run=dry_run,
-                                                                      log=log), environment.policy, log)
-        if drift.drifted and current.pending:  # a change by hand may be written as a pending migration
-            everything = [m for m in catalog.migrations if m.id in set(current.applied) | set(current.pending)]
-            drift = drift_left_by_pending(drift, connection, catalog, current.pending, choose_place(
-                asked, connection, everything, dry_run=dry_run, log=log), environment.policy, log)
+        everything = [m for m in catalog.migrations if m.id in set(current.applied) | set(current.pending)]
+        # A change by hand may be written as a pending migration: the drift is held against those too.
+        drift, source = check_drift(
+            connection, catalog, choose_place(asked, connection, applied, dry_run=dry_run, log=log),
+            environment.policy, log, pending=current.pending,
+            pending_place=lambda: choose_place(asked, connection, everything, dry_run=dry_run, log=log))
         report = with_drift(report, drift, source, environment.policy.drift)
     server = rehearsal_server(environment, connection) if current.pending and report.ok else None
     if server is not None:
