@@ -25,6 +25,7 @@ from tasks.engine.migrations.catalog import Catalog, read_catalog, read_text, sp
 
 PSQL, OURS, YOYO, KNEX = "psql (floor)", "rds-migrations", "yoyo CLI", "Knex"
 PSQL_ONE = "psql, one message a migration"
+TOGETHER = "rds-migrations, 20 a message (opt-in)"  # policy.migrations_per_message = 20: they share now()
 CANDIDATE = "candidate engine"
 
 
@@ -107,6 +108,7 @@ def run(server: BenchServer, base: Path, sizes: list[int], repeats: dict[int, di
     else:
         results.knex_version = knex.version(knex_home)
     policy = Policy()
+    together = policy.model_copy(update={"migrations_per_message": 20})
 
     for n in sizes:
         workload = prepare(base, n, knex_home is not None)
@@ -116,6 +118,7 @@ def run(server: BenchServer, base: Path, sizes: list[int], repeats: dict[int, di
             (PSQL, lambda c, w=workload: run_psql(w, c)),
             (PSQL_ONE, lambda c, w=workload: run_psql(w, c, w.psql_one_message)),
             (OURS, lambda c, w=workload: apply_pending(c, w.catalog, policy, git_sha="bench")),
+            (TOGETHER, lambda c, w=workload: apply_pending(c, w.catalog, together, git_sha="bench")),
             (YOYO, lambda c, w=workload: run_yoyo(w, c)),
         ]
         if candidate is not None:

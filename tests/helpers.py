@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
+
+import psycopg
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
@@ -63,6 +70,109 @@ def raise_sleep_flag(database: Connection) -> None:
 # The migrating session inside pg_sleep, however its statements were sent.
 SLEEPING = ("SELECT 1 FROM pg_stat_activity WHERE application_name = 'rds-migrations' AND wait_event = 'PgSleep' "
             "AND datname = current_database()")
+
+
+def end_the_session_while_it_sleeps(database: Connection, apply: Callable[[], object]) -> BaseException | None:
+    """Run `apply` in a thread; once the migrating session sleeps (pg_sleep), the server ends that session (as
+    `pg_terminate_backend` or a shutdown would). The exception `apply` ended with."""
+    return _while_it_sleeps(database, apply, lambda watcher: watcher.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'rds-migrations' AND datname = current_database()"))
+
+
+def _while_it_sleeps(database: Connection, apply: Callable[[], object],
+                     then: Callable[[psycopg.Connection], object]) -> BaseException | None:
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            apply()
+        except BaseException as exc:  # noqa: BLE001 - examined by the test
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    with connected(database, application_name="test-watcher") as watcher:
+        deadline = time.monotonic() + 30
+        while not watcher.execute(SLEEPING).fetchone():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        then(watcher)
+    runner.join(60)
+    return outcome.get("error")
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the test server; `cut()` drops every connection through it at once, as a network
+    failure or a load balancer's reset would (the server is not told). New connections still pass."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> CuttableProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        for connection in self.sockets:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            except OSError:
+                pass
+        self.sockets = []
+
+
+def cut_while_it_sleeps(database: Connection, proxy: CuttableProxy,
+                        apply: Callable[[], object]) -> BaseException | None:
+    """Run `apply` (through `proxy`) in a thread; once the migrating session sleeps, cut the proxy. The exception
+    `apply` ended with."""
+    return _while_it_sleeps(database, apply, lambda watcher: proxy.cut())
+
+
+# Lock timeouts retried quickly and often enough to outlast a reader that holds its lock for a second.
+RETRYING = POLICY.model_copy(update={"lock_timeout_ms": 100, "lock_timeout_retries": 20,
+                                     "lock_retry_base_delay_seconds": 0.05, "lock_retry_max_delay_seconds": 0.2})
+
+
+@contextmanager
+def reader_holding(database: Connection, table: str, seconds: float = 1.0) -> Iterator[None]:
+    """A reader holding ACCESS SHARE on `table` (made here) for `seconds`, then ending its transaction."""
+    with connected(database) as setup:
+        setup.execute(f"CREATE TABLE {table} (id bigint)")
+    reader = database.connect(autocommit=False)
+    reader.execute(f"SELECT * FROM {table}")  # holds ACCESS SHARE until the transaction ends
+    threading.Timer(seconds, reader.rollback).start()
+    try:
+        yield
+    finally:
+        reader.close()
 
 
 def dirty_state(database: Connection) -> list[tuple]:

@@ -16,8 +16,10 @@ from tasks.engine.migrations.plan import plan
 from tasks.engine.migrations.results import MigrationError
 from tests.helpers import (
     POLICY,
+    RETRYING,
     THREE,
     applied_ids,
+    reader_holding,
     tables,
     write_migrations,
 )
@@ -148,21 +150,10 @@ def test_the_recorded_duration_is_the_migrations_own(tmp_path: Path, database: C
 
 
 def test_lock_timeout_rolls_back_and_retries_until_the_reader_ends(tmp_path: Path, database: Connection) -> None:
-    with connected(database) as setup:
-        setup.execute("CREATE TABLE busy (id bigint)")
     files = {"0001.alter-busy.sql": "ALTER TABLE busy ADD COLUMN note text;\n"}
     catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
-    policy = POLICY.model_copy(
-        update={"lock_timeout_ms": 100, "lock_timeout_retries": 20, "lock_retry_base_delay_seconds": 0.05,
-                "lock_retry_max_delay_seconds": 0.2}
-    )
-    reader = database.connect(autocommit=False)
-    reader.execute("SELECT * FROM busy")  # holds ACCESS SHARE until the transaction ends
-    threading.Timer(1.0, reader.rollback).start()
-    try:
-        report = apply_pending(database, catalog, policy)
-    finally:
-        reader.close()
+    with reader_holding(database, "busy"):
+        report = apply_pending(database, catalog, RETRYING)
     assert report.applied[0].attempts > 1
 
 

@@ -21,6 +21,7 @@ from tests.helpers import (
     SLEEP_WHILE_FLAGGED,
     SLEEPING,
     applied_ids,
+    end_the_session_while_it_sleeps,
     raise_sleep_flag,
     tables,
     write_migrations,
@@ -80,25 +81,7 @@ def test_the_server_ending_the_session_mid_migration_names_the_statement(
 ) -> None:
     files = {"0001.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(30);\nCREATE TABLE after (id bigint);\n"}
     catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
-    outcome: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            apply_pending(database, catalog, POLICY)
-        except BaseException as exc:  # noqa: BLE001 - examined by the test
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    with connected(database, application_name="test-watcher") as watcher:
-        deadline = time.monotonic() + 30
-        while not watcher.execute(SLEEPING).fetchone():
-            assert time.monotonic() < deadline and runner.is_alive()
-            time.sleep(0.05)
-        watcher.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = 'rds-migrations' AND datname = current_database()")
-    runner.join(30)
-    error = outcome.get("error")
+    error = end_the_session_while_it_sleeps(database, lambda: apply_pending(database, catalog, POLICY))
     assert isinstance(error, MigrationError), error
     failed = error.report.failed
     assert failed is not None and (failed.statement_number, failed.sqlstate) == (2, "57P01")

@@ -186,6 +186,10 @@ class Policy(_Strict):
     lock_retry_base_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     lock_retry_max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
     allow_out_of_order: bool = False
+    # Up to this many consecutive transactional migrations in one message, each still in its own transaction
+    # (together.py). 1: one message a migration. More saves a round trip a migration, but migrations sent
+    # together share `now()` (the message's arrival), so it is the team's call: see README "Performance".
+    migrations_per_message: int = Field(default=1, ge=1, le=100)
     # An INVALID index left by a failed CREATE INDEX CONCURRENTLY of a pending migration: drop it and build it
     # again, or refuse the run with the DROP command to run.
     invalid_index: Literal["drop_and_retry", "refuse"] = "refuse"

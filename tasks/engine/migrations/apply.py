@@ -3,7 +3,9 @@
 Planned again under the lock (another run may have applied migrations meanwhile); refused before anything
 runs when the history does not match the files, a migration is dirty, or an INVALID index is in the way.
 A lock timeout (SQLSTATE 55P03) rolls a transactional migration back and retries it, with backoff and
-jitter, a bounded number of times; a non-transactional migration is never retried.
+jitter, a bounded number of times; a non-transactional migration is never retried. With
+`policy.migrations_per_message` above 1, consecutive migrations that may travel together go in one message,
+each still in its own transaction (together.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -35,6 +37,7 @@ from tasks.engine.migrations.results import (
     MigrationFailure,
 )
 from tasks.engine.migrations.session import StartingState, migration_lock, session
+from tasks.engine.migrations.together import next_group, run_together
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 100  # runs with more pending migrations log a progress line every this many
@@ -52,7 +55,8 @@ def apply_pending(
     log: Log = logger,
     observe: ApplyObserver | None = None,
 ) -> ApplyReport:
-    """Apply what is pending, one migration at a time. Raises `MigrationError` with the report on failure,
+    """Apply what is pending, each migration in its own transaction with its history rows, in order (several
+    may share one message when the policy asks for it: together.py). Raises `MigrationError` with the report on failure,
     `HistoryMismatch` (or `DirtyDatabase`, `InvalidIndexFound`) before applying anything when it is unsafe.
     `observe` is told about each migration as it is applied, or fails."""
     started = time.monotonic()
@@ -79,32 +83,26 @@ def apply_pending(
                 raise HistoryMismatch("; ".join(current.problems))
             handle_invalid_indexes(conn, catalog, current.pending, policy, log)
             ledger.record_unverified(catalog, current.unverified, log)
-            applied: list[AppliedMigration] = []
             by_id = {m.id: m for m in catalog.migrations}
-            count = len(current.pending)
-            for position, migration_id in enumerate(current.pending):
-                migration = by_id[migration_id]
-                # A run-logger line costs ~1.5 ms in a flow (API + console): one per migration in an ordinary
-                # run, a progress line per PROGRESS_EVERY in a large one (1,000 pending: 11 lines, not 1,000).
-                if count <= PROGRESS_EVERY or position % PROGRESS_EVERY == 0 or position == count - 1:
-                    log.info("Applying %s (%d of %d)", migration.id, position + 1, count)
-                outcome = apply_one(conn, ledger, migration, policy, start, git_sha=git_sha, run_id=run_id, log=log)
-                if isinstance(outcome, MigrationFailure):
-                    resolution = resolve_hint(migration.id, environment) if outcome.dirty else ""
-                    outcome = redacted(replace(outcome, resolution=resolution), password)
-                    if observe is not None:
-                        observe.failed(outcome, position + 1, count)
-                    report = ApplyReport(
-                        applied=tuple(applied),
-                        failed=outcome,
-                        pending=current.pending[position:] + current.beyond_target,
-                        duration_seconds=time.monotonic() - started,
-                    )
-                    raise MigrationError(str(outcome), report)
-                applied.append(outcome)
+            pending = [by_id[migration_id] for migration_id in current.pending]
+            done = _apply_in_order(conn, connection, ledger, pending, policy, start, git_sha=git_sha, run_id=run_id,
+                                   log=log, observe=observe)
+            applied = done.applied
+            if done.failure is not None:
+                failure = done.failure
+                resolution = resolve_hint(failure.migration_id, environment) if failure.dirty else ""
+                failure = redacted(replace(failure, resolution=resolution), password)
                 if observe is not None:
-                    observe.applied(outcome, position + 1, count)
-            start.restore(conn)  # the last migration's settings do not follow the lock's release
+                    observe.failed(failure, done.position + 1, len(pending))
+                report = ApplyReport(
+                    applied=tuple(applied),
+                    failed=failure,
+                    pending=current.pending[done.position:] + current.beyond_target,
+                    duration_seconds=time.monotonic() - started,
+                )
+                raise MigrationError(str(failure), report)
+            if not conn.closed:  # (a connection lost after a message's last COMMIT: all is recorded)
+                start.restore(conn)  # the last migration's settings do not follow the lock's release
     return ApplyReport(
         applied=tuple(applied),
         pending=current.beyond_target,
@@ -112,19 +110,65 @@ def apply_pending(
     )
 
 
+@dataclass
+class _Done:
+    """How far the migrations got: those applied, in order; the one at `position` that failed, and why."""
+
+    observe: ApplyObserver | None
+    count: int
+    applied: list[AppliedMigration] = field(default_factory=list)
+    position: int = 0
+    failure: MigrationFailure | None = None
+
+    def add(self, outcome: AppliedMigration) -> None:
+        self.applied.append(outcome)
+        self.position += 1
+        if self.observe is not None:
+            self.observe.applied(outcome, self.position, self.count)
+
+
+def _apply_in_order(conn: psycopg.Connection, connection: Connection, ledger: Ledger, pending: list[Migration],
+                    policy: Policy, start: StartingState, *, git_sha: str, run_id: str | None, log: Log,
+                    observe: ApplyObserver | None) -> _Done:
+    """Each migration in its own transaction, in order, until one fails: one at a time (apply_one), or
+    several in one message where the policy asks for it and they may travel together (together.py)."""
+    done, alone_until = _Done(observe, len(pending)), 0
+    while done.position < done.count:
+        position = done.position
+        size = 1 if position < alone_until else next_group(pending[position:], conn.info.server_version,
+                                                           policy.migrations_per_message)
+        _log_progress(log, pending, position, size)
+        first: MigrationFailure | None = None
+        if size > 1:
+            sent = run_together(conn, connection, ledger, pending[position:position + size], start,
+                                git_sha=git_sha, run_id=run_id, on_applied=done.add)
+            alone_until = done.position + sent.again_alone
+            if sent.failure is None:
+                continue
+            first = sent.failure  # retried alone after a lock timeout, as if it had been sent alone
+        outcome = apply_one(conn, ledger, pending[done.position], policy, start, git_sha=git_sha, run_id=run_id,
+                            log=log, first=first)
+        if isinstance(outcome, MigrationFailure):
+            done.failure = outcome
+            return done
+        done.add(outcome)
+    return done
+
+
 def apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, policy: Policy,
                start: StartingState, *, git_sha: str, run_id: str | None,
-               log: Log) -> AppliedMigration | MigrationFailure:
+               log: Log, first: MigrationFailure | None = None) -> AppliedMigration | MigrationFailure:
     """One migration, retried after a lock timeout with the policy's backoff and jitter when it is
     transactional (rolled back, so known to have changed nothing); never anything else. The rollback path uses
-    it too, with a ledger whose history step removes what a migration's records."""
+    it too, with a ledger whose history step removes what a migration's records. `first`: how its first
+    attempt failed, when it was made in a message with others (together.py)."""
     attempts = 0
     while True:
         attempts += 1
         started = time.monotonic()
-        failure = (run_transactional if migration.transactional else run_alone)(
-            conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, started=started
-        )
+        failure = first if attempts == 1 and first is not None else (
+            run_transactional if migration.transactional else run_alone)(
+            conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, started=started)
         if failure is None:
             return AppliedMigration(migration.id, time.monotonic() - started, attempts)
         # Only a transaction that was rolled back is known to have changed nothing: never retry anything else.
@@ -138,3 +182,17 @@ def apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, po
             migration.id, policy.lock_timeout_ms, attempts, policy.lock_timeout_retries, delay,
         )
         time.sleep(delay)
+
+
+def _log_progress(log: Log, pending: list[Migration], position: int, size: int) -> None:
+    """A run-logger line costs ~1.5 ms in a flow (API + console): a line per message sent in an ordinary run,
+    a progress line per PROGRESS_EVERY migrations in a large one (1,000 pending: 11 lines, not 1,000)."""
+    count, last = len(pending), position + size - 1
+    if count > PROGRESS_EVERY and position % PROGRESS_EVERY and position // PROGRESS_EVERY == last // PROGRESS_EVERY \
+            and last != count - 1:
+        return
+    if size == 1:
+        log.info("Applying %s (%d of %d)", pending[position].id, position + 1, count)
+    else:
+        log.info("Applying %s to %s (%d-%d of %d, each in its own transaction)", pending[position].id,
+                 pending[last].id, position + 1, last + 1, count)

@@ -58,27 +58,55 @@ def _run_as_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, 
     script = Script.build(migration, ledger.record_statement(migration, git_sha, run_id, prepared=prepared),
                           start=start.statements(), before_record=start.as_the_run())
     answers: list[pq.PGresult] = []
-    try:
-        _exchange(conn, script.text, answers)
-    except psycopg.Error as exc:
-        # The connection is gone without a word from the server. Its answers are sent in batches, so those read
-        # so far say only that at least that many statements had run: which one was running is not known.
-        confirmed = min(max(len(answers) - script.prefix, 0), len(script.answered))
-        return replace(failure_from(migration, f"(not known: the connection was lost after the server had confirmed "
-                                               f"{confirmed} statement(s))", exc, 0), outcome_unknown=True)
-    except BaseException:  # Ctrl-C, SystemExit: stop the statement and end the session, which rolls back
-        _abandon(conn)     # the migration and frees the migration lock at once
-        raise
-    ended = script.ended_early(answers)
-    if ended is not None:
-        return _ended_early(conn, ledger, migration, *ended)
-    failed = next((i for i, answer in enumerate(answers) if answer.status == FATAL_ERROR), None)
-    if failed == 0 and not conn.closed:
+    lost = send(conn, script.text, answers)
+    failure = settle(conn, ledger, migration, script, answers, lost)
+    if failure is READ_AS_A_WHOLE_REFUSED:
         # Refused before BEGIN ran, so nothing ran: the server could not read the message as a whole (a quote
         # or comment left open, a setting that changes how later text reads). Statement by statement, as
         # written, each one passes or fails on its own and the failing one is named exactly.
         return _run_statement_by_statement(conn, ledger, migration, start, git_sha=git_sha, run_id=run_id,
                                            started=time.monotonic())
+    return failure
+
+
+def send(conn: psycopg.Connection, text: str, answers: list[pq.PGresult]) -> psycopg.Error | None:
+    """Send `text` as one message, collecting the server's answers into `answers` as they arrive; the error
+    that ended the exchange when the connection was lost before the last one. Ctrl-C or SystemExit stops the
+    statement and ends the session, which rolls back the migration being run and frees the migration lock at
+    once (`answers` then holds what had been answered)."""
+    try:
+        _exchange(conn, text, answers)
+    except psycopg.Error as exc:
+        return exc
+    except BaseException:
+        _abandon(conn)
+        raise
+    return None
+
+
+class ReadAsAWholeRefused:
+    """`settle`'s answer when the server refused the message before its BEGIN ran: nothing ran."""
+
+
+READ_AS_A_WHOLE_REFUSED = ReadAsAWholeRefused()
+
+
+def settle(conn: psycopg.Connection, ledger: Ledger, migration: Migration, script: Script,
+           answers: list[pq.PGresult], lost: psycopg.Error | None) -> MigrationFailure | None | ReadAsAWholeRefused:
+    """What the server's `answers` to one migration's part of a message say: `None` when it is applied and
+    recorded, its failure (rolled back, or ended early and marked dirty), or `READ_AS_A_WHOLE_REFUSED`."""
+    if lost is not None:
+        # The connection is gone without a word from the server. Its answers are sent in batches, so those read
+        # so far say only that at least that many statements had run: which one was running is not known.
+        confirmed = min(max(len(answers) - script.prefix, 0), len(script.answered))
+        return replace(failure_from(migration, f"(not known: the connection was lost after the server had confirmed "
+                                               f"{confirmed} statement(s))", lost, 0), outcome_unknown=True)
+    ended = script.ended_early(answers)
+    if ended is not None:
+        return _ended_early(conn, ledger, migration, *ended)
+    failed = next((i for i, answer in enumerate(answers) if answer.status == FATAL_ERROR), None)
+    if failed == 0 and not conn.closed:
+        return READ_AS_A_WHOLE_REFUSED
     if failed is not None and failed > script.commit_index and answers[script.commit_index].command_status == b"COMMIT":
         return None  # committed, with its history rows, before the server ended the session
     if failed is not None:
@@ -228,7 +256,7 @@ class Script:
         tool's COMMIT (a COMMIT, ROLLBACK or PREPARE TRANSACTION of the migration's own)."""
         for index in range(self.prefix, min(len(answers), self.record_index)):
             tag = (answers[index].command_status or b"").decode("ascii", "replace")
-            if answers[index].status == pq.ExecStatus.COMMAND_OK and tag.split(" ")[0] in _ENDING_TAGS:
+            if answers[index].status == pq.ExecStatus.COMMAND_OK and tag.split(" ")[0] in ENDING_TAGS:
                 number, _ = self.locate(index, answers)
                 return number or self.answered[min(index - self.prefix, len(self.answered) - 1)], tag
         return None
@@ -257,7 +285,7 @@ class Script:
         return 0, RECORDING if index == self.record_index else "COMMIT"
 
 
-_ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
+ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
 MISSING_PREPARED = "26000"  # invalid_sql_statement_name: the prepared history insert is gone
 RECORDING = "(recording it in the history tables)"
 

@@ -73,22 +73,28 @@ CREATE TABLE IF NOT EXISTS {schema} (
 """
 
 # The yoyo rows and our checksum row, in one statement (one round trip, inside the migration's transaction).
+# The time is the clock's, not the transaction's start: migrations sent in one message share that, and their
+# order is read from it. Without a duration given, the server's: from the migration's own BEGIN (the starting
+# state sets rdsm.started, as epoch seconds whatever DateStyle a migration left), else from the message.
 RECORD_SQL = """
 WITH migration AS (
     INSERT INTO {migration} (migration_hash, migration_id, applied_at_utc)
-    VALUES (%(hash)s, %(id)s, now() AT TIME ZONE 'utc') RETURNING 1
+    VALUES (%(hash)s, %(id)s, clock_timestamp() AT TIME ZONE 'utc') RETURNING 1
 ), log AS (
     INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment,
                            created_at_utc)
     VALUES (%(log_id)s, %(hash)s, %(id)s, %(operation)s, current_user, %(hostname)s, %(comment)s,
-            now() AT TIME ZONE 'utc') RETURNING 1
+            clock_timestamp() AT TIME ZONE 'utc') RETURNING 1
 )
-INSERT INTO {history} (migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional)
-VALUES (%(id)s, %(checksum)s, %(git_sha)s, %(run_id)s,
-        COALESCE(%(duration_ms)s, (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::int),
+INSERT INTO {history} (migration_id, checksum, applied_at, git_sha, flow_run_id, duration_ms, transactional)
+VALUES (%(id)s, %(checksum)s, clock_timestamp(), %(git_sha)s, %(run_id)s,
+        COALESCE(%(duration_ms)s, (1000 * (extract(epoch FROM clock_timestamp()) - COALESCE(
+            NULLIF(current_setting('rdsm.started', true), '')::numeric,
+            extract(epoch FROM statement_timestamp()))))::int),
         %(transactional)s)
-ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),
+ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at,
     git_sha = EXCLUDED.git_sha, flow_run_id = EXCLUDED.flow_run_id, duration_ms = EXCLUDED.duration_ms
+RETURNING duration_ms
 """
 
 RECORD_PARAMETERS = ("hash", "id", "log_id", "operation", "hostname", "comment", "checksum", "git_sha", "run_id",

@@ -84,9 +84,6 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     if target is None or (asked.host, asked.port) != (target.host, target.port):
         return Place(asked)
     migrations = list(migrations)
-    local = embedded_server()
-    if local.port is not None and (target.host, target.port) == ("127.0.0.1", local.port):
-        return Place(asked)  # the target is on the tool's own throwaway server: there is no other to use
     reasons = []
     if dry_run:
         reasons.append("a dry run creates nothing on the target's server")
@@ -95,6 +92,9 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
         reasons.append(f"{', '.join(dict.fromkeys(reaching))} would change the target's server itself")
     if not reasons:
         return Place(asked)
+    local = embedded_server()  # looked up only now: finding its binaries takes ~20 ms
+    if local.port is not None and (target.host, target.port) == ("127.0.0.1", local.port):
+        return Place(asked)  # the target is on the tool's own throwaway server: there is no other to use
     note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
     log.info("%s", note)
     local.start()

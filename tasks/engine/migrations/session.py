@@ -109,7 +109,9 @@ class StartingState:
             self._as_the_run(),
             f"set_config('lock_timeout', '{self.lock_timeout_ms}ms', false)",
             f"set_config('statement_timeout', '{self.statement_timeout_ms}ms', false)",
-            f"set_config('search_path', {_literal(self.search_path)}, false)"]) + ")",)
+            f"set_config('search_path', {_literal(self.search_path)}, false)",
+            # when the migration began, for its history row (several migrations share one message's time)
+            "set_config('rdsm.started', extract(epoch FROM clock_timestamp())::text, true)"]) + ")",)
 
     def as_the_run(self) -> tuple[str, ...]:
         """Back to the run's own user (before the history rows are written)."""

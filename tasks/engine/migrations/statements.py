@@ -97,6 +97,20 @@ def ends_transaction(statement: str) -> str | None:
     return None
 
 
+# A migration holding a statement that starts with one of these is sent in a message of its own (together.py).
+_ALONE_WORDS = _TRANSACTION_WORDS | {"DEALLOCATE", "DISCARD", "COPY", "RESET"}
+
+
+def travels_alone(statement: str) -> bool:
+    """Whether `statement` could change what the rest of a message of several migrations does: end or restart
+    the transaction (validation refuses those it can read; these words are the guard behind it), drop the
+    prepared history insert, talk COPY with the client, reset the settings the tool set for it (`RESET ALL`),
+    or change the encoding the answers come back in. A false alarm costs only a round trip."""
+    first = _first_word(statement)
+    return first in _ALONE_WORDS or "client_encoding" in statement.lower() or (
+        first == "SET" and _names_keyword(statement, {"NAMES"}))
+
+
 def cluster_wide(statement: str) -> str | None:
     """What in `statement` changes the server rather than one database (roles, tablespaces, databases,
     server settings), as a few words for messages; None otherwise."""
