@@ -45,6 +45,10 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
         load_environments(write(tmp_path, bad))
     with pytest.raises(ConfigError, match=r"policy.lock_timeout_ms"):
         load_environments(write(tmp_path, BASE + "policy = { lock_timeout_ms = 0 }\n"))
+    with pytest.raises(ConfigError, match=r"policy.migrations_per_message"):
+        load_environments(write(tmp_path, BASE + "policy = { migrations_per_message = 0 }\n"))
+    assert load_environments(write(tmp_path, BASE + "policy = { migrations_per_message = 20 }\n"))[
+        "x"].policy.migrations_per_message == 20
     with pytest.raises(ConfigError, match="must not exceed statement_timeout_ms"):
         load_environments(write(tmp_path, BASE + "policy = { lock_timeout_ms = 5000, statement_timeout_ms = 1000 }\n"))
     with pytest.raises(ConfigError, match="snapshot_required is true but snapshot.kind is 'none'"):

@@ -31,6 +31,9 @@ _CLUSTER_WORDS = {"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "SECU
 # membership: `GRANT admin TO bob`. A statement that names none is not parsed (most DDL: CREATE TABLE, ...).
 _CLUSTER_KEYWORDS = {"ROLE", "USER", "GROUP_P", "TABLESPACE", "DATABASE", "SYSTEM_P"}
 _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
+# Each of those keywords as text (a keyword token is never made of other text): no match, no lexing.
+_MAY_REACH_THE_SERVER = re.compile("|".join(sorted(word.removesuffix("_P") for word in _CLUSTER_KEYWORDS)),
+                                   re.IGNORECASE)
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
 # Statements PostgreSQL refuses inside a transaction block start with one of these words; those starting
 # with CREATE, DROP or ALTER (most DDL) also name one of these keywords, and only those are parsed.
@@ -116,9 +119,9 @@ def cluster_wide(statement: str) -> str | None:
     server settings), as a few words for messages; None otherwise."""
     first = _first_word(statement)
     # The lexer (a sixth of a parse's cost: 300 migrations' DDL is read before every rehearsal) looks for a
-    # keyword every cluster-wide statement holds, but role membership.
-    if first not in _CLUSTER_WORDS or (first not in _MEMBERSHIP_WORDS and not _names_keyword(statement,
-                                                                                            _CLUSTER_KEYWORDS)):
+    # keyword every cluster-wide statement holds, but role membership; a text search first, which most DDL fails.
+    if first not in _CLUSTER_WORDS or (first not in _MEMBERSHIP_WORDS and not (
+            _MAY_REACH_THE_SERVER.search(statement) and _names_keyword(statement, _CLUSTER_KEYWORDS))):
         return None
     for node in parsed(statement) or ():
         for kind, words in _CLUSTER_STATEMENTS.items():
