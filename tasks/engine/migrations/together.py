@@ -165,7 +165,11 @@ def _recorded_once_ended(connection: Connection, session_pid: int, ledger: Ledge
     is gone; None when the server cannot be reached or the session does not end."""
     try:
         with connected(connection, application_name="rds-migrations (after a lost connection)") as conn:
+            # As the login, which may end its own sessions; the role its sessions start as (ALTER ROLE ... SET
+            # role) may not, and is taken again to read the history it owns.
+            conn.execute("SET ROLE NONE")
             conn.execute("SELECT pg_terminate_backend(%s)", (session_pid,))
+            conn.execute("RESET ROLE")
             deadline = time.monotonic() + SESSION_END_WAIT_SECONDS
             while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (session_pid,)).fetchone():
                 if time.monotonic() > deadline:
