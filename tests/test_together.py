@@ -4,6 +4,7 @@ it run, the history as if each had been sent alone; by default, one message a mi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -98,19 +99,23 @@ def test_a_lock_timeout_inside_a_message_is_retried_and_the_rest_follow(tmp_path
 
 
 def test_a_message_the_server_cannot_read_whole_is_sent_a_migration_at_a_time(
-    tmp_path: Path, database: Connection
+    tmp_path: Path, database: Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The open quote swallows the rest of the message, every later migration's BEGIN and COMMIT with it: the server
-    # refuses it all before anything runs. One by one, the two before it apply and it fails on its own statement.
+    # The server parses a whole message before it runs any of it: a syntax error in the third migration refuses
+    # the message, the first two included. One by one, the two before it apply and it fails on its own statement.
     files = {"0001.a.sql": "CREATE TABLE a (id bigint);\n", "0002.b.sql": "CREATE TABLE b (id bigint);\n",
-             "0003.open-quote.sql": "CREATE TABLE c (id bigint);\nINSERT INTO c VALUES ('abc);\n",
-             "0004.d.sql": "CREATE TABLE d (id bigint);\n"}
-    with pytest.raises(MigrationError) as raised:
-        apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), TOGETHER)
+             "0003.typo.sql": "CREATE TABLE c (id bigint);\nCREATE TABEL d (id bigint);\n",
+             "0004.e.sql": "CREATE TABLE e (id bigint);\n"}
+    logged = logging.getLogger("test-together")
+    with pytest.raises(MigrationError) as raised, caplog.at_level(logging.INFO, logger="test-together"):
+        apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), TOGETHER, log=logged)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if r.name == "test-together"][:3] == [
+        "Applying 0001.a to 0004.e", "Applying 0001.a", "Applying 0002.b"], "together, then one at a time"
     failed = raised.value.report.failed
     assert failed is not None and (failed.migration_id, failed.statement_number, failed.sqlstate) == (
-        "0003.open-quote", 2, "42601")
-    assert applied_ids(database) == ["0001.a", "0002.b"] and not {"c", "d"} & tables(database)
+        "0003.typo", 2, "42601")
+    assert failed.statement.startswith("CREATE TABEL d")
+    assert applied_ids(database) == ["0001.a", "0002.b"] and not {"c", "d", "e"} & tables(database)
 
 
 def test_a_migration_that_drops_the_prepared_history_insert_inside_a_message(
@@ -167,12 +172,14 @@ def test_groups_stop_at_a_migration_that_travels_alone_and_at_the_size_limits(tm
     files = {f"{n:04d}.m.sql": f"CREATE TABLE t{n} (id bigint);\n" for n in range(1, 31)}
     files["0004.m.sql"] = "-- transactional: false\nCREATE INDEX CONCURRENTLY i ON t1 (id);\n"
     files["0008.m.sql"] = "INSERT INTO t1 VALUES (1);\n" * 20_000  # 540 kB: alone
+    files["0030.m.sql"] = "INSERT INTO t1 VALUES ('abc);\n"  # a quote left open: it would pair with a later one
     migrations = read_catalog(write_migrations(tmp_path, files), tmp_path).migrations
     assert next_group(migrations, 150000, 20) == 3
     assert next_group(migrations[3:], 150000, 20) == 1  # non-transactional
     assert next_group(migrations[4:], 150000, 20) == 3
     assert next_group(migrations[7:], 150000, 20) == 1  # large
     assert next_group(migrations[8:], 150000, 20) == 20
+    assert next_group(migrations[20:], 150000, 20) == 9 and not migrations[29].scanned
     assert next_group(migrations[8:], 150000, 5) == 5
     assert next_group(migrations, 150000, 1) == 1  # the default: one message a migration
     assert next_group(migrations, 120000, 20) == 1  # PostgreSQL 12: statement_timeout would cover the whole message

@@ -55,6 +55,7 @@ class Migration:
     depends: tuple[str, ...] = ()
     rollback_statements: tuple[str, ...] | None = None
     spans: tuple[tuple[int, int], ...] = ()  # (first line, last line) of each statement in the file
+    scanned: bool = True  # PostgreSQL's scanner read the file (False: a quote or comment left open; see split)
 
     def statement_at(self, line: int) -> str | None:
         """The statement the file's `line` is part of (None when it is outside every statement)."""
@@ -192,6 +193,12 @@ def split_migration(text: str) -> tuple[dict[str, str], list[str]]:
     comments and all, exactly where the server will. (yoyo splits with sqlparse, which reads `\\'` as an
     escaped quote where PostgreSQL does not, and takes 20 s for a 10 MB file of INSERTs.) A text the scanner
     cannot read (an unclosed quote) is split by sqlparse, and the server then says what is wrong."""
+    directives, statements, _ = _split(text)
+    return directives, statements
+
+
+def _split(text: str) -> tuple[dict[str, str], list[str], bool]:
+    """split_migration's answer, and whether PostgreSQL's scanner read the text."""
     header = after_comments(text)
     directives, _, _ = parse_metadata_from_sql_comments(text[: len(text) - len(header)])
     try:
@@ -200,10 +207,10 @@ def split_migration(text: str) -> tuple[dict[str, str], list[str]]:
         statements = [s for s in sqlparse.split(text) if s.strip()]
         if statements:
             statements[0] = parse_metadata_from_sql_comments(statements[0])[2]
-        return directives, statements
+        return directives, statements, False
     if statements:  # the first statement carries the file's leading comments: the directives
         statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
-    return directives, [s for s in statements if s.strip()]
+    return directives, [s for s in statements if s.strip()], True
 
 
 def _not_utf8(exc: UnicodeDecodeError) -> str:
@@ -217,7 +224,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         text = read_text(path)
     except UnicodeDecodeError as exc:
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
-    directives, statements = split_migration(text)
+    directives, statements, scanned = _split(text)
     problems = []
     transactional_value = directives.get("transactional", "true").strip().lower()
     if transactional_value not in ("true", "false"):
@@ -230,6 +237,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         statements=tuple(s.strip() for s in statements),
         transactional=transactional_value != "false",
         depends=tuple(directives.get("depends", "").split()),
+        scanned=scanned,
     )
     if all(comment_only(statement) for statement in migration.statements):
         what = "only comments" if statements else "nothing"

@@ -17,8 +17,9 @@ same `now()`. A migration that compares `now()` with what an earlier one of the 
 created_at < now()` after a seed, a CHECK that `valid_to > valid_from`) then does something else, and which
 migrations share a message depends on what is pending. Only the team knows whether theirs do that.
 
-A migration travels alone when it could change what the rest of a message does: non-transactional, read
-differently as one message, too large, or holding a statement `travels_alone` names. A message the server
+A migration travels alone when it could change what the rest of a message does: non-transactional, a file
+PostgreSQL's scanner cannot read (a quote left open), read differently as one message, too large, or holding a
+statement `travels_alone` names. A message the server
 refuses before anything runs (a quote left open) is sent again a migration at a time, which names the
 failing statement exactly. Each migration's duration is measured by the server from its own BEGIN (set in
 the starting state) and its history rows carry the time it was recorded, so the history reads as if each had
@@ -60,9 +61,11 @@ SESSION_END_WAIT_SECONDS = 30  # for the server to end the session a lost connec
 
 def travels_together(migration: Migration, server_version: int) -> bool:
     """Whether `migration` may share a message with others: transactional, on PostgreSQL 13+ (where
-    `statement_timeout` applies to each statement of a message), read the same as one message, and with no
+    `statement_timeout` applies to each statement of a message), read by PostgreSQL's scanner (a quote left
+    open would pair with a quote of the migrations after it), read the same as one message, and with no
     statement that could change what the rest of the message does."""
-    return (migration.transactional and server_version >= 130000 and not read_differently_as_one(migration)
+    return (migration.transactional and server_version >= 130000 and migration.scanned
+            and not read_differently_as_one(migration)
             and not any(travels_alone(statement) for statement in migration.statements))
 
 
