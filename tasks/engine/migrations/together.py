@@ -19,12 +19,12 @@ migrations share a message depends on what is pending. Only the team knows wheth
 
 A migration travels alone when it could change what the rest of a message does: non-transactional, a file
 PostgreSQL's scanner cannot read (a quote left open), read differently as one message, too large, or holding a
-statement `travels_alone` names. A message the server
-refuses before anything runs (a quote left open) is sent again a migration at a time, which names the
-failing statement exactly. Each migration's duration is measured by the server from its own BEGIN (set in
-the starting state) and its history rows carry the time it was recorded, so the history reads as if each had
-been sent alone. A connection lost in the middle of a message leaves the server running the rest of it: that
-session is ended and the history read, so the report says exactly which were applied.
+statement `travels_alone` names. A message the server refuses before anything runs (it parses the whole
+message first, so a syntax error anywhere refuses all of it) is sent again a migration at a time, which
+names the failing statement exactly. Each migration's duration is measured by the server from its own
+BEGIN (set in the starting state) and its history rows carry the time it was recorded, so the history reads
+as if each had been sent alone. A connection lost in the middle of a message leaves the server running the
+rest of it: that session is ended and the history read, so the report says exactly which were applied.
 """
 
 from __future__ import annotations
