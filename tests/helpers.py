@@ -149,11 +149,20 @@ class CuttableProxy:
         self.sockets = []
 
 
-def cut_while_it_sleeps(database: Connection, proxy: CuttableProxy,
-                        apply: Callable[[], object]) -> BaseException | None:
-    """Run `apply` (through `proxy`) in a thread; once the migrating session sleeps, cut the proxy. The exception
-    `apply` ended with."""
-    return _while_it_sleeps(database, apply, lambda watcher: proxy.cut())
+def lose_the_connection_mid_message(tmp_path: Path, database: Connection, login: Connection) -> BaseException | None:
+    """`0001.a`, `0002.slow` (2 s asleep) and `0003.c` applied by `login`, 20 migrations a message, through a proxy
+    that is cut while 0002 sleeps: the network drops, the server is not told. The exception the apply ended with."""
+    from tasks.engine.migrations.apply import apply_pending
+    from tasks.engine.migrations.catalog import read_catalog
+
+    files = {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+             "0002.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(2);\n",
+             "0003.c.sql": "CREATE TABLE c (id bigint);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    together = POLICY.model_copy(update={"migrations_per_message": 20})
+    with CuttableProxy(database.host, database.port) as proxy:
+        through = login.model_copy(update={"host": "127.0.0.1", "port": proxy.port})
+        return _while_it_sleeps(database, lambda: apply_pending(through, catalog, together), lambda _: proxy.cut())
 
 
 # Lock timeouts retried quickly and often enough to outlast a reader that holds its lock for a second.

@@ -13,16 +13,12 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connected
-from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.results import MigrationError
 from tests.helpers import (
-    POLICY,
-    CuttableProxy,
     applied_ids,
     cli,
-    cut_while_it_sleeps,
     dirty_state,
+    lose_the_connection_mid_message,
     tables,
     url_of,
     write_migrations,
@@ -229,14 +225,7 @@ def test_a_connection_lost_mid_message_is_settled_by_a_login_that_starts_as_the_
     # The new session that ends the lost one starts as the owner, which may not end the login's sessions: it
     # does so as the login, then reads the history as the owner.
     migrator, _ = deployer_of_owner
-    files = {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
-             "0002.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(2);\n",
-             "0003.c.sql": "CREATE TABLE c (id bigint);\n"}
-    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
-    together = POLICY.model_copy(update={"migrations_per_message": 20})
-    with CuttableProxy(database.host, database.port) as proxy:
-        through = migrator.model_copy(update={"host": "127.0.0.1", "port": proxy.port})
-        error = cut_while_it_sleeps(database, proxy, lambda: apply_pending(through, catalog, together))
+    error = lose_the_connection_mid_message(tmp_path, database, migrator)
     assert isinstance(error, MigrationError), error
     report = error.report
     assert report.applied_ids == ("0001.a",) and applied_ids(database) == ["0001.a"]

@@ -19,10 +19,9 @@ from tasks.engine.migrations.together import next_group
 from tests.helpers import (
     POLICY,
     RETRYING,
-    CuttableProxy,
     applied_ids,
-    cut_while_it_sleeps,
     end_the_session_while_it_sleeps,
+    lose_the_connection_mid_message,
     reader_holding,
     tables,
     write_migrations,
@@ -208,13 +207,7 @@ def test_a_connection_lost_inside_a_message_is_reported_as_the_history_says(
 ) -> None:
     # The network drops while the second migration runs. The server does not notice and would go on with the
     # rest of the message: the session is ended, and the history read says what was applied.
-    files = {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
-             "0002.slow.sql": "CREATE TABLE slow (id bigint);\nSELECT pg_sleep(2);\n",
-             "0003.c.sql": "CREATE TABLE c (id bigint);\n"}
-    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
-    with CuttableProxy(database.host, database.port) as proxy:
-        through = database.model_copy(update={"host": "127.0.0.1", "port": proxy.port})
-        error = cut_while_it_sleeps(database, proxy, lambda: apply_pending(through, catalog, TOGETHER))
+    error = lose_the_connection_mid_message(tmp_path, database, database)
     assert isinstance(error, MigrationError), error
     report = error.report
     assert report.applied_ids == ("0001.a",) and applied_ids(database) == ["0001.a"]

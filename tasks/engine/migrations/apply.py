@@ -188,8 +188,8 @@ def _log_progress(log: Log, pending: list[Migration], position: int, size: int) 
     """A run-logger line costs ~1.5 ms in a flow (API + console): a line per message sent in an ordinary run,
     a progress line per PROGRESS_EVERY migrations in a large one (1,000 pending: 11 lines, not 1,000)."""
     count, last = len(pending), position + size - 1
-    if count > PROGRESS_EVERY and position % PROGRESS_EVERY and position // PROGRESS_EVERY == last // PROGRESS_EVERY \
-            and last != count - 1:
+    reaches_a_mark = position // PROGRESS_EVERY != last // PROGRESS_EVERY or position % PROGRESS_EVERY == 0
+    if count > PROGRESS_EVERY and not reaches_a_mark and last != count - 1:
         return
     if size == 1:
         log.info("Applying %s (%d of %d)", pending[position].id, position + 1, count)

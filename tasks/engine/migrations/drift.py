@@ -159,12 +159,12 @@ def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: Schema
             keys |= {key for key, obj in (want | have).items() if obj.parent == difference.name}
         return all(key not in still and _definition(want.get(key)) == _definition(have.get(key)) for key in keys)
 
-    explained = [d for d in drift.differences if accounted_for(d)]
-    if not explained:
+    accounted = [(d, accounted_for(d)) for d in drift.differences]  # once each: it compares definitions
+    if not any(explained for _, explained in accounted):
         return drift
-    return replace(drift, differences=tuple(d for d in drift.differences if not accounted_for(d)),
+    return replace(drift, differences=tuple(d for d, explained in accounted if not explained),
                    notes=(*drift.notes, *(f"{d.text}: accounted for by a pending migration, not drift"
-                                          for d in explained)))
+                                          for d, explained in accounted if explained)))
 
 
 def _definition(obj: SchemaObject | None) -> dict[str, Any] | None:

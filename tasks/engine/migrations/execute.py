@@ -255,9 +255,9 @@ class Script:
         """(statement number, command tag) of a statement whose answer shows the transaction ended before the
         tool's COMMIT (a COMMIT, ROLLBACK or PREPARE TRANSACTION of the migration's own)."""
         for index in range(self.prefix, min(len(answers), self.record_index)):
-            tag = (answers[index].command_status or b"").decode("ascii", "replace")
-            if answers[index].status == pq.ExecStatus.COMMAND_OK and tag.split(" ")[0] in ENDING_TAGS:
+            if answers[index].status == pq.ExecStatus.COMMAND_OK and command_word(answers[index]) in ENDING_TAGS:
                 number, _ = self.locate(index, answers)
+                tag = (answers[index].command_status or b"").decode("ascii", "replace")
                 return number or self.answered[min(index - self.prefix, len(self.answered) - 1)], tag
         return None
 
@@ -286,6 +286,11 @@ class Script:
 
 
 ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
+
+
+def command_word(answer: pq.PGresult) -> str:
+    """The first word of an answer's command tag (`COMMIT`, `INSERT`, ...; "" when it has none)."""
+    return (answer.command_status or b"").decode("ascii", "replace").split(" ")[0]
 MISSING_PREPARED = "26000"  # invalid_sql_statement_name: the prepared history insert is gone
 RECORDING = "(recording it in the history tables)"
 

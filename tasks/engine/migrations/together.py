@@ -45,6 +45,7 @@ from tasks.engine.migrations.execute import (
     READ_AS_A_WHOLE_REFUSED,
     RECORDING,
     Script,
+    command_word,
     failure_from,
     read_differently_as_one,
     send,
@@ -71,8 +72,10 @@ def travels_together(migration: Migration, server_version: int) -> bool:
 
 def next_group(migrations: Sequence[Migration], server_version: int, limit: int) -> int:
     """How many of `migrations`, from the first, go in one message of at most `limit` (1: the first alone)."""
+    if limit <= 1:
+        return 1
     count = size = 0
-    for migration in migrations[:limit] if limit > 1 else ():
+    for migration in migrations[:limit]:
         size += sum(len(statement) for statement in migration.statements)
         if size > MAX_CHARACTERS or not travels_together(migration, server_version):
             break
@@ -103,15 +106,11 @@ def run_together(conn: psycopg.Connection, connection: Connection, ledger: Ledge
     try:
         lost = send(conn, ";\n".join(script.text for script in scripts), answers)
     except BaseException:  # Ctrl-C: the session was ended; those whose COMMIT was answered stay applied
-        for migration, part in zip(migrations, _parts(answers), strict=False):
-            if not _committed(part):
-                break
-            on_applied(AppliedMigration(migration.id, _duration(part)))
+        for applied in _answered_commits(migrations, _parts(answers)):
+            on_applied(applied)
         raise
     if lost is not None:
         return _after_lost(connection, session_pid, ledger, migrations, _parts(answers), lost, on_applied)
-    if answers and answers[0].status == FATAL_ERROR and not conn.closed:
-        return Sent(again_alone=len(migrations))  # refused before the first BEGIN ran: nothing ran
     parts = _parts(answers)
     for index, (migration, script) in enumerate(zip(migrations, scripts, strict=True)):
         part = parts[index] if index < len(parts) else []
@@ -124,7 +123,7 @@ def run_together(conn: psycopg.Connection, connection: Connection, ledger: Ledge
             if index + 1 < len(migrations):
                 return Sent(_not_started(migrations[index + 1], _last_word(conn, part)))
             return Sent()
-        if failure is READ_AS_A_WHOLE_REFUSED:  # not expected past a BEGIN that ran; alone, it is named
+        if failure is READ_AS_A_WHOLE_REFUSED:  # refused before the first BEGIN ran (index 0): nothing ran
             return Sent(again_alone=len(migrations) - index)
         assert isinstance(failure, MigrationFailure)
         if failure.sqlstate == MISSING_PREPARED and failure.statement == RECORDING:
@@ -143,24 +142,36 @@ def _after_lost(connection: Connection, session_pid: int, ledger: Ledger, migrat
     those whose COMMIT was answered are applied and the next one's outcome is unknown, as when a migration is
     sent alone, with the ones after it."""
     recorded = _recorded_once_ended(connection, session_pid, ledger)
-    for index, migration in enumerate(migrations):
-        if recorded is not None and migration.id in recorded:
-            on_applied(AppliedMigration(migration.id, recorded[migration.id]))
-        elif recorded is None and index < len(parts) and _committed(parts[index]):
-            on_applied(AppliedMigration(migration.id, _duration(parts[index])))
-        elif recorded is not None:
+    if recorded is None:
+        answered = _answered_commits(migrations, parts)
+        for applied in answered:
+            on_applied(applied)
+        if len(answered) == len(migrations):
+            return Sent()
+        migration, after = migrations[len(answered)], len(migrations) - len(answered) - 1
+        failure = replace(failure_from(migration, "(not known: the connection was lost while the message of "
+                                                  "several migrations ran)", lost, 0), outcome_unknown=True)
+        return Sent(replace(failure, message=f"{failure.message}; the server could not be reached again, so this "
+                                              f"migration and the {after} sent after it in the same message may or "
+                                              "may not have been applied: the history tables say "
+                                              "(`rds-migrations status`)"))
+    for migration in migrations:
+        if migration.id not in recorded:
             return Sent(failure_from(migration, "(not known exactly: the connection was lost while it ran; the "
                                                 "server ended the session, and its history rows are not there)",
                                      lost, 0))
-        else:
-            failure = replace(failure_from(migration, "(not known: the connection was lost while the message of "
-                                                      "several migrations ran)", lost, 0), outcome_unknown=True)
-            after = len(migrations) - index - 1
-            return Sent(replace(failure, message=f"{failure.message}; the server could not be reached again, so "
-                                                  f"this migration and the {after} sent after it in the same "
-                                                  "message may or may not have been applied: the history tables "
-                                                  "say (`rds-migrations status`)"))
+        on_applied(AppliedMigration(migration.id, recorded[migration.id]))
     return Sent()
+
+
+def _answered_commits(migrations: Sequence[Migration], parts: list[list[pq.PGresult]]) -> list[AppliedMigration]:
+    """The migrations, from the first, whose BEGIN … COMMIT the answers read so far show committed."""
+    answered = []
+    for migration, part in zip(migrations, parts, strict=False):
+        if not _committed(part):
+            break
+        answered.append(AppliedMigration(migration.id, _duration(part)))
+    return answered
 
 
 def _recorded_once_ended(connection: Connection, session_pid: int, ledger: Ledger) -> dict[str, float] | None:
@@ -203,11 +214,7 @@ def _committed(part: list[pq.PGresult]) -> bool:
     """BEGIN … COMMIT answered, with no error and nothing in between that ended the transaction."""
     return (len(part) >= 3 and part[0].command_status == b"BEGIN" and part[-1].command_status == b"COMMIT"
             and part[-1].status == pq.ExecStatus.COMMAND_OK
-            and all(answer.status != FATAL_ERROR and _tag(answer) not in ENDING_TAGS for answer in part[1:-1]))
-
-
-def _tag(answer: pq.PGresult) -> str:
-    return (answer.command_status or b"").decode("ascii", "replace").split(" ")[0]
+            and all(answer.status != FATAL_ERROR and command_word(answer) not in ENDING_TAGS for answer in part[1:-1]))
 
 
 def _duration(part: list[pq.PGresult]) -> float:

@@ -70,8 +70,9 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
     report = with_plan(report, current, catalog)
     if environment.policy.drift != "ignore" and report.ok:
         asked = rehearsal_server(environment, connection) or connection
-        applied = [m for m in catalog.migrations if m.id in set(current.applied)]
-        everything = [m for m in catalog.migrations if m.id in set(current.applied) | set(current.pending)]
+        applied_ids, pending_ids = set(current.applied), set(current.pending)  # once: not once per migration
+        applied = [m for m in catalog.migrations if m.id in applied_ids]
+        everything = [m for m in catalog.migrations if m.id in applied_ids or m.id in pending_ids]
         # A change by hand may be written as a pending migration: the drift is held against those too.
         drift, source = check_drift(
             connection, catalog, choose_place(asked, connection, applied, dry_run=dry_run, log=log),
@@ -81,7 +82,8 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
     server = rehearsal_server(environment, connection) if current.pending and report.ok else None
     if server is not None:
         start = getattr(environment.rehearsal, "start", "empty")
-        pending = [m for m in catalog.migrations if m.id in set(current.pending)]
+        pending_ids = set(current.pending)
+        pending = [m for m in catalog.migrations if m.id in pending_ids]
         if start in ("target_schema", "both"):
             place = choose_place(server, connection, pending, dry_run=dry_run, log=log)
             report = with_rehearsal(report, rehearse_on_target_schema(
