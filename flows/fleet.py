@@ -27,15 +27,15 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.exclusive import LEASE_SECONDS
+from flows.fleet_hooks import report_fleet_cancellation, report_fleet_crash
 from flows.fleet_target import FLEET_LIMIT
 from flows.observe import ProgressArtifact, run_name
 from flows.steps import PrefectSteps
-from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import ConfigError
+from tasks.engine.environments import Environment
 from tasks.engine.fleet.config import Fleet
 from tasks.engine.fleet.report import FleetReport, TargetResult
 from tasks.engine.fleet.runner import MapWave, RunTarget
-from tasks.engine.fleet.targets import Target, url_fleet
+from tasks.engine.fleet.targets import Target, fleet_to_run
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.report import ValidationReport
 from tasks.engine.runs.fleet import FleetRun, TargetCredentials, migrate_fleet, run_target
@@ -138,27 +138,8 @@ class PrefectFleetSteps:
             self.steps.log.warning("Fleet table artifact not published (%s)", type(exc).__name__)
 
 
-def fleet_environment(
-    environment: str, url_variables: list[str] | None, concurrency: int | None, mode: str | None
-) -> Environment:
-    """The fleet to run: a named environment, or plain URLs whose environment variables (names only) hold them,
-    with the run's overrides."""
-    if url_variables:
-        if mode == "distributed":
-            raise ConfigError(
-                "a fleet of URLs runs in_process only: its URLs live in this process's environment, "
-                "which no other worker has (name the targets in the environments file instead)"
-            )
-        found = url_fleet(load_environment(environment), url_variables, concurrency)
-    else:
-        found = load_environment(environment)
-    if found.fleet is None:
-        raise ConfigError(f"environment {found.name} names no fleet")
-    update = {key: value for key, value in (("concurrency", concurrency), ("mode", mode)) if value is not None}
-    return found.model_copy(update={"fleet": found.fleet.model_copy(update=update)}) if update else found
-
-
-@flow(name="migrate-fleet", flow_run_name=run_name)
+@flow(name="migrate-fleet", flow_run_name=run_name, on_crashed=[report_fleet_crash],
+      on_cancellation=[report_fleet_cancellation])
 def migrate_fleet_flow(
     environment: str = "local-fleet",
     git_sha: str = "unknown",
@@ -185,7 +166,7 @@ def migrate_fleet_flow(
         url_variables: names of environment variables holding plain PostgreSQL URLs (never the URLs).
         target_deployment: the migrate-target deployment a distributed run starts per target.
     """
-    found = fleet_environment(environment, url_variables, concurrency, mode)
+    found = fleet_to_run(environment, url_variables, concurrency, mode)
     assert found.fleet is not None
     steps = PrefectFleetSteps(found, found.fleet.mode, target_deployment)
     slots = ensure_fleet_limit(steps.steps.log)

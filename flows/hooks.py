@@ -13,6 +13,7 @@ raise: what they cannot read, the message says it does not know. The report ends
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +34,7 @@ from tasks.engine.notify import deliver
 from tasks.engine.runs.crash import EndedRun, Ending, KnownState, crash_summary, describe, known_state
 from tasks.notify import slack_post_for
 
+Announce = Callable[[Ending, Any, Any, Any, Log], bool]  # reads what is known, notifies; whether it was delivered
 # The task names of every step (tasks/*.py): a task run is named `<step>-<environment>`.
 STEPS = ("validate", "fetch-secret", "rehearse-and-plan", "snapshot", "migrate", "notify", "plan-refresh",
          "find-snapshot", "refresh-from-snapshot", "restore-from-snapshot", "rollback", "baseline", "drift-check")
@@ -40,23 +42,24 @@ STEPS = ("validate", "fetch-secret", "rehearse-and-plan", "snapshot", "migrate",
 
 def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_crashed` of every flow: the run's process died, so the run could not notify anyone itself."""
-    _report("crashed", flow, flow_run, state)
+    report_ending("crashed", flow, flow_run, state)
 
 
 def report_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_cancellation` of every flow: the run was cancelled (its process is stopped)."""
-    _report("cancelled", flow, flow_run, state)
+    report_ending("cancelled", flow, flow_run, state)
 
 
 def report_over_budget(flow: Any, flow_run: Any, message: str) -> None:
     """From the flow itself (flows/budget.py): the run was stopped at its time budget."""
-    _report("timed-out", flow, flow_run, SimpleNamespace(message=message))
+    report_ending("timed-out", flow, flow_run, SimpleNamespace(message=message))
 
 
-def _report(ending: Ending, flow: Any, flow_run: Any, state: Any) -> None:
+def report_ending(ending: Ending, flow: Any, flow_run: Any, state: Any, tell: Announce | None = None) -> None:
+    """Report the run's ending with `tell` (`announce`, or the fleet's), logging what it says; never raises."""
     log = flow_run_logger(flow_run, flow)
     try:
-        delivered = announce(ending, flow, flow_run, state, log)
+        delivered = (tell or announce)(ending, flow, flow_run, state, log)
         log.info("The %s run was %s", ending, "reported" if delivered else "not reported (see above)")
     except Exception as exc:  # noqa: BLE001 - a hook never raises; the automations are the backstop
         log.warning("The %s run could not be reported (%s)", ending, describe(exc))

@@ -12,8 +12,10 @@ from typing import Literal
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.messages import format_duration, mrkdwn
 
-TargetOutcome = Literal["succeeded", "nothing-to-do", "dry-run", "failed", "skipped"]
+TargetOutcome = Literal["succeeded", "nothing-to-do", "dry-run", "failed", "skipped", "interrupted"]
+# "interrupted": the run stopped (killed, cancelled) while the target was being migrated (fleet/crash.py)
 MAX_NAMED = 20  # failed targets named in a notification before "… and N more"
+ERROR_CHARACTERS = 8000  # of a run's error in its notification (a stopped run's names each target: crash.py)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class FleetReport:
 
     @property
     def outcome(self) -> str:
-        if self.error is not None or self.failed or self.counts.get("skipped"):
+        if self.error is not None or self.failed or self.counts.get("skipped") or self.counts.get("interrupted"):
             return "failed"
         if self.counts.get("succeeded"):
             return "succeeded"
@@ -94,7 +96,7 @@ class FleetReport:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def count_line(self) -> str:
-        order = ("succeeded", "nothing-to-do", "dry-run", "failed", "skipped")
+        order = ("succeeded", "nothing-to-do", "dry-run", "failed", "interrupted", "skipped")
         parts = [f"{self.counts[o]} {o}" for o in order if self.counts.get(o)]
         return f"{len(self.results)} targets: " + (", ".join(parts) or "none ran")
 
@@ -148,10 +150,14 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
         first = report.failed[0]
         detail = (first.error or "").strip().splitlines()[0][:300] if first.error else ""
         lines.append(f"{label('First')} {code(first.target)}: {esc(detail)}")
+    interrupted = [r.target for r in report.results if r.outcome == "interrupted"]
+    if interrupted:
+        more = f" … and {len(interrupted) - MAX_NAMED} more" if len(interrupted) > MAX_NAMED else ""
+        lines.append(f"{label('Interrupted')} " + ", ".join(code(name) for name in interrupted[:MAX_NAMED]) + more)
     if report.stopped:
         lines.append(f"{label('Stopped')} {esc(report.stopped)}")
     if report.error:
-        lines.append(f"{label('Error')} {esc(report.error.strip()[:1500])}")
+        lines.append(f"{label('Error')} {esc(report.error.strip()[:ERROR_CHARACTERS])}")
     lines.append(f"{label('Duration')} {format_duration(report.duration_seconds)}")
     where = "the per-target table in the flow run's artifacts (fleet-targets-...)"
     if report.run_url:

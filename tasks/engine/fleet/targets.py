@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connection_from_url
-from tasks.engine.credentials import secret_refusal
+from tasks.engine.credentials import fetch_connection, secret_refusal, with_environment_tls
 from tasks.engine.environments import (
     RDS_IDENTIFIER,
     AuroraClusterSnapshot,
@@ -29,6 +29,7 @@ from tasks.engine.environments import (
     RdsInstanceSnapshot,
     SecretsManagerCredentials,
     UrlFromEnvCredentials,
+    load_environment,
 )
 from tasks.engine.errors import ConfigError, SecretError
 from tasks.engine.fleet.config import EmbeddedDiscovery, Fleet, StaticTarget, TagDiscovery
@@ -189,6 +190,14 @@ def read_master_secret(target: Target, secrets_manager: Any) -> Connection:
     )
 
 
+def target_connection(target: Target, secrets_manager: Any = None) -> Connection:
+    """The target's credentials under its environment's TLS minimum: its secret, URL or embedded database read
+    as a one-database run reads them, or an RDS-managed master secret completed with its endpoint."""
+    if target.endpoint is None:
+        return fetch_connection(target.environment, secrets_manager)
+    return with_environment_tls(read_master_secret(target, secrets_manager), target.environment)
+
+
 def url_target_name(dbname: str, host: str, port: int, taken: set[str]) -> str:
     """A URL's target: its database name, with the server added when two URLs name the same database."""
     base = re.sub(r"[^A-Za-z0-9_-]", "-", dbname)[:40]
@@ -218,3 +227,23 @@ def url_fleet(environment: Environment, variables: list[str], concurrency: int |
         targets.append(StaticTarget(name=name, url_env=variable))
     fleet = Fleet(targets=tuple(targets), concurrency=concurrency or min(len(targets), 4))
     return environment.model_copy(update={"fleet": fleet})
+
+
+def fleet_to_run(
+    environment: str, url_variables: list[str] | None, concurrency: int | None, mode: str | None
+) -> Environment:
+    """The fleet to run: a named environment, or plain URLs whose environment variables (names only) hold them,
+    with the run's overrides."""
+    if url_variables:
+        if mode == "distributed":
+            raise ConfigError(
+                "a fleet of URLs runs in_process only: its URLs live in this process's environment, "
+                "which no other worker has (name the targets in the environments file instead)"
+            )
+        found = url_fleet(load_environment(environment), url_variables, concurrency)
+    else:
+        found = load_environment(environment)
+    if found.fleet is None:
+        raise ConfigError(f"environment {found.name} names no fleet")
+    update = {key: value for key, value in (("concurrency", concurrency), ("mode", mode)) if value is not None}
+    return found.model_copy(update={"fleet": found.fleet.model_copy(update=update)}) if update else found

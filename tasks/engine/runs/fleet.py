@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tasks.engine.connection import Connection
-from tasks.engine.credentials import with_environment_tls
 from tasks.engine.environments import Environment, Rehearsal
 from tasks.engine.errors import ConfigError, InvalidIndexFound
 from tasks.engine.fleet.config import Fleet
 from tasks.engine.fleet.report import FleetFailed, FleetReport, TargetResult
 from tasks.engine.fleet.runner import MapWave, run_waves, thread_pool
-from tasks.engine.fleet.targets import Target, fleet_target, fleet_targets, read_master_secret
+from tasks.engine.fleet.targets import Target, fleet_target, fleet_targets, target_connection
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.reference import remember_live_schema
@@ -87,10 +86,7 @@ class TargetCredentials(Credentials):
     def _fetch(self) -> Connection:
         if self.target.endpoint is None:
             return super()._fetch()
-        environment = self.environment
-        connection = with_environment_tls(
-            read_master_secret(self.target, self.client("secretsmanager", environment)), environment
-        )
+        connection = target_connection(self.target, self.client("secretsmanager", self.environment))
         refuse_password_in_parameters(connection, self.parameters)
         self.steps.log.info("Credentials read from %s for %s", connection.source, connection.describe())
         return connection

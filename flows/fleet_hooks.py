@@ -1,0 +1,127 @@
+"""The migrate-fleet flow's crash and cancel hooks: a fleet run whose process was killed or that was cancelled
+still sends its ONE notification, naming each target and how far it got (flows/hooks.py does this for one
+database; the engine's half is tasks/engine/fleet/crash.py).
+
+Like the one-database hooks they read everything again and never raise: the run's parameters and its task
+runs from Prefect (each target's `target-<name>` task run, and in distributed mode the target's own flow run,
+which goes on without the fleet run), then each target's database, by the flow run id that migrated it. The
+report ends with the same `rds-migrations.run.crashed` / `.run.cancelled` event, which the "crashed and not
+reported" automation waits for.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.utilities.urls import url_for
+
+from flows import events
+from flows.hooks import deployment_name, report_ending, running_step
+from tasks.aws import aws_client
+from tasks.engine.aws import AwsClients
+from tasks.engine.environments import Environment, load_environment
+from tasks.engine.fleet.crash import TargetSeen, fleet_crash_report, read_target, target_after
+from tasks.engine.fleet.targets import Target, fleet_targets, fleet_to_run, target_connection
+from tasks.engine.logs import Log
+from tasks.engine.notify import deliver
+from tasks.engine.runs.crash import EndedRun, Ending, describe
+from tasks.notify import slack_post_for
+
+TARGET_TASK = "target-"  # a target's task run is named target-<name> (tasks/fleet.py)
+
+
+def report_fleet_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_crashed` of migrate-fleet: the run's process died, so the run could not notify anyone itself."""
+    report_ending("crashed", flow, flow_run, state, announce_fleet)
+
+
+def report_fleet_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_cancellation` of migrate-fleet: the run was cancelled (its process is stopped)."""
+    report_ending("cancelled", flow, flow_run, state, announce_fleet)
+
+
+def announce_fleet(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log) -> bool:
+    """Read what is known of every target, notify the environment's target, emit the report event."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)  # fresh: the hook's copy may predate the run's start
+        seen = targets_seen(client, run.id)
+        ended = EndedRun(
+            ending=ending, reason=(state.message or "") if state else "", flow_name=flow.name,
+            flow_run_id=str(run.id), parameters=dict(run.parameters),
+            step="targets" if seen else running_step(client, run.id),
+            deployment=deployment_name(client, flow.name, run),
+            duration_seconds=(datetime.now(UTC) - run.start_time).total_seconds() if run.start_time else 0.0,
+            run_url=url_for("flow-run", obj_id=run.id),
+        )
+    name = ended.parameter("environment")
+    delivered = False
+    try:
+        environment = load_environment(name)
+    except Exception as exc:  # noqa: BLE001 - nowhere to notify; the event and the automations still say it
+        log.warning("Environment of the %s fleet run unknown (%s): nobody notified", ending, describe(exc))
+        environment = None
+    if environment is not None:
+        targets, unknown = fleet_of(ended, log)
+        clients = AwsClients(aws_client)
+
+        def connect(target: Target) -> Any:
+            return target_connection(target, clients.get("secretsmanager", target.environment))
+
+        dry_run = ended.parameters.get("dry_run") is True
+        results = []
+        for target in targets:
+            found = seen.get(target.name, TargetSeen())
+            run_id = found.flow_run_id or ended.flow_run_id  # who migrated it: the target's own run, else this one
+            results.append(target_after(target.name, found, read_target(target, connect, run_id), run_id, name,
+                                        dry_run=dry_run))
+        report = fleet_crash_report(ended, environment.tier, tuple(results), unknown)
+        delivered = deliver(environment.notify, report, post=slack_post_for(environment.notify, log), log=log)
+    events.run_ended(ending, ended.flow_run_id, run.name, str(run.flow_id), flow.name, name,
+                     ended.parameter("git_sha"), {"step": ended.step, "notified": delivered,
+                                                  "reason": ended.reason[:500]})
+    return delivered
+
+
+def fleet_of(ended: EndedRun, log: Log) -> tuple[list[Target], tuple[str, ...]]:
+    """The run's targets, as it found them (its parameters' overrides and URL variables); ([], why) when they
+    cannot be found again."""
+    parameters = ended.parameters
+    variables = parameters.get("url_variables")
+    try:
+        environment: Environment = fleet_to_run(
+            ended.parameter("environment"),
+            [str(v) for v in variables] if isinstance(variables, list) else None,
+            parameters.get("concurrency") if isinstance(parameters.get("concurrency"), int) else None,
+            parameters.get("mode") if parameters.get("mode") in ("in_process", "distributed") else None,
+        )
+        return fleet_targets(environment, AwsClients(aws_client).get("rds", environment), log), ()
+    except Exception as exc:  # noqa: BLE001 - said in the report as not known
+        return [], (f"the fleet's targets ({describe(exc)})",)
+
+
+def targets_seen(client: SyncPrefectClient, flow_run_id: UUID) -> dict[str, TargetSeen]:
+    """Each target's task run in the fleet run (and, in distributed mode, its own flow run), by target name."""
+    task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    children = {
+        str(child.parameters.get("target_name")): child
+        for child in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    }
+    seen: dict[str, TargetSeen] = {}
+    for task_run in task_runs:
+        if not task_run.name.startswith(TARGET_TASK) or task_run.start_time is None:
+            continue
+        name = task_run.name[len(TARGET_TASK):]
+        child = children.get(name)
+        seen[name] = TargetSeen(
+            task_state=task_run.state.type.value if task_run.state else None,
+            message=(task_run.state.message or "") if task_run.state else "",
+            flow_run_id=str(child.id) if child else None,
+            flow_run_state=child.state.type.value if child and child.state else None,
+            flow_run_url=url_for("flow-run", obj_id=child.id) if child else None,
+        )
+    return seen
