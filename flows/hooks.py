@@ -37,7 +37,8 @@ from tasks.notify import slack_post_for
 Announce = Callable[[Ending, Any, Any, Any, Log], bool]  # reads what is known, notifies; whether it was delivered
 # The task names of every step (tasks/*.py): a task run is named `<step>-<environment>`.
 STEPS = ("validate", "fetch-secret", "rehearse-and-plan", "snapshot", "migrate", "notify", "plan-refresh",
-         "find-snapshot", "refresh-from-snapshot", "restore-from-snapshot", "rollback", "baseline", "drift-check")
+         "find-snapshot", "refresh-from-snapshot", "restore-from-snapshot", "rollback", "baseline", "drift-check",
+         "rehearse-fleet")
 
 
 def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
