@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -106,3 +109,39 @@ def test_a_bad_url_is_refused_without_echoing_it() -> None:
 def test_parse_rejects_boolean_port() -> None:
     with pytest.raises(SecretError, match="port"):
         parse_rds_secret(json.dumps({**GOOD, "port": True}), "s")
+
+
+def test_no_program_the_tool_starts_inherits_a_database_url_or_password(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded server runs as another user and a superuser of it can read its environment
+    (`pg_read_binary_file('/proc/<pid>/environ')`): it, pg_dump, squawk and git get none of the run's URLs."""
+    from tasks.engine.embedded import LocalServer
+    from tasks.engine.processes import child_environment
+
+    url = f"postgresql://app:{quote(CANARY_PASSWORD, safe='')}@db.internal:5432/app"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("STAGING_DB", f"  {url.replace('postgresql', 'POSTGRES', 1)}")  # a url_env variable
+    monkeypatch.setenv("PGPASSWORD", CANARY_PASSWORD)
+    inherited = child_environment(PGCONNECT_TIMEOUT="2")
+    assert {"DATABASE_URL", "STAGING_DB", "PGPASSWORD"}.isdisjoint(inherited)
+    assert inherited["PGCONNECT_TIMEOUT"] == "2" and inherited["PATH"] == os.environ["PATH"]
+    server = LocalServer(tmp_path / "postgres")
+    server.start()
+    try:
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        environ = Path(f"/proc/{postmaster}/environ").read_bytes().decode(errors="replace")
+    finally:
+        server.destroy()
+    assert "PATH=" in environ
+    assert quote(CANARY_PASSWORD, safe="") not in environ and CANARY_PASSWORD not in environ
+
+
+@pytest.mark.parametrize("form", [
+    CANARY_PASSWORD, CANARY_PASSWORD.replace("'", "''"), quote(CANARY_PASSWORD, safe=""),
+    CANARY_PASSWORD.replace("\\", "\\\\").replace("'", "\\'"),
+])
+def test_a_password_is_redacted_in_every_form_sql_and_urls_write_it(form: str) -> None:
+    from tasks.engine.errors import redact
+
+    assert redact(f"statement 2 of 2: CREATE ROLE x PASSWORD '{form}'", CANARY_PASSWORD) == \
+        "statement 2 of 2: CREATE ROLE x PASSWORD '**********'"

@@ -23,8 +23,15 @@ from pydantic import SecretStr
 from tasks.engine.connection import SSL_MODES, Connection, connected, connection_from_url, parse_rds_secret
 from tasks.engine.credentials import with_environment_tls
 from tasks.engine.embedded import LocalServer, ServerTls
-from tasks.engine.environments import Environment, PgDumpSnapshot, Policy, Tls, load_environments
-from tasks.engine.errors import ConfigError, DatabaseUnreachable, RefreshError, SecretError, SnapshotError
+from tasks.engine.environments import Environment, PgDumpSnapshot, Policy, Rehearsal, Tls, load_environments
+from tasks.engine.errors import (
+    ConfigError,
+    DatabaseUnreachable,
+    EmbeddedServerError,
+    RefreshError,
+    SecretError,
+    SnapshotError,
+)
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.rehearsal import rehearse
@@ -265,6 +272,52 @@ def test_pg_dump_honours_the_tls_settings(tls_database: Connection, database: Co
     assert "certificate verify failed" in str(wrong.value) and CANARY_PASSWORD not in str(wrong.value)
     with pytest.raises(SnapshotError, match="server does not support SSL"):  # not a plain dump instead
         dump(connection_from_url(url_of(database) + "?sslmode=require", "env:X"), tmp_path)
+
+
+@integration
+def test_pg_dump_with_libpqs_default_sslmode_uses_tls_as_psycopg_does(tls_database: Connection, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TLS setting in the connection: libpq's `prefer`, which psycopg meets with TLS (the client certificate
+    in PGSSLCERT and PGSSLKEY). The server takes TLS connections only, so a dump by a client built without SSL
+    (pgserver's, the newest here) would be refused, not taken in the clear."""
+    settings = tls_database.tls()
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    for key, variable in (("sslrootcert", "PGSSLROOTCERT"), ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):
+        monkeypatch.setenv(variable, settings[key])
+    default = tls_database.model_copy(update=dict.fromkeys(settings))
+    assert default.tls() == {}
+    with connected(default) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+    assert Path(dump(default, tmp_path).location).stat().st_size > 0  # type: ignore[attr-defined]
+    monkeypatch.setenv("PGSSLMODE", "require")  # the environment's mode counts where the URL names none
+    assert Path(dump(default, tmp_path).location).stat().st_size > 0  # type: ignore[attr-defined]
+
+
+def test_sslrootcert_system_is_given_only_to_a_client_that_knows_it() -> None:
+    """libpq before 16 reads "system" as a file name: such a client is never chosen for it."""
+    from tasks.engine.embedded import _clients, _libpq_answer, client_binary
+
+    probe = "host=/nonexistent sslmode=require sslrootcert=system"
+    knows = [b for b in _clients("pg_dump") if not _libpq_answer(b, probe)[0] and _libpq_answer(b, probe)[1]]
+    tls = {"sslmode": "verify-full", "sslrootcert": "system"}
+    if knows:
+        assert client_binary("pg_dump", tls) == knows[0]
+    else:
+        with pytest.raises(EmbeddedServerError, match="sslrootcert=system needs libpq 16 or later"):
+            client_binary("pg_dump", tls)
+
+
+def test_the_rehearsal_server_of_url_env_is_held_to_the_environments_tls_minimum(
+        database: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.engine.migrations.rehearsal import rehearsal_server
+
+    monkeypatch.setenv("TLS_TEST_REHEARSAL", url_of(database))
+    raised = environment(min_sslmode="require").model_copy(
+        update={"rehearsal": Rehearsal(kind="url_env", variable="TLS_TEST_REHEARSAL")})
+    server = rehearsal_server(raised, None)
+    assert server is not None and server.sslmode == "require"
+    with pytest.raises(DatabaseUnreachable, match="server does not support SSL"), connected(server):
+        pass  # refused, not plain instead
 
 
 @integration

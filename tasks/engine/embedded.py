@@ -28,13 +28,15 @@ from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.errors import EmbeddedServerError
+from tasks.engine.processes import child_environment
 
 SERVER_USER_FALLBACK = "rdsmigrations"
 
 
 @functools.cache
 def _version_of(bindir: Path, program: str = "postgres") -> tuple[int, ...]:
-    out = subprocess.run([str(bindir / program), "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([str(bindir / program), "--version"], capture_output=True, text=True,
+                         env=child_environment()).stdout
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
     return tuple(int(g) for g in match.groups() if g) if match else (0,)
 
@@ -75,19 +77,36 @@ def server_bindir() -> Path:
 
 
 def client_binary(name: str, tls: Mapping[str, str] | None = None) -> Path:
-    """The newest `pg_dump`/`pg_restore`/`psql` available: a newer client reads older servers. Given `tls`, a
-    connection's libpq TLS settings, only a client whose libpq can honour them (pgserver's is built without SSL;
-    `sslnegotiation` needs libpq 17): one that cannot would refuse them, or connect without TLS."""
-    probe = _tls_probe(tls or {})
+    """The newest `pg_dump`/`pg_restore`/`psql` available (a newer client reads older servers) whose libpq can
+    honour `tls`, a connection's libpq TLS settings, with PGSSLMODE and PGSSLROOTCERT where it names none:
+    - unless the mode is `disable`, a client built with SSL comes first: libpq's default (`prefer`) uses TLS
+      when the server offers it, as psycopg does, where pgserver's client (built without SSL) would connect in
+      the clear. A machine with no SSL client at all connects in the clear only where the mode allows it
+      (`prefer`, `allow`); a mode that requires TLS is refused;
+    - `sslnegotiation` needs libpq 17, and `sslrootcert=system` (the operating system's certificates) libpq 16,
+      both with SSL: a client that lacks them would refuse them, or read "system" as a file name."""
+    tls = tls or {}
+    mode = tls.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer"
+    root = tls.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")
     found = shutil.which(name)
-    for binary in _clients(name) + ([Path(found)] if found else []):
-        if binary.exists() and not (probe and _libpq_refuses(binary, probe)):
-            return binary
-    if probe:
-        raise EmbeddedServerError(f"no {name} here can honour the connection's TLS settings ({', '.join(tls or {})})"
-                                  ": pgserver's is built without SSL, and sslnegotiation needs libpq 17 or later; "
-                                  "install a postgresql-client that has them")
-    raise EmbeddedServerError(f"{name} not found: install postgresql-client or the pgserver wheel")
+    binaries = [b for b in dict.fromkeys(_clients(name) + ([Path(found)] if found else [])) if b.exists()]
+    if not binaries:
+        raise EmbeddedServerError(f"{name} not found: install postgresql-client or the pgserver wheel")
+    if mode == "disable":
+        return binaries[0]
+    ssl = "host=/nonexistent sslmode=require" + (" sslnegotiation=postgres" if "sslnegotiation" in tls else "")
+    able = [b for b in binaries if not _libpq_answer(b, ssl)[0]]
+    if root == "system":
+        able = [b for b in able if _libpq_answer(b, f"{ssl} sslrootcert=system")[1]]
+    if able:
+        return able[0]
+    if mode in ("prefer", "allow") and root != "system" and "sslnegotiation" not in tls:
+        return binaries[0]
+    needs = ("sslnegotiation needs libpq 17 or later" if "sslnegotiation" in tls else
+             "sslrootcert=system needs libpq 16 or later" if root == "system" else f"sslmode {mode} needs SSL")
+    raise EmbeddedServerError(f"no {name} here can honour the connection's TLS settings ({needs}, and pgserver's "
+                              "client is built without SSL): install a postgresql-client that has them"
+                              + (", or name a root certificate file" if root == "system" else ""))
 
 
 def _clients(name: str) -> list[Path]:
@@ -97,20 +116,16 @@ def _clients(name: str) -> list[Path]:
     return sorted(binaries, key=lambda binary: _version_of(binary.parent, binary.name), reverse=True)
 
 
-def _tls_probe(tls: Mapping[str, str]) -> str:
-    """A conninfo that a libpq unable to honour `tls` refuses before connecting; "" when any libpq can."""
-    if not tls or tls.get("sslmode") == "disable":
-        return ""
-    return "host=/nonexistent sslmode=require" + (" sslnegotiation=postgres" if "sslnegotiation" in tls else "")
-
-
 @functools.cache
-def _libpq_refuses(binary: Path, conninfo: str) -> bool:
+def _libpq_answer(binary: Path, conninfo: str) -> tuple[bool, bool]:
+    """How the client's libpq takes `conninfo` before it connects (to nowhere): (refuses it: no SSL or an
+    unknown option; knows sslrootcert=system: libpq 16 and later refuse a weak sslmode with it up front)."""
     # The clients of one directory share one libpq, and pg_dump is the one that connects before reading anything.
     client = binary.with_name("pg_dump") if binary.with_name("pg_dump").exists() else binary
     result = subprocess.run([str(client), f"--dbname={conninfo}"], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=30, env={**os.environ, "PGCONNECT_TIMEOUT": "2"})
-    return "not compiled in" in result.stderr or "invalid connection option" in result.stderr
+                            stdin=subprocess.DEVNULL, timeout=30, env=child_environment(PGCONNECT_TIMEOUT="2"))
+    refused = "not compiled in" in result.stderr or "invalid connection option" in result.stderr
+    return refused, "weak sslmode" in result.stderr
 
 
 def free_port() -> int:
@@ -198,7 +213,8 @@ class LocalServer:
 
     def _reachable(self, directory: Path) -> bool:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = subprocess.run(["runuser", "-u", str(self.run_as), "--", "test", "-x", str(directory)])
+        probe = subprocess.run(["runuser", "-u", str(self.run_as), "--", "test", "-x", str(directory)],
+                               env=child_environment())
         return probe.returncode == 0
 
     # -- process control ----------------------------------------------------------------------------------
@@ -206,7 +222,7 @@ class LocalServer:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self.run_as:
             command = ["runuser", "-u", self.run_as, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, cwd="/")
+        result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=child_environment())
         if check and result.returncode != 0:
             raise EmbeddedServerError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
         return result

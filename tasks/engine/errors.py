@@ -10,16 +10,23 @@ SQLSTATEs, and a database or AWS error is redacted before it becomes one of thes
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def redact(text: str, *secrets: str) -> str:
-    # A secret of one to three characters is no secret, and starring every "p" in a message would both
-    # garble it and give the password away.
+    """`text` without the secrets, in every form they take in SQL and URLs: as they are, as a quoted SQL
+    literal writes them (quotes doubled, or backslash-escaped in an E'' string) and URL-quoted. A secret of one
+    to three characters is no secret, and starring every "p" in a message would both garble it and give the
+    password away."""
     for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "**********")
+        if len(secret) < 4:
+            continue
+        forms = {secret, secret.replace("'", "''"), secret.replace("\\", "\\\\").replace("'", "\\'"),
+                 secret.replace("\\", "\\\\").replace("'", "''"), quote(secret, safe=""), quote(secret)}
+        for form in sorted(forms, key=len, reverse=True):  # the longest first: a form may hold another
+            text = text.replace(form, "**********")
     return text
 
 

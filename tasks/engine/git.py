@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tasks.engine.errors import CommitUnavailable
+from tasks.engine.processes import child_environment
 
 GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")  # a commit id: 7-40 lowercase hex digits
 GIT_LABEL = re.compile(r"^[a-z][a-z0-9-]{0,39}$")  # "unknown", "local", "refresh": never reused as a commit
@@ -26,13 +27,14 @@ def is_commit(git_sha: str) -> bool:
 def head_sha(directory: Path | None = None) -> str:
     """The checked-out commit of the repository around `directory` (default: here), or "local"."""
     result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=directory)
+                            cwd=directory, env=child_environment())
     sha = result.stdout.strip()
     return sha if result.returncode == 0 and sha else "local"
 
 
 def _git(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout,
+                          env=child_environment())
 
 
 def is_checkout(root: Path) -> bool:

@@ -57,6 +57,7 @@ import sqlparse
 from tasks.engine.errors import LintError
 from tasks.engine.migrations.catalog import read_text, split_migration
 from tasks.engine.migrations.statements import may_be_refused_in_transaction, refused_in_transaction
+from tasks.engine.processes import child_environment
 
 Severity = Literal["error", "warning"]
 
@@ -307,6 +308,7 @@ def _run_squawk(
                 encoding="utf-8",
                 errors="replace",
                 timeout=SQUAWK_TIMEOUT_SECONDS,
+                env=child_environment(),
             )
         except subprocess.TimeoutExpired:
             raise LintError(f"squawk did not finish within {SQUAWK_TIMEOUT_SECONDS} s") from None

@@ -17,6 +17,7 @@ import os
 import time
 
 from tasks.engine.connection import Connection, connection_from_url
+from tasks.engine.credentials import with_environment_tls
 from tasks.engine.embedded import embedded_server
 from tasks.engine.environments import Environment, Policy
 from tasks.engine.errors import ConfigError
@@ -44,7 +45,8 @@ def rehearsal_server(environment: Environment, target: Connection | None) -> Con
         url = os.environ.get(environment.rehearsal.variable)
         if not url:
             raise ConfigError(f"rehearsal.kind is url_env but {environment.rehearsal.variable} is not set")
-        return connection_from_url(url, f"env:{environment.rehearsal.variable}")
+        # The environment's TLS minimum holds for every connection of its runs, the rehearsal server's too.
+        return with_environment_tls(connection_from_url(url, f"env:{environment.rehearsal.variable}"), environment)
     if kind == "embedded" or target is None:
         server = embedded_server()
         server.start()

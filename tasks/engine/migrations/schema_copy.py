@@ -5,7 +5,6 @@ it adopted (the dump's bytes, in custom format)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from tasks.engine.connection import Connection
 from tasks.engine.embedded import client_binary
 from tasks.engine.errors import RdsMigrationsError, redact
+from tasks.engine.processes import child_environment
 
 # The tools' own tables (ours, yoyo's, Knex's, Flyway's, golang-migrate's) stay out of every copy.
 TOOL_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations*",
@@ -48,7 +48,7 @@ def restore_schema(dump: bytes, target: Connection) -> None:
 
 
 def _run(connection: Connection, command: list[str], what: str) -> None:
-    env = {**os.environ, **connection.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
+    env = child_environment(**connection.libpq_env(), PGCONNECT_TIMEOUT="10")
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SchemaCopyError(redact(f"{what} {connection.describe()} failed (exit {done.returncode}): "

@@ -4,7 +4,6 @@ Aurora DB clusters, and local databases restored from pg_dump files."""
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.embedded import client_binary
 from tasks.engine.errors import RefreshError, redact
 from tasks.engine.logs import Log
+from tasks.engine.processes import child_environment
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
 from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, describe_error
@@ -234,7 +234,7 @@ class LocalDatabases:
 
     def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
         target = self.credentials.with_database(name)
-        env = {**os.environ, **target.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
+        env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
         # Owners and grants are the source's; the environment's own user owns the restored objects.
         command = [str(client_binary("pg_restore", target.tls())), "--no-owner", "--no-privileges", "--exit-on-error",
                    "--no-password", f"--dbname={name}", "--", snapshot.location]

@@ -4,7 +4,6 @@ one is incomplete and never used), reused for the same commit like an RDS snapsh
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,6 +15,7 @@ from tasks.engine.environments import PgDumpSnapshot
 from tasks.engine.errors import SnapshotError, redact
 from tasks.engine.git import GIT_SHA
 from tasks.engine.logs import Log
+from tasks.engine.processes import child_environment
 from tasks.engine.snapshots.naming import NAME_PREFIX, TAG_PREFIX, Snapshot, utc
 
 
@@ -46,7 +46,7 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
 
     dump, partial = directory / f"{identifier}.dump", directory / f"{identifier}.dump.partial"
     log.info("Dumping database %s to %s", connection.dbname, dump)
-    env = {**os.environ, **connection.libpq_env(), "PGCONNECT_TIMEOUT": "10"}
+    env = child_environment(**connection.libpq_env(), PGCONNECT_TIMEOUT="10")
     # The password is only in PGPASSWORD, the TLS settings in PGSSLMODE etc.; a table lock held elsewhere fails
     # the dump instead of hanging it.
     command = [str(client_binary("pg_dump", connection.tls())), "--format=custom", "--no-password",
