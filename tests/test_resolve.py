@@ -18,8 +18,10 @@ from tasks.engine.migrations.results import MigrationError
 from tests.helpers import (
     POLICY,
     applied_ids,
+    cli,
     dirty_state,
     tables,
+    url_of,
     write_migrations,
 )
 
@@ -168,6 +170,26 @@ def test_an_invalid_index_is_refused_with_the_exact_drop_command(tmp_path: Path,
     assert index_valid(database, "users_email_key") is True
 
 
+def test_an_invalid_index_after_another_statement_of_its_migration_is_found(tmp_path: Path,
+                                                                         database: Connection) -> None:
+    """The index's statement is not the file's first: its leftover is still found (the lookup once numbered
+    only the indexes, so a statement before one shifted it onto nothing) and the run refuses, not records."""
+    users_with_a_duplicate(database)
+    files = {"0001.cic.sql": "-- transactional: false\nCREATE TABLE IF NOT EXISTS audit (id bigint);\n"
+                             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key ON users (email);\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError):
+        apply_pending(database, catalog, POLICY)
+    with connected(database) as conn:
+        conn.execute("DELETE FROM users WHERE id = 2")
+    resolve_dirty(database, catalog, "0001.cic", mark_applied=False, policy=POLICY)  # statement 1 may run again
+    assert [str(i) for i in plan(database, catalog).invalid_indexes] == [
+        'INVALID index "public"."users_email_key" on "users", left by a failed CREATE INDEX CONCURRENTLY of 0001.cic']
+    with pytest.raises(InvalidIndexFound):  # IF NOT EXISTS would skip the build and record a broken index
+        apply_pending(database, catalog, POLICY)
+    assert applied_ids(database) == [] and index_valid(database, "users_email_key") is False
+
+
 def test_an_invalid_index_on_a_quoted_schema_and_table_is_found(tmp_path: Path, database: Connection) -> None:
     # The parser reads the table as the server will (quoted, mixed case, in its schema): the leftover of the
     # failed build is found there and named with its schema.
@@ -202,3 +224,19 @@ def test_an_invalid_index_is_dropped_and_built_again_when_the_policy_says_so(
     policy = POLICY.model_copy(update={"invalid_index": "drop_and_retry"})
     assert apply_pending(database, catalog, policy).applied_ids == ("0001.users-email",)
     assert index_valid(database, hostile) is True and "users" in tables(database)
+
+
+def test_the_summary_of_a_run_left_dirty_says_so_and_how_to_resolve_it(tmp_path: Path, database: Connection) -> None:
+    """Not "rolled back, as it was before": a non-transactional migration's first statement stays applied."""
+    write_migrations(tmp_path, {"0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY, email text);\n"})
+    assert cli("run", "--database-url", url_of(database), cwd=tmp_path).returncode == 0
+    with connected(database) as conn:  # the application's data: a rehearsal from nothing has none of it
+        conn.execute("INSERT INTO users VALUES (1, 'a@example.com'), (2, 'a@example.com')")
+    write_migrations(tmp_path, {"0002.cic.sql": "-- transactional: false\nCREATE TABLE audit (id bigint);\n"
+                                                "CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users (email);\n"})
+    result = cli("run", "--database-url", url_of(database), "--git-sha", "abcdef1", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = result.stdout + result.stderr
+    assert "0002.cic: non-transactional: statement 1 is applied; the database is marked dirty" in summary
+    assert "rds-migrations resolve --env database-url 0002.cic --mark-not-applied" in summary
+    assert "was rolled back, so the database is as it was before" not in summary

@@ -110,6 +110,7 @@ class RunSummary:
     restore_steps: tuple[str, ...]  # shell commands (restore to a NEW name, then swap) when a snapshot exists
     duration_seconds: float
     run_url: str | None  # Prefect UI link to the flow run
+    failed_outcome: str | None = None  # what the failed migration left (MigrationFailure.outcome), when known
 
     def slack_message(self) -> tuple[str, str]:
         return render_message(self)
@@ -136,6 +137,13 @@ def _no_snapshot_note(summary: RunSummary) -> str | None:
         kept = f"the {len(summary.applied)} migration(s) applied in this run are in place"
     else:
         kept = "no migration was applied in this run"
+    if summary.failed_migration and summary.failed_outcome and not summary.failed_outcome.startswith("rolled back"):
+        return (f"No snapshot was taken, so there is nothing to restore from; {kept}. "
+                f"{summary.failed_migration}: {summary.failed_outcome}.")
+    if summary.failed_migration and summary.failed_outcome:
+        return (f"No snapshot was taken, so there is nothing to restore from; {kept}. "
+                f"{summary.failed_migration} ran in its own transaction and was rolled back, so the database is "
+                f"as it was before {summary.failed_migration}.")
     if summary.failed_migration:
         return (
             f"No snapshot was taken, so there is nothing to restore from; {kept}. "

@@ -38,7 +38,7 @@ class InvalidIndex:
 _INDEX_STATES_SQL = """
 SELECT t.position, n.nspname, i.indisvalid OR EXISTS (
            SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(tbl, name, position)
+FROM unnest(%s::int[], %s::text[], %s::text[]) AS t(position, tbl, name)
 JOIN pg_index i ON i.indrelid = to_regclass(t.tbl)
 JOIN pg_class c ON c.oid = i.indexrelid AND c.relname = t.name
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -52,8 +52,11 @@ def index_states(conn: psycopg.Connection, statements: list[str]) -> list[tuple[
     wanted = [(position, pair) for position, pair in enumerate(named, 1) if pair is not None]
     rows = {}
     if wanted:
+        # Each row carries its statement's position in `statements` (not among the indexes: a statement before
+        # the index, a CREATE TABLE say, must not shift it onto another's).
+        positions = [position for position, _ in wanted]
         tables, names = [pair[1] for _, pair in wanted], [pair[0] for _, pair in wanted]
-        rows = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, (tables, names)).fetchall()}
+        rows = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, (positions, tables, names)).fetchall()}
     states: list[tuple[str, str, bool | None] | None] = []
     for position, pair in enumerate(named, 1):
         found = rows.get(position) if pair is not None else None

@@ -22,7 +22,7 @@ from tasks.engine.errors import ConfigError, DatabaseRefused, DatabaseUnreachabl
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
-from tasks.engine.migrations.results import ApplyReport, MigrationError
+from tasks.engine.migrations.results import ApplyReport, MigrationError, MigrationFailure
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
@@ -220,6 +220,7 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         error=str(error) if error is not None else None,
         applied=applied.applied_ids if applied else (),
         failed_migration=applied.failed.migration_id if applied and applied.failed else None,
+        failed_outcome=_left(applied.failed) if applied and applied.failed else None,
         pending=tuple(pending),
         snapshot_id=snapshot.identifier if snapshot else None,
         snapshot_location=snapshot.location if snapshot else None,
@@ -227,3 +228,9 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         duration_seconds=duration,
         run_url=steps.run_info().run_url,
     )
+
+
+def _left(failure: MigrationFailure) -> str:
+    """What the failed migration left, and what to do when that is a dirty database."""
+    return failure.outcome() + (f": {failure.resolution}" if failure.resolution else "")
+
