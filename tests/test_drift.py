@@ -297,6 +297,21 @@ def test_the_migration_tools_own_tables_are_left_out(database: Connection, live:
             "app.schema_migrations"} <= added
 
 
+def test_a_schema_copy_leaves_out_the_tools_tables_and_their_serial_sequences(database: Connection,
+                                                                             live: Connection) -> None:
+    """pg_dump leaves out a table it is told to and dumps its serial sequence anyway: a copy of a Knex-adopted
+    database held knex_migrations_id_seq with no table, and drift called it missing from the live schema."""
+    from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
+
+    run(live, SCHEMA + TOOL_TABLES_SQL + 'CREATE TABLE "Odd ""seq"" owner" (id serial); CREATE SCHEMA "We""ird*"; '
+              'CREATE TABLE "We""ird*".knex_migrations (id serial PRIMARY KEY);')
+    restore_schema(dump_schema(live), database)
+    copied = drift(database, live)
+    assert not copied.drifted, copied.to_text()
+    with connected(database) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'knex%'").fetchone() == (0,)
+
+
 def test_ignore_takes_patterns_on_a_table_name_or_a_qualified_name(database: Connection) -> None:
     run(database, SCHEMA)
     names = {obj.name for obj in snapshot(database, ignore=("audit", "app.*")).objects}

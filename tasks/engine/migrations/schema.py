@@ -115,6 +115,11 @@ class SchemaSnapshot:
             raise SchemaSnapshotError(f"schema snapshot is malformed: {type(exc).__name__}: {exc}") from None
 
 
+def is_ignored(schema: str | None, table: str, patterns: Iterable[str] = TOOL_TABLES) -> bool:
+    """Whether a table matches a pattern of `patterns` (a name, or `schema.table` when the pattern has a dot)."""
+    return any(fnmatchcase(f"{schema}.{table}" if "." in pattern else table, pattern) for pattern in patterns)
+
+
 def read_schema(conn: psycopg.Connection, *, ignore: Iterable[str] = TOOL_TABLES) -> SchemaSnapshot:
     """The user schema of `conn`'s database. Tables matching a pattern of `ignore` (see TOOL_TABLES) are left
     out with their columns, constraints, indexes, triggers and owned sequences. Reads only; the session's
@@ -122,8 +127,7 @@ def read_schema(conn: psycopg.Connection, *, ignore: Iterable[str] = TOOL_TABLES
     patterns = (ignore,) if isinstance(ignore, str) else tuple(ignore)
 
     def ignored(schema: str | None, table: str | None) -> bool:
-        return table is not None and any(
-            fnmatchcase(f"{schema}.{table}" if "." in pattern else table, pattern) for pattern in patterns)
+        return table is not None and is_ignored(schema, table, patterns)
 
     with _pinned(conn) as cur:
         server_version = cur.execute("SELECT current_setting('server_version')").fetchone()[0]  # type: ignore[index]

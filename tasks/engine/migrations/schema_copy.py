@@ -9,14 +9,24 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.engine.connection import Connection
+from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import client_binary
 from tasks.engine.errors import RdsMigrationsError, redact
+from tasks.engine.migrations.schema import TOOL_TABLES, is_ignored
 from tasks.engine.processes import child_environment
 
-# The tools' own tables (ours, yoyo's, Knex's, Flyway's, golang-migrate's) stay out of every copy.
-TOOL_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock", "_rds_migrations*",
-               "knex_migrations", "knex_migrations_lock", "flyway_schema_history", "schema_migrations")
+# The sequences that belong to a table (serial columns), with the table they belong to: pg_dump leaves out a
+# table it is told to, and dumps its serial sequences anyway, free-standing.
+OWNED_SEQUENCES_SQL = """
+SELECT sn.nspname, s.relname, tn.nspname, t.relname
+FROM pg_class s
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+WHERE s.relkind = 'S'
+"""
 
 
 class SchemaCopyError(RdsMigrationsError):
@@ -24,10 +34,15 @@ class SchemaCopyError(RdsMigrationsError):
 
 
 def dump_schema(source: Connection) -> bytes:
-    """The schema of `source` in pg_dump's custom format. Reads only."""
+    """The schema of `source` in pg_dump's custom format, without the migration tools' own tables (ours,
+    yoyo's, Knex's, Flyway's, golang-migrate's: schema.TOOL_TABLES) or their serial sequences. Reads only."""
+    with connected(source, application_name="rds-migrations schema copy") as conn:
+        sequences = [(schema, name) for schema, name, table_schema, table in conn.execute(OWNED_SEQUENCES_SQL)
+                     if is_ignored(table_schema, table)]
     with tempfile.TemporaryDirectory(prefix="rds-migrations-schema-") as work:
         path = Path(work) / "schema.dump"
         excluded = [f"--exclude-table=*.{table}" for table in TOOL_TABLES]
+        excluded += [f"--exclude-table={_literal(schema)}.{_literal(name)}" for schema, name in sequences]
         _run(source, [str(client_binary("pg_dump", source.tls())), "--schema-only", "--format=custom",
                       "--no-owner", "--no-privileges", "--no-password", "--lock-wait-timeout=60s", *excluded,
                       f"--file={path}"],
@@ -45,6 +60,11 @@ def restore_schema(dump: bytes, target: Connection) -> None:
         _run(target, [str(client_binary("pg_restore", target.tls())), "--no-owner", "--no-privileges",
                       "--single-transaction", "--no-password", f"--dbname={target.dbname}", "--", str(path)],
              "pg_restore into")
+
+
+def _literal(name: str) -> str:
+    """A name as a pg_dump pattern that matches it alone (quoted: no wildcard, case kept)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _run(connection: Connection, command: list[str], what: str) -> None:
