@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
         print(f"rds-migrations: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine said no (a file, a directory, a permission): its words, and the file
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"rds-migrations: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:
         if type(exc).__module__.startswith("psycopg"):  # a refusal no step explained, in any command
             print(f"rds-migrations: {DatabaseRefused.of(exc)}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flows.cli_common import catalog_of, connection_of, emit, environment_of
 from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -34,8 +34,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             server = local.connection()
         report = with_rehearsal(report, rehearse(catalog, server, policy))
     if args.markdown:
-        with args.markdown.open("a", encoding="utf-8") as out:
-            out.write(report.to_markdown())
+        try:
+            with args.markdown.open("a", encoding="utf-8") as out:
+                out.write(report.to_markdown())
+        except OSError as exc:
+            raise UsageError(f"--markdown {args.markdown}: cannot write it ({exc.strerror or exc}): name a file in a "
+                             "directory that exists, e.g. $GITHUB_STEP_SUMMARY") from None
     emit(args, "validate", report.to_json(), report.to_text() + ("" if report.ok else "\n" + report.how_to_proceed()))
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -8,6 +8,7 @@ Nothing here changes a run: a failure to publish is logged and the run goes on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from uuid import UUID
@@ -18,6 +19,7 @@ from prefect.runtime import flow_run as current_flow_run
 
 from flows import events
 from tasks.engine.environments import ENVIRONMENT_NAME
+from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.report import ValidationReport
@@ -25,6 +27,25 @@ from tasks.engine.migrations.results import AppliedMigration, ApplyReport, Migra
 
 logger = get_logger("rds_migrations.observe")
 PROGRESS_INTERVAL_SECONDS = 1.0  # a progress artifact is written at most this often (and at the end)
+
+
+class OrdinaryFailures(logging.Filter):
+    """Prefect logs a failed flow or task run with its traceback. Our own errors (RdsMigrationsError) are
+    explained in words, and those words are the log line: the traceback goes, on the console and in the UI.
+    Anything else, a bug, keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RdsMigrationsError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_ordinary_failures() -> None:
+    """Install `OrdinaryFailures` on Prefect's flow and task run loggers, once."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        found = logging.getLogger(name)
+        if not any(isinstance(existing, OrdinaryFailures) for existing in found.filters):
+            found.addFilter(OrdinaryFailures())
 
 
 # ---- names ----------------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ from tasks.secrets import fetch_secret
 from tasks.snapshot import snapshot_task
 from tasks.validate import rehearse_and_plan, validate
 
+observe.quiet_ordinary_failures()  # every flow runs its steps through this module
+
 
 class PrefectSteps:
     """`Steps` (tasks/engine/runs/steps.py) carried out as this flow run's tasks."""

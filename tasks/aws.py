@@ -13,12 +13,23 @@ from prefect_aws import AwsClientParameters, AwsCredentials
 
 from tasks.engine.aws import BOTOCORE_RETRIES
 from tasks.engine.environments import AwsSettings
+from tasks.engine.errors import ConfigError
 
 
 def aws_credentials(aws: AwsSettings) -> AwsCredentials:
     parameters = AwsClientParameters(endpoint_url=aws.endpoint_url, config=BOTOCORE_RETRIES)
     if aws.credentials_block:
-        credentials = AwsCredentials.load(aws.credentials_block, _sync=True)  # type: ignore[call-arg]
+        try:
+            credentials = AwsCredentials.load(aws.credentials_block, _sync=True)  # type: ignore[call-arg]
+        except ValueError as exc:  # Prefect's words for a block that was never saved on this server
+            if "Unable to find block document" not in str(exc):
+                raise
+            raise ConfigError(
+                f"the AWS credentials block {aws.credentials_block!r} (the environment's aws.credentials_block) is "
+                "not saved on this Prefect server: save it once, e.g. `AwsCredentials(region_name=...).save("
+                f"{aws.credentials_block!r})` (README: Running it under Prefect), or run against a database URL "
+                "with --database-url"
+            ) from None
         return credentials.model_copy(
             update={"region_name": credentials.region_name or aws.region, "aws_client_parameters": parameters}
         )

@@ -89,3 +89,21 @@ def test_aws_out_of_reach_is_one_line_not_a_traceback(tmp_path: Path) -> None:
                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"})
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "127.0.0.1:9" in result.stderr
+
+
+def test_ordinary_mistakes_with_files_are_one_line_never_a_traceback(project: Path, database: Connection) -> None:
+    """A report file in a directory that is not there, RDS_MIGRATIONS_HOME that is a file, a slug too long for
+    a file name: one line naming what to change, exit 2."""
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    markdown = cli("validate", "--database-url", url_of(database), "--markdown", str(project / "no" / "x.md"),
+                   cwd=project)
+    assert (markdown.returncode, markdown.stderr.splitlines()[-1]) == (
+        2, f"rds-migrations: --markdown {project / 'no' / 'x.md'}: cannot write it (No such file or directory): "
+           "name a file in a directory that exists, e.g. $GITHUB_STEP_SUMMARY")
+    (project / "home-file").write_text("")
+    home = cli("validate", cwd=project, env={"RDS_MIGRATIONS_HOME": str(project / "home-file")})
+    assert home.returncode == 2 and "Traceback" not in home.stderr
+    assert f"RDS_MIGRATIONS_HOME ({project / 'home-file'}) is a file, not a directory" in home.stderr
+    long = cli("new", "a" + "b" * 300, cwd=project)
+    assert long.returncode == 2 and "Traceback" not in long.stderr
+    assert "the slug is 301 characters long: at most 120" in long.stderr

@@ -143,7 +143,8 @@ def test_rerun_same_sha_reuses_the_snapshot_and_a_noop_takes_none(project: Proje
     assert state.result().snapshot_id is None and project.manual_snapshots() == first
 
 
-def test_an_edited_applied_migration_is_refused_before_anything_runs(project: Project) -> None:
+def test_an_edited_applied_migration_is_refused_before_anything_runs(project: Project,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     write_migrations(project.root, {"0001.create-users.sql": GOOD["0001.create-users.sql"]})
     assert run_production(git_sha="1111111").is_completed()
     write_migrations(project.root, {"0001.create-users.sql": "CREATE TABLE users (id bigint, name text);\n",
@@ -153,6 +154,10 @@ def test_an_edited_applied_migration_is_refused_before_anything_runs(project: Pr
     assert project.applied() == ["0001.create-users"]
     assert len(project.manual_snapshots()) == 1  # only the first run's
     assert "edited after it was applied" in project.sink.texts()[-1]
+    # An ordinary failure: its words in the run's log lines (console and UI), without a traceback.
+    failed = [r for r in caplog.records if r.name.startswith("prefect.") and r.levelno >= logging.ERROR]
+    assert any("Encountered exception during execution: ValidationFailed" in r.getMessage() for r in failed)
+    assert [r.getMessage() for r in failed if r.exc_info or r.exc_text] == []
 
 
 def test_dry_run_and_target(project: Project) -> None:

@@ -145,3 +145,15 @@ def test_a_password_is_redacted_in_every_form_sql_and_urls_write_it(form: str) -
 
     assert redact(f"statement 2 of 2: CREATE ROLE x PASSWORD '{form}'", CANARY_PASSWORD) == \
         "statement 2 of 2: CREATE ROLE x PASSWORD '**********'"
+
+
+def test_an_aws_credentials_block_never_saved_is_a_config_error_naming_it(prefect_api: None) -> None:
+    """The shipped staging and production environments name blocks: a person who has not saved them gets one
+    line saying which and how (exit 2), not Prefect's ValueError and a traceback."""
+    from tasks.aws import aws_client
+    from tasks.engine.errors import ConfigError
+
+    settings = AwsSettings(region="eu-west-1", credentials_block="aws-never-saved")
+    with pytest.raises(ConfigError, match="the AWS credentials block 'aws-never-saved'") as raised:
+        aws_client("secretsmanager", settings)
+    assert raised.value.exit_code == 2 and "--database-url" in str(raised.value)

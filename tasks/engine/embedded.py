@@ -27,7 +27,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connected
-from tasks.engine.errors import EmbeddedServerError
+from tasks.engine.errors import ConfigError, EmbeddedServerError
 from tasks.engine.processes import child_environment
 
 SERVER_USER_FALLBACK = "rdsmigrations"
@@ -353,7 +353,12 @@ class LocalServer:
 
 def embedded_home() -> Path:
     """Where the embedded server and local snapshots live: `RDS_MIGRATIONS_HOME` or `./.rds-migrations`."""
-    return Path(os.environ.get("RDS_MIGRATIONS_HOME") or ".rds-migrations").resolve()
+    home = Path(os.environ.get("RDS_MIGRATIONS_HOME") or ".rds-migrations").resolve()
+    if home.exists() and not home.is_dir():
+        named = "RDS_MIGRATIONS_HOME" if os.environ.get("RDS_MIGRATIONS_HOME") else "./.rds-migrations"
+        raise ConfigError(f"{named} ({home}) is a file, not a directory: the embedded server and local snapshots "
+                          "live in that directory; point RDS_MIGRATIONS_HOME at a directory (it is made if missing)")
+    return home
 
 
 def embedded_server() -> LocalServer:

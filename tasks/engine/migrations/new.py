@@ -49,7 +49,13 @@ def new_migration(directory: Path, project_root: Path, slug: str, *, transaction
     return _write_new(files)
 
 
+MAX_SLUG = 120  # with the version and .rollback.sql, a name well inside any file system's 255 bytes
+
+
 def check_slug(slug: str) -> str:
+    if len(slug) > MAX_SLUG:
+        raise NewMigrationRefused(f"the slug is {len(slug)} characters long: at most {MAX_SLUG} (it names the "
+                                  "change in the file name, NNNN.slug.sql: a few words say it)")
     if SLUG.match(slug):
         return slug
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", slug)  # AddUsers: add-users
