@@ -10,6 +10,7 @@ verification really happens where the settings say.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -130,6 +131,23 @@ def test_an_unknown_or_unsupported_url_parameter_is_refused_by_name_without_the_
         connection_from_url(f"postgresql://app:{quote(CANARY_PASSWORD, safe='')}@db/app?{query}", "env:X")
     assert named in str(raised.value) and "env:X" in str(raised.value)
     assert CANARY_PASSWORD not in str(raised.value) and quote(CANARY_PASSWORD, safe="") not in str(raised.value)
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("postgresql://app:{pw}@db/app?dbname=other", "names dbname, which the URL itself gives already"),
+    ("postgresql://app:{pw}@db/app?sslmode=require&password=other", "names password, which the URL itself"),
+    ("postgresql://app:{pw}@db:5433/app?port=6543", "names port, which the URL itself gives already"),
+    ("postgresql://app:{pw}@db/app?user=root", "names user, which the URL itself gives already"),
+    ("postgresql://app:pw@{pw}@db/app", "the URL's host holds an @: a password with @, :, /, ? or # must be"),
+])
+def test_a_url_that_says_one_thing_twice_or_holds_an_unquoted_at_is_refused(url: str, named: str) -> None:
+    """libpq lets the query string replace the database or the password the URL names, and reads a password's
+    unquoted @ as the start of the host (which an error would then print): both refused, naming no value."""
+    with pytest.raises(SecretError, match=re.escape(named)) as raised:
+        connection_from_url(url.format(pw=quote(CANARY_PASSWORD, safe="") if "pw@" not in url else "secret-part"),
+                            "env:X")
+    assert CANARY_PASSWORD not in str(raised.value) and "secret-part" not in str(raised.value)
+    assert connection_from_url("postgresql:///app?host=/var/run/postgresql", "env:X").host == "/var/run/postgresql"
 
 
 def test_an_rds_secret_may_carry_tls_fields_and_an_ssl_field_it_cannot_honour_is_refused() -> None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -181,6 +182,20 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
     if unknown:
         raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))} (TLS parameters: "
                           f"{', '.join(TLS_SETTINGS)})")
+    if url.lstrip().lower().startswith(("postgres://", "postgresql://")):
+        # libpq lets ?dbname= or ?password= quietly replace what the URL itself says: one place for each.
+        parts = urlsplit(url.strip())
+        given = {"host": bool(parts.hostname), "hostaddr": bool(parts.hostname), "dbname": parts.path.strip("/"),
+                 "port": re.search(r":\d*$", parts.netloc.rpartition("@")[2]) is not None,
+                 "user": parts.username is not None,
+                 "password": parts.password is not None}
+        again = sorted({key for key, _ in parse_qsl(parts.query, keep_blank_values=True) if given.get(key)})
+        if again:
+            raise SecretError(f"{source}: the URL's query string names {', '.join(again)}, which the URL itself "
+                              "gives already (postgresql://user:password@host:port/dbname): write each once")
+    if "@" in str(params.get("host") or ""):
+        raise SecretError(f"{source}: the URL's host holds an @: a password with @, :, /, ? or # must be "
+                          "URL-quoted (@ is %40)")
     port = str(params.get("port") or 5432)
     if not port.isdigit():
         raise SecretError(f"{source}: the port must be a number")
