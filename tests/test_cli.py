@@ -107,3 +107,19 @@ def test_ordinary_mistakes_with_files_are_one_line_never_a_traceback(project: Pa
     long = cli("new", "a" + "b" * 300, cwd=project)
     assert long.returncode == 2 and "Traceback" not in long.stderr
     assert "the slug is 301 characters long: at most 120" in long.stderr
+
+
+def test_plan_and_drift_behind_a_held_lock_say_so_instead_of_waiting(project: Path, database: Connection) -> None:
+    """A DDL or a `LOCK TABLE` on a table they read (the history, a user table) no longer holds a read-only
+    command for as long as it lasts: a short lock timeout, then who to look for."""
+    from tasks.engine.connection import connected
+
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert cli("run", "--database-url", url_of(database), cwd=project).returncode == 0
+    for locked, command in (("_yoyo_migration", "plan"), ("a", "drift")):
+        with connected(database, autocommit=False, application_name="test-blocker") as blocker:
+            blocker.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")
+            result = cli(command, "--database-url", url_of(database), cwd=project)
+        assert result.returncode == 1, (command, result.stdout + result.stderr)
+        assert "SQLSTATE 55P03" in result.stderr and "pg_blocking_pids" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

@@ -162,7 +162,7 @@ def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Poli
     `pending`, a drift is then held against what those migrations make too (drift.explained_by_pending), on
     `pending_place()`: chosen only then, as it must suit them (scratch.choose_place may start a server)."""
     expected, source = expected_schema(target, catalog, place, policy, log)
-    with connected(target) as conn:
+    with session(target, read_only=True) as conn:
         live = read_schema(conn)
     drift = compare(expected, live)
     if not (drift.drifted and pending and pending_place):

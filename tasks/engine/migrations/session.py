@@ -30,6 +30,10 @@ LOCK_POLL_SECONDS = 0.25
 CLIENT_CHECK_INTERVAL = "5s"
 
 
+# What a read-only session waits for at most: a lock (a migration's or a DDL's on a table it reads), a statement.
+READ_TIMEOUTS = "SELECT set_config('lock_timeout', '2s', false), set_config('statement_timeout', '60s', false)"
+
+
 @contextmanager
 def session(connection: Connection, *, read_only: bool = False, policy: Policy | None = None,
             application_name: str = "rds-migrations") -> Iterator[psycopg.Connection]:
@@ -40,6 +44,8 @@ def session(connection: Connection, *, read_only: bool = False, policy: Policy |
     try:
         if read_only:
             conn.execute("SET default_transaction_read_only = on")
+            if policy is None:  # a read never waits long behind a lock: it says who holds it instead
+                conn.execute(READ_TIMEOUTS)
         if policy is not None:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{policy.lock_timeout_ms}ms")))
             conn.execute(
