@@ -86,3 +86,32 @@ def test_the_same_statements_block_on_a_table_that_already_held_data(
     assert result.returncode == 1
     assert "0002.index-and-require.sql:1: require-concurrent-index-creation" in result.stderr
     assert applied_ids(database) == ["0001.create-orders"]
+
+
+def test_a_finding_beyond_the_target_is_said_to_be_so_and_the_advice_fits_what_blocks(
+        tmp_path: Path, database: Connection, strict: dict[str, str]) -> None:
+    """A pending migration after --target is not "applied already"; a statement the server refuses in a
+    transaction is fixed by `-- transactional: false`, which the advice says (no comment suppresses it); a
+    database the plan refuses is not sent to "fix the files"."""
+    write_migrations(tmp_path, {"0001.one.sql": "CREATE TABLE one (id bigint PRIMARY KEY);\n",
+                                "0002.two.sql": "CREATE TABLE two (id int PRIMARY KEY);\n"})
+    result = cli("run", "--env", "strict", "--target", "0001", cwd=tmp_path, env=strict)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0002.two.sql:1 prefer-bigint-over-int" in result.stderr
+    assert "(not blocking: after the run's --target)" in result.stderr and "applied already" not in result.stderr
+
+    write_migrations(tmp_path, {"0002.two.sql": "CREATE TABLE two (id bigint PRIMARY KEY);\n", "0003.index.sql":
+                                "-- squawk-ignore-file\nCREATE INDEX CONCURRENTLY two_id ON two (id);\n"})
+    refused = run(tmp_path, strict)
+    assert refused.returncode == 1
+    assert "run 0003.index.sql outside a transaction: make `-- transactional: false` its first line" in refused.stderr
+    assert "fix the files named above" not in refused.stderr
+
+    with connected(database) as conn:
+        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE '\\_yoyo%' OR "
+                                     "tablename LIKE '\\_rds\\_migrations%' OR tablename = 'yoyo_lock'").fetchall():
+            conn.execute(f'DROP TABLE "{table}"')  # the history is gone: the tables look made by hand
+    (tmp_path / "migrations" / "0003.index.sql").unlink()
+    unadopted = run(tmp_path, strict)
+    assert unadopted.returncode == 1 and "rds-migrations baseline" in unadopted.stderr
+    assert "fix the files named above" not in unadopted.stderr and "do what each problem above says" in unadopted.stderr

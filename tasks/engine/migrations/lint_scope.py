@@ -29,10 +29,11 @@ class LintScope:
 
     pending: frozenset[str] | None = None
     new_table_lines: frozenset[tuple[str, int]] = frozenset()
+    later: frozenset[str] = frozenset()  # the files of pending migrations after the run's --target
 
     @classmethod
     def of(cls, catalog: Catalog, pending: Iterable[str] | None,
-           findings: Iterable[LintFinding] = ()) -> LintScope:
+           findings: Iterable[LintFinding] = (), later: Iterable[str] = ()) -> LintScope:
         """The scope of the `pending` migrations. Statements are parsed only as far as `findings` of the lock
         and rewrite rules need: a batch without such findings costs no parse at all."""
         ids = list(catalog.ids) if pending is None else list(pending)
@@ -54,13 +55,15 @@ class LintScope:
                     if _plain(touched_table(statement)) in new_tables:
                         lines |= span
                 new_tables |= {_plain(name) for name in created_tables(statement)}
-        return cls(None if pending is None else frozenset(files), frozenset(lines))
+        beyond = {name for m in catalog.migrations if m.id in set(later)
+                  for name in (m.path.name, f"{m.id}.rollback.sql")}
+        return cls(None if pending is None else frozenset(files), frozenset(lines), frozenset(beyond))
 
     def why_not_blocking(self, finding: LintFinding) -> str | None:
         """Why a finding that the policy would block does not: it is in an applied migration, or it is a lock
         or rewrite rule on a table made in this batch; None when it blocks."""
         if self.pending is not None and finding.file not in self.pending:
-            return "applied already"
+            return "after the run's --target" if finding.file in self.later else "applied already"
         if finding.rule in LOCK_RULES and (finding.file, finding.line) in self.new_table_lines:
             return "a table created in this batch"
         return None

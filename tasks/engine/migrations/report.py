@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import WAY_OUT, DriftReport
-from tasks.engine.migrations.lint import LintFinding, blocking
+from tasks.engine.migrations.lint import CANNOT_RUN_IN_TRANSACTION, SQUAWK_CONCURRENTLY_RULE, LintFinding, blocking
 from tasks.engine.migrations.lint_scope import LintScope
 from tasks.engine.migrations.plan import Plan
 
@@ -74,10 +74,19 @@ class ValidationReport:
     def how_to_proceed(self) -> str:
         """The ways forward, for the errors this report holds."""
         ways = []
-        if self.problems or (self.plan and self.plan.problems):
+        if self.problems:
             ways.append("fix the files named above (an applied migration is never edited: put the change in a new "
                         "one)")
-        if self.blocking_findings:
+        if self.plan and self.plan.problems:  # the database's state, or files against its history
+            ways.append("do what each problem above says: each names its own way out (adopt the database with "
+                        "`rds-migrations baseline`, resolve a dirty migration, restore an edited or deleted file, "
+                        "renumber one, or roll back)")
+        ours = [f for f in self.blocking_findings if f.rule in (CANNOT_RUN_IN_TRANSACTION, SQUAWK_CONCURRENTLY_RULE)]
+        if ours:  # no comment suppresses it: the server itself refuses the statement in a transaction
+            ways.append(f"run {', '.join(sorted({f.file for f in ours}))} outside a transaction: make "
+                        "`-- transactional: false` its first line (`rds-migrations new --non-transactional SLUG` "
+                        "writes such a file), or move the statement into a file of its own that is")
+        if len(ours) < len(self.blocking_findings):
             ways.append("fix the statement, or suppress the finding in the migration where reviewers see it "
                         "(`-- squawk-ignore <rule>` on the line before it, or `-- squawk-ignore-file <rule>`), "
                         f"or change what blocks in this environment (policy.lint_blocks_on, now "
@@ -180,7 +189,7 @@ def with_rehearsal(report: ValidationReport, rehearsal: RehearsalResult | None) 
 
 def with_plan(report: ValidationReport, plan: Plan, catalog: Catalog) -> ValidationReport:
     """The report with the plan, and lint findings scoped to what the plan says is about to run."""
-    return replace(report, plan=plan, scope=LintScope.of(catalog, plan.pending, report.findings))
+    return replace(report, plan=plan, scope=LintScope.of(catalog, plan.pending, report.findings, plan.beyond_target))
 
 
 class ValidationFailed(RdsMigrationsError):
