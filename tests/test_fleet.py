@@ -259,6 +259,7 @@ def test_run_over_several_urls_prints_one_json_document_and_never_the_password(t
     assert set(by_name) == {d.dbname for d in databases}
     assert by_name[databases[0].dbname]["applied"] == sorted(name[:-4] for name in NEXT)
     assert by_name[databases[1].dbname]["outcome"] == "failed" and by_name[databases[1].dbname]["error"]
+    assert by_name[databases[1].dbname]["pending"] == sorted(name[:-4] for name in NEXT)  # refused at its plan
     assert set(document["targets"][0]) >= {"target", "outcome", "applied", "pending", "error"}
 
     listed = tmp_path / "urls.txt"
@@ -266,3 +267,11 @@ def test_run_over_several_urls_prints_one_json_document_and_never_the_password(t
     again = cli("run", "--database-urls", str(listed), "--git-sha", "abc1234", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing-to-do" in again.stdout and CANARY_PASSWORD not in again.stdout + again.stderr
+
+    # Without --json: why the failed target failed, on one line (not "validation failed:" alone), and where
+    # to look without Prefect (the table printed above, not a flow run's artifacts).
+    broken = cli("run", "--database-url", urls[1], "--database-url", urls[0], "--git-sha", "abc1234", cwd=tmp_path)
+    assert broken.returncode == 1
+    out = broken.stdout + broken.stderr
+    assert f"First:     {databases[1].dbname}: validation failed: - this database has 1 table (notes)" in out, out
+    assert "Look at:   the per-target table above" in out and "artifacts" not in out

@@ -57,6 +57,12 @@ class TargetResult:
         }
 
 
+def one_line(text: str | None, limit: int) -> str:
+    """An error's words on one line, cut at `limit`: "validation failed:" alone says nothing, what follows it
+    does."""
+    return " ".join((text or "").split())[:limit]
+
+
 def skipped(target: str, reason: str) -> TargetResult:
     return TargetResult(target=target, outcome="skipped", error=reason)
 
@@ -148,7 +154,7 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
         more = f" … and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
         lines.append(f"{label('Failed')} " + ", ".join(code(name) for name in failed[:MAX_NAMED]) + more)
         first = report.failed[0]
-        detail = (first.error or "").strip().splitlines()[0][:300] if first.error else ""
+        detail = one_line(first.error, 300)
         lines.append(f"{label('First')} {code(first.target)}: {esc(detail)}")
     interrupted = [r.target for r in report.results if r.outcome == "interrupted"]
     if interrupted:
@@ -159,7 +165,8 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
     if report.error:
         lines.append(f"{label('Error')} {esc(report.error.strip()[:ERROR_CHARACTERS])}")
     lines.append(f"{label('Duration')} {format_duration(report.duration_seconds)}")
-    where = "the per-target table in the flow run's artifacts (fleet-targets-...)"
+    where = ("the per-target table in the flow run's artifacts (fleet-targets-...)" if report.run_url else
+             "the per-target table above")
     if report.run_url:
         lines.append(f"{label('Run')} " + (f"<{report.run_url}|Prefect flow run>" if slack else report.run_url))
     if report.outcome == "failed":
@@ -172,7 +179,7 @@ def console_table(report: FleetReport) -> str:
     header = f"{'target':<24} {'outcome':<14} {'applied':>7} {'pending':>7} {'seconds':>8}  error"
     lines = [header]
     for r in report.results:
-        error = (r.error or "").strip().splitlines()[0][:80] if r.error else ""
+        error = one_line(r.error, 80)
         lines.append(
             f"{r.target:<24} {r.outcome:<14} {len(r.applied):>7} {len(r.pending):>7} "
             f"{r.duration_seconds:>8.2f}  {error}"

@@ -158,6 +158,8 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
     except Exception as exc:  # noqa: BLE001 - the target's result; the fleet goes on and fails at its end
         if isinstance(exc, MigrationError):
             applied = exc.report
+        elif isinstance(exc, ValidationFailed) and exc.report.plan is not None:
+            pending = exc.report.pending  # refused at its plan: what it would have applied
         steps.log.error("Target %s failed at step %s: %s", target.name, step, exc)
         return TargetResult(
             target.name,
