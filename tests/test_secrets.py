@@ -9,12 +9,13 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+from pydantic import SecretStr
 
 from tasks.engine.aws import aws_client
-from tasks.engine.connection import connection_from_url, parse_rds_secret
+from tasks.engine.connection import connected, connection_from_url, parse_rds_secret
 from tasks.engine.credentials import read_secrets_manager, read_url_from_env
 from tasks.engine.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
-from tasks.engine.errors import SecretError
+from tasks.engine.errors import DatabaseUnreachable, SecretError
 from tests.conftest import CANARY_PASSWORD
 
 GOOD = {"username": "app", "password": CANARY_PASSWORD, "host": "db.internal", "port": 5432, "dbname": "app"}
@@ -130,10 +131,18 @@ def test_no_program_the_tool_starts_inherits_a_database_url_or_password(
     try:
         postmaster = int((server.data_dir / "postmaster.pid").read_text().splitlines()[0])
         environ = Path(f"/proc/{postmaster}/environ").read_bytes().decode(errors="replace")
+        # Nor can another local user log in as its superuser: a password made for it, readable by us alone.
+        assert server.password_file.stat().st_mode & 0o777 == 0o600
+        with connected(server.connection()) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        without = server.connection().model_copy(update={"password": SecretStr("")})
+        with pytest.raises(DatabaseUnreachable, match="password"), connected(without):
+            pass
     finally:
         server.destroy()
     assert "PATH=" in environ
     assert quote(CANARY_PASSWORD, safe="") not in environ and CANARY_PASSWORD not in environ
+    assert not server.password_file.exists()  # a throwaway server's password goes with it
 
 
 @pytest.mark.parametrize("form", [

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -198,7 +199,7 @@ class LocalServer:
 
     data_dir: Path
     superuser: str = "postgres"
-    password: SecretStr | None = None  # None: trust auth on 127.0.0.1 (a throwaway dev server)
+    password: SecretStr | None = None  # None: one made for it, kept beside its data (password_file)
     tls: ServerTls | None = None  # a test server that takes TLS connections with a client certificate only
 
     def __post_init__(self) -> None:
@@ -238,16 +239,38 @@ class LocalServer:
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
 
+    @property
+    def password_file(self) -> Path:
+        """Where a server made without a password keeps the one made for it: beside its data directory, readable
+        by this user alone. Every other local user could otherwise log in over TCP as its superuser."""
+        return self.data_dir.with_name(f"{self.data_dir.name}.password")
+
+    def _secret(self, *, make: bool = False) -> SecretStr | None:
+        """The superuser's password: the one given, else the stored one (made first when `make`); None for a
+        server made before servers had one (trust on 127.0.0.1, as it was)."""
+        if self.password is not None:
+            return self.password
+        try:
+            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
+        except FileNotFoundError:
+            if not make:
+                return None
+        self.password_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(24))
+        return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
+
     def initialise(self) -> None:
         self._prepare_directory()
         args = ["initdb", "-D", str(self.data_dir), "-U", self.superuser, "-E", "UTF8", "--locale=C"]
-        if self.password is None:
-            args += ["--auth=trust"]
-            self._run(*args)
-            self._configure_tls()
-            return
+        password = self._secret(make=True)
+        assert password is not None
         with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, delete=False) as pwfile:
-            pwfile.write(self.password.get_secret_value())
+            pwfile.write(password.get_secret_value())
         try:
             if self.run_as:
                 user = pwd.getpwnam(self.run_as)
@@ -272,7 +295,7 @@ class LocalServer:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
                        "ssl_ca_file = 'ca.crt'\n")
-        method = "trust" if self.password is None else "scram-sha-256"
+        method = "trust" if self._secret() is None else "scram-sha-256"
         (self.data_dir / "pg_hba.conf").write_text(
             "local all all trust\nhostnossl all all all reject\n"
             f"hostssl all all all {method} clientcert=verify-ca\n"
@@ -321,6 +344,7 @@ class LocalServer:
         """Stop the server and delete its data directory (throwaway servers: tests, rehearsals)."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.password_file.unlink(missing_ok=True)
         if self.data_dir.parent.name.startswith("rds-migrations-pg-"):  # our relocation directory under /tmp
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
@@ -334,7 +358,7 @@ class LocalServer:
             port=port,
             dbname=dbname,
             user=self.superuser,
-            password=self.password or SecretStr(""),
+            password=self._secret() or SecretStr(""),
             source=f"embedded:{self.data_dir}",
             **(self.tls.client_settings() if self.tls else {}),
         )
