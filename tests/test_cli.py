@@ -123,3 +123,12 @@ def test_plan_and_drift_behind_a_held_lock_say_so_instead_of_waiting(project: Pa
         assert result.returncode == 1, (command, result.stdout + result.stderr)
         assert "SQLSTATE 55P03" in result.stderr and "pg_blocking_pids" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_bad_migration_parameter_is_named_as_the_command_calls_it(project: Path, database: Connection) -> None:
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    for command, flag, name in (("baseline", "--through", "through"), ("rollback", "--to", "to"),
+                                ("run", "--target", "target")):
+        result = cli(command, "--database-url", url_of(database), f"{flag}=-1", cwd=project)
+        assert result.returncode == 2, (command, result.stderr[-500:])
+        assert f"{name} (2 characters) is not a migration id or version number" in result.stderr, result.stderr

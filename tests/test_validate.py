@@ -71,6 +71,17 @@ def test_copy_to_or_from_the_client_is_refused_naming_the_statement(tmp_path: Pa
     assert "0005.hidden.sql: statement 1 copies to or from the client" in problems
 
 
+def test_a_dependency_on_a_file_with_an_error_says_so_not_that_it_is_missing(tmp_path: Path) -> None:
+    problems = "\n".join(problems_of(tmp_path, {
+        "0001.load.sql": "CREATE TABLE a (id int);\nCOPY a (id) FROM stdin;\n",
+        "0002.next.sql": "-- depends: 0001.load\nCREATE TABLE b (id int);\n",
+        "0003.other.sql": "-- depends: 0009.nowhere\nCREATE TABLE c (id int);\n",
+    }))
+    assert "0002.next.sql: -- depends: 0001.load, which has an error of its own (above): fix that one first" in problems
+    assert "0001.load names no migration" not in problems
+    assert "0003.other.sql: -- depends: 0009.nowhere names no migration in this directory" in problems
+
+
 def test_missing_empty_and_outside_directories_are_errors(tmp_path: Path) -> None:
     assert "does not exist" in read_catalog(Path("migrations"), tmp_path).problems[0].message
     (tmp_path / "migrations").mkdir()

@@ -168,9 +168,13 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
                 continue
             migrations[migration_id] = _with_rollback(migrations[migration_id], statements)
 
+    refused = {p.file.removesuffix(".sql") for p in problems}  # files that are there, but not read as migrations
     for migration in migrations.values():
         for dependency in migration.depends:
-            if dependency not in migrations:
+            if dependency in refused:
+                problems.append(Problem(migration.path.name, f"-- depends: {dependency}, which has an error of its "
+                                                             "own (above): fix that one first"))
+            elif dependency not in migrations:
                 problems.append(
                     Problem(migration.path.name, f"-- depends: {dependency} names no migration in this directory")
                 )

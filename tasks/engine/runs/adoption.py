@@ -37,7 +37,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
                       project_root: Path | None = None) -> BaselineReport:
     """Record what the named environment's database already holds as applied, keep its schema, notify."""
     environment = load_environment(name)
-    check_parameters(git_sha, "manual", through, migrations_dir)
+    check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
     started, report, error = time.monotonic(), None, None
     try:
         with steps.exclusive(environment.name):

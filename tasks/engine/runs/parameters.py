@@ -19,9 +19,11 @@ TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 CREDENTIAL = re.compile(r"://[^/\s@]*:[^/\s@]*@|\b(password|passwd|pwd)\s*=", re.IGNORECASE)
 
 
-def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_dir: str) -> None:
-    """Parameters reach SQL, AWS identifiers and messages: allow-lists, not escaping."""
-    given = {"git_sha": git_sha, "trigger": trigger, "target": target, "migrations_dir": migrations_dir}
+def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_dir: str, *,
+                     target_name: str = "target") -> None:
+    """Parameters reach SQL, AWS identifiers and messages: allow-lists, not escaping. `target_name`: what the
+    command calls its migration parameter (`through` for a baseline, `to` for a rollback)."""
+    given = {"git_sha": git_sha, "trigger": trigger, target_name: target, "migrations_dir": migrations_dir}
     for name, value in given.items():
         if value is not None and CREDENTIAL.search(value):
             raise ConfigError(
@@ -36,7 +38,7 @@ def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_
     if not TRIGGER.match(trigger):
         raise ConfigError(f"trigger ({len(trigger)} characters) must be lowercase letters, digits and hyphens")
     if target is not None and not TARGET.match(target):
-        raise ConfigError(f"target ({len(target)} characters) is not a migration id or version number")
+        raise ConfigError(f"{target_name} ({len(target)} characters) is not a migration id or version number")
     if Path(migrations_dir).is_absolute() or ".." in Path(migrations_dir).parts:
         raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
 

@@ -33,7 +33,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     undo: the report holds the plan (`planned`) and nothing rolled back."""
     environment = load_environment(name)
     check_tier(environment, environment.tier)
-    check_parameters(git_sha, trigger, to, migrations_dir)
+    check_parameters(git_sha, trigger, to, migrations_dir, target_name="to")
     started, step = time.monotonic(), "checkout"
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None
