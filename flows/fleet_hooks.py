@@ -11,12 +11,20 @@ reported" automation waits for.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
 from prefect.utilities.urls import url_for
 
 from flows import events
@@ -28,10 +36,11 @@ from tasks.engine.fleet.crash import TargetSeen, fleet_crash_report, read_target
 from tasks.engine.fleet.targets import Target, fleet_targets, fleet_to_run, target_connection
 from tasks.engine.logs import Log
 from tasks.engine.notify import deliver
-from tasks.engine.runs.crash import EndedRun, Ending, describe
+from tasks.engine.runs.crash import EndedRun, Ending, KnownState, describe
 from tasks.notify import slack_post_for
 
 TARGET_TASK = "target-"  # a target's task run is named target-<name> (tasks/fleet.py)
+PAGE = 200  # Prefect's default page: read in pages of it
 
 
 def report_fleet_crash(flow: Any, flow_run: Any, state: Any) -> None:
@@ -74,7 +83,10 @@ def announce_fleet(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Lo
         dry_run = ended.parameters.get("dry_run") is True
         results = []
         for target in targets:
-            found = seen.get(target.name, TargetSeen())
+            found = seen.get(target.name)
+            if found is None:  # never started: its database has nothing of this run (and is not read)
+                results.append(target_after(target.name, TargetSeen(), KnownState(), ended.flow_run_id, name))
+                continue
             run_id = found.flow_run_id or ended.flow_run_id  # who migrated it: the target's own run, else this one
             results.append(target_after(target.name, found, read_target(target, connect, run_id), run_id, name,
                                         dry_run=dry_run))
@@ -104,12 +116,16 @@ def fleet_of(ended: EndedRun, log: Log) -> tuple[list[Target], tuple[str, ...]]:
 
 
 def targets_seen(client: SyncPrefectClient, flow_run_id: UUID) -> dict[str, TargetSeen]:
-    """Each target's task run in the fleet run (and, in distributed mode, its own flow run), by target name."""
-    task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    """Each target's task run in the fleet run (and, in distributed mode, its own flow run), by target name:
+    every page of them (a fleet of hundreds has more than one)."""
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    task_runs = _every(lambda offset: client.read_task_runs(
+        flow_run_filter=this_run, task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=TARGET_TASK)),
+        limit=PAGE, offset=offset))
     children = {
         str(child.parameters.get("target_name")): child
-        for child in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        for child in _every(lambda offset: client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])), limit=PAGE, offset=offset))
     }
     seen: dict[str, TargetSeen] = {}
     for task_run in task_runs:
@@ -122,6 +138,26 @@ def targets_seen(client: SyncPrefectClient, flow_run_id: UUID) -> dict[str, Targ
             message=(task_run.state.message or "") if task_run.state else "",
             flow_run_id=str(child.id) if child else None,
             flow_run_state=child.state.type.value if child and child.state else None,
+            flow_run_message=_error_of(child.state.message) if child and child.state else "",
             flow_run_url=url_for("flow-run", obj_id=child.id) if child else None,
         )
     return seen
+
+
+def _every(read: Callable[[int], list[Any]]) -> list[Any]:
+    """Every page of a Prefect read (`read(offset)` returns at most PAGE items)."""
+    found: list[Any] = []
+    while True:
+        page = read(len(found))
+        found += page
+        if len(page) < PAGE:
+            return found
+
+
+def _error_of(message: str | None) -> str:
+    """A target flow run's final message is its result as JSON (flows/fleet_target.py): its error, if any."""
+    try:
+        result = json.loads(message or "")
+    except ValueError:
+        return message or ""
+    return str(result.get("error") or "") if isinstance(result, dict) else message or ""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.engine.clients import client_binary
 from tasks.engine.connection import Connection, connected
-from tasks.engine.embedded import client_binary
 from tasks.engine.errors import UsageError
 from tasks.engine.migrations.adopt import AdoptionRefused, Census, census, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog, slug_key

@@ -123,6 +123,18 @@ def test_plan_and_drift_behind_a_held_lock_say_so_instead_of_waiting(project: Pa
         assert result.returncode == 1, (command, result.stdout + result.stderr)
         assert "SQLSTATE 55P03" in result.stderr and "pg_blocking_pids" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    # Under Prefect the same read is a transient failure: the rehearse-and-plan task tries it again later.
+    import psycopg
+
+    from tasks.engine.migrations.catalog import read_catalog
+    from tasks.engine.migrations.plan import plan
+    from tasks.engine.transient import is_transient
+
+    with connected(database, autocommit=False, application_name="test-blocker") as blocker:
+        blocker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg.OperationalError) as raised:
+            plan(database, read_catalog(project / "migrations", project))
+    assert raised.value.sqlstate == "55P03" and is_transient(raised.value)
 
 
 def test_a_bad_migration_parameter_is_named_as_the_command_calls_it(project: Path, database: Connection) -> None:

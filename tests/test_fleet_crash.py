@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_a_fleet_run_killed_mid_target_is_reported_target_by_target(
     assert f"{slow.dbname}: interrupted; applied by this run: 0001.create-notes. The run stopped while this target " \
            "was being migrated" in message and "the server rolled back" in message
     assert f"{unstarted.dbname}: skipped; applied by this run: nothing. It had not started" in message
+    assert "the targets listed above" in message and "fleet-targets-" not in message  # no table was published
     assert CANARY_PASSWORD not in message and "postgresql://" not in message
     assert applied_ids(done) == ["0001.create-notes", "0002.slow"]
     assert applied_ids(slow) == ["0001.create-notes"] and applied_ids(unstarted) == []
@@ -100,5 +102,11 @@ def test_a_target_after_a_stopped_fleet_run() -> None:
     assert failed.outcome == "failed" and failed.error == "target c failed at migrate: boom"
     assert target_after("d", TargetSeen("COMPLETED"), nothing, "run-1", "env").outcome == "nothing-to-do"
     assert target_after("d", TargetSeen("COMPLETED"), nothing, "run-1", "env", dry_run=True).outcome == "dry-run"
+    # The fleet run died while it waited for a target's own flow run, which ended by itself since.
+    later = TargetSeen("RUNNING", flow_run_id="f-2", flow_run_state="FAILED", flow_run_message="boom at migrate")
+    assert (target_after("f", later, nothing, "f-2", "env").outcome,
+            target_after("f", later, nothing, "f-2", "env").error) == ("failed", "boom at migrate")
+    done = replace(later, flow_run_state="COMPLETED", flow_run_message="")
+    assert target_after("g", done, KnownState(("0001.a",)), "f-2", "env").outcome == "succeeded"
     unread = target_after("e", TargetSeen(), KnownState(unknown=("what e's database says (x)",)), "run-1", "env")
     assert unread.outcome == "skipped" and "Not known: what e's database says (x)." in (unread.error or "")

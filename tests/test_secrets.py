@@ -123,8 +123,10 @@ def test_no_program_the_tool_starts_inherits_a_database_url_or_password(
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("STAGING_DB", f"  {url.replace('postgresql', 'POSTGRES', 1)}")  # a url_env variable
     monkeypatch.setenv("PGPASSWORD", CANARY_PASSWORD)
+    monkeypatch.setenv("KEYWORDS_DB", f"host=db user=app password='{CANARY_PASSWORD}' dbname=app")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-canary-key")  # pg_dump may keep it; the server may not
     inherited = child_environment(PGCONNECT_TIMEOUT="2")
-    assert {"DATABASE_URL", "STAGING_DB", "PGPASSWORD"}.isdisjoint(inherited)
+    assert {"DATABASE_URL", "STAGING_DB", "PGPASSWORD", "KEYWORDS_DB"}.isdisjoint(inherited)
     assert inherited["PGCONNECT_TIMEOUT"] == "2" and inherited["PATH"] == os.environ["PATH"]
     server = LocalServer(tmp_path / "postgres")
     server.start()
@@ -140,7 +142,7 @@ def test_no_program_the_tool_starts_inherits_a_database_url_or_password(
             pass
     finally:
         server.destroy()
-    assert "PATH=" in environ
+    assert "PATH=" in environ and "aws-canary-key" not in environ and "AWS_" not in environ
     assert quote(CANARY_PASSWORD, safe="") not in environ and CANARY_PASSWORD not in environ
     assert not server.password_file.exists()  # a throwaway server's password goes with it
 
@@ -166,3 +168,21 @@ def test_an_aws_credentials_block_never_saved_is_a_config_error_naming_it(prefec
     with pytest.raises(ConfigError, match="the AWS credentials block 'aws-never-saved'") as raised:
         aws_client("secretsmanager", settings)
     assert raised.value.exit_code == 2 and "--database-url" in str(raised.value)
+
+
+def test_a_password_file_someone_else_could_read_or_plant_is_refused(tmp_path: Path) -> None:
+    """The embedded server's data may live under /tmp at a name easy to guess: a password file there that is
+    not this user's alone was not made by us, and is not used."""
+    from tasks.engine.embedded import LocalServer
+    from tasks.engine.errors import EmbeddedServerError
+
+    server = LocalServer(tmp_path / "postgres")
+    try:
+        made = server._secret(make=True)
+        assert made is not None and server.password_file.stat().st_mode & 0o777 == 0o600
+        assert server._secret(make=True) == made  # made once, read after
+        server.password_file.chmod(0o644)
+        with pytest.raises(EmbeddedServerError, match="is not this user's alone"):
+            server._secret()
+    finally:
+        server.destroy()

@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from botocore.stub import ANY, Stubber
 
 from tasks.engine.aws import aws_client
+from tasks.engine.clients import client_binary
 from tasks.engine.connection import Connection
-from tasks.engine.embedded import client_binary
 from tasks.engine.environments import RDS_IDENTIFIER, AwsSettings, Environment
 from tasks.engine.errors import ConfigError, SnapshotError
 from tasks.engine.messages import restore_commands

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -148,6 +149,8 @@ def test_a_url_that_says_one_thing_twice_or_holds_an_unquoted_at_is_refused(url:
                             "env:X")
     assert CANARY_PASSWORD not in str(raised.value) and "secret-part" not in str(raised.value)
     assert connection_from_url("postgresql:///app?host=/var/run/postgresql", "env:X").host == "/var/run/postgresql"
+    bracketed = connection_from_url("postgresql://app:p[se]cret@db/app?sslmode=require", "env:X")  # libpq takes it
+    assert bracketed.password.get_secret_value() == "p[se]cret" and bracketed.host == "db"
 
 
 def test_an_rds_secret_may_carry_tls_fields_and_an_ssl_field_it_cannot_honour_is_refused() -> None:
@@ -312,17 +315,35 @@ def test_pg_dump_with_libpqs_default_sslmode_uses_tls_as_psycopg_does(tls_databa
 
 
 def test_sslrootcert_system_is_given_only_to_a_client_that_knows_it() -> None:
-    """libpq before 16 reads "system" as a file name: such a client is never chosen for it."""
-    from tasks.engine.embedded import _clients, _libpq_answer, client_binary
+    """libpq before 16 reads "system" as a file name: such a client is never chosen for it. Which clients know
+    it is read from their versions and whether they have SSL, not from the probe being tested."""
+    from tasks.engine.clients import _clients, client_binary
+    from tasks.engine.embedded import program_version
 
-    probe = "host=/nonexistent sslmode=require sslrootcert=system"
-    knows = [b for b in _clients("pg_dump") if not _libpq_answer(b, probe)[0] and _libpq_answer(b, probe)[1]]
+    def has_ssl(binary: Path) -> bool:
+        done = subprocess.run([str(binary.with_name("pg_dump")), "--dbname=host=/nonexistent sslmode=require"],
+                              capture_output=True, text=True)
+        return "not compiled in" not in done.stderr
+
+    knows = [b for b in _clients("pg_dump") if program_version(b.parent, b.name)[0] >= 16 and has_ssl(b)]
     tls = {"sslmode": "verify-full", "sslrootcert": "system"}
     if knows:
         assert client_binary("pg_dump", tls) == knows[0]
-    else:
+    else:  # this machine: the system's client is 15, pgserver's 16 has no SSL
         with pytest.raises(EmbeddedServerError, match="sslrootcert=system needs libpq 16 or later"):
             client_binary("pg_dump", tls)
+
+
+def test_pg_dump_and_pg_restore_are_new_enough_for_the_server_and_the_archive() -> None:
+    """Built with SSL comes second to new enough: pg_dump refuses a newer server, pg_restore a newer archive."""
+    from tasks.engine.clients import _clients, client_binary
+    from tasks.engine.embedded import program_version
+
+    newest = max(program_version(b.parent, b.name)[0] for b in _clients("pg_dump"))
+    chosen = client_binary("pg_dump", {"sslmode": "prefer"}, at_least=newest)
+    assert program_version(chosen.parent, "pg_dump")[0] == newest
+    restore = client_binary("pg_restore", {"sslmode": "prefer"}, at_least=newest)
+    assert program_version(restore.parent, "pg_restore")[0] == newest
 
 
 def test_the_rehearsal_server_of_url_env_is_held_to_the_environments_tls_minimum(

@@ -76,10 +76,13 @@ def test_a_dependency_on_a_file_with_an_error_says_so_not_that_it_is_missing(tmp
         "0001.load.sql": "CREATE TABLE a (id int);\nCOPY a (id) FROM stdin;\n",
         "0002.next.sql": "-- depends: 0001.load\nCREATE TABLE b (id int);\n",
         "0003.other.sql": "-- depends: 0009.nowhere\nCREATE TABLE c (id int);\n",
+        "0004.own-transaction.sql": "BEGIN;\nCREATE TABLE d (id int);\nCOMMIT;\n",
+        "0005.after.sql": "-- depends: 0004.own-transaction\nCREATE TABLE e (id int);\n",
     }))
     assert "0002.next.sql: -- depends: 0001.load, which has an error of its own (above): fix that one first" in problems
     assert "0001.load names no migration" not in problems
     assert "0003.other.sql: -- depends: 0009.nowhere names no migration in this directory" in problems
+    assert "0005.after.sql: -- depends: 0004.own-transaction, which has an error of its own" in problems
 
 
 def test_missing_empty_and_outside_directories_are_errors(tmp_path: Path) -> None:

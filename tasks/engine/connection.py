@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -183,13 +183,11 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
         raise SecretError(f"{source}: unsupported URL parameters: {', '.join(sorted(unknown))} (TLS parameters: "
                           f"{', '.join(TLS_SETTINGS)})")
     if url.lstrip().lower().startswith(("postgres://", "postgresql://")):
-        # libpq lets ?dbname= or ?password= quietly replace what the URL itself says: one place for each.
-        parts = urlsplit(url.strip())
-        given = {"host": bool(parts.hostname), "hostaddr": bool(parts.hostname), "dbname": parts.path.strip("/"),
-                 "port": re.search(r":\d*$", parts.netloc.rpartition("@")[2]) is not None,
-                 "user": parts.username is not None,
-                 "password": parts.password is not None}
-        again = sorted({key for key, _ in parse_qsl(parts.query, keep_blank_values=True) if given.get(key)})
+        # libpq lets ?dbname= or ?password= quietly replace what the URL itself says: one place for each. What
+        # the URL itself says is read by libpq too (Python's URL parser refuses passwords libpq takes, "[" say).
+        base, _, query = url.strip().partition("?")
+        given = conninfo_to_dict(base)
+        again = sorted({key for key, _ in parse_qsl(query, keep_blank_values=True) if given.get(key)})
         if again:
             raise SecretError(f"{source}: the URL's query string names {', '.join(again)}, which the URL itself "
                               "gives already (postgresql://user:password@host:port/dbname): write each once")

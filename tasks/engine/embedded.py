@@ -17,10 +17,10 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +29,13 @@ from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.errors import ConfigError, EmbeddedServerError
-from tasks.engine.processes import child_environment
+from tasks.engine.processes import child_environment, server_environment
 
 SERVER_USER_FALLBACK = "rdsmigrations"
 
 
 @functools.cache
-def _version_of(bindir: Path, program: str = "postgres") -> tuple[int, ...]:
+def program_version(bindir: Path, program: str = "postgres") -> tuple[int, ...]:
     out = subprocess.run([str(bindir / program), "--version"], capture_output=True, text=True,
                          env=child_environment()).stdout
     match = re.search(r"(\d+)(?:\.(\d+))?", out)
@@ -60,7 +60,7 @@ def candidate_bindirs() -> list[Path]:
     for path in found:
         if (path / "postgres").exists() and (path / "initdb").exists() and path not in unique:
             unique.append(path)
-    return sorted(unique, key=_version_of, reverse=True) if not configured else unique
+    return sorted(unique, key=program_version, reverse=True) if not configured else unique
 
 
 def server_bindir() -> Path:
@@ -75,58 +75,6 @@ def server_bindir() -> Path:
     # Prefer the machine's own server; pgserver's bundled one is the fallback.
     system = [d for d in dirs if "pgserver" not in str(d)]
     return (system or dirs)[0]
-
-
-def client_binary(name: str, tls: Mapping[str, str] | None = None) -> Path:
-    """The newest `pg_dump`/`pg_restore`/`psql` available (a newer client reads older servers) whose libpq can
-    honour `tls`, a connection's libpq TLS settings, with PGSSLMODE and PGSSLROOTCERT where it names none:
-    - unless the mode is `disable`, a client built with SSL comes first: libpq's default (`prefer`) uses TLS
-      when the server offers it, as psycopg does, where pgserver's client (built without SSL) would connect in
-      the clear. A machine with no SSL client at all connects in the clear only where the mode allows it
-      (`prefer`, `allow`); a mode that requires TLS is refused;
-    - `sslnegotiation` needs libpq 17, and `sslrootcert=system` (the operating system's certificates) libpq 16,
-      both with SSL: a client that lacks them would refuse them, or read "system" as a file name."""
-    tls = tls or {}
-    mode = tls.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer"
-    root = tls.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")
-    found = shutil.which(name)
-    binaries = [b for b in dict.fromkeys(_clients(name) + ([Path(found)] if found else [])) if b.exists()]
-    if not binaries:
-        raise EmbeddedServerError(f"{name} not found: install postgresql-client or the pgserver wheel")
-    if mode == "disable":
-        return binaries[0]
-    ssl = "host=/nonexistent sslmode=require" + (" sslnegotiation=postgres" if "sslnegotiation" in tls else "")
-    able = [b for b in binaries if not _libpq_answer(b, ssl)[0]]
-    if root == "system":
-        able = [b for b in able if _libpq_answer(b, f"{ssl} sslrootcert=system")[1]]
-    if able:
-        return able[0]
-    if mode in ("prefer", "allow") and root != "system" and "sslnegotiation" not in tls:
-        return binaries[0]
-    needs = ("sslnegotiation needs libpq 17 or later" if "sslnegotiation" in tls else
-             "sslrootcert=system needs libpq 16 or later" if root == "system" else f"sslmode {mode} needs SSL")
-    raise EmbeddedServerError(f"no {name} here can honour the connection's TLS settings ({needs}, and pgserver's "
-                              "client is built without SSL): install a postgresql-client that has them"
-                              + (", or name a root certificate file" if root == "system" else ""))
-
-
-def _clients(name: str) -> list[Path]:
-    """`name` in every server directory and every client-only install (postgresql-client-NN), newest first."""
-    dirs = [*candidate_bindirs(), *Path("/usr/lib/postgresql").glob("*/bin")]
-    binaries = list(dict.fromkeys(d / name for d in dirs if (d / name).exists()))
-    return sorted(binaries, key=lambda binary: _version_of(binary.parent, binary.name), reverse=True)
-
-
-@functools.cache
-def _libpq_answer(binary: Path, conninfo: str) -> tuple[bool, bool]:
-    """How the client's libpq takes `conninfo` before it connects (to nowhere): (refuses it: no SSL or an
-    unknown option; knows sslrootcert=system: libpq 16 and later refuse a weak sslmode with it up front)."""
-    # The clients of one directory share one libpq, and pg_dump is the one that connects before reading anything.
-    client = binary.with_name("pg_dump") if binary.with_name("pg_dump").exists() else binary
-    result = subprocess.run([str(client), f"--dbname={conninfo}"], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=30, env=child_environment(PGCONNECT_TIMEOUT="2"))
-    refused = "not compiled in" in result.stderr or "invalid connection option" in result.stderr
-    return refused, "weak sslmode" in result.stderr
 
 
 def free_port() -> int:
@@ -210,7 +158,10 @@ class LocalServer:
             # A parent the server's user cannot traverse (e.g. a 0700 temp dir): keep the data under /tmp,
             # at a path derived from the requested one so later runs find the same server.
             digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
-            self.data_dir = Path(tempfile.gettempdir()) / f"rds-migrations-pg-{digest}" / self.data_dir.name
+            relocated = Path(tempfile.gettempdir()) / f"rds-migrations-pg-{digest}"
+            relocated.mkdir(mode=0o755, exist_ok=True)
+            _check_private(relocated, relocated.lstat())
+            self.data_dir = relocated / self.data_dir.name
 
     def _reachable(self, directory: Path) -> bool:
         directory.mkdir(parents=True, exist_ok=True)
@@ -223,7 +174,7 @@ class LocalServer:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self.run_as:
             command = ["runuser", "-u", self.run_as, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=child_environment())
+        result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=server_environment())
         if check and result.returncode != 0:
             raise EmbeddedServerError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
         return result
@@ -250,19 +201,22 @@ class LocalServer:
         server made before servers had one (trust on 127.0.0.1, as it was)."""
         if self.password is not None:
             return self.password
-        try:
-            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
-        except FileNotFoundError:
-            if not make:
-                return None
+        stored = _read_private(self.password_file)
+        if stored is not None or not make:
+            return stored
         self.password_file.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then linked into place: never an empty file, never two passwords.
+        descriptor, draft = tempfile.mkstemp(dir=self.password_file.parent, prefix=".password-")
         try:
-            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(secrets.token_urlsafe(24))
-        return SecretStr(self.password_file.read_text(encoding="utf-8").strip())
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(secrets.token_urlsafe(24))
+            try:
+                os.link(draft, self.password_file)
+            except FileExistsError:  # another process made it first: its password is the one
+                pass
+        finally:
+            os.unlink(draft)
+        return _read_private(self.password_file)
 
     def initialise(self) -> None:
         self._prepare_directory()
@@ -373,6 +327,31 @@ class LocalServer:
     def drop_database(self, dbname: str) -> None:
         with connected(self.connection()) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def _check_private(path: Path, found: os.stat_result) -> None:
+    """`path` (its `found` status) belongs to this user, and others can neither change it nor, for a file, read
+    it: else refused, as someone else may have put it there first (the relocated directory's name is easy to
+    guess)."""
+    directory = stat.S_ISDIR(found.st_mode)
+    if found.st_uid != os.geteuid() or found.st_mode & (0o022 if directory else 0o077) or stat.S_ISLNK(found.st_mode):
+        raise EmbeddedServerError(f"the embedded server's {'directory' if directory else 'password file'} {path} is "
+                                  f"not this user's alone (owner uid {found.st_uid}, mode {found.st_mode & 0o777:o}): "
+                                  "remove it, then run again")
+
+
+def _read_private(path: Path) -> SecretStr | None:
+    """A password file only this user can read; None when there is none."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a symbolic link, which O_NOFOLLOW refuses
+        _check_private(path, path.lstat())
+        raise
+    with os.fdopen(descriptor, encoding="utf-8") as stored:
+        _check_private(path, os.fstat(descriptor))
+        return SecretStr(stored.read().strip())
 
 
 def embedded_home() -> Path:

@@ -90,8 +90,9 @@ _REFUSAL_HINTS = {
     "42501": "; the database user lacks a privilege this needs: grant it, or run as a role that has it",
     "25006": "; the session is read-only (a replica, or default_transaction_read_only): point at the primary",
     "53300": "; the server has no connection slots left: try again when fewer sessions are open",
-    "57014": "; a timeout of the environment's policy (statement_timeout) or an operator cancelled it",
-    "55P03": ("; another session holds a lock on a table this needs to read (a migration or a DDL running now?); "
+    "57014": ("; a statement timeout (a migration's: the environment's policy.statement_timeout_ms; the tool's own "
+              "reads: 60 s) or an operator cancelled it"),
+    "55P03": ("; another session holds a lock on a table this needs (a migration or a DDL running now?); "
               "`SELECT pid, pg_blocking_pids(pid), query FROM pg_stat_activity WHERE wait_event_type = 'Lock'` "
               "shows who waits for whom: try again when it ends"),
 }

@@ -1,4 +1,5 @@
-"""Which failures are worth retrying: AWS throttling and 5xx, and a database that refused or was not there.
+"""Which failures are worth retrying: AWS throttling and 5xx, a database that refused or was not there, and a
+read that waited its while behind another session's lock.
 
 Never retried: a failing migration, a bad or missing secret, wrong credentials, a lint or history error.
 """
@@ -28,7 +29,9 @@ def is_transient(exc: BaseException) -> bool:
         refused_by_tls = any(text in str(exc) for text in NOT_TRANSIENT_TEXTS)
         return not exc.auth_failed and not refused_by_tls and exc.sqlstate in TRANSIENT_SQLSTATES
     if isinstance(exc, psycopg.OperationalError):
-        return exc.sqlstate in TRANSIENT_SQLSTATES
+        # 55P03 here is a read that waited its 2 s for another session's lock (session.READ_TIMEOUTS): a
+        # migration's own lock timeout is its failure, handled where it is applied, and never reaches a retry.
+        return exc.sqlstate in TRANSIENT_SQLSTATES or exc.sqlstate == "55P03"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

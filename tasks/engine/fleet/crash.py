@@ -14,15 +14,16 @@ The fleet hooks (flows/fleet_hooks.py) read both and send ONE notification, like
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.engine.connection import Connection
-from tasks.engine.fleet.report import MAX_NAMED, FleetReport, TargetResult
+from tasks.engine.fleet.report import FleetReport, TargetResult
 from tasks.engine.fleet.targets import Target
 from tasks.engine.migrations.history import resolve_hint
 from tasks.engine.runs.crash import EndedRun, KnownState, describe, read_database
 
 UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")  # Prefect state types that may go on
+LISTED = 100  # targets listed one by one in a stopped run's message
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TargetSeen:
     message: str = ""  # the task run's state message (a failed target's error)
     flow_run_id: str | None = None  # distributed mode: the target's own flow run
     flow_run_state: str | None = None  # its state type
+    flow_run_message: str = ""  # its error, when it ended failed
     flow_run_url: str | None = None
 
 
@@ -54,6 +56,12 @@ def target_after(name: str, seen: TargetSeen, known: KnownState, run_id: str, en
                  dry_run: bool = False) -> TargetResult:
     """One target's row of the report: how far it got by what its task run and its database say. `run_id` is
     the flow run whose rows `known` holds."""
+    if seen.task_state not in ("COMPLETED", "FAILED") and seen.flow_run_state in ("COMPLETED", "FAILED", "CRASHED",
+                                                                                    "CANCELLED"):
+        # The fleet run stopped while it waited for the target's own flow run, which ended by itself since.
+        ended = "COMPLETED" if seen.flow_run_state == "COMPLETED" else "FAILED"
+        seen = replace(seen, task_state=ended, message=seen.flow_run_message or f"its flow run {seen.flow_run_id} "
+                                                                                 f"ended {seen.flow_run_state.lower()}")
     ours = [mark for mark in known.dirty if mark.flow_run_id == run_id]
     notes = [f"Dirty: {mark.describe()}. To resolve: {resolve_hint(mark.migration_id, environment)}."
              for mark in known.dirty]
@@ -86,15 +94,16 @@ def fleet_crash_report(ended: EndedRun, tier: str, results: tuple[TargetResult, 
     lines = [f"The fleet run {what}: {ended.reason.strip()[:300] or 'no reason given'}); it could not report "
              "itself, so this is what Prefect and the targets' databases say."]
     lines += [f"Not known: {item}." for item in unknown]
-    for result in results[:MAX_NAMED]:
+    for result in results[:LISTED]:
         applied = ", ".join(result.applied) or "nothing"
         lines.append(f"- {result.target}: {result.outcome}; applied by this run: {applied}"
                      + (f". {result.error.strip()[:300]}" if result.error else ""))
-    if len(results) > MAX_NAMED:
-        lines.append(f"… and {len(results) - MAX_NAMED} more targets: the flow run's logs name them")
+    if len(results) > LISTED:
+        lines.append(f"… and {len(results) - LISTED} more targets, not listed here: `rds-migrations status` on "
+                     "each says what its history holds")
     return FleetReport(
         environment=ended.parameter("environment"), tier=tier, git_sha=ended.parameter("git_sha"),
         trigger=ended.parameter("trigger"), results=results, error="\n".join(lines),
         failed_step=f"{ended.step or 'unknown'} (run {ended.ending})", duration_seconds=ended.duration_seconds,
-        run_url=ended.run_url,
+        run_url=ended.run_url, table_published=False,
     )

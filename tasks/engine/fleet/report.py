@@ -82,6 +82,7 @@ class FleetReport:
     duration_seconds: float = 0.0
     run_url: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    table_published: bool = True  # a stopped run's report (crash.py) lists its targets in its error instead
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", dict(Counter(r.outcome for r in self.results)))
@@ -165,7 +166,8 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
     if report.error:
         lines.append(f"{label('Error')} {esc(report.error.strip()[:ERROR_CHARACTERS])}")
     lines.append(f"{label('Duration')} {format_duration(report.duration_seconds)}")
-    where = ("the per-target table in the flow run's artifacts (fleet-targets-...)" if report.run_url else
+    where = ("the targets listed above" if not report.table_published else
+             "the per-target table in the flow run's artifacts (fleet-targets-...)" if report.run_url else
              "the per-target table above")
     if report.run_url:
         lines.append(f"{label('Run')} " + (f"<{report.run_url}|Prefect flow run>" if slack else report.run_url))

@@ -168,7 +168,8 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
                 continue
             migrations[migration_id] = _with_rollback(migrations[migration_id], statements)
 
-    refused = {p.file.removesuffix(".sql") for p in problems}  # files that are there, but not read as migrations
+    # Files that are there but not read as migrations (a problem's file may carry its line: 0001.x.sql:3).
+    refused = {p.file.partition(":")[0].removesuffix(".sql") for p in problems}
     for migration in migrations.values():
         for dependency in migration.depends:
             if dependency in refused:

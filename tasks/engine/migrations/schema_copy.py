@@ -9,8 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tasks.engine.clients import client_binary, dumped_by
 from tasks.engine.connection import Connection, connected
-from tasks.engine.embedded import client_binary
 from tasks.engine.errors import RdsMigrationsError, redact
 from tasks.engine.migrations.schema import TOOL_TABLES, is_ignored
 from tasks.engine.processes import child_environment
@@ -39,13 +39,14 @@ def dump_schema(source: Connection) -> bytes:
     with connected(source, application_name="rds-migrations schema copy") as conn:
         sequences = [(schema, name) for schema, name, table_schema, table in conn.execute(OWNED_SEQUENCES_SQL)
                      if is_ignored(table_schema, table)]
+        server = conn.info.server_version // 10000  # pg_dump refuses a server newer than itself
     with tempfile.TemporaryDirectory(prefix="rds-migrations-schema-") as work:
         path = Path(work) / "schema.dump"
         excluded = [f"--exclude-table=*.{table}" for table in TOOL_TABLES]
         excluded += [f"--exclude-table={_literal(schema)}.{_literal(name)}" for schema, name in sequences]
-        _run(source, [str(client_binary("pg_dump", source.tls())), "--schema-only", "--format=custom",
-                      "--no-owner", "--no-privileges", "--no-password", "--lock-wait-timeout=60s", *excluded,
-                      f"--file={path}"],
+        dumper = client_binary("pg_dump", source.tls(), at_least=server)
+        _run(source, [str(dumper), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
+                      "--no-password", "--lock-wait-timeout=60s", *excluded, f"--file={path}"],
              "pg_dump of")
         return path.read_bytes()
 
@@ -57,7 +58,8 @@ def restore_schema(dump: bytes, target: Connection) -> None:
     with tempfile.TemporaryDirectory(prefix="rds-migrations-schema-") as work:
         path = Path(work) / "schema.dump"
         path.write_bytes(dump)
-        _run(target, [str(client_binary("pg_restore", target.tls())), "--no-owner", "--no-privileges",
+        restore = client_binary("pg_restore", target.tls(), at_least=dumped_by(path))  # as new as the dump's
+        _run(target, [str(restore), "--no-owner", "--no-privileges",
                       "--single-transaction", "--no-password", f"--dbname={target.dbname}", "--", str(path)],
              "pg_restore into")
 

@@ -8,14 +8,15 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
+from tasks.engine.clients import client_binary, dumped_by
 from tasks.engine.connection import Connection
-from tasks.engine.embedded import client_binary
 from tasks.engine.errors import RefreshError, redact
 from tasks.engine.logs import Log
 from tasks.engine.processes import child_environment
@@ -236,7 +237,8 @@ class LocalDatabases:
         target = self.credentials.with_database(name)
         env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
         # Owners and grants are the source's; the environment's own user owns the restored objects.
-        command = [str(client_binary("pg_restore", target.tls())), "--no-owner", "--no-privileges", "--exit-on-error",
+        restore = client_binary("pg_restore", target.tls(), at_least=dumped_by(Path(snapshot.location)))
+        command = [str(restore), "--no-owner", "--no-privileges", "--exit-on-error",
                    "--no-password", f"--dbname={name}", "--", snapshot.location]
         self.log.info("pg_restore into database %s", name)
         result = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from tasks.engine.clients import client_binary, server_major
 from tasks.engine.connection import Connection
-from tasks.engine.embedded import client_binary, embedded_home
+from tasks.engine.embedded import embedded_home
 from tasks.engine.environments import PgDumpSnapshot
 from tasks.engine.errors import SnapshotError, redact
 from tasks.engine.git import GIT_SHA
@@ -49,7 +50,8 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
     env = child_environment(**connection.libpq_env(), PGCONNECT_TIMEOUT="10")
     # The password is only in PGPASSWORD, the TLS settings in PGSSLMODE etc.; a table lock held elsewhere fails
     # the dump instead of hanging it.
-    command = [str(client_binary("pg_dump", connection.tls())), "--format=custom", "--no-password",
+    dumper = client_binary("pg_dump", connection.tls(), at_least=server_major(connection))
+    command = [str(dumper), "--format=custom", "--no-password",
                "--lock-wait-timeout=60s", f"--file={partial}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
