@@ -140,13 +140,15 @@ class CuttableProxy:
             pass
 
     def cut(self) -> None:
-        for connection in self.sockets:
+        # The connections of now only: the first one shut makes its client connect again at once, and that new
+        # connection (appended meanwhile) must pass.
+        doomed, self.sockets = self.sockets, []
+        for connection in doomed:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
                 connection.close()
             except OSError:
                 pass
-        self.sockets = []
 
 
 def lose_the_connection_mid_message(tmp_path: Path, database: Connection, login: Connection) -> BaseException | None:

@@ -23,7 +23,7 @@ from tasks.engine.migrations.history import resolve_hint
 from tasks.engine.runs.crash import EndedRun, KnownState, describe, read_database
 
 UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")  # Prefect state types that may go on
-LISTED = 100  # targets listed one by one in a stopped run's message
+LISTED = 50  # targets listed one by one in a stopped run's message (each line at most about 300 characters)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def fleet_crash_report(ended: EndedRun, tier: str, results: tuple[TargetResult, 
     for result in results[:LISTED]:
         applied = ", ".join(result.applied) or "nothing"
         lines.append(f"- {result.target}: {result.outcome}; applied by this run: {applied}"
-                     + (f". {result.error.strip()[:300]}" if result.error else ""))
+                     + (f". {result.error.strip()[:200]}" if result.error else ""))
     if len(results) > LISTED:
         lines.append(f"… and {len(results) - LISTED} more targets, not listed here: `rds-migrations status` on "
                      "each says what its history holds")

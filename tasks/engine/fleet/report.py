@@ -15,7 +15,7 @@ from tasks.engine.messages import format_duration, mrkdwn
 TargetOutcome = Literal["succeeded", "nothing-to-do", "dry-run", "failed", "skipped", "interrupted"]
 # "interrupted": the run stopped (killed, cancelled) while the target was being migrated (fleet/crash.py)
 MAX_NAMED = 20  # failed targets named in a notification before "… and N more"
-ERROR_CHARACTERS = 8000  # of a run's error in its notification (a stopped run's names each target: crash.py)
+ERROR_CHARACTERS = 20000  # of a run's error in its notification (a stopped run's lists 50 targets: crash.py)
 
 
 @dataclass(frozen=True)
