@@ -186,7 +186,10 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
         # libpq lets ?dbname= or ?password= quietly replace what the URL itself says: one place for each. What
         # the URL itself says is read by libpq too (Python's URL parser refuses passwords libpq takes, "[" say).
         base, _, query = url.strip().partition("?")
-        given = conninfo_to_dict(base)
+        try:
+            given = conninfo_to_dict(base)
+        except psycopg.ProgrammingError:  # not read apart from its query: the URL as a whole was, and stands
+            given = {}
         again = sorted({key for key, _ in parse_qsl(query, keep_blank_values=True) if given.get(key)})
         if again:
             raise SecretError(f"{source}: the URL's query string names {', '.join(again)}, which the URL itself "
