@@ -144,3 +144,20 @@ def test_a_bad_migration_parameter_is_named_as_the_command_calls_it(project: Pat
         result = cli(command, "--database-url", url_of(database), f"{flag}=-1", cwd=project)
         assert result.returncode == 2, (command, result.stderr[-500:])
         assert f"{name} (2 characters) is not a migration id or version number" in result.stderr, result.stderr
+
+
+def test_drift_on_a_database_never_adopted_says_to_adopt_it(project: Path, database: Connection) -> None:
+    """Knex migrated it; nothing of ours is there yet: its tables read as added by hand, and the report says
+    what to do about that (`baseline --from knex`), as status and plan do."""
+    from tasks.engine.connection import connected
+
+    with connected(database) as conn:
+        conn.execute("CREATE TABLE knex_migrations (id serial PRIMARY KEY, name varchar(255), batch integer, "
+                     "migration_time timestamptz); CREATE TABLE knex_migrations_lock (index serial PRIMARY KEY, "
+                     "is_locked integer); CREATE TABLE users (id bigint PRIMARY KEY)")
+    write_migrations(project, {"0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    result = cli("drift", "--database-url", url_of(database), cwd=project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "public.users  not made by any migration" in result.stdout
+    assert "note: this database has 1 table (users) and no migration history" in result.stdout, result.stdout
+    assert "try `rds-migrations baseline --from knex`); until then, what is in it reads as drift" in result.stdout
