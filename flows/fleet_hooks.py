@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -27,17 +27,16 @@ from prefect.client.schemas.filters import (
 )
 from prefect.utilities.urls import url_for
 
-from flows import events
-from flows.hooks import deployment_name, report_ending, running_step
+from flows.hooks import report_ending, running_step
 from tasks.aws import aws_client
 from tasks.engine.aws import AwsClients
-from tasks.engine.environments import Environment, load_environment
+from tasks.engine.environments import Environment
 from tasks.engine.fleet.crash import TargetSeen, fleet_crash_report, read_target, target_after
+from tasks.engine.fleet.report import FleetReport
 from tasks.engine.fleet.targets import Target, fleet_targets, fleet_to_run, target_connection
 from tasks.engine.logs import Log
-from tasks.engine.notify import deliver
-from tasks.engine.runs.crash import EndedRun, Ending, KnownState, describe
-from tasks.notify import slack_post_for
+from tasks.engine.messages import Summary
+from tasks.engine.runs.crash import EndedRun, KnownState, describe
 
 TARGET_TASK = "target-"  # a target's task run is named target-<name> (tasks/fleet.py)
 PAGE = 200  # Prefect's default page: read in pages of it
@@ -45,42 +44,25 @@ PAGE = 200  # Prefect's default page: read in pages of it
 
 def report_fleet_crash(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_crashed` of migrate-fleet: the run's process died, so the run could not notify anyone itself."""
-    report_ending("crashed", flow, flow_run, state, announce_fleet)
+    report_ending("crashed", flow, flow_run, state, read_fleet)
 
 
 def report_fleet_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_cancellation` of migrate-fleet: the run was cancelled (its process is stopped)."""
-    report_ending("cancelled", flow, flow_run, state, announce_fleet)
+    report_ending("cancelled", flow, flow_run, state, read_fleet)
 
 
-def announce_fleet(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log) -> bool:
-    """Read what is known of every target, notify the environment's target, emit the report event."""
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)  # fresh: the hook's copy may predate the run's start
-        seen = targets_seen(client, run.id)
-        ended = EndedRun(
-            ending=ending, reason=(state.message or "") if state else "", flow_name=flow.name,
-            flow_run_id=str(run.id), parameters=dict(run.parameters),
-            step="targets" if seen else running_step(client, run.id),
-            deployment=deployment_name(client, flow.name, run),
-            duration_seconds=(datetime.now(UTC) - run.start_time).total_seconds() if run.start_time else 0.0,
-            run_url=url_for("flow-run", obj_id=run.id),
-        )
-    name = ended.parameter("environment")
-    delivered = False
-    try:
-        environment = load_environment(name)
-    except Exception as exc:  # noqa: BLE001 - nowhere to notify; the event and the automations still say it
-        log.warning("Environment of the %s fleet run unknown (%s): nobody notified", ending, describe(exc))
-        environment = None
-    if environment is not None:
-        targets, unknown = fleet_of(ended, log)
+def read_fleet(client: SyncPrefectClient, run: Any, ended: EndedRun,
+               log: Log) -> tuple[EndedRun, Callable[[Environment], Summary]]:
+    """A fleet run (flows/hooks.py's `announce` does the rest): each target's task run (and own flow run) from
+    Prefect; then, for the summary, the fleet's targets found again and what each started one's database says."""
+    seen = targets_seen(client, run.id)
+    ended = replace(ended, step="targets" if seen else running_step(client, run.id))
+
+    def summarize(environment: Environment) -> FleetReport:
         clients = AwsClients(aws_client)
-
-        def connect(target: Target) -> Any:
-            return target_connection(target, clients.get("secretsmanager", target.environment))
-
-        dry_run = ended.parameters.get("dry_run") is True
+        targets, unknown = fleet_of(ended, clients, log)
+        name, dry_run = ended.parameter("environment"), ended.parameters.get("dry_run") is True
         results = []
         for target in targets:
             found = seen.get(target.name)
@@ -88,17 +70,15 @@ def announce_fleet(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Lo
                 results.append(target_after(target.name, TargetSeen(), KnownState(), ended.flow_run_id, name))
                 continue
             run_id = found.flow_run_id or ended.flow_run_id  # who migrated it: the target's own run, else this one
-            results.append(target_after(target.name, found, read_target(target, connect, run_id), run_id, name,
-                                        dry_run=dry_run))
-        report = fleet_crash_report(ended, environment.tier, tuple(results), unknown)
-        delivered = deliver(environment.notify, report, post=slack_post_for(environment.notify, log), log=log)
-    events.run_ended(ending, ended.flow_run_id, run.name, str(run.flow_id), flow.name, name,
-                     ended.parameter("git_sha"), {"step": ended.step, "notified": delivered,
-                                                  "reason": ended.reason[:500]})
-    return delivered
+            known = read_target(target, lambda t: target_connection(t, clients.get("secretsmanager", t.environment)),
+                                run_id)
+            results.append(target_after(target.name, found, known, run_id, name, dry_run=dry_run))
+        return fleet_crash_report(ended, environment.tier, tuple(results), unknown)
+
+    return ended, summarize
 
 
-def fleet_of(ended: EndedRun, log: Log) -> tuple[list[Target], tuple[str, ...]]:
+def fleet_of(ended: EndedRun, clients: AwsClients, log: Log) -> tuple[list[Target], tuple[str, ...]]:
     """The run's targets, as it found them (its parameters' overrides and URL variables); ([], why) when they
     cannot be found again."""
     parameters = ended.parameters
@@ -110,7 +90,7 @@ def fleet_of(ended: EndedRun, log: Log) -> tuple[list[Target], tuple[str, ...]]:
             parameters.get("concurrency") if isinstance(parameters.get("concurrency"), int) else None,
             parameters.get("mode") if parameters.get("mode") in ("in_process", "distributed") else None,
         )
-        return fleet_targets(environment, AwsClients(aws_client).get("rds", environment), log), ()
+        return fleet_targets(environment, clients.get("rds", environment), log), ()
     except Exception as exc:  # noqa: BLE001 - said in the report as not known
         return [], (f"the fleet's targets ({describe(exc)})",)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -30,11 +31,14 @@ from tasks.engine.aws import AwsClients
 from tasks.engine.credentials import fetch_connection
 from tasks.engine.environments import AuroraClusterSnapshot, Environment, RdsInstanceSnapshot, load_environment
 from tasks.engine.logs import Log
+from tasks.engine.messages import Summary
 from tasks.engine.notify import deliver
 from tasks.engine.runs.crash import EndedRun, Ending, KnownState, crash_summary, describe, known_state
 from tasks.notify import slack_post_for
 
-Announce = Callable[[Ending, Any, Any, Any, Log], bool]  # reads what is known, notifies; whether it was delivered
+# What a hook reads of a stopped run beyond what `announce` does: (the run, completed; its summary, once the
+# environment is known).
+ReadRun = Callable[[SyncPrefectClient, Any, EndedRun, Log], tuple[EndedRun, Callable[[Environment], Summary]]]
 # The task names of every step (tasks/*.py): a task run is named `<step>-<environment>`.
 STEPS = ("validate", "fetch-secret", "rehearse-and-plan", "snapshot", "migrate", "notify", "plan-refresh",
          "find-snapshot", "refresh-from-snapshot", "restore-from-snapshot", "rollback", "baseline", "drift-check",
@@ -56,28 +60,29 @@ def report_over_budget(flow: Any, flow_run: Any, message: str) -> None:
     report_ending("timed-out", flow, flow_run, SimpleNamespace(message=message))
 
 
-def report_ending(ending: Ending, flow: Any, flow_run: Any, state: Any, tell: Announce | None = None) -> None:
-    """Report the run's ending with `tell` (`announce`, or the fleet's), logging what it says; never raises."""
+def report_ending(ending: Ending, flow: Any, flow_run: Any, state: Any, read: ReadRun | None = None) -> None:
+    """Report the run's ending (what `read` finds: `read_one_database`, or the fleet's), logging what it says;
+    never raises."""
     log = flow_run_logger(flow_run, flow)
     try:
-        delivered = (tell or announce)(ending, flow, flow_run, state, log)
+        delivered = announce(ending, flow, flow_run, state, log, read or read_one_database)
         log.info("The %s run was %s", ending, "reported" if delivered else "not reported (see above)")
     except Exception as exc:  # noqa: BLE001 - a hook never raises; the automations are the backstop
         log.warning("The %s run could not be reported (%s)", ending, describe(exc))
 
 
-def announce(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log) -> bool:
-    """Read what is known, notify the environment's target, emit the report event. Whether it was delivered."""
+def announce(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log, read: ReadRun) -> bool:
+    """Read what is known (the orchestrator's part here, the rest by `read`), notify the environment's target,
+    emit the report event. Whether it was delivered."""
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run.id)  # fresh: the hook's copy may predate the run's start
-        ended = EndedRun(
+        ended, summarize = read(client, run, EndedRun(
             ending=ending, reason=(state.message or "") if state else "", flow_name=flow.name,
-            flow_run_id=str(run.id), parameters=dict(run.parameters), step=running_step(client, run.id),
-            planned=planned(client, run.id, str(run.parameters.get("environment"))),
+            flow_run_id=str(run.id), parameters=dict(run.parameters),
             deployment=deployment_name(client, flow.name, run),
             duration_seconds=(datetime.now(UTC) - run.start_time).total_seconds() if run.start_time else 0.0,
             run_url=url_for("flow-run", obj_id=run.id),
-        )
+        ), log)
     environment: Environment | None = None
     delivered = False
     try:
@@ -85,12 +90,21 @@ def announce(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log) -> 
     except Exception as exc:  # noqa: BLE001 - nowhere to notify; the event and the automations still say it
         log.warning("Environment of the %s run unknown (%s): nobody notified", ending, describe(exc))
     if environment is not None:
-        summary = crash_summary(ended, environment, read_known(environment, ended))
-        delivered = deliver(environment.notify, summary, post=slack_post_for(environment.notify, log), log=log)
+        delivered = deliver(environment.notify, summarize(environment),
+                            post=slack_post_for(environment.notify, log), log=log)
     events.run_ended(ending, ended.flow_run_id, run.name, str(run.flow_id), flow.name, ended.parameter("environment"),
                      ended.parameter("git_sha"), {"step": ended.step, "notified": delivered,
                                                   "reason": ended.reason[:500]})
     return delivered
+
+
+def read_one_database(client: SyncPrefectClient, run: Any, ended: EndedRun,
+                      log: Log) -> tuple[EndedRun, Callable[[Environment], Summary]]:
+    """A one-database run: the step that was running and its plan from Prefect; then, for the summary, what its
+    database and its snapshots say."""
+    ended = replace(ended, step=running_step(client, run.id),
+                    planned=planned(client, run.id, str(run.parameters.get("environment"))))
+    return ended, lambda environment: crash_summary(ended, environment, read_known(environment, ended))
 
 
 def read_known(environment: Environment, ended: EndedRun) -> KnownState:

@@ -181,8 +181,9 @@ def test_a_password_file_someone_else_could_read_or_plant_is_refused(tmp_path: P
         made = server._secret(make=True)
         assert made is not None and server.password_file.stat().st_mode & 0o777 == 0o600
         assert server._secret(make=True) == made  # made once, read after
+        assert LocalServer(tmp_path / "postgres")._secret() == made  # as a later command reads it
         server.password_file.chmod(0o644)
         with pytest.raises(EmbeddedServerError, match="is not this user's alone"):
-            server._secret()
+            LocalServer(tmp_path / "postgres")._secret()
     finally:
         server.destroy()

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from psycopg import sql
@@ -149,6 +149,7 @@ class LocalServer:
     superuser: str = "postgres"
     password: SecretStr | None = None  # None: one made for it, kept beside its data (password_file)
     tls: ServerTls | None = None  # a test server that takes TLS connections with a client certificate only
+    _stored: SecretStr | None = field(default=None, init=False, repr=False)  # the password file's, once read
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -201,9 +202,10 @@ class LocalServer:
         server made before servers had one (trust on 127.0.0.1, as it was)."""
         if self.password is not None:
             return self.password
-        stored = _read_private(self.password_file)
-        if stored is not None or not make:
-            return stored
+        if self._stored is None:  # read once: every connection() asks
+            self._stored = _read_private(self.password_file)
+        if self._stored is not None or not make:
+            return self._stored
         self.password_file.parent.mkdir(parents=True, exist_ok=True)
         # Written whole under another name, then linked into place: never an empty file, never two passwords.
         descriptor, draft = tempfile.mkstemp(dir=self.password_file.parent, prefix=".password-")
@@ -216,7 +218,8 @@ class LocalServer:
                 pass
         finally:
             os.unlink(draft)
-        return _read_private(self.password_file)
+        self._stored = _read_private(self.password_file)
+        return self._stored
 
     def initialise(self) -> None:
         self._prepare_directory()
@@ -299,6 +302,7 @@ class LocalServer:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.password_file.unlink(missing_ok=True)
+        self._stored = None
         if self.data_dir.parent.name.startswith("rds-migrations-pg-"):  # our relocation directory under /tmp
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 

@@ -29,8 +29,9 @@ def is_transient(exc: BaseException) -> bool:
         refused_by_tls = any(text in str(exc) for text in NOT_TRANSIENT_TEXTS)
         return not exc.auth_failed and not refused_by_tls and exc.sqlstate in TRANSIENT_SQLSTATES
     if isinstance(exc, psycopg.OperationalError):
-        # 55P03 here is a read that waited its 2 s for another session's lock (session.READ_TIMEOUTS): a
-        # migration's own lock timeout is its failure, handled where it is applied, and never reaches a retry.
+        # 55P03 here is the tool's own statement (a read, after session.READ_TIMEOUTS; the history tables' set-up)
+        # that waited its while for another session's lock, and changed nothing: a migration's own lock timeout
+        # is its failure, handled where it is applied, and never reaches a retry.
         return exc.sqlstate in TRANSIENT_SQLSTATES or exc.sqlstate == "55P03"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})

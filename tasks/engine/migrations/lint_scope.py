@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.lint import LintFinding
 from tasks.engine.migrations.statements import created_tables, touched_table
 
@@ -39,9 +39,7 @@ class LintScope:
         ids = list(catalog.ids) if pending is None else list(pending)
         by_id = {m.id: m for m in catalog.migrations}
         batch = [by_id[i] for i in ids if i in by_id]
-        files: set[str] = set()
-        for migration in batch:
-            files |= {migration.path.name, f"{migration.id}.rollback.sql"}
+        files = _files(batch)
         wanted = {(f.file, f.line) for f in findings if f.rule in LOCK_RULES and f.file in files}
         new_tables: set[str] = set()
         lines: set[tuple[str, int]] = set()
@@ -55,8 +53,7 @@ class LintScope:
                     if _plain(touched_table(statement)) in new_tables:
                         lines |= span
                 new_tables |= {_plain(name) for name in created_tables(statement)}
-        beyond = {name for m in catalog.migrations if m.id in set(later)
-                  for name in (m.path.name, f"{m.id}.rollback.sql")}
+        beyond = _files(by_id[i] for i in later if i in by_id)
         return cls(None if pending is None else frozenset(files), frozenset(lines), frozenset(beyond))
 
     def why_not_blocking(self, finding: LintFinding) -> str | None:
@@ -67,6 +64,11 @@ class LintScope:
         if finding.rule in LOCK_RULES and (finding.file, finding.line) in self.new_table_lines:
             return "a table created in this batch"
         return None
+
+
+def _files(migrations: Iterable[Migration]) -> set[str]:
+    """The files of `migrations`: each one's and its rollback file's name."""
+    return {name for migration in migrations for name in (migration.path.name, f"{migration.id}.rollback.sql")}
 
 
 def _plain(name: str | None) -> str | None:

@@ -30,8 +30,6 @@ from tasks.engine.migrations.session import ADVISORY_LOCK_KEY, session
 
 NOT_CHECKED = "not checked (no remembered reference: run `rds-migrations drift`)"
 LOCKED_OUT = "not checked (a lock on the schema is held, by a migration running now?): try again"
-# A status never waits behind a migration: reading the schema's definitions waits for its locks.
-TIMEOUTS = "SELECT set_config('lock_timeout', '2s', false), set_config('statement_timeout', '60s', false)"
 HOW = {"apply": "apply", "baseline": "baseline", "mark": "mark"}  # anything else, or no log row: "unknown"
 FILE_STYLE = {"ok": "green", "edited": "bold red", "missing file": "bold red", "unverified": "yellow"}
 
@@ -214,8 +212,9 @@ def read_status(connection: Connection, catalog: Catalog, *, environment: str | 
     """Everything `status` shows, in one read-only session. `ui_url` (default: PREFECT_UI_URL) makes each flow
     run id a link; `allow_out_of_order` is the environment's policy, for what the next run would refuse."""
     ui = (ui_url if ui_url is not None else os.environ.get("PREFECT_UI_URL", "")).rstrip("/") or None
+    # A read-only session never waits long behind a migration's locks (session.READ_TIMEOUTS): reading the
+    # schema's definitions waits for them.
     with session(connection, read_only=True, application_name="rds-migrations status") as conn:
-        conn.execute(TIMEOUTS)
         ledger = Ledger.open(conn)
         has_history = ledger.exists()["migration"]
         history = ledger.read()
