@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.engine.connection import Connection
+from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import UsageError
+from tasks.engine.errors import SecretError, UsageError
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 
 DATABASE_URL_ENVIRONMENT = "database-url"
@@ -22,12 +22,23 @@ JSON_SCHEMA_VERSION = 1
 def environment_of(args: argparse.Namespace) -> Environment:
     """`--env NAME`, or `--database-url URL` (kept in DATABASE_URL, off the process list for children)."""
     if getattr(args, "database_url", None):
+        check_url(args.database_url, "--database-url")
         os.environ["DATABASE_URL"] = args.database_url
     if getattr(args, "env", None):
         return load_environment(args.env)
     if os.environ.get("DATABASE_URL"):
+        check_url(os.environ["DATABASE_URL"], "DATABASE_URL")
         return load_environment(DATABASE_URL_ENVIRONMENT)
     raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
+
+
+def check_url(url: str, source: str) -> None:
+    """A URL given on the command line (or in DATABASE_URL for it) that libpq cannot read, or reads otherwise
+    than it says, is the user's mistake: refused before anything starts, naming where it came from."""
+    try:
+        connection_from_url(url, source)
+    except SecretError as exc:  # its text names the part, never a value
+        raise UsageError(str(exc)) from None
 
 
 def connection_of(environment: Environment) -> Connection:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.cli_common import DATABASE_URL_ENVIRONMENT, emit
+from flows.cli_common import DATABASE_URL_ENVIRONMENT, check_url, emit
 from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError
 from tasks.engine.git import head_sha
@@ -102,6 +102,8 @@ def fleet_environment(args: argparse.Namespace) -> tuple[Environment, list[str] 
             )
         return environment, None
     urls = args.database_url if isinstance(args.database_url, list) else read_url_file(args.database_urls)
+    for position, url in enumerate(urls, 1):
+        check_url(url, f"database URL #{position}")
     variables = url_variables(urls)
     return url_fleet(load_environment(DATABASE_URL_ENVIRONMENT), variables, args.concurrency), variables
 

@@ -146,6 +146,31 @@ def test_a_bad_migration_parameter_is_named_as_the_command_calls_it(project: Pat
         assert f"{name} (2 characters) is not a migration id or version number" in result.stderr, result.stderr
 
 
+def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, database: Connection) -> None:
+    """`--target 9`, `--to 9`, `--through 9` naming no file, and a `--database-url` libpq cannot read: the
+    command line's mistakes, exit 2, named as the command line says them, and the database left as it was."""
+    from tasks.engine.connection import connected
+
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    for command, flag in (("run", "--target"), ("rollback", "--to"), ("baseline", "--through"),
+                          ("run", "--dry-run --target")):
+        result = cli(command, "--database-url", url_of(database), *flag.split(), "9", cwd=project)
+        assert result.returncode == 2, (command, result.stdout + result.stderr)
+        assert (f"rds-migrations: {flag.split()[-1]} '9' names no migration in migrations/ (a migration id or its "
+                "version number; the newest is 0001.a") in result.stderr, result.stderr
+    with connected(database) as conn:
+        assert conn.execute("SELECT to_regclass('a'), to_regclass('_yoyo_migration')").fetchone() == (None, None)
+    for url, said in ((url_of(database).replace(f":{database.port}/", ":port/"), "the port must be a number"),
+                      (url_of(database) + "?dbname=other", "the URL's query string names dbname")):
+        result = cli("plan", "--database-url", url, cwd=project)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith("rds-migrations: --database-url: ") and said in result.stderr, result.stderr
+        from_environment = cli("plan", cwd=project, env={"DATABASE_URL": url})
+        assert from_environment.returncode == 2 and "rds-migrations: DATABASE_URL: " in from_environment.stderr
+    fleet = cli("run", "--database-url", url_of(database), "--database-url", "postgresql://a@b:x/c", cwd=project)
+    assert fleet.returncode == 2 and "database URL #2: the port must be a number" in fleet.stderr, fleet.stderr
+
+
 def test_drift_on_a_database_never_adopted_says_to_adopt_it(project: Path, database: Connection) -> None:
     """Knex migrated it; nothing of ours is there yet: its tables read as added by hand, and the report says
     what to do about that (`baseline --from knex`), as status and plan do."""

@@ -113,11 +113,8 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
 def _through(catalog: Catalog, through: str) -> list[Migration]:
     if through == "0":
         return []
-    for index, migration in enumerate(catalog.migrations):
-        if through == migration.id or (through.isdigit() and int(through) == migration.version):
-            return list(catalog.migrations[: index + 1])
-    raise UsageError(f"--through {through!r} names no migration in {catalog.directory.name}/ (a migration id or its "
-                     "version number; 0 adopts the schema as it is with nothing recorded)")
+    index = catalog.named(through, "--through", zero="; 0 adopts the schema as it is with nothing recorded")
+    return list(catalog.migrations[: index + 1])
 
 
 class _nothing:

@@ -18,6 +18,7 @@ import pglast
 import sqlparse
 from yoyo.migrations import parse_metadata_from_sql_comments
 
+from tasks.engine.errors import UsageError
 from tasks.engine.migrations.sqltext import after_comments, comment_only
 from tasks.engine.migrations.statements import breaks_the_session, ends_transaction
 
@@ -81,6 +82,23 @@ class Catalog:
 
     def get(self, migration_id: str) -> Migration | None:
         return self._by_id.get(migration_id)
+
+    def index_of(self, name: str) -> int | None:
+        """Where the migration `name` (an id, or a version number) sorts; None when it names none."""
+        for index, migration in enumerate(self.migrations):
+            if name == migration.id or (name.isdigit() and int(name) == migration.version):
+                return index
+        return None
+
+    def named(self, name: str, option: str, *, zero: str = "") -> int:
+        """`index_of`, for a command's `option` (`--target`, `--to`, `--through`): a name that matches nothing
+        is the user's mistake, refused before any database is read. `zero` says what `0` means, if anything."""
+        index = self.index_of(name)
+        if index is None:
+            newest = f"; the newest is {self.migrations[-1].id}" if self.migrations else ""
+            raise UsageError(f"{option} {name!r} names no migration in {self.directory.name}/ (a migration id or its "
+                             f"version number{newest}{zero})")
+        return index
 
     @cached_property
     def _by_id(self) -> dict[str, Migration]:

@@ -69,7 +69,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 )
     beyond: list[str] = []
     if target is not None:
-        index = _target_index(catalog, target)
+        index = catalog.index_of(target)
         if index is None:
             problems.append(f"target {target!r} names no migration (use a migration id or its version number)")
         else:
@@ -92,13 +92,6 @@ def _below_head(catalog: Catalog, target: str, head: int, environment: str | Non
     return (f"target {target!r} is below the newest applied migration ({catalog.migrations[head].id}): a run only "
             f"applies, it never undoes; to go back to it, run `rds-migrations rollback {where} --to {target}` "
             "(every migration above it needs a rollback file)")
-
-
-def _target_index(catalog: Catalog, target: str) -> int | None:
-    for index, migration in enumerate(catalog.migrations):
-        if target == migration.id or (target.isdigit() and int(target) == migration.version):
-            return index
-    return None
 
 
 def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,

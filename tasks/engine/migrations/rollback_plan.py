@@ -61,7 +61,7 @@ def make_rollback_plan(catalog: Catalog, history: History, to: str, *,
     # sorting before applied ones is no reason not to roll back).
     problems = list(make_plan(catalog, history, allow_out_of_order=True, environment=environment).problems)
     position = {m.id: index for index, m in enumerate(catalog.migrations)}
-    index = -1 if to == ALL else _index(catalog, to)
+    index = -1 if to == ALL else catalog.index_of(to)
     if index is None:
         problems.append(f"--to {to!r} names no migration (use a migration id or its version number, or 0 to undo "
                         "every migration)")
@@ -73,13 +73,6 @@ def make_rollback_plan(catalog: Catalog, history: History, to: str, *,
     undone = set(undo)
     return RollbackPlan(to, undo, tuple(i for i in history.applied if i not in undone), tuple(problems),
                         tuple(i for i in undo if not by_id[i].transactional))
-
-
-def _index(catalog: Catalog, to: str) -> int | None:
-    for index, migration in enumerate(catalog.migrations):
-        if to == migration.id or (to.isdigit() and int(to) == migration.version):
-            return index
-    return None
 
 
 def _refusals(migration: Migration) -> list[str]:

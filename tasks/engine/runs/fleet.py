@@ -219,6 +219,8 @@ def migrate_fleet(
         git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
         step = "validate"
         catalog, report = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
+        if target is not None:
+            catalog.named(target, "--target")
         step = "discover"
         rds = fleet_steps.client("rds", environment)
         targets = fleet_targets(environment, rds, steps.log)

@@ -17,7 +17,7 @@ from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
 from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
-from tasks.engine.migrations.rollback_plan import plan_rollback
+from tasks.engine.migrations.rollback_plan import ALL, plan_rollback
 from tasks.engine.notices import Notice
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.migration import Credentials, check_tier
@@ -44,6 +44,8 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             step = "validate"
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
+            if to != ALL:
+                catalog.named(to, "--to", zero="; 0 undoes every migration")
             step = "fetch-secret"
             credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                                     "trigger": trigger, "to": to}, steps)
