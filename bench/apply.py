@@ -21,7 +21,8 @@ from bench.pg import BenchServer, client_cpu_seconds, libpq_env, server_cpu_seco
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
 from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import Catalog, read_catalog, read_text, split_migration
+from tasks.engine.migrations.catalog import Catalog, read_catalog
+from tasks.engine.migrations.split import read_text, split_migration
 
 PSQL, OURS, YOYO, KNEX = "psql (floor)", "rds-migrations", "yoyo CLI", "Knex"
 PSQL_ONE = "psql, one message a migration"

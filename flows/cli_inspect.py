@@ -13,11 +13,12 @@ from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tasks.engine.connection import connection_from_url
+    from tasks.engine.connection import Connection, connection_from_url
     from tasks.engine.embedded import embedded_server
     from tasks.engine.migrations.plan import plan
     from tasks.engine.migrations.rehearsal import rehearse
     from tasks.engine.migrations.report import with_plan, with_rehearsal
+    from tasks.engine.migrations.scratch import Place, choose_place
     from tasks.engine.migrations.validation import check_migrations
 
     policy = load_environment(args.env or "production").policy
@@ -31,8 +32,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if server is None:
             local = embedded_server()
             local.start()
-            server = local.connection()
-        report = with_rehearsal(report, rehearse(catalog, server, policy))
+            place: Place | Connection = local.connection()
+        else:  # as a run would: what would change the target's server itself is rehearsed elsewhere
+            place = choose_place(server, server, catalog.migrations, dry_run=False)
+        report = with_rehearsal(report, rehearse(catalog, place, policy))
     if args.markdown:
         try:
             with args.markdown.open("a", encoding="utf-8") as out:

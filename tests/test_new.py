@@ -10,9 +10,10 @@ import pytest
 from tasks.engine.connection import Connection
 from tasks.engine.errors import EXIT_USAGE, UsageError
 from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import read_catalog, split_migration
+from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.new import GUARD_MARK, NewMigrationRefused, new_migration
 from tasks.engine.migrations.results import MigrationError
+from tasks.engine.migrations.split import split_migration
 from tests.helpers import POLICY, applied_ids, cli, dirty_state, url_of, write_migrations
 
 TABLE = "CREATE TABLE {0} (id bigint PRIMARY KEY);\n"

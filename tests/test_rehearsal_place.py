@@ -76,6 +76,32 @@ def test_a_migration_creating_a_role_is_rehearsed_elsewhere_and_applied_once(
     assert settings == (["work_mem=8MB"],)
 
 
+def test_validate_and_a_role_made_in_a_do_block_never_reach_the_target_server(
+        tmp_path: Path, database: Connection, role_name: str) -> None:
+    """`validate --database-url` rehearses where a run would; a DO block's statements count as the block's own
+    (the idiomatic `IF NOT EXISTS … THEN CREATE ROLE`). Both used to rehearse on the target's server: its
+    database's settings and a new role stayed there after a rehearsal that then failed."""
+    write_migrations(tmp_path, {
+        "0001.role.sql": (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role_name}') "
+                          f"THEN CREATE ROLE {role_name} NOLOGIN; END IF; END $$;\n"),
+        "0002.database.sql": f"ALTER DATABASE {database.dbname} SET work_mem = '9MB';\n",
+        "0003.broken.sql": "SELECT 1 / 0;\n",
+    })
+
+    def settings() -> tuple | None:
+        with connected(database) as conn:
+            return conn.execute("SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d "
+                                "ON d.oid = s.setdatabase WHERE d.datname = current_database()").fetchone()
+
+    before = settings()
+    validated = cli("validate", "--database-url", url_of(database), cwd=tmp_path)
+    assert validated.returncode == 1 and "22012" in validated.stdout, validated.stdout + validated.stderr[-3000:]
+    ran = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+    assert ran.returncode == 1 and "the database was not changed" in ran.stderr, ran.stderr[-3000:]
+    assert "0001.role (CREATE ROLE in a DO block)" in ran.stderr
+    assert roles(database, role_name) == [] and settings() == before and applied_ids(database) == []
+
+
 SLEEP_IN_REHEARSAL = ("DO $$ BEGIN IF current_database() LIKE 'rdsm_rehearsal%' THEN PERFORM pg_sleep(60); "
                       "END IF; END $$;\n")
 

@@ -85,6 +85,26 @@ def test_an_answer_that_shows_the_transaction_ended_early_is_a_failure(tmp_path:
     assert dirty_state(database) == [("0001.sneaky", "failed", 2)]  # every later run refuses until resolved
 
 
+def test_a_rollback_to_a_savepoint_or_a_prepared_query_stays_inside_the_transaction(
+        tmp_path: Path, database: Connection) -> None:
+    """`ROLLBACK TO SAVEPOINT` answers ROLLBACK and `PREPARE name AS` answers PREPARE, as a transaction's end
+    would: the statements tell them apart. Applied and recorded (the history used to be removed, with a dirty
+    mark and "rolled back" said of a migration whose tables were there); so is a rollback file's."""
+    from tasks.engine.migrations.rollback import roll_back_to
+
+    forward = ("CREATE TABLE t (id bigint)", "SAVEPOINT a", "CREATE TABLE u (id bigint)", "ROLLBACK TO SAVEPOINT a",
+               "RELEASE SAVEPOINT a", "PREPARE q AS SELECT 1", "CREATE TABLE v (id bigint)")
+    migration = Migration("0001.savepoints", 1, tmp_path / "0001.savepoints.sql", checksum("x"), forward,
+                          rollback_statements=("PREPARE r AS SELECT 1", "DROP TABLE t", "DROP TABLE v"))
+    catalog = Catalog(tmp_path, (migration,))
+    report = apply_pending(database, catalog, POLICY, git_sha="abcdef1")
+    assert [m.id for m in report.applied] == ["0001.savepoints"]
+    assert tables(database) >= {"t", "v"} and "u" not in tables(database)
+    assert applied_ids(database) == ["0001.savepoints"] and dirty_state(database) == []
+    roll_back_to(database, catalog, POLICY, "0", git_sha="abcdef1")
+    assert not tables(database) & {"t", "v"} and applied_ids(database) == [] and dirty_state(database) == []
+
+
 # ---- 2. session state never leaks from one migration to the next -------------------------------------------
 
 

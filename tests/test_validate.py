@@ -64,11 +64,47 @@ def test_copy_to_or_from_the_client_is_refused_naming_the_statement(tmp_path: Pa
             "COPY (SELECT id FROM stdin) TO '/x.csv';\n"
         ),
         "0005.hidden.sql": "COPY (SELECT 1) TO /* out */ STDOUT;\n",
+        "0006.no-space.sql": "CREATE TABLE t (id int);\nCOPY(SELECT 1) TO STDOUT;\n",
+        "0007.quoted.sql": 'CREATE TABLE t (id int);\nCOPY"t" FROM stdin;\n',
+        "0008.program.sql": "CREATE TABLE t (id int);\nCOPY t TO PROGRAM 'cat';\n",
     }))
     assert "0001.load.sql: statement 2 copies to or from the client" in problems
     assert "0002.dump.sql: statement 1 copies to or from the client" in problems
     assert "0003.server-file.sql" not in problems and "0004.tricky.sql" not in problems
     assert "0005.hidden.sql: statement 1 copies to or from the client" in problems
+    # Read by the parser, not a pattern: no space after COPY, a quoted name; a program is the server's own.
+    assert "0006.no-space.sql: statement 2 copies" in problems and "0007.quoted.sql: statement 2 copies" in problems
+    assert "0008.program.sql" not in problems
+
+
+def test_text_the_scanner_stops_before_is_refused_not_dropped(tmp_path: Path) -> None:
+    """pglast's scanner stops quietly at a NUL byte, after a parenthesis left open, or at a last word after the
+    last `;`: what it does not return would never reach the server, and the migration would be recorded as
+    applied all the same. Such a file is refused with its line; so is a rollback file, and one that undoes
+    nothing (only comments, or empty), which would record a rollback and leave the schema as it was."""
+    problems = "\n".join(problems_of(tmp_path, {
+        "0001.nul.sql": "CREATE TABLE a (id bigint);\n-- reviewed by bob\x00\nCREATE TABLE b (id bigint);\n",
+        "0002.paren.sql": ("CREATE TABLE c (id bigint);\nCREATE TABLE d (id bigint, CHECK (id > 0);\n"
+                           "CREATE TABLE e (id bigint);\n"),
+        "0003.trailing.sql": "CREATE TABLE f (id bigint);\nDROP TABLE f; x\n",
+        "0004.fine.sql": "-- a comment; with a semicolon\nCREATE TABLE g (id bigint); /* c; */ ;\nANALYZE\n",
+        "0004.fine.rollback.sql": "DELETE FROM g WHERE id IN (1, 2;\nDROP TABLE g;\n",
+        "0005.h.sql": "CREATE TABLE h (id bigint);\n",
+        "0005.h.rollback.sql": "-- TODO write the rollback\n",
+        "0006.i.sql": "CREATE TABLE i (id bigint);\n",
+        "0006.i.rollback.sql": "",
+    }))
+    assert "0001.nul.sql: line 2 holds a NUL byte" in problems
+    assert "0002.paren.sql: line 2: text no statement holds ('CREATE TABLE d (id bigint, CHECK (id > 0);" in problems
+    assert "0003.trailing.sql: line 2: text no statement holds ('x')" in problems
+    assert "0004.fine.sql:" not in problems
+    assert "0004.fine.rollback.sql: line 1: text no statement holds ('DELETE FROM g WHERE id IN (1, 2;" in problems
+    assert ("0005.h.rollback.sql: the rollback file holds no SQL statement (only comments): a rollback would record "
+            "0005.h as undone and undo nothing") in problems
+    assert "0006.i.rollback.sql: the rollback file holds no SQL statement (nothing)" in problems
+    catalog = read_catalog(Path("migrations"), tmp_path)  # the files refused are not read as migrations
+    assert [m.id for m in catalog.migrations] == ["0004.fine", "0005.h", "0006.i"]
+    assert catalog.migrations[0].statements == ("CREATE TABLE g (id bigint)", "ANALYZE")
 
 
 def test_a_dependency_on_a_file_with_an_error_says_so_not_that_it_is_missing(tmp_path: Path) -> None:

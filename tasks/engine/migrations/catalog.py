@@ -1,8 +1,9 @@
 """The migrations directory: yoyo SQL files read into typed `Migration` values, in apply order.
 
 yoyo's format is kept: `NNNN.slug.sql`, an optional `NNNN.slug.rollback.sql`, leading-comment directives
-`-- depends: <id> ...` and `-- transactional: false`, statements split by yoyo (sqlparse). Every problem
-is collected with the file it is about, so one run tells the user everything that is wrong.
+`-- depends: <id> ...` and `-- transactional: false`, statements split as PostgreSQL's scanner splits them
+(split.py). Every problem is collected with the file it is about, so one run tells the user everything that
+is wrong.
 """
 
 from __future__ import annotations
@@ -14,26 +15,16 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-import pglast
-import sqlparse
-from yoyo.migrations import parse_metadata_from_sql_comments
-
 from tasks.engine.errors import UsageError
+from tasks.engine.migrations.split import read_text, split
 from tasks.engine.migrations.sqltext import after_comments, comment_only
-from tasks.engine.migrations.statements import breaks_the_session, ends_transaction
+from tasks.engine.migrations.statements import breaks_the_session, copies_with_the_client, ends_transaction
 
 # A migration id is the file name without `.sql`: a version number, a separator, then a slug.
 MIGRATION_NAME = re.compile(
     r"^(?P<id>(?P<version>\d+)[._-](?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*?))(?P<rollback>\.rollback)?\.(?P<ext>sql)$"
 )
 VERSIONED = re.compile(r"^(?P<version>\d+)[._-]")
-# COPY to or from the client needs a client that feeds or reads it (psql's \copy): not something a migration
-# runs. Matched with string literals and comments blanked out; `COPY (query)` can only copy TO.
-CLIENT_COPY = re.compile(r"COPY\s+(?:[^(].*\b(?:FROM\s+STDIN|TO\s+STDOUT)\b|\(.*\)\s*TO\s+STDOUT\b)",
-                         re.IGNORECASE | re.DOTALL)
-LITERALS_AND_COMMENTS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
-
-
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the migrations, named by file (relative to the migrations directory)."""
@@ -180,11 +171,18 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
             problems.append(Problem(path.name, f"rollback file with no migration: {migration_id}.sql does not exist"))
         elif migration_id in migrations:
             try:
-                _, statements = split_migration(read_text(path))
+                text = read_text(path)
             except UnicodeDecodeError as exc:
                 problems.append(Problem(path.name, _not_utf8(exc)))
                 continue
-            migrations[migration_id] = _with_rollback(migrations[migration_id], statements)
+            undo = split(text)
+            if undo.unread or all(comment_only(statement) for statement in undo.statements):
+                problems.append(Problem(path.name, undo.unread or (
+                    f"the rollback file holds no SQL statement ({'only comments' if text.strip() else 'nothing'})"
+                    f": a rollback would record {migration_id} as undone and undo nothing; write what undoes it, "
+                    "or delete the file")))
+                continue
+            migrations[migration_id] = _with_rollback(migrations[migration_id], undo.statements)
 
     # Files that are there but not read as migrations (a problem's file may carry its line: 0001.x.sql:3).
     refused = {p.file.partition(":")[0].removesuffix(".sql") for p in problems}
@@ -205,37 +203,6 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
     return Catalog(resolved, tuple(ordered), tuple(problems))
 
 
-def read_text(path: Path) -> str:
-    """A migration file's text as yoyo reads it (UTF-8), without a byte order mark."""
-    return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
-
-
-def split_migration(text: str) -> tuple[dict[str, str], list[str]]:
-    """(directives, statements): yoyo's leading-comment directives (`-- depends:`, `-- transactional:`), and
-    the statements as PostgreSQL's own scanner splits them (pglast): dollar quotes, E'' strings, nested
-    comments and all, exactly where the server will. (yoyo splits with sqlparse, which reads `\\'` as an
-    escaped quote where PostgreSQL does not, and takes 20 s for a 10 MB file of INSERTs.) A text the scanner
-    cannot read (an unclosed quote) is split by sqlparse, and the server then says what is wrong."""
-    directives, statements, _ = _split(text)
-    return directives, statements
-
-
-def _split(text: str) -> tuple[dict[str, str], list[str], bool]:
-    """split_migration's answer, and whether PostgreSQL's scanner read the text."""
-    header = after_comments(text)
-    directives, _, _ = parse_metadata_from_sql_comments(text[: len(text) - len(header)])
-    try:
-        statements = list(pglast.split(text, with_parser=False))
-    except pglast.parser.ParseError:
-        statements = [s for s in sqlparse.split(text) if s.strip()]
-        if statements:
-            statements[0] = parse_metadata_from_sql_comments(statements[0])[2]
-        return directives, statements, False
-    if statements:  # the first statement carries the file's leading comments: the directives
-        statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
-    return directives, [s for s in statements if s.strip()], True
-
-
 def _not_utf8(exc: UnicodeDecodeError) -> str:
     line = exc.object[: exc.start].count(b"\n") + 1
     return f"is not valid UTF-8 (line {line}): save it as UTF-8"
@@ -247,8 +214,9 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         text = read_text(path)
     except UnicodeDecodeError as exc:
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
-    directives, statements, scanned = _split(text)
-    problems = []
+    found = split(text)
+    directives, statements = found.directives, found.statements
+    problems = [Problem(path.name, found.unread)] if found.unread else []
     transactional_value = directives.get("transactional", "true").strip().lower()
     if transactional_value not in ("true", "false"):
         problems.append(Problem(path.name, f"-- transactional: must be true or false, not {transactional_value!r}"))
@@ -260,10 +228,12 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         statements=tuple(s.strip() for s in statements),
         transactional=transactional_value != "false",
         depends=tuple(directives.get("depends", "").split()),
-        scanned=scanned,
+        scanned=found.scanned,
     )
+    if found.unread:  # what else is wrong with it is read once that is mended
+        return migration, problems
     if all(comment_only(statement) for statement in migration.statements):
-        what = "only comments" if statements else "nothing"
+        what = "only comments" if text.strip() else "nothing"
         return migration, [Problem(path.name, f"the migration holds no SQL statement ({what})")]
     lines = _lines(text, migration.statements)
     ends = [*(max(first, following - 1) for first, following in zip(lines, lines[1:], strict=False)),
@@ -271,7 +241,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
     migration = replace(migration, spans=tuple(zip(lines, ends, strict=True)))
     for number, statement in enumerate(migration.statements, 1):
         where = f"{path.name}:{lines[number - 1]}"
-        if CLIENT_COPY.match(LITERALS_AND_COMMENTS.sub(" ", after_comments(statement))):
+        if copies_with_the_client(statement):
             problems.append(Problem(path.name, f"statement {number} copies to or from the client (COPY … FROM "
                                                "STDIN / TO STDOUT), which a migration cannot do: use INSERT, "
                                                "or COPY from a file on the database server"))

@@ -29,6 +29,7 @@ from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationFailure
 from tasks.engine.migrations.session import StartingState
 from tasks.engine.migrations.sqltext import after_comments, comment_only
+from tasks.engine.migrations.statements import ends_transaction
 
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 COPY_REFUSED = "a migration cannot COPY to or from the client (use INSERT, or COPY from a file on the server)"
@@ -255,8 +256,10 @@ class Script:
         """(statement number, command tag) of a statement whose answer shows the transaction ended before the
         tool's COMMIT (a COMMIT, ROLLBACK or PREPARE TRANSACTION of the migration's own)."""
         for index in range(self.prefix, min(len(answers), self.record_index)):
-            if answers[index].status == pq.ExecStatus.COMMAND_OK and command_word(answers[index]) in ENDING_TAGS:
-                number, _ = self.locate(index, answers)
+            if not ended_the_transaction(answers[index]):
+                continue
+            number, _ = self.locate(index, answers)
+            if ended_the_transaction(answers[index], self.statements[number - 1] if number else None):
                 tag = (answers[index].command_status or b"").decode("ascii", "replace")
                 return number or self.answered[min(index - self.prefix, len(self.answered) - 1)], tag
         return None
@@ -285,12 +288,18 @@ class Script:
         return 0, RECORDING if index == self.record_index else "COMMIT"
 
 
-ENDING_TAGS = {"COMMIT", "ROLLBACK", "PREPARE"}
+def ended_the_transaction(answer: pq.PGresult, statement: str | None = None) -> bool:
+    """Whether `answer` (to `statement`, when known) says the transaction it ran in ended: a COMMIT, a ROLLBACK,
+    a PREPARE TRANSACTION. `ROLLBACK TO SAVEPOINT` answers ROLLBACK too, and `PREPARE name AS` answers PREPARE:
+    both stay inside it, which the statement, read by the parser, tells apart."""
+    if answer.status != pq.ExecStatus.COMMAND_OK:
+        return False
+    tag = (answer.command_status or b"").decode("ascii", "replace")
+    if tag == "ROLLBACK" and statement is not None:
+        return ends_transaction(statement) is not None
+    return tag in ("COMMIT", "ROLLBACK", "PREPARE TRANSACTION")
 
 
-def command_word(answer: pq.PGresult) -> str:
-    """The first word of an answer's command tag (`COMMIT`, `INSERT`, ...; "" when it has none)."""
-    return (answer.command_status or b"").decode("ascii", "replace").split(" ")[0]
 MISSING_PREPARED = "26000"  # invalid_sql_statement_name: the prepared history insert is gone
 RECORDING = "(recording it in the history tables)"
 

@@ -55,7 +55,7 @@ import pglast
 import sqlparse
 
 from tasks.engine.errors import LintError
-from tasks.engine.migrations.catalog import read_text, split_migration
+from tasks.engine.migrations.split import read_text, split_migration
 from tasks.engine.migrations.statements import may_be_refused_in_transaction, refused_in_transaction
 from tasks.engine.processes import child_environment
 
@@ -251,7 +251,7 @@ def _statements_needing_no_transaction(text: str) -> list[tuple[int, str]]:
     """(line, what) of each statement PostgreSQL cannot run inside a transaction block, read by its own lexer
     and parser (statements.refused_in_transaction). The line is CONCURRENTLY's where the statement has it (where
     squawk reports its own rule), else the statement's first word's. Statements are split by the lexer; in a
-    file it cannot read (an unclosed quote), as catalog.split_migration does, by sqlparse. A statement the
+    file it cannot read (an unclosed quote), as split.split_migration does, by sqlparse. A statement the
     parser cannot read is left to squawk, which reports the syntax error, and to the server."""
     found = []
     try:

@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tasks.engine.connection import Connection
-from tasks.engine.migrations.catalog import CLIENT_COPY, LITERALS_AND_COMMENTS, Catalog, Migration
+from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import History, read_history
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.session import session
-from tasks.engine.migrations.sqltext import after_comments
-from tasks.engine.migrations.statements import breaks_the_session, ends_transaction
+from tasks.engine.migrations.statements import breaks_the_session, copies_with_the_client, ends_transaction
 
 ALL = "0"  # `--to 0`: undo every applied migration
 
@@ -93,7 +92,7 @@ def _refusals(migration: Migration) -> list[str]:
         breaking = breaks_the_session(statement)
         if breaking:
             found.append(f"{name}: statement {number}: {breaking}; remove it")
-        if CLIENT_COPY.match(LITERALS_AND_COMMENTS.sub(" ", after_comments(statement))):
+        if copies_with_the_client(statement):
             found.append(f"{name}: statement {number} copies to or from the client (COPY … FROM STDIN / TO STDOUT), "
                          "which the tool cannot do: use INSERT, or COPY from a file on the database server")
     return found

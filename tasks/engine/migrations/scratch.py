@@ -98,7 +98,7 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
     log.info("%s", note)
     local.start()
-    alters = any(cluster_wide(s) == "ALTER DATABASE" for m in migrations for s in m.statements)
+    alters = any((cluster_wide(s) or "").startswith("ALTER DATABASE") for m in migrations for s in m.statements)
     return Place(local.connection(), note, roles_from=target, own_roles=frozenset(created_roles(migrations)),
                  databases=(target.dbname,) if alters else ())
 

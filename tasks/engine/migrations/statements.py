@@ -22,6 +22,7 @@ from pglast.enums import (
 )
 from pglast.parser import ParseError
 
+from tasks.engine.migrations.do_blocks import constants, statements_in_do
 from tasks.engine.migrations.sqltext import after_comments, quote_identifier
 
 # The first keywords of the statements each question is about.
@@ -34,6 +35,7 @@ _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 # Each of those keywords as text (a keyword token is never made of other text): no match, no lexing.
 _MAY_REACH_THE_SERVER = re.compile("|".join(sorted(word.removesuffix("_P") for word in _CLUSTER_KEYWORDS)),
                                    re.IGNORECASE)
+_MAY_GRANT = re.compile("GRANT|REVOKE", re.IGNORECASE)
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
 # Statements PostgreSQL refuses inside a transaction block start with one of these words; those starting
 # with CREATE, DROP or ALTER (most DDL) also name one of these keywords, and only those are parsed.
@@ -118,6 +120,8 @@ def cluster_wide(statement: str) -> str | None:
     """What in `statement` changes the server rather than one database (roles, tablespaces, databases,
     server settings), as a few words for messages; None otherwise."""
     first = _first_word(statement)
+    if first == "DO":
+        return _cluster_wide_in_do(statement)
     # The lexer (a sixth of a parse's cost: 300 migrations' DDL is read before every rehearsal) looks for a
     # keyword every cluster-wide statement holds, but role membership; a text search first, which most DDL fails.
     if first not in _CLUSTER_WORDS or (first not in _MEMBERSHIP_WORDS and not (
@@ -133,6 +137,26 @@ def cluster_wide(statement: str) -> str | None:
             return f"ALTER {_CLUSTER_OBJECTS[node.objectType]} ... OWNER"
         if isinstance(node, ast.CommentStmt | ast.SecLabelStmt) and node.objtype in _CLUSTER_OBJECTS:
             return f"COMMENT/SECURITY LABEL ON {_CLUSTER_OBJECTS[node.objtype]}"
+    return None
+
+
+def _cluster_wide_in_do(statement: str) -> str | None:
+    """cluster_wide of what a DO block runs: each statement it holds, and of an `EXECUTE`, the SQL its string
+    constants spell (`format('CREATE ROLE %I', name)`), a role membership being a GRANT or REVOKE with no ON.
+    A block that cannot be read is left to the server."""
+    if not (_MAY_REACH_THE_SERVER.search(statement) or _MAY_GRANT.search(statement)):
+        return None
+    for inner in statements_in_do(statement) or ():
+        if not inner.dynamic:
+            words = cluster_wide(inner.text)
+            if words:
+                return f"{words} in a DO block"
+            continue
+        for value in constants(inner.text):
+            first = _first_word(value)
+            if first in _CLUSTER_WORDS and (_names_keyword(value, _CLUSTER_KEYWORDS) or (
+                    first in _MEMBERSHIP_WORDS and not _names_keyword(value, {"ON"}))):
+                return f"EXECUTE of {first} … in a DO block"
     return None
 
 
@@ -205,6 +229,17 @@ def _names_keyword(statement: str, keywords: set[str]) -> bool:
         return any(token.name in keywords for token in pg_parser.scan(statement))
     except pg_parser.ParseError:
         return True
+
+
+def copies_with_the_client(statement: str) -> bool:
+    """Whether `statement` is a COPY that talks to the client (`FROM STDIN`, `TO STDOUT`: psql's `\\copy`), which
+    the tool can neither feed nor read. One the parser cannot read is judged by its keywords."""
+    if _first_word(statement) != "COPY":
+        return False
+    nodes = parsed(statement)
+    if nodes is None:
+        return _names_keyword(statement, {"STDIN", "STDOUT"})
+    return any(isinstance(node, ast.CopyStmt) and node.filename is None and not node.is_program for node in nodes)
 
 
 def breaks_the_session(statement: str) -> str | None:

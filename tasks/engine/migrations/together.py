@@ -39,13 +39,12 @@ from psycopg import pq
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.execute import (
-    ENDING_TAGS,
     FATAL_ERROR,
     MISSING_PREPARED,
     READ_AS_A_WHOLE_REFUSED,
     RECORDING,
     Script,
-    command_word,
+    ended_the_transaction,
     failure_from,
     read_differently_as_one,
     send,
@@ -214,7 +213,7 @@ def _committed(part: list[pq.PGresult]) -> bool:
     """BEGIN … COMMIT answered, with no error and nothing in between that ended the transaction."""
     return (len(part) >= 3 and part[0].command_status == b"BEGIN" and part[-1].command_status == b"COMMIT"
             and part[-1].status == pq.ExecStatus.COMMAND_OK
-            and all(answer.status != FATAL_ERROR and command_word(answer) not in ENDING_TAGS for answer in part[1:-1]))
+            and all(answer.status != FATAL_ERROR and not ended_the_transaction(answer) for answer in part[1:-1]))
 
 
 def _duration(part: list[pq.PGresult]) -> float:
