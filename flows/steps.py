@@ -91,10 +91,10 @@ class PrefectSteps:
                                 rollback=rollback)
 
     def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
-                 reuse: bool = True) -> Snapshot:
+                 reuse: bool = True, applied: tuple[str, ...] | None = None) -> Snapshot:
         return snapshot_task(environment, connection, git_sha=git_sha, trigger=trigger,
                              rds=self.client("rds", environment), progress=observe.snapshot_progress(environment.name),
-                             reuse=reuse)
+                             reuse=reuse, applied=applied)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:

@@ -23,13 +23,15 @@ from tasks.retries import transient_retries
     cache_policy=NO_CACHE,
 )
 def snapshot_task(environment: Environment, connection: Connection, git_sha: str, trigger: str,
-                  rds: Any = None, progress: SnapshotProgress | None = None, reuse: bool = True) -> Snapshot:
+                  rds: Any = None, progress: SnapshotProgress | None = None, reuse: bool = True,
+                  applied: tuple[str, ...] | None = None) -> Snapshot:
     """Take (or reuse) the pre-migration snapshot of an environment and wait until it is usable.
 
     Args:
         rds: a boto3 RDS client, for the RDS instance and Aurora cluster kinds.
         progress: told (snapshot id, percent) while waiting, and 100 when the snapshot is usable.
         reuse: reuse the snapshot already taken for this commit (a re-run); a rollback takes a fresh one.
+        applied: the migrations applied now: a snapshot is reused only when taken at this same history.
 
     Example:
         ```python
@@ -38,4 +40,4 @@ def snapshot_task(environment: Environment, connection: Connection, git_sha: str
     """
     return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=current_flow_run.id,
                          trigger=trigger, rds_client=rds, log=get_run_logger(), progress=progress,
-                         reuse=reuse)
+                         reuse=reuse, applied=applied)

@@ -25,7 +25,7 @@ from tasks.engine.environments import RDS_IDENTIFIER, AwsSettings, Environment
 from tasks.engine.errors import ConfigError, SnapshotError
 from tasks.engine.messages import restore_commands
 from tasks.engine.runs.steps import DirectSteps
-from tasks.engine.snapshots.naming import Snapshot, snapshot_identifier, snapshot_tags
+from tasks.engine.snapshots.naming import Snapshot, history_mark, snapshot_identifier, snapshot_tags
 from tasks.engine.snapshots.rds import waiter_config
 from tasks.engine.snapshots.take import take_snapshot
 from tasks.engine.transient import is_transient
@@ -56,6 +56,10 @@ INSTANCE = {"kind": "rds_instance", "instance_id": "app-db"}
 CLUSTER = {"kind": "aurora_cluster", "cluster_id": "app-cluster"}
 
 
+HISTORY = ("0001.create-users",)  # what the database has applied when the snapshot is taken
+HISTORY_MARK = history_mark(HISTORY)
+
+
 def no_sleep(seconds: float) -> None:
     pass
 
@@ -65,7 +69,7 @@ def snap(
 ) -> Snapshot:
     """`take_snapshot` with this file's defaults (SHA, NOW, no flow run, no sleeping)."""
     arguments = {"git_sha": SHA, "flow_run_id": None, "trigger": "push", "now": NOW, "rds_client": client,
-                 "log": TEST_LOG, "sleep": no_sleep}
+                 "log": TEST_LOG, "sleep": no_sleep, "applied": HISTORY}
     return take_snapshot(environment, connection, **(arguments | overrides))
 
 
@@ -122,6 +126,7 @@ def test_instance_snapshot_is_named_tagged_and_available(rds, instance, aws_endp
         "rds-migrations:flow-run-id": "0b5c-run",
         "rds-migrations:trigger": "github-push",
         "rds-migrations:managed-by": "rds-migrations",
+        "rds-migrations:history": HISTORY_MARK,
     }
 
 
@@ -152,7 +157,7 @@ def test_a_rollback_never_reuses_the_snapshot_taken_before_the_migration(rds, in
 
 
 def _ours(sha: str = SHA, environment: str = "production") -> list[dict]:
-    return [{"Key": k, "Value": v} for k, v in snapshot_tags(environment, sha, "run-0", "push").items()]
+    return [{"Key": k, "Value": v} for k, v in snapshot_tags(environment, sha, "run-0", "push", HISTORY).items()]
 
 
 @pytest.mark.parametrize(
@@ -578,6 +583,7 @@ def test_pg_dump_snapshot_is_a_readable_dump_with_a_sidecar(filled, tmp_path) ->
         "created_at": "2026-11-24T21:30:00+00:00",
         "flow_run_id": "run-7",
         "trigger": "cli",
+        "history": HISTORY_MARK,
     }
     assert CANARY_PASSWORD not in sidecar_text
     assert CANARY_PASSWORD.encode() not in dump.read_bytes()
@@ -595,6 +601,26 @@ def test_pg_dump_is_reused_for_the_same_sha_only(filled, tmp_path) -> None:
         first.identifier, first.location, first.created_at)
     assert not other.reused and other.location != first.location
     assert len(list(tmp_path.glob("*.dump"))) == 2
+
+
+def test_a_snapshot_taken_at_another_history_is_never_reused(filled, tmp_path, rds, instance, aws_endpoint) -> None:
+    """A re-run of the same commit after it applied migrations (and data was written) takes a new snapshot:
+    the one before the first attempt, restored, would undo those migrations too. It used to be reused and named
+    in the restore instructions. So is one taken when the history was not known, or by an earlier version."""
+    moved = (*HISTORY, "0002.add-email")
+    local = local_environment(tmp_path)
+    first = snap(local, connection=filled, trigger="cli")
+    after = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=1), applied=moved)
+    unknown = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=2), applied=None)
+    assert not after.reused and not unknown.reused and len({first.location, after.location, unknown.location}) == 3
+    assert snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=3), applied=moved).reused
+
+    environment = make_environment(INSTANCE, endpoint=aws_endpoint)
+    taken = snap(environment, rds, flow_run_id="run-1")
+    again = snap(environment, rds, flow_run_id="run-2", now=NOW + timedelta(hours=1), applied=moved)
+    assert not again.reused and again.identifier != taken.identifier
+    assert sorted(tags_of(s)["rds-migrations:history"] for s in manual_snapshots(rds)) == sorted(
+        [HISTORY_MARK, history_mark(moved)])
 
 
 @pytest.mark.parametrize("missing", [".json", ".dump"])

@@ -415,7 +415,7 @@ def test_an_unsupported_url_parameter_is_refused_by_name_through_the_command_lin
     write_migrations(tmp_path, MIGRATIONS)
     url = url_of(database) + f"?sslmode=require&sslpassword={quote(CANARY_PASSWORD, safe='')}"
     result = cli("run", "--database-url", url, "--git-sha", "abcdef1", cwd=tmp_path)  # cli() checks the canary
-    assert result.returncode == 1, result.stdout + result.stderr  # failed at fetch-secret: nothing touched
+    assert result.returncode == 2, result.stdout + result.stderr  # the command line's mistake: nothing touched
     assert "unsupported URL parameters: sslpassword" in result.stderr
     assert quote(CANARY_PASSWORD, safe="") not in result.stdout + result.stderr
 

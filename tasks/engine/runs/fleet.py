@@ -146,7 +146,8 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
             return TargetResult(target.name, outcome, pending=pending, duration_seconds=time.monotonic() - started)
         if environment.snapshot.kind != "none":
             step = "snapshot"
-            snapshot = steps.snapshot(environment, credentials.connection, run.git_sha, run.trigger)
+            snapshot = steps.snapshot(environment, credentials.connection, run.git_sha, run.trigger,
+                                      applied=report.plan.applied if report.plan else None)
         step = "migrate"
         applied = credentials.run(
             lambda c: steps.migrate(

@@ -184,7 +184,8 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
         steps.log.info("Approved by %s", steps.approve(environment, report))
     if environment.snapshot.kind != "none":
         progress.step = "snapshot"
-        progress.snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger)
+        progress.snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger,
+                                           applied=report.plan.applied if report.plan else None)
     progress.step = "migrate"
     progress.applied = credentials.run(lambda c: steps.migrate(
         c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name))

@@ -61,8 +61,9 @@ class Steps(Protocol):
         approved, else `ApprovalDenied`."""
 
     def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
-                 reuse: bool = True) -> Snapshot:
-        """Take (or, with `reuse`, reuse this commit's) snapshot of the environment and wait until it is usable."""
+                 reuse: bool = True, applied: tuple[str, ...] | None = None) -> Snapshot:
+        """Take (or, with `reuse`, reuse this commit's, taken at the history `applied`) snapshot of the
+        environment and wait until it is usable."""
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:
@@ -145,11 +146,12 @@ class DirectSteps:
                              "through its deployment (or with --prefect); nothing was snapshotted or applied")
 
     def snapshot(self, environment: Environment, connection: Connection, git_sha: str, trigger: str,
-                 reuse: bool = True) -> Snapshot:
+                 reuse: bool = True, applied: tuple[str, ...] | None = None) -> Snapshot:
         from tasks.engine.snapshots.take import take_snapshot
 
         return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=None, trigger=trigger,
-                             rds_client=self.client("rds", environment), log=self.log, reuse=reuse)
+                             rds_client=self.client("rds", environment), log=self.log, reuse=reuse,
+                             applied=applied)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
                 git_sha: str, environment: str) -> ApplyReport:

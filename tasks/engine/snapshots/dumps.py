@@ -17,7 +17,7 @@ from tasks.engine.errors import SnapshotError, redact
 from tasks.engine.git import GIT_SHA
 from tasks.engine.logs import Log
 from tasks.engine.processes import child_environment
-from tasks.engine.snapshots.naming import NAME_PREFIX, TAG_PREFIX, Snapshot, utc
+from tasks.engine.snapshots.naming import HISTORY_TAG, NAME_PREFIX, TAG_PREFIX, UNKNOWN_HISTORY, Snapshot, utc
 
 
 def dump_directory(config: PgDumpSnapshot) -> Path:
@@ -38,10 +38,11 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
         "created_at": when.isoformat(),
         "flow_run_id": tags[f"{TAG_PREFIX}flow-run-id"],
         "trigger": tags[f"{TAG_PREFIX}trigger"],
+        "history": tags[HISTORY_TAG],
     }
     reusable = _find_reusable_dump(directory, record) if reuse else None
     if reusable is not None:
-        log.info("Reusing dump %s of database %s, taken for the same git SHA",
+        log.info("Reusing dump %s of database %s, taken for the same git SHA at the same history",
                  reusable.location, connection.dbname)
         return reusable
 
@@ -85,8 +86,8 @@ def stored_dumps(directory: Path) -> Iterator[tuple[Snapshot, dict]]:
 
 
 def _find_reusable_dump(directory: Path, wanted: dict[str, str]) -> Snapshot | None:
-    if not GIT_SHA.match(wanted["git_sha"]):
+    if not GIT_SHA.match(wanted["git_sha"]) or wanted["history"] == UNKNOWN_HISTORY:
         return None
     found = [snapshot for snapshot, record in stored_dumps(directory)
-             if all(record.get(key) == wanted[key] for key in ("environment", "git_sha", "database"))]
+             if all(record.get(key) == wanted[key] for key in ("environment", "git_sha", "database", "history"))]
     return max(found, key=lambda s: s.created_at) if found else None

@@ -1,13 +1,16 @@
 """Snapshots: the `Snapshot` value, and how snapshots and the copies made from them are named and tagged.
 
 Every pre-migration snapshot is named `rdsm-<environment>-<short sha>-<utc time>` and tagged with the
-environment, the full git SHA, the flow run and the trigger, so a re-run of the same commit reuses the
-snapshot it already took, and nothing this tool did not take is ever touched.
+environment, the full git SHA, the flow run, the trigger and the history it was taken at, so a re-run of the
+same commit on a database whose history has not moved since reuses the snapshot it already took, and nothing
+this tool did not take is ever touched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -70,8 +73,13 @@ def tag_value(value: str | None) -> str:
     return "_" + cleaned[1:] if cleaned.lower().startswith(("aws:", "rds:")) else cleaned
 
 
+HISTORY_TAG = f"{TAG_PREFIX}history"
+UNKNOWN_HISTORY = "unknown"
+
+
 def snapshot_tags(
-    environment_name: str, git_sha: str, flow_run_id: str | None, trigger: str
+    environment_name: str, git_sha: str, flow_run_id: str | None, trigger: str,
+    applied: Sequence[str] | None = None,
 ) -> dict[str, str]:
     return {
         f"{TAG_PREFIX}environment": environment_name,
@@ -79,7 +87,17 @@ def snapshot_tags(
         f"{TAG_PREFIX}flow-run-id": tag_value(flow_run_id),
         f"{TAG_PREFIX}trigger": tag_value(trigger),
         f"{TAG_PREFIX}managed-by": MANAGED_BY,
+        HISTORY_TAG: history_mark(applied),
     }
+
+
+def history_mark(applied: Sequence[str] | None) -> str:
+    """The history a snapshot was taken at, in a tag's few characters: how many migrations were applied, and a
+    digest of their ids in order. A snapshot is reused only at the same mark: restoring one taken before other
+    migrations were applied would undo them too."""
+    if applied is None:
+        return UNKNOWN_HISTORY
+    return f"{len(applied)}-{hashlib.sha256(chr(10).join(applied).encode()).hexdigest()[:16]}"
 
 
 def utc(when: datetime) -> datetime:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,9 @@ from tasks.engine.git import GIT_SHA
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.dumps import take_dump
 from tasks.engine.snapshots.naming import (
+    HISTORY_TAG,
     TAG_PREFIX,
+    UNKNOWN_HISTORY,
     Snapshot,
     check_git_sha,
     snapshot_identifier,
@@ -51,10 +53,12 @@ def take_snapshot(
     sleep: Callable[[float], None] = time.sleep,
     progress: SnapshotProgress | None = None,
     reuse: bool = True,
+    applied: Sequence[str] | None = None,
 ) -> Snapshot:
     """Take the environment's pre-migration snapshot, or (with `reuse`: a re-run of the same commit's migration)
-    reuse the one already taken for `git_sha`. A rollback never reuses: the snapshot before a migration is not
-    the database before its rollback.
+    reuse the one already taken for `git_sha` when the database's history is still the one it was taken at,
+    `applied` (not known: never reused). A rollback never reuses: the snapshot before a migration is not the
+    database before its rollback.
 
     Waits until the snapshot is usable, telling `progress` how far it is. Raises `SnapshotError` when it cannot
     be taken or fails, and `ValueError` for a bad `git_sha` or an environment without snapshots (`kind = "none"`).
@@ -62,7 +66,8 @@ def take_snapshot(
     check_git_sha(git_sha)
     when = utc(now or datetime.now(UTC))
     identifier = snapshot_identifier(environment.name, git_sha, when)
-    tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger)
+    tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger, applied)
+    reuse = reuse and applied is not None
     config = environment.snapshot
     if isinstance(config, PgDumpSnapshot):
         dump = take_dump(config, connection, identifier, tags, when, log, reuse)
@@ -97,10 +102,10 @@ def _take_rds_snapshot(
 ) -> Snapshot:
     # Reuse first: while our earlier snapshot is still being created, the instance itself is `backing-up`.
     ours = [s for s in api.manual_snapshots(rds, source_id) if _is_ours(s, tags)]
-    reusable = _pick_reusable(ours, tags[f"{TAG_PREFIX}git-sha"]) if reuse else None
+    reusable = _pick_reusable(ours, tags) if reuse else None
     if reusable is not None:
         reused_id = reusable[api.snapshot_param]
-        log.info("Reusing snapshot %s (%s) of %s %s, taken for the same git SHA",
+        log.info("Reusing snapshot %s (%s) of %s %s, taken for the same git SHA at the same history",
                  reused_id, reusable["Status"], api.noun, source_id)
         final = _wait_until_available(api, rds, reused_id, max_wait_seconds, log, sleep, progress)
         return _rds_result(api, final, source_id, reused=True, fallback_time=when)
@@ -134,10 +139,13 @@ def _is_ours(snapshot: dict, tags: dict[str, str]) -> bool:
     return all(have.get(key) == tags[key] for key in (f"{TAG_PREFIX}managed-by", f"{TAG_PREFIX}environment"))
 
 
-def _pick_reusable(ours: list[dict], git_sha: str) -> dict | None:
-    if not GIT_SHA.match(git_sha):
+def _pick_reusable(ours: list[dict], tags: dict[str, str]) -> dict | None:
+    """One of ours taken for the same commit at the same history (one taken before other migrations were
+    applied would undo them too if restored; one with no history tag, by an earlier version, is not reused)."""
+    if not GIT_SHA.match(tags[f"{TAG_PREFIX}git-sha"]) or tags[HISTORY_TAG] == UNKNOWN_HISTORY:
         return None
-    candidates = [s for s in ours if _tags_of(s).get(f"{TAG_PREFIX}git-sha") == git_sha]
+    candidates = [s for s in ours if all(_tags_of(s).get(key) == tags[key]
+                                         for key in (f"{TAG_PREFIX}git-sha", HISTORY_TAG))]
     # An available one first, else one still being created (wait for it); failed ones are never reused.
     for wanted in ("available", "creating"):
         matching = [s for s in candidates if s.get("Status") == wanted]
