@@ -186,3 +186,24 @@ def test_drift_on_a_database_never_adopted_says_to_adopt_it(project: Path, datab
     assert "public.users  not made by any migration" in result.stdout
     assert "note: this database has 1 table (users) and no migration history" in result.stdout, result.stdout
     assert "try `rds-migrations baseline --from knex`); until then, what is in it reads as drift" in result.stdout
+
+
+def test_the_embedded_server_starts_in_a_directory_whose_name_has_a_space_and_a_quote(project: Path) -> None:
+    """pg_ctl hands the server's options to a shell: a socket directory under "My Projects/" (or with a quote in
+    its name) broke `make demo` with "invalid argument" (or a shell syntax error), and the message did not say
+    which log to read."""
+    import shutil
+    import tempfile
+
+    from tasks.engine.embedded import LocalServer
+
+    home = Path(tempfile.mkdtemp(prefix="rdsm project's home ", dir="/tmp"))  # reachable by the server's user
+    home.chmod(0o755)
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    try:
+        result = cli("validate", cwd=project, env={"RDS_MIGRATIONS_HOME": str(home)})
+        assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+        assert "rehearsal on" in result.stdout and (home / "postgres" / "PG_VERSION").exists()
+    finally:
+        LocalServer(home / "postgres").destroy()
+        shutil.rmtree(home, ignore_errors=True)

@@ -105,6 +105,40 @@ def test_a_failing_first_statement_leaves_the_database_clean_and_is_not_retried(
     assert apply_pending(database, catalog, POLICY).applied_ids == ("0001.nt",)  # once the reader is gone
 
 
+def test_a_do_block_that_commits_then_fails_leaves_the_database_dirty(tmp_path: Path, database: Connection) -> None:
+    """A batched backfill: a DO block, run on its own, may COMMIT as it goes, so failing as the first statement
+    does not mean nothing ran. It used to be "nothing else ran", with no mark, and the next run did it again on
+    top of the rows it had committed. A transaction of the file's own, opened then failing, is not counted as
+    applied either ("statements 1-3 are applied" was said where only statement 1 was)."""
+    files = {
+        "0001.backfill.sql": ("-- transactional: false\nDO $$ BEGIN CREATE TABLE batch_log (n bigint); "
+                              "INSERT INTO batch_log VALUES (1); COMMIT; INSERT INTO batch_log VALUES (2); COMMIT; "
+                              "PERFORM 1 / 0; END $$;\n"),
+    }
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY)
+    failed = raised.value.report.failed
+    assert failed is not None and failed.dirty and failed.commits_inside and failed.sqlstate == "22012"
+    assert ("non-transactional: no statement before it ran, and statement 1 (a CALL or a DO block that can COMMIT) "
+            "may have committed part of its work; the database is marked dirty") in str(raised.value)
+    assert dirty_state(database) == [("0001.backfill", "failed", 1)] and applied_ids(database) == []
+    with connected(database) as conn:
+        assert conn.execute("SELECT count(*) FROM batch_log").fetchone() == (2,)
+    assert any("dirty" in problem for problem in plan(database, catalog).problems)  # the next run refuses
+
+    files = {"0002.own-transaction.sql": ("-- transactional: false\nCREATE TABLE own_a (id bigint);\nBEGIN;\n"
+                                          "CREATE TABLE own_b (id bigint);\nSELECT 1 / 0;\nCOMMIT;\n")}
+    other = tmp_path / "other"
+    catalog = read_catalog(write_migrations(other, files), other)
+    with connected(database) as conn:
+        conn.execute("DELETE FROM _rds_migrations_dirty")
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY)
+    assert "non-transactional: statement 1 is applied;" in str(raised.value), str(raised.value)
+    assert "own_a" in tables(database) and "own_b" not in tables(database)
+
+
 def test_a_mark_of_a_run_in_progress_is_not_dirty(tmp_path: Path, database: Connection) -> None:
     files = {"0001.nt.sql": "-- transactional: false\nCREATE TABLE nt (id bigint);\nSELECT pg_sleep(1);\n"}
     catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)

@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import stat
@@ -280,12 +281,17 @@ class LocalServer:
         if running:
             return running
         port = port or free_port()
+        # pg_ctl hands these to a shell: the socket directory is quoted (a project under "My Projects/").
         options = (
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c fsync=off "
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {shlex.quote(str(self.data_dir))} -c fsync=off "
             f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "server.log"),
-                  "-w", "-t", "60", "start")
+        log = self.data_dir / "server.log"
+        started = self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(log), "-w", "-t", "60",
+                            "start", check=False)
+        if started.returncode != 0:
+            raise EmbeddedServerError(f"the embedded server in {self.data_dir} did not start "
+                                      f"({started.stderr.strip()[-500:]}); its log, {log}, ends:\n{_tail(log)}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.port:
@@ -331,6 +337,13 @@ class LocalServer:
     def drop_database(self, dbname: str) -> None:
         with connected(self.connection()) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def _tail(log: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(not readable: {exc.strerror})"
 
 
 def _check_private(path: Path, found: os.stat_result) -> None:

@@ -83,6 +83,8 @@ def _walk(node: Any) -> Iterator[Inner]:
                 yield Inner(value["sqlstmt"]["PLpgSQL_expr"]["query"])
             elif key == "PLpgSQL_stmt_call":  # CALL, and a DO inside the DO
                 yield Inner(value["expr"]["PLpgSQL_expr"]["query"])
+            elif key in ("PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"):  # allowed in a DO run on its own
+                yield Inner(key.removeprefix("PLpgSQL_stmt_").upper())
             elif key == "PLpgSQL_stmt_dynexecute":
                 yield Inner(value["query"]["PLpgSQL_expr"]["query"], dynamic=True)
             yield from _walk(value)

@@ -33,6 +33,8 @@ class MigrationFailure:
     dirty: bool = False  # non-transactional and left partly applied: later runs refuse until resolved
     resolution: str = ""
     outcome_unknown: bool = False  # the session ended before the server said whether it committed
+    applied_through: int | None = None  # non-transactional: statements 1..applied_through are applied, when known
+    commits_inside: bool = False  # the failing statement (a CALL, a DO that COMMITs) may have committed part of it
 
     def outcome(self) -> str:
         if self.outcome_unknown:
@@ -46,8 +48,11 @@ class MigrationFailure:
         if self.dirty and self.statement_number == 0:
             return "non-transactional: all its statements ran but it could not be recorded; the database is dirty"
         if self.dirty:
-            return (f"non-transactional: {applied_before(self.statement_number)}; the database is marked dirty "
-                    "and later runs refuse until it is resolved")
+            through = self.statement_number if self.applied_through is None else self.applied_through + 1
+            partly = (f", and statement {self.statement_number} (a CALL or a DO block that can COMMIT) may have "
+                      "committed part of its work" if self.commits_inside else "")
+            return (f"non-transactional: {applied_before(through)}{partly}; the database is marked dirty and later "
+                    "runs refuse until it is resolved")
         leftover = ""
         if concurrent_index(self.statement):
             leftover = ("; a failed CREATE INDEX CONCURRENTLY leaves an INVALID index, which the next run drops or "

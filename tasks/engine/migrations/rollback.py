@@ -38,6 +38,7 @@ from tasks.engine.migrations.results import (
 from tasks.engine.migrations.rollback_plan import RollbackPlan, make_rollback_plan, rolling_back
 from tasks.engine.migrations.session import StartingState, migration_lock, session
 from tasks.engine.migrations.sqltext import shorten
+from tasks.engine.migrations.statements import commits_inside
 
 logger = logging.getLogger(__name__)
 
@@ -212,11 +213,13 @@ def _undo_alone(conn: psycopg.Connection, ledger: Ledger, undo: Migration, start
         failure = failure_from(undo, statement, exc, number)
         try:
             start.restore(conn)
-            if number > 1:  # what ran before it stays undone: unrecorded, and marked dirty until resolved
-                message = redact(failure.message, conn.info.password or "")
+            partly = commits_inside(statement)
+            if number > 1 or partly:  # what ran before it stays undone: unrecorded, and dirty until resolved
+                message = redact(failure.message + (" (it can COMMIT inside: part of it may be undone)"
+                                                    if partly else ""), conn.info.password or "")
                 ledger.mark_progress(undo.id, "failed", number, failure.sqlstate,
                                      f"{rolling_back(undo)}: {message}"[:2000], number - 1)
-                return replace(failure, dirty=True)
+                return replace(failure, dirty=True, applied_through=number - 1, commits_inside=partly)
             with conn.transaction():  # nothing was undone (one statement is atomic): recorded again, as it was
                 ledger.record(undo, git_sha, run_id, time.monotonic(), operation="mark",
                               comment=f"rds-migrations rollback failed at its first statement: {undo.id} stays applied")
@@ -260,7 +263,9 @@ def _outcome(failure: MigrationFailure) -> str:
         return (f"non-transactional: every statement of the rollback file ran, but {failure.migration_id}'s dirty "
                 "mark could not be cleared: later runs refuse until it is resolved")
     if failure.dirty:
-        return (f"non-transactional: of the rollback file, {applied_before(failure.statement_number)}; "
+        partly = (f", and statement {failure.statement_number} (a CALL or a DO block that can COMMIT) may have "
+                  "committed part of its work" if failure.commits_inside else "")
+        return (f"non-transactional: of the rollback file, {applied_before(failure.statement_number)}{partly}; "
                 f"{failure.migration_id} is no longer recorded as applied, and the database is marked dirty: later "
                 "runs refuse until it is resolved")
     return f"non-transactional, so not retried: its first statement failed and nothing was undone; {stays}"

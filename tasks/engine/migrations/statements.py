@@ -36,6 +36,7 @@ _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 _MAY_REACH_THE_SERVER = re.compile("|".join(sorted(word.removesuffix("_P") for word in _CLUSTER_KEYWORDS)),
                                    re.IGNORECASE)
 _MAY_GRANT = re.compile("GRANT|REVOKE", re.IGNORECASE)
+_MAY_END = re.compile("COMMIT|ROLLBACK|CALL", re.IGNORECASE)  # every DO block that commits_inside names one
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
 # Statements PostgreSQL refuses inside a transaction block start with one of these words; those starting
 # with CREATE, DROP or ALTER (most DDL) also name one of these keywords, and only those are parsed.
@@ -138,6 +139,19 @@ def cluster_wide(statement: str) -> str | None:
         if isinstance(node, ast.CommentStmt | ast.SecLabelStmt) and node.objtype in _CLUSTER_OBJECTS:
             return f"COMMENT/SECURITY LABEL ON {_CLUSTER_OBJECTS[node.objtype]}"
     return None
+
+
+def commits_inside(statement: str) -> bool:
+    """Whether `statement`, run on its own, can commit part of its work before it fails: a CALL (a procedure may
+    COMMIT), a DO block whose PL/pgSQL COMMITs or ROLLBACKs or CALLs, or one that cannot be read. Any other
+    single statement is atomic."""
+    first = _first_word(statement)
+    if first == "CALL":
+        return True
+    if first != "DO" or not _MAY_END.search(statement):
+        return False
+    inner = statements_in_do(statement)
+    return inner is None or any(each.text in ("COMMIT", "ROLLBACK") or commits_inside(each.text) for each in inner)
 
 
 def _cluster_wide_in_do(statement: str) -> str | None:
