@@ -181,6 +181,26 @@ def test_a_database_whose_schemas_a_dba_made_first_shows_no_drift_until_somethin
         "column app.t.nickname: not made by any migration (added by hand?)"]
 
 
+def test_a_copy_of_the_schema_keeps_the_databases_search_path(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """The rehearsal on a copy of the target's schema, and drift's reference rebuilt from a baseline's dump,
+    start with the target's search_path (`app`, as a DBA set it): no dump holds it, and every unqualified name
+    in a migration used to be "relation … does not exist" there, so such a database could not be migrated."""
+    run(database, "DROP SCHEMA public", "CREATE SCHEMA app",
+        f'ALTER DATABASE "{database.dbname}" SET search_path = app', "CREATE TABLE app.users (id bigint PRIMARY KEY)")
+    write_migrations(tmp_path, {"0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    adopt = cli("baseline", "--env", "adopted", "--through", "0001", cwd=tmp_path, env=adopted)
+    assert adopt.returncode == 0, adopt.stdout + adopt.stderr[-3000:]
+    write_migrations(tmp_path, {"0002.email.sql": "ALTER TABLE users ADD COLUMN email text;\n"})
+    result = cli("run", "--env", "adopted", cwd=tmp_path, env=adopted)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a copy of the target's schema" in result.stderr and "): ok" in result.stderr, result.stderr[-3000:]
+    assert "0002.email" in applied_ids(database)
+    run(database, "DELETE FROM _rds_migrations_schema")  # forget the remembered reference: rebuild it
+    drift = cli("drift", "--env", "adopted", "--json", cwd=tmp_path, env=adopted)
+    assert drift.returncode == 0 and json.loads(drift.stdout)["differences"] == [], drift.stdout + drift.stderr
+
+
 def test_a_pending_migration_that_fails_on_a_drifted_database_leaves_the_drift_standing_and_says_so(
         tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
     """Whether the pending migrations account for the drift is found by replaying them on a scratch database;

@@ -16,10 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-
-import psycopg
-from psycopg import sql
+from dataclasses import replace
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
@@ -33,9 +30,8 @@ from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.schema_copy import restore_schema
-from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
+from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
-from tasks.engine.migrations.statements import named_schemas
 
 logger = logging.getLogger(__name__)
 
@@ -54,63 +50,6 @@ def current_state_key(conn_ledger: Ledger, catalog: Catalog) -> str:
     applied = set(conn_ledger.read().applied)
     baseline = conn_ledger.baseline()
     return state_key([m for m in catalog.migrations if m.id in applied], baseline.id if baseline else None)
-
-
-@dataclass(frozen=True)
-class StartingPoint:
-    """How the target's sessions find schemas: its search_path, the schemas on it that exist, and whether it has
-    a `public` schema at all."""
-
-    search_path: str
-    schemas: tuple[str, ...]
-    has_public: bool
-
-    @classmethod
-    def of(cls, conn: psycopg.Connection) -> StartingPoint:
-        path, schemas, public = conn.execute(  # type: ignore[misc]
-            "SELECT current_setting('search_path'), current_schemas(false), "
-            "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')").fetchone()
-        return cls(path, tuple(schemas), public)
-
-    def prepare(self, scratch: Connection, migrations: Iterable[Migration], log: Log) -> None:
-        """Make the empty scratch database start like the target (see the module's docstring), as its owner
-        (the login or the role it starts as, see scratch.py), the schemas given to the role migrations run as.
-        What cannot be done is logged and left: drift then shows it, as before."""
-        path = self.search_path if self.search_path != '"$user", public' else None
-        if self.has_public and set(self.schemas) <= {"public"} and path is None:
-            return  # the target starts as a new database does
-        made = {name for migration in migrations for statement in migration.statements
-                for name in named_schemas(statement)}
-        schemas = [schema for schema in self.schemas if schema != "public" and schema not in made]
-        drop_public = not self.has_public and "public" not in made
-        if not (schemas or drop_public or path):
-            return  # what differs, the migrations make themselves
-        with connected(scratch) as conn:
-            runs_as, owner = conn.execute(  # type: ignore[misc]
-                "SELECT current_user, pg_get_userbyid(datdba) FROM pg_database "
-                "WHERE datname = current_database()").fetchone()
-            # Each step: the ways to do it, tried in order until one is taken.
-            steps: list[tuple[sql.Composable, ...]] = [(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)),)]
-            steps += [(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-                sql.Identifier(schema), sql.Identifier(runs_as)),) for schema in schemas]
-            if drop_public:  # pg_database_owner's (15+): as that role if NOINHERIT
-                steps.append((sql.SQL("DROP SCHEMA IF EXISTS public"), sql.SQL(
-                    "SET ROLE pg_database_owner; DROP SCHEMA IF EXISTS public; SET ROLE {}").format(
-                    sql.Identifier(owner))))
-            if path is not None:
-                steps.append((sql.SQL("SELECT set_config('search_path', {}, false); "
-                                      "ALTER DATABASE {} SET search_path FROM CURRENT").format(
-                    sql.Literal(path), sql.Identifier(scratch.dbname)),))
-            for ways in steps:
-                for way in ways:
-                    try:
-                        conn.execute(way)
-                        break
-                    except psycopg.Error as exc:
-                        failed = exc
-                else:
-                    log.warning("The drift reference's database does not start like the target (%s): %s",
-                                failed.diag.message_primary or failed, ways[-1].as_string(conn))
 
 
 def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: Policy,
@@ -137,6 +76,7 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
         scratch = create_scratch(place, name, log)
         if baseline is not None:
             restore_schema(baseline.schema_dump, scratch)
+            start.prepare(scratch, (), log)  # the dump holds the schemas, not the database's search_path
         else:
             start.prepare(scratch, migrations, log)
         with session(scratch) as conn:

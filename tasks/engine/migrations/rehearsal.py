@@ -30,7 +30,7 @@ from tasks.engine.migrations.report import RehearsalResult
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.rollback import roll_back
 from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
-from tasks.engine.migrations.scratch import Place, create_scratch, scratch_database
+from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
@@ -138,12 +138,14 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
     dump = dump_schema(target)
     with session(target, read_only=True) as conn:
         applied = Ledger.open(conn).read().applied
+        start = StartingPoint.of(conn)
     by_id = {m.id: m for m in catalog.migrations}
     rolled_back: list[str] = []
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
         scratch = create_scratch(place, name, log)
         restore_schema(dump, scratch)
+        start.prepare(scratch, (), log)  # the dump holds the schemas, not the database's search_path
         with session(scratch) as conn:
             ledger = Ledger.open(conn)
             ledger.create_tables()

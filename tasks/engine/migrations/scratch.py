@@ -38,7 +38,7 @@ from tasks.engine.embedded import embedded_server
 from tasks.engine.errors import RehearsalUnavailable
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Migration
-from tasks.engine.migrations.statements import cluster_wide, parsed
+from tasks.engine.migrations.statements import cluster_wide, named_schemas, parsed
 
 logger = logging.getLogger(__name__)
 SCRATCH = re.compile(r"^rdsm_rehearsal_(?:(?P<pid>\d+)_)?[0-9a-f]{8,12}$")
@@ -254,3 +254,61 @@ def created_roles(migrations: Iterable[Migration]) -> set[str]:
             if cluster_wide(statement) == "CREATE ROLE":
                 found |= {node.role for node in parsed(statement) or () if isinstance(node, ast.CreateRoleStmt)}
     return found
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """How the target's sessions find schemas: its search_path, the schemas on it that exist, and whether it has
+    a `public` schema at all."""
+
+    search_path: str
+    schemas: tuple[str, ...]
+    has_public: bool
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection) -> StartingPoint:
+        path, schemas, public = conn.execute(  # type: ignore[misc]
+            "SELECT current_setting('search_path'), current_schemas(false), "
+            "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')").fetchone()
+        return cls(path, tuple(schemas), public)
+
+    def prepare(self, scratch: Connection, migrations: Iterable[Migration], log: Log) -> None:
+        """Make the scratch database start like the target (its schemas, its search_path, no `public` when it has
+        none; a scratch database holding a copy of its schema gets its search_path, which no dump holds), as its owner
+        (the login or the role it starts as, see scratch.py), the schemas given to the role migrations run as.
+        What cannot be done is logged and left: drift then shows it, as before."""
+        path = self.search_path if self.search_path != '"$user", public' else None
+        if self.has_public and set(self.schemas) <= {"public"} and path is None:
+            return  # the target starts as a new database does
+        made = {name for migration in migrations for statement in migration.statements
+                for name in named_schemas(statement)}
+        schemas = [schema for schema in self.schemas if schema != "public" and schema not in made]
+        drop_public = not self.has_public and "public" not in made
+        if not (schemas or drop_public or path):
+            return  # what differs, the migrations make themselves
+        with connected(scratch) as conn:
+            runs_as, owner = conn.execute(  # type: ignore[misc]
+                "SELECT current_user, pg_get_userbyid(datdba) FROM pg_database "
+                "WHERE datname = current_database()").fetchone()
+            # Each step: the ways to do it, tried in order until one is taken.
+            steps: list[tuple[sql.Composable, ...]] = [(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)),)]
+            steps += [(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(runs_as)),) for schema in schemas]
+            if drop_public:  # pg_database_owner's (15+): as that role if NOINHERIT
+                steps.append((sql.SQL("DROP SCHEMA IF EXISTS public"), sql.SQL(
+                    "SET ROLE pg_database_owner; DROP SCHEMA IF EXISTS public; SET ROLE {}").format(
+                    sql.Identifier(owner))))
+            if path is not None:
+                steps.append((sql.SQL("SELECT set_config('search_path', {}, false); "
+                                      "ALTER DATABASE {} SET search_path FROM CURRENT").format(
+                    sql.Literal(path), sql.Identifier(scratch.dbname)),))
+            for ways in steps:
+                for way in ways:
+                    try:
+                        conn.execute(way)
+                        break
+                    except psycopg.Error as exc:
+                        failed = exc
+                else:
+                    log.warning("The scratch database does not start like the target (%s): %s",
+                                failed.diag.message_primary or failed, ways[-1].as_string(conn))
