@@ -207,3 +207,31 @@ def test_the_embedded_server_starts_in_a_directory_whose_name_has_a_space_and_a_
     finally:
         LocalServer(home / "postgres").destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_password_a_migration_spells_is_never_shown(project: Path, database: Connection) -> None:
+    """`CREATE ROLE … PASSWORD '…'` failing (the role is there already) used to print the password twice, in the
+    statement the failure names; it is starred, as a user mapping's and a connection string's are (cli() fails
+    on the canary anywhere in the output)."""
+    from psycopg import sql
+
+    from tasks.engine.connection import connected
+    from tasks.engine.migrations.statements import without_passwords
+
+    role = f"reporting_{database.dbname}"
+    with connected(database) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        literal = CANARY_PASSWORD.replace("'", "''")  # as SQL writes it
+        write_migrations(project, {"0001.role.sql": f"CREATE ROLE {role} LOGIN PASSWORD '{literal}';\n"})
+        result = cli("run", "--database-url", url_of(database), cwd=project)
+        assert result.returncode == 1 and "42710" in result.stderr, result.stderr[-2000:]
+        assert f"CREATE ROLE {role} LOGIN PASSWORD '**********'" in result.stderr
+        assert literal not in result.stdout + result.stderr and "9f31c7" not in result.stdout + result.stderr
+    finally:
+        with connected(database) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    for spelled in (f"CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '{literal}')",
+                    f"CREATE SUBSCRIPTION s CONNECTION 'host=x password={literal}' PUBLICATION p",
+                    "ALTER ROLE x PASSWORD 'canary-9f31c7"):  # a quote left open: still starred
+        assert "9f31c7" not in without_passwords(spelled) and "**********" in without_passwords(spelled)

@@ -19,6 +19,7 @@ from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
 from tasks.engine.migrations.session import migration_lock, session
 from tasks.engine.migrations.sqltext import quote_identifier, shorten
+from tasks.engine.migrations.statements import without_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
             if index is not None:
                 valid = {True: "valid", False: "INVALID", None: "missing"}[index[2]]
                 note = f" [index {quote_identifier(index[1])}: {valid}]"
-            lines.append(f"  {number}. {fate}: {shorten(statement, 120)}{note}")
+            lines.append(f"  {number}. {fate}: {shorten(without_passwords(statement), 120)}{note}")
     if with_hint:
         lines.append(f"  to resolve: {resolve_hint(dirty.migration_id, environment)}")
     return "\n".join(lines)

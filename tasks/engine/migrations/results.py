@@ -8,7 +8,7 @@ from typing import Protocol
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.migrations.history import applied_before
 from tasks.engine.migrations.sqltext import shorten
-from tasks.engine.migrations.statements import concurrent_index
+from tasks.engine.migrations.statements import concurrent_index, without_passwords
 
 LOCK_NOT_AVAILABLE = "55P03"
 
@@ -35,6 +35,9 @@ class MigrationFailure:
     outcome_unknown: bool = False  # the session ended before the server said whether it committed
     applied_through: int | None = None  # non-transactional: statements 1..applied_through are applied, when known
     commits_inside: bool = False  # the failing statement (a CALL, a DO that COMMITs) may have committed part of it
+
+    def __post_init__(self) -> None:  # it is shown, stored and sent: a password a migration spells is not
+        object.__setattr__(self, "statement", without_passwords(self.statement))
 
     def outcome(self) -> str:
         if self.outcome_unknown:

@@ -36,6 +36,7 @@ _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 _MAY_REACH_THE_SERVER = re.compile("|".join(sorted(word.removesuffix("_P") for word in _CLUSTER_KEYWORDS)),
                                    re.IGNORECASE)
 _MAY_GRANT = re.compile("GRANT|REVOKE", re.IGNORECASE)
+_ANY_PASSWORD = re.compile(r"(password\s*=?\s*)('(?:[^']|'')*'?|\S+)", re.IGNORECASE)
 _MAY_END = re.compile("COMMIT|ROLLBACK|CALL", re.IGNORECASE)  # every DO block that commits_inside names one
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
 # Statements PostgreSQL refuses inside a transaction block start with one of these words; those starting
@@ -243,6 +244,28 @@ def _names_keyword(statement: str, keywords: set[str]) -> bool:
         return any(token.name in keywords for token in pg_parser.scan(statement))
     except pg_parser.ParseError:
         return True
+
+
+def without_passwords(statement: str) -> str:
+    """`statement` as it may be shown: a password it spells (`CREATE ROLE … PASSWORD '…'`, a user mapping's
+    `OPTIONS (password '…')`, a connection string's `password=…`) starred, read by PostgreSQL's lexer. Text the
+    lexer cannot read (a quote left open) has every `password` followed by a value starred."""
+    if "password" not in statement.lower():
+        return statement
+    try:
+        tokens = list(pg_parser.scan(statement))
+    except pg_parser.ParseError:
+        return _ANY_PASSWORD.sub(r"\1'**********'", statement)
+    hidden, last = [], 0
+    for before, token in zip([None, *tokens], tokens, strict=False):
+        if token.name != "SCONST":
+            continue
+        named = before is not None and (before.name == "PASSWORD" or (
+            before.name == "IDENT" and statement[before.start:before.end + 1].lower().strip('"') == "password"))
+        if named or "password" in statement[token.start:token.end + 1].lower():
+            hidden += [statement[last:token.start], "'**********'"]
+            last = token.end + 1
+    return "".join([*hidden, statement[last:]])
 
 
 def copies_with_the_client(statement: str) -> bool:
