@@ -201,6 +201,15 @@ def test_a_held_knex_lock_refuses(database: Connection) -> None:
         applied(database, "knex")
 
 
+def test_a_knex_row_with_no_name_is_refused_naming_its_id(database: Connection) -> None:
+    """Written by hand (Knex names every row): refused with the row ids, where a NULL name used to end in a
+    Python traceback and an empty one in "no migration is named like it (looked for NNNN..sql)"."""
+    knex(database, ("001_create_users.js", 1))
+    run(database, "INSERT INTO knex_migrations (name, batch) VALUES (NULL, 4), ('  ', 4)")
+    with pytest.raises(AdoptionRefused, match=r"knex_migrations has 2 row\(s\) with no name \(id 2 and 3\)"):
+        applied(database, "knex")
+
+
 def test_an_empty_knex_history_adopts_nothing_and_leaves_everything_pending(
         database: Connection, tmp_path: Path) -> None:
     knex(database)  # `knex migrate:latest` with no files, or every batch rolled back

@@ -235,3 +235,27 @@ def test_a_password_a_migration_spells_is_never_shown(project: Path, database: C
                     f"CREATE SUBSCRIPTION s CONNECTION 'host=x password={literal}' PUBLICATION p",
                     "ALTER ROLE x PASSWORD 'canary-9f31c7"):  # a quote left open: still starred
         assert "9f31c7" not in without_passwords(spelled) and "**********" in without_passwords(spelled)
+
+
+def test_hand_edited_inputs_are_one_line_never_a_traceback(project: Path, database: Connection) -> None:
+    """An environments file that is not UTF-8, or a directory; a port out of range; a snapshot id that is not
+    one: the input's mistakes, exit 2. A yoyo row written by hand with no time: `status` shows it."""
+    from tasks.engine.connection import connected
+
+    (project / "latin1.toml").write_bytes("[environments.caf\xe9]\ntier = 'staging'\n".encode("latin-1"))
+    for path, said in ((project / "latin1.toml", "not valid UTF-8 (line 1): save it as UTF-8"),
+                       (project, "cannot be read as the environments file")):
+        result = cli("plan", "--env", "x", cwd=project, env={"RDS_MIGRATIONS_ENVIRONMENTS": str(path)})
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+    port = cli("plan", "--database-url", url_of(database).replace(f":{database.port}/", ":99999/"), cwd=project)
+    assert port.returncode == 2 and "the port must be a number from 1 to 65535" in port.stderr, port.stderr
+    restore = cli("restore", "--env", "local", "--snapshot-id", "../../etc/passwd", cwd=project)
+    assert restore.returncode == 2 and "is not a snapshot identifier" in restore.stderr, restore.stderr[-2000:]
+    assert "Traceback" not in restore.stderr
+
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert cli("run", "--database-url", url_of(database), cwd=project).returncode == 0
+    with connected(database) as conn:
+        conn.execute("UPDATE _yoyo_migration SET applied_at_utc = NULL")
+    status = cli("status", "--database-url", url_of(database), cwd=project)
+    assert status.returncode == 0 and "(no time)" in status.stdout and "0001.a" in status.stdout, status.stderr

@@ -198,8 +198,8 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
         raise SecretError(f"{source}: the URL's host holds an @: a password with @, :, /, ? or # must be "
                           "URL-quoted (@ is %40)")
     port = str(params.get("port") or 5432)
-    if not port.isdigit():
-        raise SecretError(f"{source}: the port must be a number")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SecretError(f"{source}: the port must be a number from 1 to 65535")
     return Connection(
         host=str(params.get("host") or "localhost"),
         port=int(port),

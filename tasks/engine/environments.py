@@ -324,6 +324,12 @@ def load_environments(path: Path) -> dict[str, Environment]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: environments file not found") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not valid UTF-8 (line {line}): save it as UTF-8") from None
+    except OSError as exc:  # a directory, a file not readable
+        raise ConfigError(f"{path}: cannot be read as the environments file ({exc.strerror}): name a TOML file "
+                          "(RDS_MIGRATIONS_ENVIRONMENTS)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:

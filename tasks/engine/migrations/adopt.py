@@ -195,8 +195,13 @@ def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = No
                 raise AdoptionRefused(
                     f"{shown}_lock is locked (is_locked = 1): a Knex migration may be running now, or one died "
                     "without unlocking. Wait for it; if no Knex run is in progress, run `knex migrate:unlock`")
-        rows = conn.execute(sql.SQL("SELECT name, batch FROM {} ORDER BY id").format(table)).fetchall()
-        return [AppliedEntry(name, detail=f"batch {batch}") for name, batch in rows]
+        rows = conn.execute(sql.SQL("SELECT id, name, batch FROM {} ORDER BY id").format(table)).fetchall()
+        nameless = [str(row_id) for row_id, name, _ in rows if not (name or "").strip()]
+        if nameless:
+            raise AdoptionRefused(
+                f"{shown} has {len(nameless)} row(s) with no name (id {_and(nameless)}): Knex names each migration "
+                "it applied, so those were written by hand. Delete them, or fill in the file names, then adopt again")
+        return [AppliedEntry(name, detail=f"batch {batch}") for _, name, batch in rows]
     if tool == "flyway":
         return _read_flyway(conn, table, shown)
     rows = conn.execute(sql.SQL("SELECT version, dirty FROM {}").format(table)).fetchall()

@@ -132,7 +132,7 @@ class AppliedRecord:
     where a table or a row is missing: applied by plain yoyo, before checksums were kept)."""
 
     migration_id: str
-    applied_at: datetime  # UTC, from yoyo's row
+    applied_at: datetime | None  # UTC, from yoyo's row (None: a row written by hand without one)
     operation: str | None  # "apply", "baseline", "mark" (resolve --mark-applied, or yoyo mark)
     username: str | None  # the database user of that log row
     hostname: str | None  # the machine that wrote it
@@ -197,7 +197,7 @@ class Ledger:
         ours = {row[0]: row[1:] for row in self.conn.execute(self.statements["history_rows"])} \
             if tables["history"] else {}
         rows = self.conn.execute(self.statements["recorded" if tables["log"] else "recorded_no_log"]).fetchall()
-        return tuple(AppliedRecord(migration_id, applied_at.replace(tzinfo=UTC), *logged,
+        return tuple(AppliedRecord(migration_id, applied_at and applied_at.replace(tzinfo=UTC), *logged,
                                    *ours.get(migration_id, ()))
                      for migration_id, applied_at, *logged in rows)
 

@@ -48,7 +48,7 @@ class AppliedMigration:
     """One applied migration, as the history tables hold it, held against its file."""
 
     id: str
-    applied_at: datetime  # UTC
+    applied_at: datetime | None  # UTC; None when yoyo's row has no time (written by hand)
     how: str  # "apply" | "baseline" | "mark" | "unknown"
     user: str | None  # the database user that recorded it
     host: str | None  # the machine the tool ran on
@@ -60,7 +60,8 @@ class AppliedMigration:
     file: str  # "ok" | "edited" | "unverified" (no checksum kept: plain yoyo?) | "missing file"
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "applied_at": self.applied_at.isoformat(), "how": self.how, "user": self.user,
+        return {"id": self.id, "applied_at": self.applied_at and self.applied_at.isoformat(), "how": self.how,
+                "user": self.user,
                 "host": self.host, "git_sha": self.git_sha, "flow_run_id": self.flow_run_id,
                 "flow_run_url": self.flow_run_url, "duration_ms": self.duration_ms,
                 "transactional": self.transactional, "file": self.file}
@@ -156,7 +157,8 @@ COLUMNS = ("applied (UTC)", "how", "migration", "user", "host", "git sha", "flow
 
 
 def _table(applied: tuple[AppliedMigration, ...]) -> list[list[tuple[str, str | None]]]:
-    rows = [(f"{m.applied_at:%Y-%m-%d %H:%M:%S}", m.how, m.id, m.user or "-", m.host or "-", _sha(m.git_sha),
+    rows = [(f"{m.applied_at:%Y-%m-%d %H:%M:%S}" if m.applied_at else "(no time)", m.how,
+             m.id, m.user or "-", m.host or "-", _sha(m.git_sha),
              m.flow_run_url or m.flow_run_id or "-", _took(m.duration_ms), m.file) for m in applied]
     widths = [max(len(str(cell)) for cell in column) for column in zip(COLUMNS, *rows, strict=True)]
 

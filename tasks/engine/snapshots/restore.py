@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, PgDumpSnapshot
-from tasks.engine.errors import RefreshError
+from tasks.engine.errors import ConfigError, RefreshError
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.backends import make_backend
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
@@ -50,8 +50,8 @@ def named_snapshot(environment: Environment, snapshot_id: str, live: str, rds: A
 def check_snapshot_id(snapshot_id: str) -> str:
     # A refused value is never repeated: it may be a secret pasted into the wrong field.
     if not SNAPSHOT_ID.match(snapshot_id):
-        raise RefreshError(f"snapshot_id ({len(snapshot_id)} characters) is not a snapshot identifier (a letter "
-                           "first, then letters, digits and single hyphens; `rds:` first for an automated one)")
+        raise ConfigError(f"snapshot_id ({len(snapshot_id)} characters) is not a snapshot identifier (a letter "
+                          "first, then letters, digits and single hyphens; `rds:` first for an automated one)")
     return snapshot_id
 
 
