@@ -11,7 +11,7 @@ from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.apply import apply_pending
-from tasks.engine.migrations.catalog import Catalog, Migration, checksum
+from tasks.engine.migrations.catalog import Catalog, Migration, checksum, read_catalog
 from tasks.engine.migrations.results import MigrationError
 from tests.helpers import POLICY, applied_ids, cli, dirty_state, tables, url_of, write_migrations
 
@@ -144,6 +144,49 @@ def test_settings_role_and_search_path_set_by_a_migration_do_not_reach_the_next(
         assert owner == (other_role,)  # and its role to its own statements
         assert conn.execute("SELECT to_regclass('app._yoyo_migration')").fetchone() == (None,)  # history: public
     assert dirty_state(database) == []
+
+
+SETTINGS_AS_THE_SESSION_BEGAN = """
+DO $$ BEGIN
+    IF current_setting('session_replication_role') <> 'origin' THEN
+        RAISE EXCEPTION 'started with session_replication_role %', current_setting('session_replication_role'); END IF;
+    IF current_setting('TimeZone') <> (SELECT reset_val FROM pg_settings WHERE name = 'TimeZone') THEN
+        RAISE EXCEPTION 'started with TimeZone %', current_setting('TimeZone'); END IF;
+    IF current_setting('DateStyle') <> (SELECT reset_val FROM pg_settings WHERE name = 'DateStyle') THEN
+        RAISE EXCEPTION 'started with DateStyle %', current_setting('DateStyle'); END IF;
+END $$;
+"""
+
+
+@pytest.mark.parametrize("per_message", [1, 20])
+def test_any_setting_a_migration_makes_stays_with_it(tmp_path: Path, database: Connection, per_message: int) -> None:
+    """`SET session_replication_role = replica` (foreign keys off), a time zone, a DateStyle: the next migration
+    starts as the session began (RESET ALL), alone in its message or not, transactional or not, so whether it
+    applies does not depend on which migrations are pending with it. An orphan row used to be committed when
+    both were pending, where the same file failed on its own."""
+    write_migrations(tmp_path, {
+        "0001.parent-child.sql": ("CREATE TABLE parent (id bigint PRIMARY KEY);\n"
+                                  "CREATE TABLE child (id bigint PRIMARY KEY, pid bigint REFERENCES parent (id));\n"
+                                  "SET session_replication_role = replica;\nSET TIME ZONE 'Pacific/Kiritimati';\n"
+                                  "SET DateStyle = 'German, DMY';\n"),
+        "0002.check.sql": SETTINGS_AS_THE_SESSION_BEGAN,
+        "0003.orphan.sql": "INSERT INTO child VALUES (1, 42);\n",
+        "0004.non-transactional.sql": ("-- transactional: false\nSET session_replication_role = replica;\n"
+                                       "SET default_transaction_read_only = on;\n"),
+        "0005.check.sql": SETTINGS_AS_THE_SESSION_BEGAN + "CREATE TABLE written (id bigint);\n",
+    })
+    catalog = read_catalog(tmp_path / "migrations", tmp_path)
+    policy = POLICY.model_copy(update={"migrations_per_message": per_message})
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, policy, git_sha="abcdef1")
+    failure = raised.value.report.failed
+    assert failure is not None and failure.migration_id == "0003.orphan" and failure.sqlstate == "23503"
+    assert applied_ids(database) == ["0001.parent-child", "0002.check"]
+    with connected(database) as conn:
+        conn.execute("INSERT INTO parent VALUES (42)")
+    report = apply_pending(database, catalog, policy, git_sha="abcdef1")
+    assert report.applied_ids == ("0003.orphan", "0004.non-transactional", "0005.check")
+    assert "written" in tables(database) and dirty_state(database) == []
 
 
 # ---- 5. a non-transactional migration keeps its real error -------------------------------------------------

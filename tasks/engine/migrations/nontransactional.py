@@ -31,8 +31,8 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
     before its BEGIN. The error that stopped the migration is the one reported, never a later one.
 
     Round trips: one message sets the starting state and writes the mark, one moves it before each later
-    statement, and one writes "recording", then the record in its own transaction (each transaction committed
-    before the next begins, as when they were sent one by one)."""
+    statement, one sets the starting state again, and one writes "recording", then the record in its own
+    transaction (each transaction committed before the next begins, as when they were sent one by one)."""
     password = conn.info.password or ""
     start.restore(conn, ledger.mark_statement(migration, git_sha, run_id),
                   ledger.progress_statements(migration.id, "running", 1, applied_through=0))
@@ -72,9 +72,12 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
     record = ledger.record_statement(migration, git_sha, run_id, prepared=False,
                                      duration_ms=int((time.monotonic() - started) * 1000))
     try:
+        # The session as it began first, in a message of its own: the migration may have made the next
+        # transaction read-only (`SET default_transaction_read_only`), and a message's transaction is as it begins.
+        start.restore(conn)
         conn.execute("; ".join((
             ledger.progress_statements(migration.id, "recording", count, applied_through=count),
-            *start.statements(), "BEGIN", record, ledger.clear_statement(migration.id), "COMMIT")), prepare=False)
+            "BEGIN", record, ledger.clear_statement(migration.id), "COMMIT")), prepare=False)
     except psycopg.Error as exc:
         if not conn.closed and not _idle(conn):
             quietly(conn.execute, "ROLLBACK")

@@ -90,34 +90,40 @@ def _unlock(conn: psycopg.Connection) -> None:
 
 @dataclass(frozen=True)
 class StartingState:
-    """What every migration starts with, whatever the one before it did to the session: the run's own user
+    """What every migration starts with, whatever the one before it did to the session: every setting as the
+    session began (`RESET ALL`: a `SET session_replication_role`, `TIME ZONE` or `DateStyle` of one migration
+    never reaches the next, so what a migration does never depends on which ones run with it), the run's own user
     with the role the session began with (`none`, or the one `ALTER ROLE <user> SET role` gives every session of
-    it), the policy's timeouts and the search_path the session began with. A migration may set any of them for
-    its own statements; the next one starts from this again."""
+    it; RESET ALL leaves both), the policy's timeouts and the search_path the session began with. A migration
+    may set any of them for its own statements; the next one starts from this again."""
 
     user: str
     search_path: str
     lock_timeout_ms: int
     statement_timeout_ms: int
     role: str = "none"
+    connection_check: bool = False  # PostgreSQL 14+: client_connection_check_interval set again after RESET ALL
 
     @classmethod
     def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
         user, search_path, role = conn.execute(  # type: ignore[misc]
             "SELECT session_user, current_setting('search_path'), current_setting('role')").fetchone()
-        return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms, role)
+        return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms, role,
+                   conn.info.server_version >= 140000)
 
     def statements(self) -> tuple[str, ...]:
-        """Plain SQL text (sent inside a migration's message, where no parameter can go): ONE statement, so a
-        migration costs the server one more answer, not five. set_config, not SET: `SET search_path = '<list>'`
+        """Plain SQL text (sent inside a migration's message, where no parameter can go): two statements, so a
+        migration costs the server two more answers, not six. set_config, not SET: `SET search_path = '<list>'`
         would read the whole list as one name."""
-        return ("SELECT (" + ", ".join([
+        check = ([f"set_config('client_connection_check_interval', '{CLIENT_CHECK_INTERVAL}', false)"]
+                 if self.connection_check else [])
+        return ("RESET ALL", "SELECT (" + ", ".join([
             self._as_the_run(),
             f"set_config('lock_timeout', '{self.lock_timeout_ms}ms', false)",
             f"set_config('statement_timeout', '{self.statement_timeout_ms}ms', false)",
-            f"set_config('search_path', {_literal(self.search_path)}, false)",
+            f"set_config('search_path', {_literal(self.search_path)}, false)", *check,
             # when the migration began, for its history row (several migrations share one message's time)
-            "set_config('rdsm.started', extract(epoch FROM clock_timestamp())::text, true)"]) + ")",)
+            "set_config('rdsm.started', extract(epoch FROM clock_timestamp())::text, true)"]) + ")")
 
     def as_the_run(self) -> tuple[str, ...]:
         """Back to the run's own user (before the history rows are written)."""
