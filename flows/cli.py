@@ -231,22 +231,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command_table()[args.command](args)
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
-        print(f"rds-migrations: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(args, str(exc), exc.exit_code)
     except OSError as exc:  # the machine said no (a file, a directory, a permission): its words, and the file
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"rds-migrations: {exc.strerror or exc}{where}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(args, f"{exc.strerror or exc}{where}", EXIT_FAILED)
     except Exception as exc:
         if type(exc).__module__.startswith("psycopg"):  # a refusal no step explained, in any command
-            print(f"rds-migrations: {DatabaseRefused.of(exc)}", file=sys.stderr)
-            return EXIT_FAILED
+            return _failed(args, str(DatabaseRefused.of(exc)), EXIT_FAILED)
         if not type(exc).__module__.startswith("botocore"):
             raise
         # AWS itself (no credentials, an endpoint out of reach, a refusal the steps did not name): botocore's
         # texts name the operation and the error code, never a secret.
-        print(f"rds-migrations: AWS: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(args, f"AWS: {exc}", EXIT_FAILED)
+
+
+def _failed(args: argparse.Namespace, message: str, exit_code: int) -> int:
+    print(f"rds-migrations: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        from flows.cli_common import emit_failure
+
+        emit_failure(args, message, exit_code)
+    return exit_code
 
 
 def program() -> int:

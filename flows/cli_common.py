@@ -56,10 +56,22 @@ def catalog_of(args: argparse.Namespace) -> Catalog:
     return read_catalog(Path(args.migrations), Path.cwd())
 
 
+_emitted: list[str] = []  # the commands whose result was printed (one JSON document per command run)
+
+
 def emit(args: argparse.Namespace, command: str, document: dict[str, Any], text: str | None) -> None:
     """The result: `text` for a person, or with --json one JSON document (`schema_version`, `command`, ...)."""
+    _emitted.append(command)
     if getattr(args, "json", False):
         print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "command": command, **document}, indent=2,
                          default=str))
     elif text is not None:
         print(text)
+
+
+def emit_failure(args: argparse.Namespace, message: str, exit_code: int) -> None:
+    """With --json, a command that failed before it printed its result still prints one JSON document: the
+    exit code and the error (what stderr says, on one line), so a script reading stdout is never left empty."""
+    if getattr(args, "json", False) and not _emitted:
+        print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "command": args.command, "exit_code": exit_code,
+                          "error": message}, indent=2))

@@ -23,15 +23,15 @@ def migration_flow(environment: Environment) -> Any:
 
 
 def run_flow(flow: Any, label: str, **parameters: object) -> tuple[int, Any]:
-    """Run `flow` with `parameters`: (exit code, its result or None). Its failure is printed (without a
-    traceback) as `label: message`."""
+    """Run `flow` with `parameters`: (exit code, its result, else what it did before it failed, else None).
+    Its failure is printed (without a traceback) as `label: message`."""
     state = flow(return_state=True, **parameters)
     if state.is_completed():
         return EXIT_OK, state.result()
     try:
         state.result()
     except RdsMigrationsError as exc:
-        return _failed(exc, label), None
+        return _failed(exc, label), exc.result
     except Exception as exc:  # noqa: BLE001 - reported; the flow already notified
         print(f"rds-migrations: {label}: {exc}", file=sys.stderr)
     return EXIT_FAILED, None
@@ -71,11 +71,11 @@ def console_log() -> logging.Logger:
 
 
 def run_direct(run: Callable[[Any], object], label: str) -> tuple[int, Any]:
-    """Run a pipeline with `DirectSteps` (no Prefect): (exit code, its result or None). Its failure is printed
-    as `label: message`."""
+    """Run a pipeline with `DirectSteps` (no Prefect): (exit code, its result, else what it did before it
+    failed, else None). Its failure is printed as `label: message`."""
     from tasks.engine.runs.steps import DirectSteps
 
     try:
         return EXIT_OK, run(DirectSteps(log=console_log()))
     except RdsMigrationsError as exc:
-        return _failed(exc, label), None
+        return _failed(exc, label), exc.result

@@ -414,6 +414,38 @@ def test_the_command_line_rolls_back_one_below_the_head_and_says_so_in_json(tmp_
     assert applied_ids(database) == ["0001.users", "0002.accounts"] and "devices" not in tables(database)
 
 
+def test_a_failed_command_still_prints_one_json_document_with_what_it_did(tmp_path: Path,
+                                                                        database: Connection) -> None:
+    """`--json` promises one document on stdout: a rollback that failed after undoing one migration says which
+    (it said "rolled_back": []), a failed run says what failed (it said only "outcome": "failed"), and a
+    command that failed before it had a result (a plan on a database out of reach) gives its exit code and
+    error (stdout was empty)."""
+    import json
+
+    from tests.helpers import cli, url_of
+
+    write_migrations(tmp_path, WITH_ROLLBACKS)
+    assert cli("run", "--database-url", url_of(database), cwd=tmp_path).returncode == 0
+    write_migrations(tmp_path, {"0002.accounts.rollback.sql": "DROP TABLE no_such_table;\n"})  # broken since
+    undo = cli("rollback", "--database-url", url_of(database), "--to", "1", "--json", cwd=tmp_path)
+    assert undo.returncode == 1, undo.stderr[-3000:]
+    document = json.loads(undo.stdout)
+    assert [m["id"] for m in document["rolled_back"]] == ["0003.devices"] and document["exit_code"] == 1
+
+    write_migrations(tmp_path, {"0004.broken.sql": "SELECT 1 / 0;\n"})
+    failed = cli("run", "--database-url", url_of(database), "--json", cwd=tmp_path)
+    document = json.loads(failed.stdout)
+    assert failed.returncode == 1 and document["outcome"] == "failed" and document["exit_code"] == 1
+    assert "22012" in json.dumps(document) and "0004.broken" in json.dumps(document), document
+
+    gone = url_of(database).replace(f":{database.port}/", ":9/")
+    for command in ("plan", "status", "drift"):
+        result = cli(command, "--database-url", gone, "--json", cwd=tmp_path)
+        document = json.loads(result.stdout)
+        assert result.returncode == 1 and document["exit_code"] == 1 and document["command"] == command
+        assert document["error"] in result.stderr
+
+
 def test_the_rollback_flow_undoes_through_prefect_tasks_and_names_its_run(
     tmp_path: Path, database: Connection, monkeypatch: pytest.MonkeyPatch, prefect_api: None
 ) -> None:

@@ -31,9 +31,11 @@ def redact(text: str, *secrets: str) -> str:
 
 
 class RdsMigrationsError(Exception):
-    """The root: a failure explained in words, with what to do next."""
+    """The root: a failure explained in words, with what to do next. `result`: what the run did before it
+    failed (its summary or report), when a pipeline knows it: `--json` prints it."""
 
     exit_code = EXIT_FAILED
+    result: object | None = None
 
 
 # ---- the input: exit 2 ----------------------------------------------------------------------------------

@@ -18,7 +18,14 @@ import psycopg
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, SecretsManagerCredentials, load_environment
-from tasks.engine.errors import ConfigError, DatabaseRefused, DatabaseUnreachable, InvalidIndexFound, SecretError
+from tasks.engine.errors import (
+    ConfigError,
+    DatabaseRefused,
+    DatabaseUnreachable,
+    InvalidIndexFound,
+    RdsMigrationsError,
+    SecretError,
+)
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
@@ -155,6 +162,8 @@ def run_migration(
                   f"## Result: {summary.outcome}\n\n```\n{summary.console_text()}\n```\n",
                   f"Migration result for {environment.name}")
     if error is not None:
+        if isinstance(error, RdsMigrationsError):
+            error.result = summary  # for --json: what was applied, what failed, what is pending
         raise error
     return summary
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.engine.environments import load_environment
+from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
@@ -90,5 +91,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                         steps.run_info().run_url)
         steps.notify(environment.notify, notice)
     if error is not None:
+        if isinstance(error, RdsMigrationsError):
+            error.result = report  # for --json: what was rolled back before it failed
         raise error
     return report
