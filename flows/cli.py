@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return command_table()[args.command](args)
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug
         return _failed(args, str(exc), exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C where no pipeline said more (a read-only command, a prompt)
+        return _failed(args, "interrupted (Ctrl-C)", 130)
     except OSError as exc:  # the machine said no (a file, a directory, a permission): its words, and the file
         where = f": {exc.filename}" if exc.filename else ""
         return _failed(args, f"{exc.strerror or exc}{where}", EXIT_FAILED)

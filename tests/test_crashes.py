@@ -221,3 +221,41 @@ def test_a_client_killed_while_its_record_waits_leaves_the_server_to_finish_the_
 
     # The record and its COMMIT had reached the server: applied and recorded, no mark left to resolve.
     assert "nt" in tables(database) and applied_ids(database) == ["0001.nt"] and dirty_state(database) == []
+
+
+def test_ctrl_c_mid_run_is_one_line_a_notification_and_the_history_as_it_is(tmp_path: Path,
+                                                                              database: Connection) -> None:
+    """SIGINT while a migration runs on the target: the server rolls that one back, the run says in one line
+    what was applied before it (read from the history), notifies as for any failure and exits 130. It used to
+    end in a Python traceback, with no notification."""
+    from tests.helpers import PROJECT, url_of
+
+    write_migrations(tmp_path, {
+        "0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
+        "0002.slow-on-target.sql": ("CREATE TABLE b (id bigint);\nDO $$ BEGIN IF current_database() NOT LIKE "
+                                    "'rdsm\\_%' THEN PERFORM pg_sleep(60); END IF; END $$;\n"),
+    })
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
+    running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with connected(database) as watcher:
+            while not watcher.execute(SLEEPING).fetchone():
+                assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+                time.sleep(0.1)
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert ("rds-migrations: database-url: interrupted (Ctrl-C) at step migrate: 1 migration(s) applied and "
+            "recorded before it") in err, err[-3000:]
+    assert "FAILED" in err and "0001.a" in err  # the console notification, with what was applied
+    assert applied_ids(database) == ["0001.a"] and "b" not in tables(database) and dirty_state(database) == []
+    with connected(database) as conn:  # the lock went with the session
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone() == (0,)

@@ -174,3 +174,10 @@ class SnapshotError(RdsMigrationsError):
 
 class RefreshError(RdsMigrationsError):
     """A refresh or restore was refused or failed. Says what state each copy is in and what to do next."""
+
+
+class Interrupted(RdsMigrationsError):
+    """Ctrl-C (SIGINT): the run stopped where it was, told the team, and exits 130 as an interrupted program
+    does. The statement running was stopped and the server rolled back its transaction."""
+
+    exit_code = 130

@@ -22,14 +22,17 @@ from tasks.engine.errors import (
     ConfigError,
     DatabaseRefused,
     DatabaseUnreachable,
+    Interrupted,
     InvalidIndexFound,
     RdsMigrationsError,
     SecretError,
 )
 from tasks.engine.messages import RunSummary, restore_commands
+from tasks.engine.migrations.history import read_history
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
-from tasks.engine.migrations.results import ApplyReport, MigrationError, MigrationFailure
+from tasks.engine.migrations.results import AppliedMigration, ApplyReport, MigrationError, MigrationFailure
+from tasks.engine.migrations.session import session
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
@@ -121,6 +124,7 @@ class Progress:
     report: ValidationReport | None = None
     snapshot: Snapshot | None = None
     applied: ApplyReport | None = None
+    connection: Connection | None = None  # the target's, once read: what an interrupted run applied is read there
 
 
 def run_migration(
@@ -151,6 +155,8 @@ def run_migration(
             progress.report = exc.report
         if isinstance(exc, MigrationError):
             progress.applied = exc.report
+    except KeyboardInterrupt:  # Ctrl-C: told like any failure, with what the history says was applied
+        error = interrupted(progress)
 
     if progress.report is not None:
         _publish_plan(steps, environment, progress.report)
@@ -179,6 +185,7 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                             "trigger": trigger, "target": target,
                                             "migrations_dir": migrations_dir}, steps)
+    progress.connection = credentials.connection
     progress.step = "validate"
     static = progress.report
     report = progress.report = credentials.run(
@@ -201,6 +208,28 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     if report.drift is not None and not report.drift.drifted:
         # No drift before, so the live schema now is what the migrations make: the next check reads it back.
         remember_live_schema(credentials.connection, catalog)
+
+
+def interrupted(progress: Progress) -> Interrupted:
+    """The error an interrupted run ends with. While migrating, what it applied is read from the history (the
+    apply loop's own report went with the interrupt); when that cannot be read, the text says where to look."""
+    said = f"interrupted (Ctrl-C) at step {progress.step}"
+    if progress.step != "migrate" or progress.report is None or progress.connection is None:
+        return Interrupted(f"{said}: nothing was applied")
+    pending = progress.report.pending
+    try:
+        with session(progress.connection, read_only=True) as conn:
+            now = set(read_history(conn).applied)
+    except psycopg.Error:
+        return Interrupted(f"{said}: what it applied is not known here; `rds-migrations status` reads it from the "
+                           "history (a transactional migration stopped midway was rolled back by the server; a "
+                           "non-transactional one is marked dirty)")
+    done = tuple(i for i in pending if i in now)
+    progress.applied = ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in done),
+                                   pending=tuple(i for i in pending if i not in now))
+    return Interrupted(f"{said}: {len(done)} migration(s) applied and recorded before it; one stopped midway was "
+                       "rolled back by the server (a non-transactional one stays marked dirty: see `rds-migrations "
+                       "resolve`)")
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:

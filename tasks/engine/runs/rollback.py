@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.engine.environments import load_environment
-from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.errors import Interrupted, RdsMigrationsError
 from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
@@ -77,6 +77,10 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             error = exc
             if isinstance(exc, RollbackError):
                 report = exc.report
+        except KeyboardInterrupt:  # Ctrl-C: told like any failure
+            error = Interrupted(f"interrupted (Ctrl-C) at step {step}: a rollback stopped midway was undone by the "
+                                "server (a non-transactional one is marked dirty); `rds-migrations status` shows what "
+                                "is applied now")
         outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if not undo else "succeeded"
         facts = [("to", to), ("git SHA", git_sha), ("planned", ", ".join(undo) or "nothing to undo")]
         if report is not None:
