@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import SecretError, UsageError
+from tasks.engine.errors import ConfigError, SecretError, UsageError
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 
 DATABASE_URL_ENVIRONMENT = "database-url"
@@ -25,11 +25,25 @@ def environment_of(args: argparse.Namespace) -> Environment:
         check_url(args.database_url, "--database-url")
         os.environ["DATABASE_URL"] = args.database_url
     if getattr(args, "env", None):
-        return load_environment(args.env)
+        return named_environment(args.env)
     if os.environ.get("DATABASE_URL"):
         check_url(os.environ["DATABASE_URL"], "DATABASE_URL")
         return load_environment(DATABASE_URL_ENVIRONMENT)
     raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
+
+
+def named_environment(name: str) -> Environment:
+    """The environment `--env` names: one of the file, or one target of a fleet as the fleet's messages name it
+    (`<fleet>-<target>`: what `resolve --env …` says after a target's failure)."""
+    try:
+        return load_environment(name)
+    except ConfigError:
+        from tasks.engine.fleet.targets import target_environment
+
+        found = target_environment(name)
+        if found is None:
+            raise
+        return found
 
 
 def check_url(url: str, source: str) -> None:

@@ -272,5 +272,49 @@ def test_the_summary_of_a_run_left_dirty_says_so_and_how_to_resolve_it(tmp_path:
     assert result.returncode == 1, result.stdout + result.stderr
     summary = result.stdout + result.stderr
     assert "0002.cic: non-transactional: statement 1 is applied; the database is marked dirty" in summary
-    assert "rds-migrations resolve --env database-url 0002.cic --mark-not-applied" in summary
+    assert "rds-migrations resolve --database-url URL 0002.cic --mark-not-applied" in summary
     assert "was rolled back, so the database is as it was before" not in summary
+
+
+def test_the_suggested_commands_work_as_printed(tmp_path: Path, database: Connection) -> None:
+    """Each command a dirty mark's message suggests names the database as the run did, and runs: `--database-url
+    URL` for a run given a URL (`--env database-url` failed: DATABASE_URL is not set), the target's own name for
+    a target of a fleet (`--env <fleet>-<target>`, which named no environment), and, for a mark a rollback left,
+    --mark-not-applied once the rollback is finished by hand (it said --mark-applied, which recorded the
+    migration as applied while its objects were gone)."""
+    from tests.helpers import PROJECT
+
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (id bigint);\n",
+                                "0002.half.sql": "-- transactional: false\nCREATE TABLE half (id bigint);\n",
+                                "0002.half.rollback.sql": "DROP TABLE half;\n"})
+    assert cli("run", "--database-url", url_of(database), cwd=tmp_path).returncode == 0
+    write_migrations(tmp_path, {"0002.half.rollback.sql": "DROP TABLE half;\nDROP TABLE no_such_table;\n"})
+    undo = cli("rollback", "--database-url", url_of(database), "--to", "1", cwd=tmp_path)
+    assert undo.returncode == 1 and dirty_state(database) == [("0002.half", "failed", 2)], undo.stderr[-2000:]
+    said = cli("resolve", "--database-url", url_of(database), cwd=tmp_path)
+    assert said.returncode == 1, said.stdout + said.stderr
+    assert ("finish the rollback by hand (the rest of 0002.half.rollback.sql) and run `rds-migrations resolve "
+            "--database-url URL 0002.half --mark-not-applied`") in said.stdout, said.stdout
+    assert "--env database-url" not in said.stdout + undo.stderr
+
+    environments = tmp_path / "environments.toml"
+    environments.write_text((PROJECT / "deployments/environments.toml").read_text() + """
+[environments.tenants]
+tier = "staging"
+credentials = { kind = "url_env", variable = "UNUSED_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+rehearsal = { kind = "target_server" }
+policy = { snapshot_required = false }
+
+[environments.tenants.fleet]
+targets = [{ name = "acme", url_env = "ACME_URL" }]
+""")
+    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(environments), "ACME_URL": url_of(database)}
+    by_target = cli("resolve", "--env", "tenants-acme", cwd=tmp_path, env=env)
+    assert by_target.returncode == 1 and "0002.half (non-transactional) is dirty" in by_target.stdout, \
+        by_target.stdout + by_target.stderr
+    assert "`rds-migrations resolve --env tenants-acme 0002.half --mark-not-applied`" in by_target.stdout
+    mended = cli("resolve", "--env", "tenants-acme", "0002.half", "--mark-not-applied", cwd=tmp_path, env=env)
+    assert mended.returncode == 0 and dirty_state(database) == [], mended.stdout + mended.stderr
+    assert applied_ids(database) == ["0001.t"]

@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from tasks.engine.connection import Connection
 from tasks.engine.fleet.report import FleetReport, TargetResult
 from tasks.engine.fleet.targets import Target
-from tasks.engine.migrations.history import resolve_hint
 from tasks.engine.runs.crash import EndedRun, KnownState, describe, read_database
 
 UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")  # Prefect state types that may go on
@@ -63,7 +62,7 @@ def target_after(name: str, seen: TargetSeen, known: KnownState, run_id: str, en
         seen = replace(seen, task_state=ended, message=seen.flow_run_message or f"its flow run {seen.flow_run_id} "
                                                                                  f"ended {seen.flow_run_state.lower()}")
     ours = [mark for mark in known.dirty if mark.flow_run_id == run_id]
-    notes = [f"Dirty: {mark.describe()}. To resolve: {resolve_hint(mark.migration_id, environment)}."
+    notes = [f"Dirty: {mark.describe()}. To resolve: {mark.hint(environment)}."
              for mark in known.dirty]
     notes += [f"Not known: {item}." for item in known.unknown]
     if seen.flow_run_id is not None and seen.flow_run_state in UNFINISHED:

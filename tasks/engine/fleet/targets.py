@@ -29,7 +29,9 @@ from tasks.engine.environments import (
     RdsInstanceSnapshot,
     SecretsManagerCredentials,
     UrlFromEnvCredentials,
+    environments_file,
     load_environment,
+    load_environments,
 )
 from tasks.engine.errors import ConfigError, SecretError
 from tasks.engine.fleet.config import EmbeddedDiscovery, Fleet, StaticTarget, TagDiscovery
@@ -158,6 +160,23 @@ def fleet_target(environment: Environment, name: str, rds: Any = None, log: Log 
         if target.name == name:
             return target
     raise ConfigError(f"environment {environment.name}: no target named {name} in its fleet (any more)")
+
+
+def target_environment(name: str) -> Environment | None:
+    """The environment of one fleet target as its messages name it (`<fleet>-<target>`, e.g. in "resolve --env
+    prod-fleet-tenant7"), for a command on that target alone; None when no fleet of the file has it. Targets found
+    by tag are looked for only where AWS is not needed to list them (and with an RDS endpoint, not at all)."""
+    for environment in load_environments(environments_file()).values():
+        if environment.fleet is None:
+            continue
+        try:
+            targets = fleet_targets(environment)
+        except ConfigError:  # discovery by tag: needs AWS
+            continue
+        for target in targets:
+            if target.environment.name == name and target.endpoint is None:
+                return target.environment
+    return None
 
 
 def read_master_secret(target: Target, secrets_manager: Any) -> Connection:

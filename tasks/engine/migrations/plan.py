@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.history import History, read_history, resolve_hint
+from tasks.engine.migrations.history import History, read_history, where_flag
 from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
 from tasks.engine.migrations.session import session
 
@@ -34,7 +34,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
               allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Compare files and history: what is pending, and what makes applying unsafe."""
     problems: list[str] = [
-        f"{dirty.describe()}; nothing runs until it is resolved: {resolve_hint(dirty.migration_id, environment)}"
+        f"{dirty.describe()}; nothing runs until it is resolved: {dirty.hint(environment)}"
         for dirty in history.dirty
     ]
     unverified: list[str] = []
@@ -88,7 +88,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
 
 def _below_head(catalog: Catalog, target: str, head: int, environment: str | None) -> str:
     """`run` only applies: a target below what is applied asks for a rollback, which is its own command."""
-    where = f"--env {environment}" if environment else "--env NAME"
+    where = where_flag(environment)
     return (f"target {target!r} is below the newest applied migration ({catalog.migrations[head].id}): a run only "
             f"applies, it never undoes; to go back to it, run `rds-migrations rollback {where} --to {target}` "
             "(every migration above it needs a rollback file)")

@@ -13,7 +13,7 @@ from tasks.engine.environments import Policy
 from tasks.engine.errors import ResolveError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.history import DirtyMigration, Ledger, read_history, resolve_hint
+from tasks.engine.migrations.history import DirtyMigration, Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
@@ -55,7 +55,7 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
                 note = f" [index {quote_identifier(index[1])}: {valid}]"
             lines.append(f"  {number}. {fate}: {shorten(without_passwords(statement), 120)}{note}")
     if with_hint:
-        lines.append(f"  to resolve: {resolve_hint(dirty.migration_id, environment)}")
+        lines.append(f"  to resolve: {dirty.hint(environment)}")
     return "\n".join(lines)
 
 

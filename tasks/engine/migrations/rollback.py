@@ -26,7 +26,7 @@ from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import PROGRESS_EVERY, apply_one
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.execute import RECORDING, failure_from, redacted
-from tasks.engine.migrations.history import Ledger, applied_before
+from tasks.engine.migrations.history import Ledger, applied_before, resolve_hint
 from tasks.engine.migrations.resolve import explain_dirty
 from tasks.engine.migrations.results import (
     LOCK_NOT_AVAILABLE,
@@ -273,8 +273,4 @@ def _outcome(failure: MigrationFailure) -> str:
 
 def rollback_hint(migration_id: str, environment: str | None) -> str:
     """What an operator runs when a non-transactional rollback stopped halfway."""
-    where = f"--env {environment}" if environment else "--env NAME"
-    return (f"see what it left with `rds-migrations resolve {where}`; then either finish the rollback by hand (the "
-            f"rest of {migration_id}.rollback.sql) and run `rds-migrations resolve {where} {migration_id} "
-            f"--mark-not-applied`, or redo what it undid and run `rds-migrations resolve {where} {migration_id} "
-            "--mark-applied`")
+    return resolve_hint(migration_id, environment, rolling_back=True)

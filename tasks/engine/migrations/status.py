@@ -22,7 +22,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.drift import compare
-from tasks.engine.migrations.history import AppliedRecord, DirtyMigration, Ledger, resolve_hint
+from tasks.engine.migrations.history import AppliedRecord, DirtyMigration, Ledger
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.reference import current_state_key
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
@@ -115,7 +115,7 @@ class Status:
                        "statement_count": d.statement_count, "sqlstate": d.sqlstate, "message": d.message,
                        "flow_run_id": d.flow_run_id, "started_at": d.started_at.isoformat() if d.started_at else None,
                        "applied_through": d.applied_through, "description": d.describe(),
-                       "to_resolve": resolve_hint(d.migration_id, self.environment)} for d in self.dirty],
+                       "to_resolve": d.hint(self.environment)} for d in self.dirty],
             "lock": self.lock.to_json() if self.lock else {"held": False},
             "drift": {"checked": self.drifted is not None, "drifted": self.drifted, "summary": self.drift},
             "problems": list(self.problems), "note": self.note,
@@ -142,7 +142,7 @@ class Status:
             lines += [[], [("dirty:", "bold red")]]
             for dirty in self.dirty:
                 lines += [[("  " + dirty.describe(), "red")],
-                          [(f"    to resolve: {resolve_hint(dirty.migration_id, self.environment)}", None)]]
+                          [(f"    to resolve: {dirty.hint(self.environment)}", None)]]
         if self.problems:
             lines += [[], [("the next run refuses:", "bold red")]] + [[("  " + p, "red")] for p in self.problems]
         lines.append([])

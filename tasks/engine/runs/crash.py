@@ -25,7 +25,7 @@ from tasks.engine.environments import (
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, shown_parameters
-from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, DirtyMigration, Ledger, resolve_hint
+from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, DirtyMigration, Ledger, where_flag
 from tasks.engine.runs.parameters import TRIGGER
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
 from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
@@ -156,13 +156,13 @@ def explanation(run: EndedRun, environment: str, known: KnownState) -> str:
              "itself, so this is what the database and the snapshots say."]
     ours = [d for d in known.dirty if d.flow_run_id == run.flow_run_id]
     for mark in known.dirty:
-        lines.append(f"Dirty: {mark.describe()}. To resolve: {resolve_hint(mark.migration_id, environment)}.")
+        lines.append(f"Dirty: {mark.describe()}. To resolve: {mark.hint(environment)}.")
     if run.step == "migrate" and not ours:
         lines.append("The migration that was running, if any, ran in its own transaction: the server rolled it back "
                      "when the session ended, and the next run applies it again.")
     if run.planned is None:
         lines.append("What is still pending is not known here (the run stopped before its plan was published): "
-                     f"`rds-migrations plan --env {environment}` says.")
+                     f"`rds-migrations plan {where_flag(environment)}` says.")
     lines += [f"Not known: {item}." for item in known.unknown]
     return "\n".join(lines)
 
