@@ -23,7 +23,8 @@ from tasks.engine.errors import DirtyDatabase, HistoryMismatch, InvalidMigration
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.execute import redacted, run_transactional
-from tasks.engine.migrations.history import Ledger, resolve_hint
+from tasks.engine.migrations.hints import resolve_hint
+from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.indexes import handle_invalid_indexes
 from tasks.engine.migrations.nontransactional import run_alone
 from tasks.engine.migrations.plan import make_plan

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.history import History, read_history, where_flag
+from tasks.engine.migrations.hints import where_flag
+from tasks.engine.migrations.history import History, read_history
 from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
 from tasks.engine.migrations.session import session
 

@@ -1,0 +1,36 @@
+"""The commands a message tells an operator to run: named as the run named its database (`--env NAME`, or
+`--database-url URL`, whose URL is never repeated), and resolving a dirty mark the right way round."""
+
+from __future__ import annotations
+
+
+def where_flag(environment: str | None) -> str:
+    """How a command names the database `environment` is, for the commands a message suggests: `--env NAME`,
+    or `--database-url URL` for a run given a URL (one, or each of a fleet of URLs: `database-url-<target>`),
+    whose URL is never repeated."""
+    if not environment:
+        return "--env NAME"
+    if environment == URL_ENVIRONMENT:
+        return "--database-url URL"
+    if environment.startswith(f"{URL_ENVIRONMENT}-"):
+        return f"--database-url URL-OF-{environment.removeprefix(URL_ENVIRONMENT + '-')}"
+    return f"--env {environment}"
+
+
+URL_ENVIRONMENT = "database-url"  # the environment a --database-url run uses (deployments/environments.toml)
+
+
+def resolve_hint(migration_id: str, environment: str | None, *, rolling_back: bool = False) -> str:
+    """What an operator runs to get a dirty database going again (documented in RELIABILITY.md). A mark a
+    rollback left (`rolling_back`) is resolved the other way round: finishing the rollback is --mark-not-applied."""
+    where = where_flag(environment)
+    if rolling_back:
+        return (f"see what it left with `rds-migrations resolve {where}`; then either finish the rollback by hand "
+                f"(the rest of {migration_id}.rollback.sql) and run `rds-migrations resolve {where} {migration_id} "
+                f"--mark-not-applied`, or redo what it undid and run `rds-migrations resolve {where} {migration_id} "
+                "--mark-applied`")
+    return (
+        f"see what it left with `rds-migrations resolve {where}`; then either finish it by hand and run "
+        f"`rds-migrations resolve {where} {migration_id} --mark-applied`, or undo it by hand and run "
+        f"`rds-migrations resolve {where} {migration_id} --mark-not-applied` (it then runs again)"
+    )
