@@ -16,7 +16,7 @@ import pytest
 
 from tasks.engine.connection import connected
 from tasks.engine.fleet.crash import TargetSeen, target_after
-from tasks.engine.migrations.history import DirtyMigration
+from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.runs.crash import KnownState
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.helpers import PROJECT, applied_ids, url_of, write_migrations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -318,3 +319,46 @@ targets = [{ name = "acme", url_env = "ACME_URL" }]
     mended = cli("resolve", "--env", "tenants-acme", "0002.half", "--mark-not-applied", cwd=tmp_path, env=env)
     assert mended.returncode == 0 and dirty_state(database) == [], mended.stdout + mended.stderr
     assert applied_ids(database) == ["0001.t"]
+
+
+def test_history_rows_deleted_by_hand_are_refused_and_put_back_by_resolve(tmp_path: Path,
+                                                                          database: Connection) -> None:
+    """A checksum row deleted from _rds_migrations_history used to let an edited file through as "unverified"
+    (its new checksum recorded), and a yoyo row deleted by hand read as a migration out of order ("renumber
+    it"). Both are named as history edited by hand, and `resolve` puts them back as the operator says. A
+    migration plain yoyo applied (no log row of ours) is still taken as unverified, as before."""
+    files = {"0001.a.sql": "CREATE TABLE a (id bigint);\n", "0002.b.sql": "CREATE TABLE b (id bigint);\n",
+             "0003.c.sql": "CREATE TABLE c (id bigint);\n"}
+    write_migrations(tmp_path, files)
+    url = ("--database-url", url_of(database))
+    assert cli("run", *url, cwd=tmp_path).returncode == 0
+    with connected(database) as conn:
+        conn.execute("DELETE FROM _rds_migrations_history WHERE migration_id = '0002.b'")
+        conn.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0001.a'")
+    write_migrations(tmp_path, {"0002.b.sql": "CREATE TABLE b (id bigint, evil text);\n"})
+    refused = cli("run", *url, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert ("0002.b.sql: applied by rds-migrations (yoyo's log says so), but its checksum row is gone" in
+            refused.stderr and "`rds-migrations resolve --database-url URL 0002.b --mark-applied`" in refused.stderr)
+    assert "0001.a: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row" in \
+        refused.stderr and "out of order" not in refused.stderr
+    assert "evil" not in cli("status", *url, cwd=tmp_path).stdout
+    write_migrations(tmp_path, {"0002.b.sql": files["0002.b.sql"]})  # checked: the file as it was applied
+    for migration in ("0002.b", "0001.a"):
+        mended = cli("resolve", *url, migration, "--mark-applied", cwd=tmp_path)
+        assert mended.returncode == 0 and "is recorded as applied" in mended.stdout, mended.stdout + mended.stderr
+    assert cli("plan", *url, cwd=tmp_path).returncode == 0
+    assert sorted(applied_ids(database)) == ["0001.a", "0002.b", "0003.c"]
+
+    with connected(database) as conn:  # the whole table dropped: the same
+        conn.execute("DROP TABLE _rds_migrations_history")
+    dropped = cli("plan", *url, cwd=tmp_path)
+    assert dropped.returncode == 1 and dropped.stdout.count("but its checksum row is gone") == 3, dropped.stdout
+    for migration in ("0001.a", "0002.b", "0003.c"):
+        assert cli("resolve", *url, migration, "--mark-applied", cwd=tmp_path).returncode == 0
+
+    with connected(database) as conn:  # as plain yoyo would have left it: no checksum, no log row of ours
+        conn.execute("DELETE FROM _rds_migrations_history WHERE migration_id = '0003.c'")
+        conn.execute("UPDATE _yoyo_log SET comment = NULL WHERE migration_id = '0003.c'")
+    planned = cli("plan", *url, "--json", cwd=tmp_path)
+    assert planned.returncode == 0 and json.loads(planned.stdout)["unverified"] == ["0003.c"], planned.stdout

@@ -29,13 +29,15 @@ from yoyo.migrations import get_migration_hash
 from tasks.engine.errors import DatabaseRefused
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, Migration
-from tasks.engine.migrations.hints import resolve_hint
+from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.history_sql import (
     BASELINE_SQL,
     CLEAR_DIRTY_SQL,
     DIRTY_SQL,
+    FORGET_SQL,
     HISTORY_DDL,
     HOSTNAME,
+    LATEST_LOG_SQL,
     MARK_DIRTY_SQL,
     PREPARE_RECORD_SQL,
     PROGRESS_SQL,
@@ -65,49 +67,6 @@ HISTORY_TABLE, DIRTY_TABLE = TABLES["history"], TABLES["dirty"]
 
 
 @dataclass(frozen=True)
-class DirtyMigration:
-    """A non-transactional migration that started and did not finish: its row in `_rds_migrations_dirty`."""
-
-    migration_id: str
-    state: str  # "running": the run died during it; "failed": a statement failed; "recording": ran, unrecorded
-    statement_number: int  # the statement that was running or failed (1-based)
-    statement_count: int
-    checksum: str
-    sqlstate: str | None = None
-    message: str | None = None
-    flow_run_id: str | None = None
-    started_at: datetime | None = None
-    applied_through: int | None = None  # when known: statements 1..applied_through are applied
-
-    def describe(self) -> str:
-        k, n = self.statement_number, self.statement_count
-        applied = applied_before(k if self.applied_through is None else self.applied_through + 1)
-        if self.state == "recording":
-            what = f"all {n} statement(s) ran, but the run stopped before recording it"
-        elif self.state == "failed":
-            what = f"statement {k} of {n} failed (SQLSTATE {self.sqlstate}: {self.message}); {applied}"
-        else:
-            what = (f"the run stopped (process killed or connection lost) during statement {k} of {n}; "
-                    f"{applied}, and statement {k} may or may not have completed")
-        when = f"{self.started_at:%Y-%m-%d %H:%M:%S %Z}" if self.started_at else "an unknown time"
-        return f"{self.migration_id} (non-transactional) is dirty: {what} (run {self.flow_run_id or '-'}, {when})"
-
-    @property
-    def rolling_back(self) -> bool:
-        """Left by a rollback file (its messages start so: rollback_plan.rolling_back), not by the migration."""
-        return (self.message or "").startswith("rolling back (")
-
-    def hint(self, environment: str | None) -> str:
-        return resolve_hint(self.migration_id, environment, rolling_back=self.rolling_back)
-
-
-def applied_before(number: int) -> str:
-    if number <= 1:
-        return "no statement before it ran"
-    return "statement 1 is applied" if number == 2 else f"statements 1-{number - 1} are applied"
-
-
-@dataclass(frozen=True)
 class Baseline:
     """What `baseline` adopted: the migrations it recorded without running them, and the schema as it was."""
 
@@ -123,6 +82,10 @@ class History:
     applied: tuple[str, ...] = ()
     checksums: dict[str, str] = field(default_factory=dict)
     dirty: tuple[DirtyMigration, ...] = ()
+    # The history tables edited by hand: applied by rds-migrations (yoyo's log says so) with its checksum row
+    # gone; and a checksum row whose yoyo row is gone with no rollback in yoyo's log.
+    checksum_lost: tuple[str, ...] = ()
+    yoyo_row_lost: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,7 +110,8 @@ class AppliedRecord:
 
 _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECORD_SQL, "mark": MARK_DIRTY_SQL,
                "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL, "unrecord": UNRECORD_SQL,
-               "unmark": UNMARK_LOG_SQL, "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
+               "unmark": UNMARK_LOG_SQL, "latest_log": LATEST_LOG_SQL, "forget": FORGET_SQL,
+               "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
                "unverified": RECORD_UNVERIFIED_SQL, "baseline": BASELINE_SQL, "read_baseline": READ_BASELINE_SQL,
                "remember": REMEMBER_SCHEMA_SQL, "read_schema": READ_SCHEMA_SQL, "recorded": READ_RECORDED_SQL,
                "recorded_no_log": READ_RECORDED_NO_LOG_SQL, "history_rows": READ_HISTORY_ROWS_SQL}
@@ -186,7 +150,17 @@ class Ledger:
         if tables["dirty"]:
             dirty = tuple(DirtyMigration(*row) for row in self.conn.execute(self.statements["dirty"],
                                                                             (ADVISORY_LOCK_KEY,)))
-        return History(applied, checksums, dirty)
+        odd = [i for i in applied if i not in checksums]  # the whole table dropped too
+        odd += [i for i in checksums if i not in set(applied)]
+        if not (odd and tables["log"]):  # the usual case: no query more
+            return History(applied, checksums, dirty)
+        latest = {i: (operation, ours) for i, operation, ours in self.conn.execute(self.statements["latest_log"],
+                                                                                  (odd,))}
+        lost = tuple(i for i in applied if i not in checksums and latest.get(i, ("", False))[1]
+                     and latest[i][0] in ("apply", "mark"))
+        gone = tuple(i for i in checksums if i not in set(applied) and latest.get(i, ("", False))[0] not in (
+            "rollback", "unmark"))
+        return History(applied, checksums, dirty, lost, gone)
 
     def applied_records(self) -> tuple[AppliedRecord, ...]:
         """Every applied migration in the order it was applied, with who, where and how (read-only)."""
@@ -238,6 +212,14 @@ class Ledger:
         self.conn.execute(self.statements["record"], record_params(
             migration, git_sha, run_id, operation=operation, comment=comment,
             duration_ms=int((time.monotonic() - started) * 1000)))
+
+    def forget(self, migration: Migration) -> None:
+        """Its rows gone, yoyo's log saying 'unmark': an operator's word that it is not applied."""
+        self.conn.execute(self.statements["forget"], _unrecord_params(migration))
+
+    def record_checksum(self, migration: Migration) -> None:
+        """Its checksum row again (an operator's word that the file is the one applied)."""
+        self.conn.execute(self.statements["unverified"], (migration.id, migration.checksum, migration.transactional))
 
     def record_unverified(self, catalog: Catalog, ids: tuple[str, ...], log: Log) -> None:
         """Migrations applied before checksums were kept (plain yoyo): adopt the current file's checksum."""

@@ -161,6 +161,14 @@ WITH migration AS (
 )
 DELETE FROM {history} WHERE migration_id = %(id)s
 """
+# The newest log row of each migration, among `%s` (ids): yoyo's own rows have no comment, ours say so.
+LATEST_LOG_SQL = """
+SELECT DISTINCT ON (migration_id) migration_id, operation, coalesce(comment, '') LIKE 'rds-migrations%%'
+FROM {log} WHERE migration_id = ANY(%s) ORDER BY migration_id, created_at_utc DESC
+"""
+# An operator's word that a migration whose history was edited by hand is not applied: both rows go.
+FORGET_SQL = UNRECORD_SQL.replace("'rollback'", "'unmark'").replace(
+    "'rds-migrations'", "'rds-migrations resolve --mark-not-applied'")
 UNMARK_LOG_SQL = """
 INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment, created_at_utc)
 VALUES (%s, %s, %s, 'unmark', current_user, %s, 'rds-migrations resolve --mark-not-applied', now() AT TIME ZONE 'utc')

@@ -50,6 +50,12 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 f"{migration_id}: applied to the database but missing from {catalog.directory.name}/ "
                 "(deleted or renamed); restore the file under its original name"
             )
+        elif migration_id in history.checksum_lost:
+            problems.append(
+                f"{migration.path.name}: applied by rds-migrations (yoyo's log says so), but its checksum row is gone "
+                "from _rds_migrations_history: the history tables were edited by hand, so whether this file is the "
+                "one applied cannot be told. Check it against the database, then record it again: "
+                f"`rds-migrations resolve {where_flag(environment)} {migration_id} --mark-applied`")
         elif migration_id not in history.checksums:
             unverified.append(migration_id)
         elif history.checksums[migration_id] != migration.checksum:
@@ -58,12 +64,19 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 f"{history.checksums[migration_id][:12]} applied, {migration.checksum[:12]} now); restore the "
                 "applied version and put the change in a new migration"
             )
+    for migration_id in history.yoyo_row_lost:
+        where = where_flag(environment)
+        problems.append(
+            f"{migration_id}: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row for "
+            "it is gone with no rollback in yoyo's log: the history tables were edited by hand. If what it makes is "
+            f"there: `rds-migrations resolve {where} {migration_id} --mark-applied`; if not: `rds-migrations "
+            f"resolve {where} {migration_id} --mark-not-applied`")
     pending = [m for m in catalog.migrations if m.id not in applied]
     known_applied = [position[i] for i in applied if i in position]
     if pending and known_applied and not allow_out_of_order:
         newest_applied = max(known_applied)
         for migration in pending:
-            if position[migration.id] < newest_applied:
+            if position[migration.id] < newest_applied and migration.id not in history.yoyo_row_lost:
                 problems.append(
                     f"{migration.path.name}: out of order: it sorts before migrations already applied; "
                     "renumber it after the newest applied migration (or set policy.allow_out_of_order)"

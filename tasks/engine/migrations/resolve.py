@@ -13,7 +13,8 @@ from tasks.engine.environments import Policy
 from tasks.engine.errors import ResolveError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.history import DirtyMigration, Ledger, read_history
+from tasks.engine.migrations.dirty import DirtyMigration
+from tasks.engine.migrations.history import Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
@@ -59,6 +60,24 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
     return "\n".join(lines)
 
 
+def _mend(ledger: Ledger, catalog: Catalog, migration_id: str, *, mark_applied: bool, checksum_lost: bool) -> str:
+    """History rows edited by hand, put back as the operator says: applied (with the file's checksum and yoyo's
+    row) or not applied (both gone, pending again)."""
+    migration = catalog.get(migration_id)
+    if migration is None:
+        raise ResolveError(f"{migration_id}: its file is not in {catalog.directory.name}/; restore it first")
+    with ledger.conn.transaction():
+        if not mark_applied:
+            ledger.forget(migration)
+            return f"{migration_id} is recorded as not applied: the next run applies it"
+        if checksum_lost:
+            ledger.record_checksum(migration)
+        else:
+            ledger.record_applied([migration], "resolved", None, operation="mark",
+                                  comment="rds-migrations resolve --mark-applied")
+    return f"{migration_id} is recorded as applied, with the checksum of {migration.path.name}"
+
+
 def explain_state(connection: Connection, catalog: Catalog, *, environment: str | None = None) -> tuple[bool, str]:
     """Read-only, for operators: (clean, explanation) of dirty marks and INVALID indexes in the way."""
     with session(connection, read_only=True) as conn:
@@ -79,7 +98,13 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
             migration_lock(conn, policy.migration_lock_wait_seconds):
         ledger = Ledger.open(conn)
         ledger.create_tables()
-        dirty = {d.migration_id: d for d in ledger.read().dirty}
+        history = ledger.read()
+        dirty = {d.migration_id: d for d in history.dirty}
+        if migration_id in history.checksum_lost + history.yoyo_row_lost:
+            outcome = _mend(ledger, catalog, migration_id, mark_applied=mark_applied,
+                            checksum_lost=migration_id in history.checksum_lost)
+            log.warning("Resolved by an operator: %s", outcome)
+            return f"{connection.describe()}: {outcome}"
         if migration_id not in dirty:
             others = f" (dirty: {', '.join(dirty)})" if dirty else " (nothing is dirty)"
             raise ResolveError(f"{migration_id} is not marked dirty on {connection.describe()}{others}")

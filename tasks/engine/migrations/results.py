@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tasks.engine.errors import RdsMigrationsError
-from tasks.engine.migrations.history import applied_before
+from tasks.engine.migrations.dirty import applied_before
 from tasks.engine.migrations.sqltext import shorten
 from tasks.engine.migrations.statements import concurrent_index, without_passwords
 

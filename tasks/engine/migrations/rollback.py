@@ -25,9 +25,10 @@ from tasks.engine.errors import DirtyDatabase, InvalidMigrations, RdsMigrationsE
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import PROGRESS_EVERY, apply_one
 from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.dirty import applied_before
 from tasks.engine.migrations.execute import RECORDING, failure_from, redacted
 from tasks.engine.migrations.hints import resolve_hint
-from tasks.engine.migrations.history import Ledger, applied_before
+from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.resolve import explain_dirty
 from tasks.engine.migrations.results import (
     LOCK_NOT_AVAILABLE,

@@ -21,8 +21,9 @@ import psycopg
 from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.drift import compare
-from tasks.engine.migrations.history import AppliedRecord, DirtyMigration, Ledger
+from tasks.engine.migrations.history import AppliedRecord, Ledger
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.reference import current_state_key
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema

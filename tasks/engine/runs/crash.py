@@ -25,8 +25,9 @@ from tasks.engine.environments import (
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, shown_parameters
+from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.hints import where_flag
-from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, DirtyMigration, Ledger
+from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, Ledger
 from tasks.engine.runs.parameters import TRIGGER
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
 from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
