@@ -188,6 +188,19 @@ def test_style_rules_are_warnings_and_table_rewrites_are_errors(tmp_path: Path) 
     assert by_rule["changing-column-type"] == "error"
 
 
+def test_an_unnamed_concurrent_index_is_a_warning_where_it_can_fail_halfway(tmp_path: Path) -> None:
+    """A failed unnamed build leaves an INVALID index with a name the server chose: the next run can neither
+    find it nor drop it, and builds another beside it. Named, it is found again (resolve.py, indexes.py)."""
+    unnamed = write(tmp_path, "0001.unnamed.sql", "-- transactional: false\nCREATE TABLE t (id int);\n"
+                                                   "CREATE UNIQUE INDEX CONCURRENTLY ON t (id);\n")
+    named = write(tmp_path, "0002.named.sql", "-- transactional: false\n"
+                                               "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_id ON t (id);\n")
+    findings = lint_files([unnamed, named], transactional={unnamed: False, named: False})
+    ours = [f for f in findings if f.rule == lint.UNNAMED_CONCURRENT_INDEX]
+    assert summary(ours) == {("0001.unnamed.sql", 3, lint.UNNAMED_CONCURRENT_INDEX, "warning")}
+    assert ours[0].help is not None and "Name the index" in ours[0].help
+
+
 def test_every_graded_rule_is_a_squawk_rule(tmp_path: Path) -> None:
     # squawk refuses an unknown rule name in --exclude, so a misspelt rule here would never match anything.
     empty = write(tmp_path, "empty.sql", "")

@@ -362,3 +362,25 @@ def test_history_rows_deleted_by_hand_are_refused_and_put_back_by_resolve(tmp_pa
         conn.execute("UPDATE _yoyo_log SET comment = NULL WHERE migration_id = '0003.c'")
     planned = cli("plan", *url, "--json", cwd=tmp_path)
     assert planned.returncode == 0 and json.loads(planned.stdout)["unverified"] == ["0003.c"], planned.stdout
+
+
+def test_an_invalid_index_is_named_by_status_and_never_marked_applied(tmp_path: Path, database: Connection) -> None:
+    """`resolve --mark-applied` used to record a migration whose unique index was left INVALID (never used, never
+    unique, never built again), and `status` never named the index; only `drift` did."""
+    write_migrations(tmp_path, {
+        "0001.dup.sql": "CREATE TABLE dup (v int);\n",
+        "0002.idx.sql": ("-- transactional: false\nCREATE TABLE other (id int);\n"
+                         "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS dup_v ON dup (v);\n"),
+    })
+    url = ("--database-url", url_of(database))
+    assert cli("run", *url, "--target", "1", cwd=tmp_path).returncode == 0
+    with connected(database) as conn:  # the target's rows, which no rehearsal has
+        conn.execute("INSERT INTO dup VALUES (1), (1)")
+    failed = cli("run", *url, cwd=tmp_path)
+    assert failed.returncode == 1 and dirty_state(database) == [("0002.idx", "failed", 2)], failed.stderr[-2000:]
+    status = cli("status", *url, cwd=tmp_path)
+    assert 'dup_v" on "dup", left by a failed CREATE INDEX CONCURRENTLY of 0002.idx' in status.stdout, status.stdout
+    refused = cli("resolve", *url, "0002.idx", "--mark-applied", cwd=tmp_path)
+    assert refused.returncode == 1 and "the migration would keep it INVALID" in refused.stderr, refused.stderr
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."dup_v";' in refused.stderr
+    assert applied_ids(database) == ["0001.dup"] and dirty_state(database) == [("0002.idx", "failed", 2)]

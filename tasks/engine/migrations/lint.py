@@ -16,7 +16,9 @@ How each file is linted follows how our runner executes it:
 One check is ours, because squawk misses it and yoyo does not forgive it: a statement PostgreSQL refuses
 inside a transaction block (`CREATE INDEX CONCURRENTLY` alone in its file, which squawk assumes a
 migration tool runs outside a transaction; `DROP INDEX` / `REINDEX ... CONCURRENTLY`, `VACUUM`, ...) in a
-transactional file is a `cannot-run-in-transaction` error. So is a file that is not UTF-8 (`not-utf8`).
+transactional file is a `cannot-run-in-transaction` error. So is a file that is not UTF-8 (`not-utf8`). And
+in a non-transactional file, `CREATE INDEX CONCURRENTLY` with no index name is an `unnamed-concurrent-index`
+warning: the INVALID index a failed build leaves could not be found again by name.
 
 Suppressing a finding is squawk's own mechanism, written in the migration where reviewers see it:
 
@@ -53,10 +55,11 @@ from typing import Literal
 
 import pglast
 import sqlparse
+from pglast import ast
 
 from tasks.engine.errors import LintError
 from tasks.engine.migrations.split import read_text, split_migration
-from tasks.engine.migrations.statements import may_be_refused_in_transaction, refused_in_transaction
+from tasks.engine.migrations.statements import may_be_refused_in_transaction, parsed, refused_in_transaction
 from tasks.engine.processes import child_environment
 
 Severity = Literal["error", "warning"]
@@ -101,6 +104,7 @@ EXCLUDED_IN_TRANSACTION = ("prefer-robust-stmts",)
 # Our own rules (always errors). yoyo reads migrations as UTF-8; squawk aborts the whole run on such a file.
 NOT_UTF8 = "not-utf8"
 CANNOT_RUN_IN_TRANSACTION = "cannot-run-in-transaction"
+UNNAMED_CONCURRENT_INDEX = "unnamed-concurrent-index"  # a warning
 # squawk's rule for the one case it covers: where both fire, its finding is kept.
 SQUAWK_CONCURRENTLY_RULE = "ban-concurrent-index-creation-in-transaction"
 SQUAWK_CONCURRENTLY_STATEMENTS = ("CREATE INDEX CONCURRENTLY", "CREATE UNIQUE INDEX CONCURRENTLY")  # what it covers
@@ -205,6 +209,8 @@ def lint_files(
             found = _run_squawk(binary, batch, in_transaction=in_transaction, pg_version=pg_version)
             if in_transaction:
                 found += _cannot_run_in_transaction(batch, already=found)
+            else:
+                found += _unnamed_concurrent_indexes(batch)
             findings += found
     order = {path.name: i for i, path in enumerate(unique)}
     return sorted(findings, key=lambda f: (order.get(f.file, len(order)), f.line, f.rule))
@@ -245,6 +251,36 @@ def _cannot_run_in_transaction(files: dict[Path, bytes], *, already: list[LintFi
                     )
                 )
     return findings
+
+
+def _unnamed_concurrent_indexes(files: dict[Path, bytes]) -> list[LintFinding]:
+    """`CREATE INDEX CONCURRENTLY ON …` with no name, in a non-transactional file: when the build fails, the
+    INVALID index it leaves has a name the server chose, so the next run cannot find it (to drop it or refuse),
+    and builds a second one beside it."""
+    findings = []
+    for path, content in files.items():
+        text = content.decode("utf-8")
+        if "concurrently" not in text.lower():
+            continue
+        for statement, line in _statements_with_lines(text):
+            if any(isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname
+                   for node in parsed(statement) or ()):
+                findings.append(LintFinding(
+                    path.name, line, UNNAMED_CONCURRENT_INDEX, "warning",
+                    "`CREATE INDEX CONCURRENTLY` without an index name: if the build fails, the INVALID index it "
+                    "leaves is named by the server, and the next run can neither find it nor drop it",
+                    "Name the index: CREATE INDEX CONCURRENTLY IF NOT EXISTS <name> ON …"))
+    return findings
+
+
+def _statements_with_lines(text: str) -> list[tuple[str, int]]:
+    """Each statement of `text` as PostgreSQL's scanner splits it, with the line it starts on ([] when the
+    scanner cannot read the text: squawk reports that)."""
+    try:
+        pieces = list(pglast.split(text, with_parser=False, only_slices=True))
+    except pglast.parser.ParseError:
+        return []
+    return [(text[piece], text.count("\n", 0, piece.start) + 1) for piece in pieces]
 
 
 def _statements_needing_no_transaction(text: str) -> list[tuple[int, str]]:

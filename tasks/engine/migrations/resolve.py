@@ -115,6 +115,12 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
                                    "(its checksum is recorded with it)")
             if migration.checksum != dirty[migration_id].checksum:
                 raise ResolveError(f"{migration.path.name} changed since it ran; restore the version that ran first")
+            invalid = find_invalid_indexes(conn, catalog, [migration_id])
+            if invalid:  # recorded as applied, it would stay INVALID: never used, never unique, never built again
+                raise ResolveError(f"{invalid[0]}: recorded as applied, the migration would keep it INVALID (never "
+                                   f"used, never unique, never built again). Drop it ({invalid[0].drop_command}) "
+                                   "and build it by hand, then mark it applied; or mark it not applied, and the "
+                                   "next run builds it")
             with conn.transaction():
                 ledger.record(migration, "resolved", None, time.monotonic(), operation="mark",
                               comment="rds-migrations resolve --mark-applied")

@@ -24,6 +24,7 @@ from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.drift import compare
 from tasks.engine.migrations.history import AppliedRecord, Ledger
+from tasks.engine.migrations.indexes import find_invalid_indexes
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.reference import current_state_key
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
@@ -231,11 +232,14 @@ def read_status(connection: Connection, catalog: Catalog, *, environment: str | 
                                               "every migration)")
         drift, drifted = _drift(conn, ledger, catalog) if has_history else (NOT_CHECKED, None)
         lock = _lock_holder(conn)
+        invalid = tuple(f"{index}: with policy.invalid_index = refuse (the default) the next run refuses; with "
+                        f"drop_and_retry it drops it and builds it again; by hand: {index.drop_command}"
+                        for index in find_invalid_indexes(conn, catalog, plan.pending))
     by_id = {m.id: m for m in catalog.migrations}
     applied = tuple(_applied(record, by_id.get(record.migration_id), ui) for record in records)
     return Status(database=connection.describe(), environment=environment, history_schema=ledger.schema,
                   has_history=has_history, applied=applied, pending=plan.pending, dirty=history.dirty, lock=lock,
-                  drift=drift, drifted=drifted, problems=(*map(str, catalog.problems), *plan.problems),
+                  drift=drift, drifted=drifted, problems=(*map(str, catalog.problems), *plan.problems, *invalid),
                   note=note)
 
 
