@@ -102,6 +102,45 @@ def test_a_dump_of_another_environment_or_a_missing_one_is_refused(local: Local)
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
 
 
+def test_a_restored_database_keeps_its_owner_access_and_settings(local: Local) -> None:
+    """A dump holds the objects in a database, not the database: restored, it used to belong to whoever ran the
+    restore, be open to PUBLIC again and lose `ALTER DATABASE … SET` (a search_path naming `app`, say). The
+    restored copy is made like the live one; the replaced copy keeps its own."""
+    from psycopg import sql
+
+    role = f"{local.production.dbname}_owner"
+    production = local.environment("prod-local")
+    name = sql.Identifier(local.production.dbname)
+    with connected(local.production) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(role)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(name, sql.Identifier(local.production.user)))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = app, public").format(name))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET statement_timeout = '7s'").format(name))
+
+    def properties() -> tuple:
+        with connected(local.production.with_database("postgres")) as conn:
+            return conn.execute(
+                "SELECT pg_get_userbyid(d.datdba), has_database_privilege('public', d.oid, 'CONNECT'), "
+                "(SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) "
+                "FROM pg_database d WHERE datname = %s", (local.production.dbname,)).fetchone()
+
+    before = properties()
+    assert before == (role, False, ["search_path=app, public", "statement_timeout=7s"])
+    try:
+        dump = local.dump_production(T1)
+        restore_environment(production, dump.identifier, fetch_connection(production), now=T1, log=LOG)
+        assert properties() == before
+    finally:
+        with connected(local.production.with_database("postgres")) as conn:
+            for database in conn.execute("SELECT datname FROM pg_database WHERE datdba = "
+                                         "(SELECT oid FROM pg_roles WHERE rolname = %s)", (role,)).fetchall():
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(database[0]), sql.Identifier(local.production.user)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 # ---- RDS against the AWS emulator -----------------------------------------------------------------------------
 
 

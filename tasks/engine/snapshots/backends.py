@@ -233,6 +233,44 @@ class LocalDatabases:
         with self.admin.connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.plan.check(name, "create"))))
 
+    def _like_the_live_one(self, conn: psycopg.Connection, name: str) -> None:
+        """The new database gets what a dump does not carry (it holds the objects in one database, not the
+        database itself): the live one's owner, who may connect (its access privileges: a database closed to
+        PUBLIC stays closed) and its settings (`ALTER DATABASE … SET`, `ALTER ROLE … IN DATABASE … SET`). What
+        cannot be copied is logged, and the restore goes on."""
+        live, new = sql.Identifier(self.plan.live), sql.Identifier(name)
+        owner, acl = conn.execute("SELECT pg_get_userbyid(datdba), datacl IS NOT NULL FROM pg_database "
+                                  "WHERE datname = %s", (self.plan.live,)).fetchone()  # type: ignore[misc]
+        steps = [sql.SQL("ALTER DATABASE {} OWNER TO {}").format(new, sql.Identifier(owner))]
+        if acl:
+            steps.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(new))
+            for grantee, privilege, grantable in conn.execute(
+                    "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
+                    "a.is_grantable FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s "
+                    "AND a.grantee <> d.datdba", (self.plan.live,)):
+                steps.append(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                    sql.SQL(privilege), new, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+        # A setting is set as the live database's value, then taken FROM CURRENT: list values (search_path)
+        # keep their form.
+        for role, settings in conn.execute(
+                "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
+                "FROM pg_db_role_setting s JOIN pg_database d "
+                "ON d.oid = s.setdatabase WHERE d.datname = %s", (self.plan.live,)):
+            where = sql.SQL("ALTER DATABASE {}").format(new) if role is None else sql.SQL(
+                "ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), new)
+            for setting in settings:
+                key, _, value = setting.partition("=")
+                steps.append(sql.SQL("SELECT set_config({}, {}, true); {} SET {} FROM CURRENT").format(
+                    sql.Literal(key), sql.Literal(value), where, sql.Identifier(key)))
+        for step in steps:
+            try:
+                with conn.transaction():
+                    conn.execute(step)
+            except psycopg.Error as exc:
+                self.log.warning("The restored database %s is not quite like %s: %s (%s)", name, live.as_string(conn),
+                                 step.as_string(conn), describe_error(exc))
+
     def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
         target = self.credentials.with_database(name)
         env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
@@ -245,6 +283,8 @@ class LocalDatabases:
         if result.returncode != 0:
             raise RefreshError(redact(f"pg_restore into {name} failed (exit {result.returncode}): "
                                       f"{result.stderr.strip()[-1500:]}", target.password.get_secret_value()))
+        with self.admin.connect() as conn:  # after the restore: a setting may be default_transaction_read_only
+            self._like_the_live_one(conn, name)
 
     def reset_master_password(self, name: str, password: SecretStr) -> None:
         """Nothing to do: roles and their passwords belong to the server, and a dump carries none."""
