@@ -259,3 +259,17 @@ def test_hand_edited_inputs_are_one_line_never_a_traceback(project: Path, databa
         conn.execute("UPDATE _yoyo_migration SET applied_at_utc = NULL")
     status = cli("status", "--database-url", url_of(database), cwd=project)
     assert status.returncode == 0 and "(no time)" in status.stdout and "0001.a" in status.stdout, status.stderr
+
+
+def test_a_rehearsal_failure_says_what_failed_not_how_to_resolve_the_scratch_database(
+        project: Path, database: Connection) -> None:
+    """A non-transactional migration failing halfway in the rehearsal left the scratch database dirty, and the
+    run printed how to resolve that (`resolve --env NAME … --mark-applied`) although the target was never
+    touched. It says what failed, and that the target was not touched."""
+    write_migrations(project, {"0001.half.sql": ("-- transactional: false\nCREATE TABLE half (id bigint);\n"
+                                                 "SELECT 1 / 0;\n")})
+    result = cli("run", "--database-url", url_of(database), cwd=project)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "rehearsal failed: migration 0001.half failed (SQLSTATE 22012)" in result.stderr, result.stderr[-2000:]
+    assert "--mark-applied" not in result.stderr and "marked dirty" not in result.stderr, result.stderr[-3000:]
+    assert "the target was not touched" in result.stderr

@@ -121,7 +121,7 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
         where=where,
         applied=len(catalog.migrations),
         rolled_back=tuple(rolled_back),
-        failure=str(failure) if failure else None,
+        failure=_rehearsal_failure(failure),
         duration_seconds=time.monotonic() - started,
         reused=reused,
         note=place.note,
@@ -166,8 +166,18 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
         where=f"{place.where} (temporary database {name}, a copy of the target's schema)",
         applied=len(pending),
         rolled_back=tuple(rolled_back),
-        failure=str(failure) if failure else None,
+        failure=_rehearsal_failure(failure),
         duration_seconds=time.monotonic() - started,
         note=place.note,
         on_target_schema=True,
     )
+
+
+def _rehearsal_failure(failure: MigrationError | None) -> str | None:
+    """What failed in the rehearsal, without what it left in the scratch database (dropped with it) or how to
+    resolve that: the target was not touched."""
+    if failure is None:
+        return None
+    lines = str(failure).split("\n")  # the migration's (or its rollback file's) failure, then what it left
+    ends = next((n for n, line in enumerate(lines) if line.startswith("  statement")), len(lines) - 1)
+    return "\n".join(lines[: ends + 1])
