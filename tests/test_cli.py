@@ -160,6 +160,9 @@ def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, d
                 "version number; the newest is 0001.a") in result.stderr, result.stderr
     with connected(database) as conn:
         assert conn.execute("SELECT to_regclass('a'), to_regclass('_yoyo_migration')").fetchone() == (None, None)
+    pasted = cli("run", "--database-url", url_of(database), "--target", "hunter2-Secret", cwd=project)
+    assert pasted.returncode == 2 and "--target (14 characters, not repeated) names no migration" in pasted.stderr
+    assert "hunter2" not in pasted.stdout + pasted.stderr  # what is not a version or an id may be a secret
     for url, said in ((url_of(database).replace(f":{database.port}/", ":port/"), "the port must be a number"),
                       (url_of(database) + "?dbname=other", "the URL's query string names dbname")):
         result = cli("plan", "--database-url", url, cwd=project)

@@ -87,7 +87,9 @@ class Catalog:
         index = self.index_of(name)
         if index is None:
             newest = f"; the newest is {self.migrations[-1].id}" if self.migrations else ""
-            raise UsageError(f"{option} {name!r} names no migration in {self.directory.name}/ (a migration id or its "
+            # Repeated only when it reads as a version or an id: anything else may be a secret in the wrong field.
+            shown = repr(name) if VERSIONED.match(name) or name.isdigit() else f"({len(name)} characters, not repeated)"
+            raise UsageError(f"{option} {shown} names no migration in {self.directory.name}/ (a migration id or its "
                              f"version number{newest}{zero})")
         return index
 

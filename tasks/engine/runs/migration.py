@@ -179,13 +179,14 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     git_sha = progress.git_sha = commit_of_run(steps, git_sha, project_root, migrations_dir)
     progress.step = "validate"
     catalog, progress.report = steps.validate(Path(migrations_dir), project_root, environment.policy)
-    if target is not None:
-        catalog.named(target, "--target")
     progress.step = "fetch-secret"
     credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                             "trigger": trigger, "target": target,
                                             "migrations_dir": migrations_dir}, steps)
     progress.connection = credentials.connection
+    if target is not None:  # after the credentials: a password pasted here is named as such first
+        progress.step = "validate"
+        catalog.named(target, "--target")
     progress.step = "validate"
     static = progress.report
     report = progress.report = credentials.run(

@@ -45,11 +45,12 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             step = "validate"
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
-            if to != ALL:
-                catalog.named(to, "--to", zero="; 0 undoes every migration")
             step = "fetch-secret"
             credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                                     "trigger": trigger, "to": to}, steps)
+            if to != ALL:  # after the credentials: a password pasted here is named as such first
+                step = "validate"
+                catalog.named(to, "--to", zero="; 0 undoes every migration")
             step = "plan"
             plan = credentials.run(lambda c: plan_rollback(c, catalog, to, environment=environment.name))
             undo = plan.undo
