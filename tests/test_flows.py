@@ -124,23 +124,35 @@ def test_second_of_three_fails_flow_is_failed_and_slack_gets_snapshot_and_restor
     assert "never onto the live name" in message
 
 
-def test_rerun_same_sha_reuses_the_snapshot_and_a_noop_takes_none(project: Project) -> None:
+def test_rerun_same_sha_reuses_the_snapshot_only_at_the_same_history_and_a_noop_takes_none(
+        project: Project) -> None:
+    """The first attempt applied 0002, then failed: its snapshot, restored, would undo 0002 and every row since,
+    so the second attempt of the same commit takes one of its own (tagged with the history it was taken at). The
+    third, at the second's history, reuses the second's; a run with nothing pending takes none."""
+    from tasks.engine.snapshots.naming import history_mark
+
     with_duplicate_users(project)
     assert run_production(git_sha="abc1234def").is_failed()
     first = project.manual_snapshots()
-    assert len(first) == 2
+    assert len(first) == 2 and project.applied() == ["0001.create-users", "0002.create-accounts"]
+    assert run_production(git_sha="abc1234def").is_failed()  # 0002 applied since the first: a snapshot of its own
+    second = project.manual_snapshots()
+    assert len(second) == 3 and set(first) < set(second)
 
     with connected(project.database) as conn:  # the data is fixed; the same commit is run again
         conn.execute("DELETE FROM users WHERE id = 2")
     state = run_production(git_sha="abc1234def")
     assert state.is_completed()
-    assert project.manual_snapshots() == first
-    assert state.result().snapshot_id in first and "abc1234" in state.result().snapshot_id
+    assert project.manual_snapshots() == second  # at the second attempt's history: its snapshot, reused
+    assert state.result().snapshot_id in set(second) - set(first) and "abc1234" in state.result().snapshot_id
+    tags = project.rds().list_tags_for_resource(ResourceName=state.result().snapshot_location)["TagList"]
+    assert {"Key": "rds-migrations:history", "Value": history_mark(("0001.create-users", "0002.create-accounts"))} \
+        in tags
     assert project.applied() == sorted(name[:-4] for name in THREE_PENDING)
 
     state = run_production(git_sha="abc1234def")
     assert state.is_completed() and state.result().outcome == "nothing-to-do"
-    assert state.result().snapshot_id is None and project.manual_snapshots() == first
+    assert state.result().snapshot_id is None and project.manual_snapshots() == second
 
 
 def test_an_edited_applied_migration_is_refused_before_anything_runs(project: Project,
