@@ -102,6 +102,13 @@ def test_text_the_scanner_stops_before_is_refused_not_dropped(tmp_path: Path) ->
     assert ("0005.h.rollback.sql: the rollback file holds no SQL statement (only comments): a rollback would record "
             "0005.h as undone and undo nothing") in problems
     assert "0006.i.rollback.sql: the rollback file holds no SQL statement (nothing)" in problems
+    (tmp_path / "migrations" / "0007.gone.sql").symlink_to(tmp_path / "migrations" / "nowhere.sql")
+    (tmp_path / "migrations" / "0008.psql.sql").write_text("CREATE TABLE p (id int);\n\\set ON_ERROR_STOP on\n"
+                                                          "CREATE TABLE q (id int);\n")
+    problems = "\n".join(str(p) for p in read_catalog(Path("migrations"), tmp_path).problems)
+    assert f"0007.gone.sql: is a symbolic link to {tmp_path / 'migrations' / 'nowhere.sql'}, which does not " \
+           "exist" in problems
+    assert "0008.psql.sql: line 2: `\\set` is a psql meta-command, not SQL" in problems
     catalog = read_catalog(Path("migrations"), tmp_path)  # the files refused are not read as migrations
     assert [m.id for m in catalog.migrations] == ["0004.fine", "0005.h", "0006.i"]
     assert catalog.migrations[0].statements == ("CREATE TABLE g (id bigint)", "ANALYZE")

@@ -130,6 +130,10 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
         name = path.name
         if name.startswith(".") or path.is_dir():
             continue
+        if path.is_symlink() and not path.exists():
+            problems.append(Problem(name, f"is a symbolic link to {path.readlink()}, which does not exist: point it "
+                                          "at the file, or remove it"))
+            continue
         if path.is_symlink() and not path.resolve().is_relative_to(root):
             problems.append(Problem(name, "is a symlink to a file outside the project; copy the file instead"))
             continue

@@ -11,6 +11,7 @@ anything there but comments and semicolons is refused, with its line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from yoyo.migrations import parse_metadata_from_sql_comments
 from tasks.engine.migrations.sqltext import after_comments, shorten
 
 _TRIVIA = {"SQL_COMMENT", "C_COMMENT", "ASCII_59"}  # what may stand between statements: comments and `;`
+_LINE_STARTS_WITH_BACKSLASH = re.compile(r"^[ \t]*\\", re.MULTILINE)  # a psql meta-command may start there
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,22 @@ def split(text: str) -> SplitText:
     statements = [text[piece] for piece in slices]
     if statements:  # the first statement carries the file's leading comments: the directives
         statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
-    return SplitText(directives, [s for s in statements if s.strip()], True, _unread(text, slices))
+    return SplitText(directives, [s for s in statements if s.strip()], True,
+                     _psql_command(text) or _unread(text, slices))
+
+
+def _psql_command(text: str) -> str | None:
+    """A line that starts with a backslash outside any string or comment: a psql meta-command (`\\set`,
+    `\\connect`, `\\i`), which only psql understands; the server would read it as part of the next statement."""
+    if not _LINE_STARTS_WITH_BACKSLASH.search(text):
+        return None
+    for token in scan(text):
+        if token.name == "ASCII_92" and not text[text.rfind("\n", 0, token.start) + 1:token.start].strip():
+            line = text.count("\n", 0, token.start) + 1
+            command = text[token.start:].split(None, 1)[0]
+            return (f"line {line}: `{command}` is a psql meta-command, not SQL: the tool sends the file to the server, "
+                    "not to psql; remove it, or write what it does in SQL")
+    return None
 
 
 def _unread(text: str, slices: list[slice]) -> str | None:
