@@ -12,6 +12,7 @@ migration rolls back; a non-transactional one fails at its first statement, whic
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from tasks.engine.errors import UsageError
@@ -58,7 +59,9 @@ def check_slug(slug: str) -> str:
                                   "change in the file name, NNNN.slug.sql: a few words say it)")
     if SLUG.match(slug):
         return slug
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", slug)  # AddUsers: add-users
+    # Accents dropped (ümlaut: umlaut), not the letters; AddUsers: add-users.
+    plain = unicodedata.normalize("NFKD", slug).encode("ascii", "ignore").decode("ascii")
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", plain)
     fixed = re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-") or "add-orders-status"
     shown = repr(slug) if slug.strip() else "an empty slug"
     raise NewMigrationRefused(f"{shown} is not a migration slug: {SLUG_RULE} (it names the change in the file "
