@@ -215,3 +215,18 @@ def test_a_pending_migration_that_fails_on_a_drifted_database_leaves_the_drift_s
     assert ("whether the pending migrations account for it is not known: drift's reference could not be rebuilt "
             "on a scratch database") in result.stderr and 'relation "no_such_table" does not exist' in result.stderr
     assert "applied:    none" in result.stderr and "0004.broken" not in applied_ids(database)
+
+
+def test_a_rollback_on_a_drifted_database_is_refused_as_a_run_is(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """Rollback files assume the schema the migrations made: with `policy.drift = "block"` a rollback on a
+    database changed by hand is refused before anything is undone, as a run is (it went ahead without a word)."""
+    write_migrations(tmp_path, {"0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n",
+                                "0002.devices.sql": "CREATE TABLE devices (id bigint PRIMARY KEY);\n",
+                                "0002.devices.rollback.sql": "DROP TABLE devices;\n"})
+    assert cli("run", "--env", "adopted", cwd=tmp_path, env=adopted).returncode == 0
+    run(database, "ALTER TABLE users ADD COLUMN nickname text")
+    refused = cli("rollback", "--env", "adopted", "--to", "1", cwd=tmp_path, env=adopted)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "column public.users.nickname: not made by any migration" in refused.stderr
+    assert applied_ids(database) == ["0001.users", "0002.devices"]

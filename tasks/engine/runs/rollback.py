@@ -20,6 +20,7 @@ from tasks.engine.migrations.report import with_plan
 from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
 from tasks.engine.migrations.rollback_plan import ALL, plan_rollback
 from tasks.engine.notices import Notice
+from tasks.engine.runs.adoption import DriftFound
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.migration import Credentials, check_tier
 from tasks.engine.runs.parameters import check_parameters
@@ -59,6 +60,14 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             steps.log.info("Rollback plan:\n%s", plan.to_text())
             if plan.problems:
                 raise RollbackRefused(plan)
+            if plan.undo and environment.policy.drift != "ignore":  # as a run looks before it applies
+                step = "drift"
+                drift, source = credentials.run(lambda c: steps.drift(environment, c, catalog))
+                if drift.drifted and environment.policy.drift == "block":
+                    raise DriftFound(environment.name, drift)
+                if drift.drifted:
+                    steps.log.warning("%s (expected: %s); rolling back anyway: policy.drift = warn",
+                                      drift.summary(), source)
             if plan.undo and not dry_run:
                 if environment.tier == "production" and environment.policy.approval_required:
                     step = "approval"
