@@ -172,6 +172,8 @@ def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, d
         assert from_environment.returncode == 2 and "rds-migrations: DATABASE_URL: " in from_environment.stderr
     fleet = cli("run", "--database-url", url_of(database), "--database-url", "postgresql://a@b:x/c", cwd=project)
     assert fleet.returncode == 2 and "database URL #2: the port must be a number" in fleet.stderr, fleet.stderr
+    twice = cli("run", "--database-url", url_of(database), "--database-url", url_of(database), cwd=project)
+    assert twice.returncode == 2 and "database URL #2 names the same database as #1" in twice.stderr, twice.stderr
 
 
 def test_drift_on_a_database_never_adopted_says_to_adopt_it(project: Path, database: Connection) -> None:

@@ -237,11 +237,17 @@ def url_fleet(environment: Environment, variables: list[str], concurrency: int |
     `database-url` environment of the file."""
     taken: set[str] = set()
     targets = []
+    seen: dict[tuple[str, int, str], int] = {}
     for position, variable in enumerate(variables, 1):
         url = os.environ.get(variable)
         if not url:
             raise ConfigError(f"database URL #{position}: environment variable {variable} is not set")
         connection = connection_from_url(url, f"database URL #{position}")
+        where = (connection.host, connection.port, connection.dbname)
+        if where in seen:  # one database migrated twice at once: two snapshots, two rows, one lock
+            raise ConfigError(f"database URL #{position} names the same database as #{seen[where]} "
+                              f"({connection.dbname} on {connection.host}:{connection.port}): give each once")
+        seen[where] = position
         name = url_target_name(connection.dbname, connection.host, connection.port, taken)
         targets.append(StaticTarget(name=name, url_env=variable))
     fleet = Fleet(targets=tuple(targets), concurrency=concurrency or min(len(targets), 4))
