@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["trigger"]:  # the GitHub check starts fast: the standard library and httpx, no Prefect
         return trigger_command.main(argv[1:])
     args = _parser().parse_args(argv)
+    common = sys.modules.get("flows.cli_common")  # not imported for nothing: completion runs at each TAB
+    if common is not None:
+        common.forget_emitted()  # one JSON document per command run, also when main() runs again in one process
     try:
         return command_table()[args.command](args)
     except RdsMigrationsError as exc:  # every failure a person should read; anything else is a bug

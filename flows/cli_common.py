@@ -73,6 +73,10 @@ def catalog_of(args: argparse.Namespace) -> Catalog:
 _emitted: list[str] = []  # the commands whose result was printed (one JSON document per command run)
 
 
+def forget_emitted() -> None:
+    _emitted.clear()
+
+
 def emit(args: argparse.Namespace, command: str, document: dict[str, Any], text: str | None) -> None:
     """The result: `text` for a person, or with --json one JSON document (`schema_version`, `command`, ...)."""
     _emitted.append(command)

@@ -158,6 +158,7 @@ def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, d
         assert result.returncode == 2, (command, result.stdout + result.stderr)
         assert (f"rds-migrations: {flag.split()[-1]} '9' names no migration in migrations/ (a migration id or its "
                 "version number; the newest is 0001.a") in result.stderr, result.stderr
+        assert "FAILED" not in result.stderr and "Notification sent" not in result.stderr  # nobody else is told
     with connected(database) as conn:
         assert conn.execute("SELECT to_regclass('a'), to_regclass('_yoyo_migration')").fetchone() == (None, None)
     pasted = cli("run", "--database-url", url_of(database), "--target", "hunter2-Secret", cwd=project)
@@ -238,8 +239,14 @@ def test_a_password_a_migration_spells_is_never_shown(project: Path, database: C
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     for spelled in (f"CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '{literal}')",
                     f"CREATE SUBSCRIPTION s CONNECTION 'host=x password={literal}' PUBLICATION p",
-                    "ALTER ROLE x PASSWORD 'canary-9f31c7"):  # a quote left open: still starred
-        assert "9f31c7" not in without_passwords(spelled) and "**********" in without_passwords(spelled)
+                    "ALTER ROLE x PASSWORD 'canary-9f31c7",  # a quote left open: still starred
+                    "ALTER ROLE a PASSWORD U&'canary-9f31c7'", "CREATE ROLE a PASSWORD /* new */ 'canary-9f31c7'",
+                    "SELECT dblink_connect('postgresql://app:canary-9f31c7@db/app')"):
+        assert "9f31c7" not in without_passwords(spelled) and "**********" in without_passwords(spelled), spelled
+    from tasks.engine.migrations.split import split  # an excerpt of a file the scanner stopped in, too
+
+    assert "9f31c7" not in (split("CREATE USER MAPPING FOR a SERVER s OPTIONS (password 'canary-9f31c7';\n"
+                                  "SELECT 1;\n").unread or "9f31c7")
 
 
 def test_hand_edited_inputs_are_one_line_never_a_traceback(project: Path, database: Connection) -> None:

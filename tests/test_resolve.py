@@ -343,7 +343,11 @@ def test_history_rows_deleted_by_hand_are_refused_and_put_back_by_resolve(tmp_pa
     assert "0001.a: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row" in \
         refused.stderr and "out of order" not in refused.stderr
     assert "evil" not in cli("status", *url, cwd=tmp_path).stdout
-    write_migrations(tmp_path, {"0002.b.sql": files["0002.b.sql"]})  # checked: the file as it was applied
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint, edited text);\n"})
+    edited = cli("resolve", *url, "0001.a", "--mark-applied", cwd=tmp_path)  # its checksum row was kept
+    assert edited.returncode == 1 and "0001.a.sql changed since it was applied" in edited.stderr, edited.stderr
+    write_migrations(tmp_path, {"0002.b.sql": files["0002.b.sql"],  # checked: the files as they were applied
+                                "0001.a.sql": files["0001.a.sql"]})
     for migration in ("0002.b", "0001.a"):
         mended = cli("resolve", *url, migration, "--mark-applied", cwd=tmp_path)
         assert mended.returncode == 0 and "is recorded as applied" in mended.stdout, mended.stdout + mended.stderr

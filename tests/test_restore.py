@@ -112,22 +112,28 @@ def test_a_restored_database_keeps_its_owner_access_and_settings(local: Local) -
     production = local.environment("prod-local")
     name = sql.Identifier(local.production.dbname)
     with connected(local.production) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE pg_read_all_data").format(sql.Identifier(role)))
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(role)))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(name, sql.Identifier(local.production.user)))
         conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = app, public").format(name))
         conn.execute(sql.SQL("ALTER DATABASE {} SET statement_timeout = '7s'").format(name))
+        # The login's setting in that database (the owner-role pattern): `role` copied FROM CURRENT ran the
+        # copy as that role, which may not alter the login.
+        conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET role = {}").format(
+            sql.Identifier(local.production.user), name, sql.Identifier(role)))
 
     def properties() -> tuple:
         with connected(local.production.with_database("postgres")) as conn:
             return conn.execute(
                 "SELECT pg_get_userbyid(d.datdba), has_database_privilege('public', d.oid, 'CONNECT'), "
-                "(SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) "
+                "(SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0), "
+                "(SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = "
+                "(SELECT oid FROM pg_roles WHERE rolname = current_user)) "
                 "FROM pg_database d WHERE datname = %s", (local.production.dbname,)).fetchone()
 
     before = properties()
-    assert before == (role, False, ["search_path=app, public", "statement_timeout=7s"])
+    assert before == (role, False, ["search_path=app, public", "statement_timeout=7s"], [f"role={role}"])
     try:
         dump = local.dump_production(T1)
         restore_environment(production, dump.identifier, fetch_connection(production), now=T1, log=LOG)
@@ -138,6 +144,8 @@ def test_a_restored_database_keeps_its_owner_access_and_settings(local: Local) -
                                          "(SELECT oid FROM pg_roles WHERE rolname = %s)", (role,)).fetchall():
                 conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(database[0]), sql.Identifier(local.production.user)))
+                conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET role").format(
+                    sql.Identifier(local.production.user), sql.Identifier(database[0])))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 

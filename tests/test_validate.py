@@ -206,3 +206,18 @@ def test_plan_is_read_only(tmp_path: Path, database: Connection) -> None:
 @pytest.mark.parametrize("text", ["-- transactional: maybe\nSELECT 1;\n"])
 def test_bad_directive_value(tmp_path: Path, text: str) -> None:
     assert "transactional: must be true or false" in "\n".join(problems_of(tmp_path, {"0001.a.sql": text}))
+
+
+def test_a_sql_standard_function_body_is_one_statement(tmp_path: Path, database: Connection) -> None:
+    """`BEGIN ATOMIC … ; … END` (PostgreSQL 14+) holds semicolons: the scanner cut there, and the lone `END`
+    was refused as a COMMIT. Split by the parser, it is one statement, and applies."""
+    write_migrations(tmp_path, {"0001.atomic.sql": (
+        "CREATE FUNCTION add_two(a int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT a + 1;\n  SELECT a + 2;\n"
+        "END;\nCREATE TABLE after_fn (id bigint);\n")})
+    catalog = read_catalog(Path("migrations"), tmp_path)
+    assert catalog.problems == () and len(catalog.migrations[0].statements) == 2
+    apply_pending(database, catalog, POLICY)
+    from tasks.engine.connection import connected
+
+    with connected(database) as conn:
+        assert conn.execute("SELECT add_two(1), to_regclass('after_fn') IS NOT NULL").fetchone() == (3, True)

@@ -243,7 +243,7 @@ def url_fleet(environment: Environment, variables: list[str], concurrency: int |
         if not url:
             raise ConfigError(f"database URL #{position}: environment variable {variable} is not set")
         connection = connection_from_url(url, f"database URL #{position}")
-        where = (connection.host, connection.port, connection.dbname)
+        where = (connection.host.lower(), connection.port, connection.dbname)  # host names ignore case
         if where in seen:  # one database migrated twice at once: two snapshots, two rows, one lock
             raise ConfigError(f"database URL #{position} names the same database as #{seen[where]} "
                               f"({connection.dbname} on {connection.host}:{connection.port}): give each once")

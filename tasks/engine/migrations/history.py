@@ -150,15 +150,16 @@ class Ledger:
         if tables["dirty"]:
             dirty = tuple(DirtyMigration(*row) for row in self.conn.execute(self.statements["dirty"],
                                                                             (ADVISORY_LOCK_KEY,)))
+        applied_set = set(applied)
         odd = [i for i in applied if i not in checksums]  # the whole table dropped too
-        odd += [i for i in checksums if i not in set(applied)]
+        odd += [i for i in checksums if i not in applied_set]
         if not (odd and tables["log"]):  # the usual case: no query more
             return History(applied, checksums, dirty)
         latest = {i: (operation, ours) for i, operation, ours in self.conn.execute(self.statements["latest_log"],
                                                                                   (odd,))}
         lost = tuple(i for i in applied if i not in checksums and latest.get(i, ("", False))[1]
                      and latest[i][0] in ("apply", "mark"))
-        gone = tuple(i for i in checksums if i not in set(applied) and latest.get(i, ("", False))[0] not in (
+        gone = tuple(i for i in checksums if i not in applied_set and latest.get(i, ("", False))[0] not in (
             "rollback", "unmark"))
         return History(applied, checksums, dirty, lost, gone)
 

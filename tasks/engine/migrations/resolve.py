@@ -66,6 +66,10 @@ def _mend(ledger: Ledger, catalog: Catalog, migration_id: str, *, mark_applied: 
     migration = catalog.get(migration_id)
     if migration is None:
         raise ResolveError(f"{migration_id}: its file is not in {catalog.directory.name}/; restore it first")
+    kept = ledger.read().checksums.get(migration_id)
+    if mark_applied and kept is not None and kept != migration.checksum:
+        raise ResolveError(f"{migration.path.name} changed since it was applied (checksum {kept[:12]} recorded, "
+                           f"{migration.checksum[:12]} now); restore the version that ran first")
     with ledger.conn.transaction():
         if not mark_applied:
             ledger.forget(migration)

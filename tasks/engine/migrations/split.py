@@ -21,6 +21,7 @@ from pglast.parser import scan
 from yoyo.migrations import parse_metadata_from_sql_comments
 
 from tasks.engine.migrations.sqltext import after_comments, shorten
+from tasks.engine.migrations.statements import without_passwords
 
 _TRIVIA = {"SQL_COMMENT", "C_COMMENT", "ASCII_59"}  # what may stand between statements: comments and `;`
 _LINE_STARTS_WITH_BACKSLASH = re.compile(r"^[ \t]*\\", re.MULTILINE)  # a psql meta-command may start there
@@ -56,7 +57,7 @@ def split(text: str) -> SplitText:
         return SplitText(directives, [], True, f"line {line} holds a NUL byte (\\0), which no SQL text may hold: "
                                                 "remove it (is the file UTF-16? save it as UTF-8)")
     try:
-        slices = list(pglast.split(text, with_parser=False, only_slices=True))
+        slices = _atomic_bodies_kept(text) or list(pglast.split(text, with_parser=False, only_slices=True))
     except pglast.parser.ParseError:
         statements = [s for s in sqlparse.split(text) if s.strip()]
         if statements:
@@ -67,6 +68,21 @@ def split(text: str) -> SplitText:
         statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
     return SplitText(directives, [s for s in statements if s.strip()], True,
                      _psql_command(text) or _unread(text, slices))
+
+
+def _atomic_bodies_kept(text: str) -> list[slice] | None:
+    """A SQL-standard function body (`BEGIN ATOMIC … ; … END`, PostgreSQL 14+) holds semicolons the scanner
+    would cut at: such a file is split by the parser, which knows where the body ends (None when it has none,
+    or the parser cannot read the file: then the scanner's split stands, and the server names the error)."""
+    if "atomic" not in text.lower():
+        return None
+    tokens = [token.name for token in scan(text)]
+    if not any(a == "BEGIN_P" and b == "ATOMIC" for a, b in zip(tokens, tokens[1:], strict=False)):
+        return None
+    try:
+        return list(pglast.split(text, with_parser=True, only_slices=True))
+    except pglast.parser.ParseError:
+        return None
 
 
 def _psql_command(text: str) -> str | None:
@@ -98,7 +114,8 @@ def _unread(text: str, slices: list[slice]) -> str | None:
         if tokens:
             offset = gap_start + (len(gap) - len(gap.lstrip(" \t\r\n\f;")))
             line = text.count("\n", 0, offset) + 1
-            return (f"line {line}: text no statement holds ({shorten(text[offset:], 60)!r}): PostgreSQL's scanner "
+            excerpt = shorten(without_passwords(text[offset:offset + 2000]), 60)  # it is shown, and sent
+            return (f"line {line}: text no statement holds ({excerpt!r}): PostgreSQL's scanner "
                     "stopped before it, so it would never run. Is a parenthesis or a quote left open above it, or "
                     "a `;` missing?")
     return None

@@ -36,6 +36,7 @@ _MEMBERSHIP_WORDS = {"GRANT", "REVOKE"}
 _MAY_REACH_THE_SERVER = re.compile("|".join(sorted(word.removesuffix("_P") for word in _CLUSTER_KEYWORDS)),
                                    re.IGNORECASE)
 _MAY_GRANT = re.compile("GRANT|REVOKE", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@']*:)[^/\s@']+@")  # scheme://user:password@host
 _ANY_PASSWORD = re.compile(r"(password\s*=?\s*)('(?:[^']|'')*'?|\S+)", re.IGNORECASE)
 _MAY_END = re.compile("COMMIT|ROLLBACK|CALL", re.IGNORECASE)  # every DO block that commits_inside names one
 _SESSION_WORDS = {"DISCARD", "SELECT", "DO", "CALL", "PERFORM"}
@@ -250,19 +251,20 @@ def without_passwords(statement: str) -> str:
     """`statement` as it may be shown: a password it spells (`CREATE ROLE … PASSWORD '…'`, a user mapping's
     `OPTIONS (password '…')`, a connection string's `password=…`) starred, read by PostgreSQL's lexer. Text the
     lexer cannot read (a quote left open) has every `password` followed by a value starred."""
-    if "password" not in statement.lower():
+    if "password" not in statement.lower() and not _URL_PASSWORD.search(statement):
         return statement
     try:
-        tokens = list(pg_parser.scan(statement))
+        tokens = [token for token in pg_parser.scan(statement) if token.name not in ("SQL_COMMENT", "C_COMMENT")]
     except pg_parser.ParseError:
-        return _ANY_PASSWORD.sub(r"\1'**********'", statement)
+        return _URL_PASSWORD.sub(r"\1**********@", _ANY_PASSWORD.sub(r"\1'**********'", statement))
     hidden, last = [], 0
     for before, token in zip([None, *tokens], tokens, strict=False):
-        if token.name != "SCONST":
+        if token.name not in ("SCONST", "USCONST"):  # U&'…' too
             continue
+        text = statement[token.start:token.end + 1]
         named = before is not None and (before.name == "PASSWORD" or (
             before.name == "IDENT" and statement[before.start:before.end + 1].lower().strip('"') == "password"))
-        if named or "password" in statement[token.start:token.end + 1].lower():
+        if named or "password" in text.lower() or _URL_PASSWORD.search(text):
             hidden += [statement[last:token.start], "'**********'"]
             last = token.end + 1
     return "".join([*hidden, statement[last:]])

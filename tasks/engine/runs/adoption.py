@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tasks.engine.environments import load_environment
-from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.errors import RdsMigrationsError, UsageError
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.drift import WAY_OUT, DriftReport
@@ -46,6 +46,8 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
             connection = steps.fetch_secret(environment)
             report = steps.baseline(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
                                     dry_run=dry_run)
+    except UsageError:  # the command line's mistake (a --through naming no file): said there, told nobody else
+        raise
     except Exception as exc:  # noqa: BLE001 - announced, then raised again below
         error = exc
     outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if report and report.already \

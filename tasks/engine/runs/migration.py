@@ -26,6 +26,7 @@ from tasks.engine.errors import (
     InvalidIndexFound,
     RdsMigrationsError,
     SecretError,
+    UsageError,
 )
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.history import read_history
@@ -149,6 +150,8 @@ def run_migration(
     try:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
                migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval)
+    except UsageError:  # the command line's mistake (a --target naming no file): said there, told nobody else
+        raise
     except Exception as exc:  # noqa: BLE001 - reported to the team, then raised again below
         error = exc
         if isinstance(exc, ValidationFailed):
@@ -184,10 +187,9 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
                                             "trigger": trigger, "target": target,
                                             "migrations_dir": migrations_dir}, steps)
     progress.connection = credentials.connection
-    if target is not None:  # after the credentials: a password pasted here is named as such first
-        progress.step = "validate"
-        catalog.named(target, "--target")
     progress.step = "validate"
+    if target is not None:  # after the credentials: a password pasted here is named as such first
+        catalog.named(target, "--target")
     static = progress.report
     report = progress.report = credentials.run(
         lambda c: steps.rehearse_and_plan(environment, catalog, static, c, target, dry_run=dry_run))
@@ -221,16 +223,16 @@ def interrupted(progress: Progress) -> Interrupted:
     try:
         with session(progress.connection, read_only=True) as conn:
             now = set(read_history(conn).applied)
-    except psycopg.Error:
+    except (psycopg.Error, KeyboardInterrupt):  # unreachable, or Ctrl-C again: not read
         return Interrupted(f"{said}: what it applied is not known here; `rds-migrations status` reads it from the "
                            "history (a transactional migration stopped midway was rolled back by the server; a "
                            "non-transactional one is marked dirty)")
     done = tuple(i for i in pending if i in now)
-    progress.applied = ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in done),
-                                   pending=tuple(i for i in pending if i not in now))
-    return Interrupted(f"{said}: {len(done)} migration(s) applied and recorded before it; one stopped midway was "
-                       "rolled back by the server (a non-transactional one stays marked dirty: see `rds-migrations "
-                       "resolve`)")
+    left = tuple(i for i in pending if i not in now)
+    progress.applied = ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in done), pending=left)
+    stopped = ("; one stopped midway was rolled back by the server (a non-transactional one stays marked dirty: "
+               "see `rds-migrations resolve`)" if left else "; every pending migration had been applied")
+    return Interrupted(f"{said}: {len(done)} migration(s) applied and recorded before it{stopped}")
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.engine.environments import load_environment
-from tasks.engine.errors import Interrupted, RdsMigrationsError
+from tasks.engine.errors import Interrupted, RdsMigrationsError, UsageError
 from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
@@ -83,6 +83,8 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                                                                   git_sha=git_sha, environment=environment.name))
             else:  # a dry run, or nothing to undo: what would be undone, for --json; nothing written
                 report = RollbackReport(to=to, applied=plan.keep + tuple(reversed(plan.undo)))
+        except UsageError:  # the command line's mistake (a --to naming no file): said there, told nobody else
+            raise
         except Exception as exc:  # noqa: BLE001 - announced, then raised again below
             error = exc
             if isinstance(exc, RollbackError):

@@ -206,6 +206,10 @@ class AuroraClusters(RdsInstances):
         self.rds.delete_db_cluster(DBClusterIdentifier=name, SkipFinalSnapshot=True)
 
 
+# Settings whose value is a list of names, each quoted on its own (pg_dump's variable_is_guc_list_quote).
+_NAME_LISTS = {"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"}
+
+
 class LocalDatabases:
     """The local kind: pg_dump files restored with pg_restore into a new database on the same server, swapped
     with ALTER DATABASE ... RENAME."""
@@ -251,8 +255,9 @@ class LocalDatabases:
                 steps.append(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
                     sql.SQL(privilege), new, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
                     sql.SQL(" WITH GRANT OPTION" if grantable else "")))
-        # A setting is set as the live database's value, then taken FROM CURRENT: list values (search_path)
-        # keep their form.
+        # A list of names (search_path) is set as the live value, then taken FROM CURRENT, so it keeps its form
+        # (pg_dump quotes its elements one by one); any other is set to its text (`role` FROM CURRENT would run
+        # the ALTER as that role).
         for role, settings in conn.execute(
                 "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
                 "FROM pg_db_role_setting s JOIN pg_database d "
@@ -262,7 +267,8 @@ class LocalDatabases:
             for setting in settings:
                 key, _, value = setting.partition("=")
                 steps.append(sql.SQL("SELECT set_config({}, {}, true); {} SET {} FROM CURRENT").format(
-                    sql.Literal(key), sql.Literal(value), where, sql.Identifier(key)))
+                    sql.Literal(key), sql.Literal(value), where, sql.Identifier(key)) if key.lower() in _NAME_LISTS
+                    else sql.SQL("{} SET {} TO {}").format(where, sql.Identifier(key), sql.Literal(value)))
         for step in steps:
             try:
                 with conn.transaction():
