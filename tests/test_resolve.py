@@ -310,6 +310,17 @@ policy = { snapshot_required = false }
 
 [environments.tenants.fleet]
 targets = [{ name = "acme", url_env = "ACME_URL" }]
+
+[environments.tagged]
+tier = "staging"
+aws = { region = "eu-west-1" }
+credentials = { kind = "secrets_manager", secret_id = "rds/tagged/migrator" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+policy = { snapshot_required = false }
+
+[environments.tagged.fleet]
+discover = { kind = "rds_instances", tags = { app = "tenants" } }
 """)
     env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(environments), "ACME_URL": url_of(database)}
     by_target = cli("resolve", "--env", "tenants-acme", cwd=tmp_path, env=env)
@@ -319,6 +330,9 @@ targets = [{ name = "acme", url_env = "ACME_URL" }]
     mended = cli("resolve", "--env", "tenants-acme", "0002.half", "--mark-not-applied", cwd=tmp_path, env=env)
     assert mended.returncode == 0 and dirty_state(database) == [], mended.stdout + mended.stderr
     assert applied_ids(database) == ["0001.t"]
+    tagged = cli("resolve", "--env", "tagged-tenant7", cwd=tmp_path, env=env)  # found by tag: no AWS asked
+    assert tagged.returncode == 2 and "whose targets are found by tag in AWS: name that database with " \
+        "--database-url URL" in tagged.stderr, tagged.stderr
 
 
 def test_history_rows_deleted_by_hand_are_refused_and_put_back_by_resolve(tmp_path: Path,

@@ -164,16 +164,19 @@ def fleet_target(environment: Environment, name: str, rds: Any = None, log: Log 
 
 def target_environment(name: str) -> Environment | None:
     """The environment of one fleet target as its messages name it (`<fleet>-<target>`, e.g. in "resolve --env
-    prod-fleet-tenant7"), for a command on that target alone; None when no fleet of the file has it. Targets found
-    by tag are looked for only where AWS is not needed to list them (and with an RDS endpoint, not at all)."""
+    prod-fleet-tenant7"), for a command on that target alone; None when no fleet of the file has it. A target
+    found by tag is not looked for (listing them needs AWS, and their master secrets an endpoint): the error
+    says to name that database with --database-url."""
     for environment in load_environments(environments_file()).values():
         if environment.fleet is None:
             continue
-        try:
-            targets = fleet_targets(environment)
-        except ConfigError:  # discovery by tag: needs AWS
-            continue
-        for target in targets:
+        if environment.fleet.discover is not None and not isinstance(environment.fleet.discover, EmbeddedDiscovery) \
+                and name.startswith(f"{environment.name}-"):
+            raise ConfigError(f"{name} names a target of fleet {environment.name}, whose targets are found by tag "
+                              "in AWS: name that database with --database-url URL (resolve, status, plan and drift "
+                              "take it)")
+        for target in fleet_targets(environment) if environment.fleet.targets is not None or isinstance(
+                environment.fleet.discover, EmbeddedDiscovery) else ():
             if target.environment.name == name and target.endpoint is None:
                 return target.environment
     return None
