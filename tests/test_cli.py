@@ -246,7 +246,7 @@ def test_a_password_a_migration_spells_is_never_shown(project: Path, database: C
     from tasks.engine.migrations.split import split  # an excerpt of a file the scanner stopped in, too
 
     assert "9f31c7" not in (split("CREATE USER MAPPING FOR a SERVER s OPTIONS (password 'canary-9f31c7';\n"
-                                  "SELECT 1;\n").unread or "9f31c7")
+                                  "SELECT 1;\n").refusal or "9f31c7")
 
 
 def test_hand_edited_inputs_are_one_line_never_a_traceback(project: Path, database: Connection) -> None:

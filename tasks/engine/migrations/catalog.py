@@ -182,8 +182,8 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
                 problems.append(Problem(path.name, _not_utf8(exc)))
                 continue
             undo = split(text)
-            if undo.unread or all(comment_only(statement) for statement in undo.statements):
-                problems.append(Problem(path.name, undo.unread or (
+            if undo.refusal or all(comment_only(statement) for statement in undo.statements):
+                problems.append(Problem(path.name, undo.refusal or (
                     f"the rollback file holds no SQL statement ({'only comments' if text.strip() else 'nothing'})"
                     f": a rollback would record {migration_id} as undone and undo nothing; write what undoes it, "
                     "or delete the file")))
@@ -222,7 +222,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
     found = split(text)
     directives, statements = found.directives, found.statements
-    problems = [Problem(path.name, found.unread)] if found.unread else []
+    problems = [Problem(path.name, found.refusal)] if found.refusal else []
     transactional_value = directives.get("transactional", "true").strip().lower()
     if transactional_value not in ("true", "false"):
         problems.append(Problem(path.name, f"-- transactional: must be true or false, not {transactional_value!r}"))
@@ -236,7 +236,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         depends=tuple(directives.get("depends", "").split()),
         scanned=found.scanned,
     )
-    if found.unread:  # what else is wrong with it is read once that is mended
+    if found.refusal:  # what else is wrong with it is read once that is mended
         return migration, problems
     if all(comment_only(statement) for statement in migration.statements):
         what = "only comments" if text.strip() else "nothing"

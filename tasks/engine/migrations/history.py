@@ -158,7 +158,7 @@ class Ledger:
         latest = {i: (operation, ours) for i, operation, ours in self.conn.execute(self.statements["latest_log"],
                                                                                   (odd,))}
         lost = tuple(i for i in applied if i not in checksums and latest.get(i, ("", False))[1]
-                     and latest[i][0] in ("apply", "mark"))
+                     and latest[i][0] in ("apply", "mark", "baseline"))
         gone = tuple(i for i in checksums if i not in applied_set and latest.get(i, ("", False))[0] not in (
             "rollback", "unmark"))
         return History(applied, checksums, dirty, lost, gone)

@@ -32,7 +32,7 @@ class SplitText:
     directives: dict[str, str]
     statements: list[str]
     scanned: bool  # PostgreSQL's scanner read the text (False: a quote or comment left open; split by sqlparse)
-    unread: str | None = None  # text no statement holds, in words for a Problem (line and what is there)
+    refusal: str | None = None  # why the text cannot be run as split (its line and what is there), in words
 
 
 def read_text(path: Path) -> str:
