@@ -402,3 +402,23 @@ def test_an_invalid_index_is_named_by_status_and_never_marked_applied(tmp_path: 
     assert refused.returncode == 1 and "the migration would keep it INVALID" in refused.stderr, refused.stderr
     assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."dup_v";' in refused.stderr
     assert applied_ids(database) == ["0001.dup"] and dirty_state(database) == [("0002.idx", "failed", 2)]
+
+
+def test_the_suggested_commands_name_a_migrations_directory_that_is_not_the_default(
+        tmp_path: Path, database: Connection) -> None:
+    """A project keeping its migrations in db/migrations: the resolve command a dirty mark suggests says so
+    (without it, resolve read migrations/ and said the file was not there any more)."""
+    write_migrations(tmp_path, {
+        "0001.dup.sql": "CREATE TABLE dup (v int);\n",
+        "0002.idx.sql": ("-- transactional: false\nCREATE TABLE other (id int);\n"
+                         "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS dup_v ON dup (v);\n"),
+    }, "db/migrations")
+    url = ("--database-url", url_of(database), "--migrations", "db/migrations")
+    assert cli("run", *url, "--target", "1", cwd=tmp_path).returncode == 0
+    with connected(database) as conn:  # the target's rows, which no rehearsal has
+        conn.execute("INSERT INTO dup VALUES (1), (1)")
+    failed = cli("run", *url, cwd=tmp_path)
+    suggested = "`rds-migrations resolve --database-url URL --migrations db/migrations 0002.idx --mark-not-applied`"
+    assert failed.returncode == 1 and suggested in failed.stderr, failed.stderr[-3000:]
+    said = cli("resolve", *url, cwd=tmp_path)
+    assert said.returncode == 1 and suggested in said.stdout and "not in" not in said.stdout, said.stdout

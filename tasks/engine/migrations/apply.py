@@ -91,7 +91,8 @@ def apply_pending(
             applied = done.applied
             if done.failure is not None:
                 failure = done.failure
-                resolution = resolve_hint(failure.migration_id, environment) if failure.dirty else ""
+                resolution = resolve_hint(failure.migration_id, environment,
+                                          migrations=catalog.directory) if failure.dirty else ""
                 failure = redacted(replace(failure, resolution=resolution), password)
                 if observe is not None:
                     observe.failed(failure, done.position + 1, len(pending))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from tasks.engine.migrations.hints import resolve_hint
 
@@ -42,8 +43,8 @@ class DirtyMigration:
         """Left by a rollback file (its messages start so: rollback_plan.rolling_back), not by the migration."""
         return (self.message or "").startswith("rolling back (")
 
-    def hint(self, environment: str | None) -> str:
-        return resolve_hint(self.migration_id, environment, rolling_back=self.rolling_back)
+    def hint(self, environment: str | None, migrations: Path | None = None) -> str:
+        return resolve_hint(self.migration_id, environment, rolling_back=self.rolling_back, migrations=migrations)
 
 
 def applied_before(number: int) -> str:

@@ -3,27 +3,38 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
 
-def where_flag(environment: str | None) -> str:
+
+def where_flag(environment: str | None, migrations: Path | None = None) -> str:
     """How a command names the database `environment` is, for the commands a message suggests: `--env NAME`,
     or `--database-url URL` for a run given a URL (one, or each of a fleet of URLs: `database-url-<target>`),
-    whose URL is never repeated."""
+    whose URL is never repeated; with `--migrations DIR` when the run's directory is not `migrations`."""
     if not environment:
-        return "--env NAME"
-    if environment == URL_ENVIRONMENT:
-        return "--database-url URL"
-    if environment.startswith(f"{URL_ENVIRONMENT}-"):
-        return f"--database-url URL-OF-{environment.removeprefix(URL_ENVIRONMENT + '-')}"
-    return f"--env {environment}"
+        flag = "--env NAME"
+    elif environment == URL_ENVIRONMENT:
+        flag = "--database-url URL"
+    elif environment.startswith(f"{URL_ENVIRONMENT}-"):
+        flag = f"--database-url URL-OF-{environment.removeprefix(URL_ENVIRONMENT + '-')}"
+    else:
+        flag = f"--env {environment}"
+    # As the command line names it, from where it runs (a directory outside it is refused by validation).
+    shown = os.path.relpath(migrations) if migrations is not None else "migrations"
+    if shown == "migrations" or shown.startswith(".."):
+        return flag
+    return f"{flag} --migrations {shlex.quote(shown)}"
 
 
 URL_ENVIRONMENT = "database-url"  # the environment a --database-url run uses (deployments/environments.toml)
 
 
-def resolve_hint(migration_id: str, environment: str | None, *, rolling_back: bool = False) -> str:
+def resolve_hint(migration_id: str, environment: str | None, *, rolling_back: bool = False,
+                 migrations: Path | None = None) -> str:
     """What an operator runs to get a dirty database going again (documented in RELIABILITY.md). A mark a
     rollback left (`rolling_back`) is resolved the other way round: finishing the rollback is --mark-not-applied."""
-    where = where_flag(environment)
+    where = where_flag(environment, migrations)
     if rolling_back:
         return (f"see what it left with `rds-migrations resolve {where}`; then either finish the rollback by hand "
                 f"(the rest of {migration_id}.rollback.sql) and run `rds-migrations resolve {where} {migration_id} "

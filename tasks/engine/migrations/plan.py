@@ -35,7 +35,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
               allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Compare files and history: what is pending, and what makes applying unsafe."""
     problems: list[str] = [
-        f"{dirty.describe()}; nothing runs until it is resolved: {dirty.hint(environment)}"
+        f"{dirty.describe()}; nothing runs until it is resolved: {dirty.hint(environment, catalog.directory)}"
         for dirty in history.dirty
     ]
     unverified: list[str] = []
@@ -55,7 +55,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 f"{migration.path.name}: applied by rds-migrations (yoyo's log says so), but its checksum row is gone "
                 "from _rds_migrations_history: the history tables were edited by hand, so whether this file is the "
                 "one applied cannot be told. Check it against the database, then record it again: "
-                f"`rds-migrations resolve {where_flag(environment)} {migration_id} --mark-applied`")
+                f"`rds-migrations resolve {where_flag(environment, catalog.directory)} {migration_id} --mark-applied`")
         elif migration_id not in history.checksums:
             unverified.append(migration_id)
         elif history.checksums[migration_id] != migration.checksum:
@@ -65,7 +65,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 "applied version and put the change in a new migration"
             )
     for migration_id in history.yoyo_row_lost:
-        where = where_flag(environment)
+        where = where_flag(environment, catalog.directory)
         problems.append(
             f"{migration_id}: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row for "
             "it is gone with no rollback in yoyo's log: the history tables were edited by hand. If what it makes is "
@@ -102,7 +102,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
 
 def _below_head(catalog: Catalog, target: str, head: int, environment: str | None) -> str:
     """`run` only applies: a target below what is applied asks for a rollback, which is its own command."""
-    where = where_flag(environment)
+    where = where_flag(environment, catalog.directory)
     return (f"target {target!r} is below the newest applied migration ({catalog.migrations[head].id}): a run only "
             f"applies, it never undoes; to go back to it, run `rds-migrations rollback {where} --to {target}` "
             "(every migration above it needs a rollback file)")

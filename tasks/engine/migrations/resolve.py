@@ -56,7 +56,7 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
                 note = f" [index {quote_identifier(index[1])}: {valid}]"
             lines.append(f"  {number}. {fate}: {shorten(without_passwords(statement), 120)}{note}")
     if with_hint:
-        lines.append(f"  to resolve: {dirty.hint(environment)}")
+        lines.append(f"  to resolve: {dirty.hint(environment, catalog.directory)}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import psycopg
@@ -137,7 +138,7 @@ def roll_back_to(connection: Connection, catalog: Catalog, policy: Policy, to: s
                 outcome = _undo_one(conn, ledger, by_id[migration_id], policy, start, git_sha=git_sha, run_id=run_id,
                                     log=log)
                 if isinstance(outcome, MigrationFailure):
-                    hint = rollback_hint(migration_id, environment) if outcome.dirty else ""
+                    hint = rollback_hint(migration_id, environment, catalog.directory) if outcome.dirty else ""
                     outcome = redacted(replace(outcome, resolution=hint), password)
                     if observe is not None:
                         observe.failed(outcome, position + 1, count)
@@ -273,6 +274,6 @@ def _outcome(failure: MigrationFailure) -> str:
     return f"non-transactional, so not retried: its first statement failed and nothing was undone; {stays}"
 
 
-def rollback_hint(migration_id: str, environment: str | None) -> str:
+def rollback_hint(migration_id: str, environment: str | None, migrations: Path | None = None) -> str:
     """What an operator runs when a non-transactional rollback stopped halfway."""
-    return resolve_hint(migration_id, environment, rolling_back=True)
+    return resolve_hint(migration_id, environment, rolling_back=True, migrations=migrations)

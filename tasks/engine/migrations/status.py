@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -107,6 +108,7 @@ class Status:
     drifted: bool | None  # None: not checked
     problems: tuple[str, ...] = ()  # what makes the next run refuse, besides dirty marks
     note: str | None = None  # a database with no history: what it holds
+    migrations: Path | None = None  # the directory read, named in the commands it suggests when not the default
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,7 +119,7 @@ class Status:
                        "statement_count": d.statement_count, "sqlstate": d.sqlstate, "message": d.message,
                        "flow_run_id": d.flow_run_id, "started_at": d.started_at.isoformat() if d.started_at else None,
                        "applied_through": d.applied_through, "description": d.describe(),
-                       "to_resolve": d.hint(self.environment)} for d in self.dirty],
+                       "to_resolve": d.hint(self.environment, self.migrations)} for d in self.dirty],
             "lock": self.lock.to_json() if self.lock else {"held": False},
             "drift": {"checked": self.drifted is not None, "drifted": self.drifted, "summary": self.drift},
             "problems": list(self.problems), "note": self.note,
@@ -144,7 +146,7 @@ class Status:
             lines += [[], [("dirty:", "bold red")]]
             for dirty in self.dirty:
                 lines += [[("  " + dirty.describe(), "red")],
-                          [(f"    to resolve: {dirty.hint(self.environment)}", None)]]
+                          [(f"    to resolve: {dirty.hint(self.environment, self.migrations)}", None)]]
         if self.problems:
             lines += [[], [("the next run refuses:", "bold red")]] + [[("  " + p, "red")] for p in self.problems]
         lines.append([])
@@ -240,7 +242,7 @@ def read_status(connection: Connection, catalog: Catalog, *, environment: str | 
     return Status(database=connection.describe(), environment=environment, history_schema=ledger.schema,
                   has_history=has_history, applied=applied, pending=plan.pending, dirty=history.dirty, lock=lock,
                   drift=drift, drifted=drifted, problems=(*map(str, catalog.problems), *plan.problems, *invalid),
-                  note=note)
+                  note=note, migrations=catalog.directory)
 
 
 def _applied(record: AppliedRecord, migration: Migration | None, ui: str | None) -> AppliedMigration:
