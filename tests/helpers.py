@@ -212,6 +212,24 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     return result
 
 
+def start_run(project: Path, database: Connection, **popen: object) -> subprocess.Popen:
+    """`rds-migrations run` on `database` (DATABASE_URL), in the background, as a user starts it."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env,
+                            **popen)
+
+
+def wait_until_seen(database: Connection, query: str, process: subprocess.Popen, what: str,
+                    seconds: float = 60) -> None:
+    """Until `query` (on `database`) returns a row; `process` must still be running meanwhile."""
+    deadline = time.monotonic() + seconds
+    with connected(database) as watcher:
+        while not watcher.execute(query).fetchone():
+            assert process.poll() is None and time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+
 def stop_process_group(process: subprocess.Popen | None) -> None:
     """Stop a process started with `start_new_session=True` and everything it started: SIGTERM, then SIGKILL
     after 30 s."""

@@ -228,23 +228,16 @@ def test_ctrl_c_mid_run_is_one_line_a_notification_and_the_history_as_it_is(tmp_
     """SIGINT while a migration runs on the target: the server rolls that one back, the run says in one line
     what was applied before it (read from the history), notifies as for any failure and exits 130. It used to
     end in a Python traceback, with no notification."""
-    from tests.helpers import PROJECT, url_of
+    from tests.helpers import start_run, wait_until_seen
 
     write_migrations(tmp_path, {
         "0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
         "0002.slow-on-target.sql": ("CREATE TABLE b (id bigint);\nDO $$ BEGIN IF current_database() NOT LIKE "
                                     "'rdsm\\_%' THEN PERFORM pg_sleep(60); END IF; END $$;\n"),
     })
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
-           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
-    running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = start_run(tmp_path, database, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        with connected(database) as watcher:
-            while not watcher.execute(SLEEPING).fetchone():
-                assert running.poll() is None and time.monotonic() < deadline, running.communicate()
-                time.sleep(0.1)
+        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
         running.send_signal(signal.SIGINT)
         out, err = running.communicate(timeout=60)
     finally:

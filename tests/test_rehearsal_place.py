@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.rehearsal import rehearse, rehearse_on_target_schema
 from tasks.engine.migrations.results import MigrationError
-from tests.helpers import POLICY, PROJECT, applied_ids, cli, url_of, write_migrations
+from tests.helpers import POLICY, applied_ids, cli, start_run, url_of, wait_until_seen, write_migrations
 
 
 def roles(database: Connection, prefix: str) -> list[str]:
@@ -111,17 +109,11 @@ def test_a_rehearsal_killed_halfway_leaves_nothing_once_the_next_run_ends(tmp_pa
     write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
                                 "0002.slow-in-rehearsal.sql": SLEEP_IN_REHEARSAL})
     before = scratch_databases(database)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
-           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
-    running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    running = start_run(tmp_path, database, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        with connected(database) as watcher:
-            while not watcher.execute("SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'rdsm\\_rehearsal\\_%' "
-                                      "AND wait_event = 'PgSleep'").fetchone():
-                assert running.poll() is None and time.monotonic() < deadline, "the rehearsal never started"
-                time.sleep(0.1)
+        wait_until_seen(database, "SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'rdsm\\_rehearsal\\_%' "
+                                  "AND wait_event = 'PgSleep'", running, "the rehearsal never started")
     finally:
         os.killpg(running.pid, signal.SIGKILL)
         running.wait()

@@ -157,9 +157,9 @@ class Ledger:
             return History(applied, checksums, dirty)
         latest = {i: (operation, ours) for i, operation, ours in self.conn.execute(self.statements["latest_log"],
                                                                                   (odd,))}
-        lost = tuple(i for i in applied if i not in checksums and latest.get(i, ("", False))[1]
-                     and latest[i][0] in ("apply", "mark", "baseline"))
-        gone = tuple(i for i in checksums if i not in applied_set and latest.get(i, ("", False))[0] not in (
+        ours_applied = {("apply", True), ("mark", True), ("baseline", True)}  # recorded by us, with a checksum
+        lost = tuple(i for i in applied if i not in checksums and latest.get(i) in ours_applied)
+        gone = tuple(i for i in checksums if i not in applied_set and latest.get(i, ("",))[0] not in (
             "rollback", "unmark"))
         return History(applied, checksums, dirty, lost, gone)
 

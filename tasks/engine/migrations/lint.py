@@ -58,7 +58,7 @@ import sqlparse
 from pglast import ast
 
 from tasks.engine.errors import LintError
-from tasks.engine.migrations.split import read_text, split_migration
+from tasks.engine.migrations.split import read_text, split_migration, statement_slices
 from tasks.engine.migrations.statements import may_be_refused_in_transaction, parsed, refused_in_transaction
 from tasks.engine.processes import child_environment
 
@@ -262,44 +262,40 @@ def _unnamed_concurrent_indexes(files: dict[Path, bytes]) -> list[LintFinding]:
         text = content.decode("utf-8")
         if "concurrently" not in text.lower():
             continue
-        for statement, line in _statements_with_lines(text):
+        for statement, start in _statements_at(text):
             if any(isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname
                    for node in parsed(statement) or ()):
                 findings.append(LintFinding(
-                    path.name, line, UNNAMED_CONCURRENT_INDEX, "warning",
+                    path.name, text.count("\n", 0, start) + 1, UNNAMED_CONCURRENT_INDEX, "warning",
                     "`CREATE INDEX CONCURRENTLY` without an index name: if the build fails, the INVALID index it "
                     "leaves is named by the server, and the next run can neither find it nor drop it",
                     "Name the index: CREATE INDEX CONCURRENTLY IF NOT EXISTS <name> ON …"))
     return findings
 
 
-def _statements_with_lines(text: str) -> list[tuple[str, int]]:
-    """Each statement of `text` as PostgreSQL's scanner splits it, with the line it starts on ([] when the
-    scanner cannot read the text: squawk reports that)."""
+def _statements_at(text: str) -> list[tuple[str, int]]:
+    """(statement, where it starts in `text`) as the catalog splits the file (split.statement_slices); a file the
+    lexer cannot read (an unclosed quote) is split as split.split does, by sqlparse."""
     try:
-        pieces = list(pglast.split(text, with_parser=False, only_slices=True))
+        return [(text[piece], piece.start) for piece in statement_slices(text)]
     except pglast.parser.ParseError:
-        return []
-    return [(text[piece], text.count("\n", 0, piece.start) + 1) for piece in pieces]
+        found, position = [], 0
+        for statement in sqlparse.split(text):
+            start = text.find(statement, position)
+            if start >= 0:
+                found.append((statement, start))
+                position = start + len(statement)
+        return found
 
 
 def _statements_needing_no_transaction(text: str) -> list[tuple[int, str]]:
     """(line, what) of each statement PostgreSQL cannot run inside a transaction block, read by its own lexer
     and parser (statements.refused_in_transaction). The line is CONCURRENTLY's where the statement has it (where
-    squawk reports its own rule), else the statement's first word's. Statements are split by the lexer; in a
-    file it cannot read (an unclosed quote), as split.split_migration does, by sqlparse. A statement the
-    parser cannot read is left to squawk, which reports the syntax error, and to the server."""
+    squawk reports its own rule), else the statement's first word's. Statements are split as the catalog splits
+    them (`_statements_at`). A statement the parser cannot read is left to squawk, which reports the syntax
+    error, and to the server."""
     found = []
-    try:
-        statements = pglast.split(text, with_parser=False)
-    except pglast.parser.ParseError:
-        statements = sqlparse.split(text)
-    position = 0
-    for statement in statements:
-        start = text.find(statement, position)
-        if start < 0:
-            continue
-        position = start + len(statement)
+    for statement, start in _statements_at(text):
         what = refused_in_transaction(statement)
         if what is None:
             continue

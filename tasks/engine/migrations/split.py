@@ -57,7 +57,7 @@ def split(text: str) -> SplitText:
         return SplitText(directives, [], True, f"line {line} holds a NUL byte (\\0), which no SQL text may hold: "
                                                 "remove it (is the file UTF-16? save it as UTF-8)")
     try:
-        slices = _atomic_bodies_kept(text) or list(pglast.split(text, with_parser=False, only_slices=True))
+        slices = statement_slices(text)
     except pglast.parser.ParseError:
         statements = [s for s in sqlparse.split(text) if s.strip()]
         if statements:
@@ -68,6 +68,12 @@ def split(text: str) -> SplitText:
         statements[0] = statements[0][len(statements[0]) - len(after_comments(statements[0])):]
     return SplitText(directives, [s for s in statements if s.strip()], True,
                      _psql_command(text) or _unread(text, slices))
+
+
+def statement_slices(text: str) -> list[slice]:
+    """Where each statement of `text` is, as PostgreSQL's scanner splits it (a `BEGIN ATOMIC` body kept
+    whole); `pglast.parser.ParseError` when the scanner cannot read the text (an unclosed quote)."""
+    return _atomic_bodies_kept(text) or list(pglast.split(text, with_parser=False, only_slices=True))
 
 
 def _atomic_bodies_kept(text: str) -> list[slice] | None:
