@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.cli_common import catalog_of, connection_of, emit, environment_of
+from flows.cli_common import catalog_of, connection_of, emit, environment_of, one_database
 from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 from tasks.engine.git import head_sha
@@ -103,20 +103,20 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                          "(undone by hand)")
     environment = environment_of(args)
     catalog = catalog_of(args)
-    connection = connection_of(environment)
-    if args.migration is None:
-        clean, explanation = explain_state(connection, catalog, environment=environment.name)
-        print(explanation)
-        return EXIT_OK if clean else EXIT_FAILED
-    print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
-                        policy=environment.policy))
+    with connection_of(environment) as connection:
+        if args.migration is None:
+            clean, explanation = explain_state(connection, catalog, environment=environment.name)
+            print(explanation)
+            return EXIT_OK if clean else EXIT_FAILED
+        print(resolve_dirty(connection, catalog, args.migration, mark_applied=args.mark_applied,
+                            policy=environment.policy))
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from flows.launch import prefect_wanted, run_direct, run_flow
 
-    environment = load_environment(args.env)
+    environment = one_database(load_environment(args.env))
     sha = args.git_sha or head_sha()
     if prefect_wanted(environment, asked=args.prefect):
         from flows.restore import restore_snapshot

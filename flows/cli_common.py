@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,13 @@ JSON_SCHEMA_VERSION = 1
 
 
 def environment_of(args: argparse.Namespace) -> Environment:
-    """`--env NAME`, or `--database-url URL` (kept in DATABASE_URL, off the process list for children)."""
+    """`--env NAME`, or `--database-url URL` (kept in DATABASE_URL, off the process list for children): the one
+    database a command other than `run` works on."""
     if getattr(args, "database_url", None):
         check_url(args.database_url, "--database-url")
         os.environ["DATABASE_URL"] = args.database_url
     if getattr(args, "env", None):
-        return named_environment(args.env)
+        return one_database(named_environment(args.env))
     if os.environ.get("DATABASE_URL"):
         check_url(os.environ["DATABASE_URL"], "DATABASE_URL")
         return load_environment(DATABASE_URL_ENVIRONMENT)
@@ -46,6 +49,24 @@ def named_environment(name: str) -> Environment:
         return found
 
 
+def one_database(environment: Environment) -> Environment:
+    """`environment`, when it is one database. A fleet's own credentials are only the template its targets are
+    made from: a command on one database refuses it and names the targets to choose from."""
+    if environment.fleet is None:
+        return environment
+    from tasks.engine.fleet.config import EmbeddedDiscovery
+    from tasks.engine.fleet.targets import fleet_targets
+
+    if environment.fleet.targets is None and not isinstance(environment.fleet.discover, EmbeddedDiscovery):
+        how = "name that database with --database-url URL (this fleet's targets are found by tag in AWS)"
+    else:
+        names = [target.environment.name for target in fleet_targets(environment)]
+        more = f" (its targets: {', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if len(names) > 1 else ""
+        how = f"name one of its databases: --env {names[0]}{more}"
+    raise UsageError(f"{environment.name} is a fleet of databases, and this command works on one: {how}. Only "
+                     "`run` takes the whole fleet")
+
+
 def check_url(url: str, source: str) -> None:
     """A URL given on the command line (or in DATABASE_URL for it) that libpq cannot read, or reads otherwise
     than it says, is the user's mistake: refused before anything starts, naming where it came from."""
@@ -55,15 +76,21 @@ def check_url(url: str, source: str) -> None:
         raise UsageError(str(exc)) from None
 
 
-def connection_of(environment: Environment) -> Connection:
-    """The environment's credentials, read directly (read-only commands need no flow run). A named
-    credentials block is a Prefect block, read through the Prefect API; otherwise the default chain."""
+@contextmanager
+def connection_of(environment: Environment) -> Iterator[Connection]:
+    """The environment's credentials, read directly (these commands need no flow run), for a command that
+    only reads or repairs: an embedded database that does not exist yet is not created; an empty one stands
+    in for it. A named credentials block is a Prefect block, read through the Prefect API; otherwise the
+    default chain."""
+    from tasks.engine.migrations.scratch import empty_if_missing
     from tasks.engine.runs.steps import DirectSteps
 
     make_client = None
     if environment.aws is not None and environment.aws.credentials_block:
         from tasks.aws import aws_client as make_client
-    return DirectSteps(make_client=make_client).fetch_secret(environment)
+    with empty_if_missing(environment, DirectSteps(make_client=make_client).fetch_secret(environment, create=False)) \
+            as connection:
+        yield connection
 
 
 def catalog_of(args: argparse.Namespace) -> Catalog:

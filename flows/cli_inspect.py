@@ -56,8 +56,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         emit(args, "plan", {"environment": environment.name, "problems": [str(p) for p in catalog.problems]},
              "\n".join(f"ERROR {p}" for p in catalog.problems))
         return EXIT_FAILED
-    current = plan(connection_of(environment), catalog, allow_out_of_order=environment.policy.allow_out_of_order,
-                   environment=environment.name)
+    with connection_of(environment) as connection:
+        current = plan(connection, catalog, allow_out_of_order=environment.policy.allow_out_of_order,
+                       environment=environment.name)
     lines = [f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending"]
     lines += [f"  pending {migration_id}" for migration_id in current.pending]
     lines += [f"  WARNING {index}: the run will {index_action(environment)}" for index in current.invalid_indexes]
@@ -78,7 +79,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
     environment = environment_of(args)
     catalog = catalog_of(args)
-    drift, source = environment_drift(environment, connection_of(environment), catalog, _log())
+    with connection_of(environment) as connection:
+        drift, source = environment_drift(environment, connection, catalog, _log())
     emit(args, "drift", {"environment": environment.name, "expected_from": source, **drift.to_json()},
          f"{environment.name} (expected schema: {source})\n{drift.to_text()}")
     return EXIT_FAILED if drift.drifted else EXIT_OK
@@ -97,7 +99,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from tasks.engine.migrations.status import read_status
 
     environment = environment_of(args)
-    status = read_status(connection_of(environment), catalog_of(args), environment=environment.name,
-                         allow_out_of_order=environment.policy.allow_out_of_order)
+    with connection_of(environment) as connection:
+        status = read_status(connection, catalog_of(args), environment=environment.name,
+                             allow_out_of_order=environment.policy.allow_out_of_order)
     emit(args, "status", status.to_json(), status.to_text(color=sys.stdout.isatty()))
     return EXIT_OK

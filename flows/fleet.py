@@ -69,7 +69,7 @@ class PrefectFleetSteps:
         return self.steps.client(service, environment)
 
     def rehearse(self, target: Target, catalog: Catalog, report: ValidationReport, dry_run: bool) -> ValidationReport:
-        connection = TargetCredentials(target, {}, self.steps, self.client).connection
+        connection = TargetCredentials(target, {}, self.steps, self.client, create=not dry_run).connection
         return rehearse_fleet(target.environment, catalog, report, connection, dry_run=dry_run)
 
     def map_wave(self, fleet: Fleet) -> MapWave:

@@ -62,17 +62,17 @@ def read_fleet(client: SyncPrefectClient, run: Any, ended: EndedRun,
     def summarize(environment: Environment) -> FleetReport:
         clients = AwsClients(aws_client)
         targets, unknown = fleet_of(ended, clients, log)
-        name, dry_run = ended.parameter("environment"), ended.parameters.get("dry_run") is True
+        dry_run = ended.parameters.get("dry_run") is True
         results = []
         for target in targets:
             found = seen.get(target.name)
             if found is None:  # never started: its database has nothing of this run (and is not read)
-                results.append(target_after(target.name, TargetSeen(), KnownState(), ended.flow_run_id, name))
+                results.append(target_after(target, TargetSeen(), KnownState(), ended.flow_run_id))
                 continue
             run_id = found.flow_run_id or ended.flow_run_id  # who migrated it: the target's own run, else this one
             known = read_target(target, lambda t: target_connection(t, clients.get("secretsmanager", t.environment)),
                                 run_id)
-            results.append(target_after(target.name, found, known, run_id, name, dry_run=dry_run))
+            results.append(target_after(target, found, known, run_id, dry_run=dry_run))
         return fleet_crash_report(ended, environment.tier, tuple(results), unknown)
 
     return ended, summarize

@@ -71,8 +71,8 @@ class PrefectSteps:
             observe.publish_lint(observe.run_environment(), exc.report)
             raise
 
-    def fetch_secret(self, environment: Environment) -> Connection:
-        return fetch_secret(environment, self.client("secretsmanager", environment))
+    def fetch_secret(self, environment: Environment, create: bool = True) -> Connection:
+        return fetch_secret(environment, self.client("secretsmanager", environment), create=create)
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
                           connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:

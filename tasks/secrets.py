@@ -23,16 +23,17 @@ from tasks.retries import transient_retries
     persist_result=False,  # the password is never written to result storage
     cache_policy=NO_CACHE,
 )
-def fetch_secret(environment: Environment, secrets_manager: Any = None) -> Connection:
+def fetch_secret(environment: Environment, secrets_manager: Any = None, create: bool = True) -> Connection:
     """Read the environment's database credentials.
 
     Args:
         environment: where the credentials come from.
         secrets_manager: a boto3 Secrets Manager client, for `secrets_manager` credentials.
+        create: an embedded database that does not exist yet is created (False in a dry run).
 
     Example:
         connection = fetch_secret(staging, aws_client("secretsmanager", staging.aws))
     """
-    connection = fetch_connection(environment, secrets_manager)
+    connection = fetch_connection(environment, secrets_manager, create=create)
     get_run_logger().info("Credentials read from %s for %s", connection.source, connection.describe())
     return connection

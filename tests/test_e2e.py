@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from tasks.engine.connection import connected
-from tasks.engine.embedded import LocalServer, free_port
+from tasks.engine.embedded import LocalServer
+from tasks.engine.server_binaries import free_port
 from tests.conftest import SlackSink
 from tests.helpers import stop_process_group
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tasks.engine.connection import connected
+from tasks.engine.environments import Environment
 from tasks.engine.fleet.crash import TargetSeen, target_after
+from tasks.engine.fleet.targets import fleet_targets
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.runs.crash import KnownState
 from tests.conftest import CANARY_PASSWORD, SlackSink
@@ -89,24 +91,31 @@ def test_a_fleet_run_killed_mid_target_is_reported_target_by_target(
 
 
 def test_a_target_after_a_stopped_fleet_run() -> None:
-    """Each way a target can be found: its own flow run still going (distributed), dirty, failed, completed."""
+    """Each way a target can be found: its own flow run still going (distributed), dirty, failed, completed. What
+    a row says to do names the target's own environment, never the fleet (whose credentials are a template's)."""
+    fleet = Environment.model_validate({
+        "name": "tenants", "tier": "staging", "credentials": {"kind": "embedded", "database": "t_01"},
+        "snapshot": {"kind": "none"}, "notify": {"kind": "console"},
+        "fleet": {"discover": {"kind": "embedded", "databases": 7, "name_pattern": "t_{n:02d}"}}})
+    a, b, c, d, e, f, g = fleet_targets(fleet)
     nothing = KnownState()
-    going = target_after("a", TargetSeen("RUNNING", flow_run_id="f-1", flow_run_state="RUNNING"), nothing, "f-1", "env")
+    going = target_after(a, TargetSeen("RUNNING", flow_run_id="f-1", flow_run_state="RUNNING"), nothing, "f-1")
     assert going.outcome == "interrupted" and "Its own flow run f-1 is still running" in (going.error or "")
     assert "rolled back" not in (going.error or "")  # that run is not over: nothing was rolled back yet
     mark = DirtyMigration("0002.nt", "running", 2, 3, "c", None, None, "run-1", None, None)
-    dirty = target_after("b", TargetSeen("RUNNING"), KnownState(("0001.a",), (mark,)), "run-1", "env")
-    assert (dirty.outcome, dirty.failed_migration, dirty.applied) == ("failed", "0002.nt", ("0001.a",))
-    assert "rds-migrations resolve --env env 0002.nt" in (dirty.error or "")
-    failed = target_after("c", TargetSeen("FAILED", "target c failed at migrate: boom"), nothing, "run-1", "env")
+    dirty = target_after(b, TargetSeen("RUNNING"), KnownState(("0001.a",), (mark,)), "run-1")
+    assert (dirty.target, dirty.outcome, dirty.failed_migration, dirty.applied) == ("t_02", "failed", "0002.nt",
+                                                                                   ("0001.a",))
+    assert "rds-migrations resolve --env tenants-t-02 0002.nt" in (dirty.error or "")
+    failed = target_after(c, TargetSeen("FAILED", "target c failed at migrate: boom"), nothing, "run-1")
     assert failed.outcome == "failed" and failed.error == "target c failed at migrate: boom"
-    assert target_after("d", TargetSeen("COMPLETED"), nothing, "run-1", "env").outcome == "nothing-to-do"
-    assert target_after("d", TargetSeen("COMPLETED"), nothing, "run-1", "env", dry_run=True).outcome == "dry-run"
+    assert target_after(d, TargetSeen("COMPLETED"), nothing, "run-1").outcome == "nothing-to-do"
+    assert target_after(d, TargetSeen("COMPLETED"), nothing, "run-1", dry_run=True).outcome == "dry-run"
     # The fleet run died while it waited for a target's own flow run, which ended by itself since.
     later = TargetSeen("RUNNING", flow_run_id="f-2", flow_run_state="FAILED", flow_run_message="boom at migrate")
-    assert (target_after("f", later, nothing, "f-2", "env").outcome,
-            target_after("f", later, nothing, "f-2", "env").error) == ("failed", "boom at migrate")
+    assert (target_after(f, later, nothing, "f-2").outcome,
+            target_after(f, later, nothing, "f-2").error) == ("failed", "boom at migrate")
     done = replace(later, flow_run_state="COMPLETED", flow_run_message="")
-    assert target_after("g", done, KnownState(("0001.a",)), "f-2", "env").outcome == "succeeded"
-    unread = target_after("e", TargetSeen(), KnownState(unknown=("what e's database says (x)",)), "run-1", "env")
+    assert target_after(g, done, KnownState(("0001.a",)), "f-2").outcome == "succeeded"
+    unread = target_after(e, TargetSeen(), KnownState(unknown=("what e's database says (x)",)), "run-1")
     assert unread.outcome == "skipped" and "Not known: what e's database says (x)." in (unread.error or "")

@@ -215,6 +215,12 @@ def workers(project: Path) -> Iterator[str]:
             log.close()
 
 
+def databases_named(prefix: str) -> list[str]:
+    with connected(embedded_server().connection()) as conn:
+        return [row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
+                                               "ORDER BY 1", (f"{prefix}_",))]
+
+
 @pytest.mark.e2e
 def test_distributed_fleet_runs_each_target_as_a_subflow_run_on_the_pool(project: Path, workers: str) -> None:
     from prefect.client.orchestration import get_client
@@ -225,11 +231,14 @@ def test_distributed_fleet_runs_each_target_as_a_subflow_run_on_the_pool(project
     prefix = (project / "prefix").read_text()
     embedded_server().start()
     write_migrations(project, NEXT)
+    made = databases_named(prefix)
+    before = {name: applied_ids(embedded_server().connection(name)) for name in made}
     dry = migrate_fleet_flow(environment="spread", git_sha="abc1234", target_deployment=workers, dry_run=True,
                              return_state=True)
     assert dry.is_completed() and dry.result().counts == {"dry-run": 4}, dry.message
-    before = [applied_ids(embedded_server().connection(f"{prefix}_{n:02d}")) for n in range(1, 5)]
-    assert all(len(ids) < len(NEXT) for ids in before)  # a dry fleet run's targets changed nothing
+    # A dry fleet run's targets changed nothing: not one database was made, not one migration applied.
+    assert databases_named(prefix) == made
+    assert {name: applied_ids(embedded_server().connection(name)) for name in made} == before
     started = time.monotonic()
     state = migrate_fleet_flow(environment="spread", git_sha="abc1234", target_deployment=workers, return_state=True)
     elapsed = time.monotonic() - started

@@ -31,9 +31,9 @@ from psycopg import sql
 from tasks.engine.aws import aws_client
 from tasks.engine.connection import Connection, connected, connection_from_url
 from tasks.engine.credentials import fetch_connection
-from tasks.engine.embedded import free_port
 from tasks.engine.environments import AwsSettings, load_environment
 from tasks.engine.errors import SecretError, SnapshotError
+from tasks.engine.server_binaries import free_port
 from tasks.engine.snapshots.take import take_snapshot
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.helpers import write_migrations

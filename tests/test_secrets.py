@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from tasks.engine.connection import connected, connection_from_url, parse_rds_se
 from tasks.engine.credentials import read_secrets_manager, read_url_from_env
 from tasks.engine.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
 from tasks.engine.errors import DatabaseUnreachable, SecretError
+from tasks.engine.server_binaries import free_port
 from tests.conftest import CANARY_PASSWORD
 
 GOOD = {"username": "app", "password": CANARY_PASSWORD, "host": "db.internal", "port": 5432, "dbname": "app"}
@@ -185,5 +187,38 @@ def test_a_password_file_someone_else_could_read_or_plant_is_refused(tmp_path: P
         server.password_file.chmod(0o644)
         with pytest.raises(EmbeddedServerError, match="is not this user's alone"):
             LocalServer(tmp_path / "postgres")._secret()
+    finally:
+        server.destroy()
+
+
+def test_an_embedded_server_an_earlier_version_made_without_a_password_gets_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Earlier versions made the embedded server with `initdb --auth=trust`: any local user could log in over
+    TCP as its superuser. Started by this version, it gets a password (kept as a new server's is) and asks for
+    it; what it holds stays."""
+    from tasks.engine.embedded import LocalServer
+
+    server = LocalServer(tmp_path / "postgres")
+    try:
+        server._prepare_directory()  # as the earlier version made it
+        server._run("initdb", "-D", str(server.data_dir), "-U", "postgres", "-E", "UTF8", "--locale=C", "--auth=trust")
+        assert not server.password_file.exists()
+        server._start(free_port())
+        with connected(server.connection()) as conn:  # trusted: no password at all
+            conn.execute("CREATE TABLE kept (id int)")
+        server.stop()
+
+        later = LocalServer(tmp_path / "postgres")  # the next command, by this version
+        with caplog.at_level(logging.WARNING, logger="tasks.engine.embedded"):
+            later.start()
+        assert "made by an earlier version" in caplog.text and str(later.password_file) in caplog.text
+        assert later.password_file.stat().st_mode & 0o777 == 0o600
+        without = later.connection().model_copy(update={"password": SecretStr("")})
+        with pytest.raises(DatabaseUnreachable, match="password"), connected(without):
+            pass
+        with connected(later.connection()) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+        later.start()  # once only: already asking, nothing more to do
+        assert caplog.text.count("made by an earlier version") == 1
     finally:
         server.destroy()

@@ -318,7 +318,7 @@ def test_sslrootcert_system_is_given_only_to_a_client_that_knows_it() -> None:
     """libpq before 16 reads "system" as a file name: such a client is never chosen for it. Which clients know
     it is read from their versions and whether they have SSL, not from the probe being tested."""
     from tasks.engine.clients import _clients, client_binary
-    from tasks.engine.embedded import program_version
+    from tasks.engine.server_binaries import program_version
 
     def has_ssl(binary: Path) -> bool:
         done = subprocess.run([str(binary.with_name("pg_dump")), "--dbname=host=/nonexistent sslmode=require"],
@@ -337,7 +337,7 @@ def test_sslrootcert_system_is_given_only_to_a_client_that_knows_it() -> None:
 def test_pg_dump_and_pg_restore_are_new_enough_for_the_server_and_the_archive() -> None:
     """Built with SSL comes second to new enough: pg_dump refuses a newer server, pg_restore a newer archive."""
     from tasks.engine.clients import _clients, client_binary
-    from tasks.engine.embedded import program_version
+    from tasks.engine.server_binaries import program_version
 
     newest = max(program_version(b.parent, b.name)[0] for b in _clients("pg_dump"))
     chosen = client_binary("pg_dump", {"sslmode": "prefer"}, at_least=newest)

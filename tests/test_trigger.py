@@ -24,9 +24,9 @@ import pytest
 from flows import trigger as trigger_module
 from flows import trigger_api
 from flows.trigger import api_settings, trigger, ui_url
-from tasks.engine.embedded import free_port
 from tasks.engine.environments import load_environments
 from tasks.engine.runs.budget import deadline_parts, run_budget_seconds, watch_timeout
+from tasks.engine.server_binaries import free_port
 from tests.helpers import stop_process_group
 
 PROJECT = Path(__file__).parents[1]

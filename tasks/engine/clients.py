@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tasks.engine.connection import Connection, connected
-from tasks.engine.embedded import candidate_bindirs, program_version
 from tasks.engine.errors import EmbeddedServerError
 from tasks.engine.processes import child_environment
+from tasks.engine.server_binaries import candidate_bindirs, program_version
 
 
 def client_binary(name: str, tls: Mapping[str, str] | None = None, *, at_least: int | None = None) -> Path:

@@ -55,8 +55,13 @@ class Connection(BaseModel):
     sslkey: str | None = None
     sslcrl: str | None = None
     sslnegotiation: Literal["postgres", "direct"] | None = None
+    # An empty scratch database standing in for an embedded database not created yet (scratch.empty_if_missing):
+    # the name messages give.
+    stands_for: str | None = None
 
     def describe(self) -> str:
+        if self.stands_for is not None:
+            return f"{self.user}@{self.host}:{self.port}/{self.stands_for} (not created yet: read as empty)"
         where = f"{self.user}@{self.host}:{self.port}/{self.dbname}"
         return f"{where} (sslmode={self.sslmode})" if self.sslmode else where
 
@@ -65,7 +70,7 @@ class Connection(BaseModel):
         return {key: value for key in TLS_SETTINGS if (value := getattr(self, key)) is not None}
 
     def with_database(self, dbname: str) -> Connection:
-        return self.model_copy(update={"dbname": dbname})
+        return self.model_copy(update={"dbname": dbname, "stands_for": None})
 
     def connect(self, *, autocommit: bool = True, application_name: str = "rds-migrations",
                 prepare_threshold: int | None = 5) -> psycopg.Connection:

@@ -48,18 +48,23 @@ def read_url_from_env(credentials: UrlFromEnvCredentials) -> Connection:
     return connection_from_url(url, source)
 
 
-def read_embedded(credentials: EmbeddedCredentials) -> Connection:
-    from tasks.engine.embedded import ensure_embedded_database  # starts a server: only when asked for
+def read_embedded(credentials: EmbeddedCredentials, *, create: bool = True) -> Connection:
+    """The embedded server's database (the server started when it is not running); with `create`, the database
+    is created when it does not exist yet. Without (a dry run, a read-only command), it is not: the caller reads
+    an empty database in its place (`scratch.empty_if_missing`)."""
+    from tasks.engine.embedded import embedded_server  # starts a server: only when asked for
 
-    return ensure_embedded_database(credentials.database)
+    server = embedded_server()
+    server.start()
+    return server.ensure_database(credentials.database) if create else server.connection(credentials.database)
 
 
-def fetch_connection(environment: Environment, secrets_manager: Any = None) -> Connection:
+def fetch_connection(environment: Environment, secrets_manager: Any = None, *, create: bool = True) -> Connection:
     """The environment's credentials, under its TLS minimum. `secrets_manager` is a boto3 Secrets Manager
     client, needed only for `secrets_manager` credentials. AWS errors that a retry cannot mend become a
     `SecretError` naming the secret and what to do; throttling and 5xx are raised as they are, for the caller
-    to retry."""
-    return with_environment_tls(_read_connection(environment, secrets_manager), environment)
+    to retry. `create`: an embedded database that does not exist yet is created (not in a dry run)."""
+    return with_environment_tls(_read_connection(environment, secrets_manager, create), environment)
 
 
 def with_environment_tls(connection: Connection, environment: Environment) -> Connection:
@@ -94,7 +99,7 @@ def secret_refusal(exc: Any) -> str:
     return f"{SECRET_READ_ERRORS.get(code, 'Secrets Manager refused to return it')} ({code})"
 
 
-def _read_connection(environment: Environment, secrets_manager: Any) -> Connection:
+def _read_connection(environment: Environment, secrets_manager: Any, create: bool) -> Connection:
     from botocore.exceptions import ClientError
 
     credentials = environment.credentials
@@ -111,4 +116,4 @@ def _read_connection(environment: Environment, secrets_manager: Any) -> Connecti
                               f"{secret_refusal(exc)}") from None
     if isinstance(credentials, UrlFromEnvCredentials):
         return read_url_from_env(credentials)
-    return read_embedded(credentials)
+    return read_embedded(credentials, create=create)

@@ -1,23 +1,21 @@
 """The embedded default: a throwaway local PostgreSQL server the tool starts itself.
 
-Server binaries come from the machine (`/usr/lib/postgresql/<v>/bin`, or `initdb` on PATH) and otherwise
-from the `pgserver` wheel, which bundles PostgreSQL 16. PostgreSQL refuses to run as root: as root the
-server runs as an unprivileged user (`postgres` when it exists, else one we create) through `runuser`.
-The server listens on 127.0.0.1 only, on a free port. A test server can take TLS connections only (`ServerTls`).
+Its binaries, and the unprivileged user that runs them as root, are found by `server_binaries.py`. The server
+listens on 127.0.0.1 only, on a free port, and its superuser has a password made for it (a server made by an
+earlier version, which trusted every local login, is given one when it next starts). A test server can take TLS
+connections only (`ServerTls`).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
+import logging
 import os
 import pwd
 import re
 import secrets
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -31,75 +29,9 @@ from pydantic import SecretStr
 from tasks.engine.connection import Connection, connected
 from tasks.engine.errors import ConfigError, EmbeddedServerError
 from tasks.engine.processes import child_environment, server_environment
+from tasks.engine.server_binaries import free_port, server_bindir, server_user
 
-SERVER_USER_FALLBACK = "rdsmigrations"
-
-
-@functools.cache
-def program_version(bindir: Path, program: str = "postgres") -> tuple[int, ...]:
-    out = subprocess.run([str(bindir / program), "--version"], capture_output=True, text=True,
-                         env=child_environment()).stdout
-    match = re.search(r"(\d+)(?:\.(\d+))?", out)
-    return tuple(int(g) for g in match.groups() if g) if match else (0,)
-
-
-def candidate_bindirs() -> list[Path]:
-    """Every directory holding PostgreSQL server binaries, newest version first."""
-    found: list[Path] = []
-    configured = os.environ.get("RDS_MIGRATIONS_PG_BINDIR")
-    if configured:
-        found.append(Path(configured))
-    found += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    on_path = shutil.which("initdb")
-    if on_path:
-        found.append(Path(on_path).resolve().parent)
-    # Found, not imported: importing pgserver sets up platformdirs and warns on a machine without XDG_RUNTIME_DIR.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is not None and spec.origin:
-        found.append(Path(spec.origin).parent / "pginstall" / "bin")
-    unique = []
-    for path in found:
-        if (path / "postgres").exists() and (path / "initdb").exists() and path not in unique:
-            unique.append(path)
-    return sorted(unique, key=program_version, reverse=True) if not configured else unique
-
-
-def server_bindir() -> Path:
-    dirs = candidate_bindirs()
-    if not dirs:
-        raise EmbeddedServerError(
-            "no PostgreSQL server binaries found: install postgresql (apt-get install postgresql) "
-            "or the pgserver wheel (uv sync installs it), or set RDS_MIGRATIONS_PG_BINDIR"
-        )
-    if os.environ.get("RDS_MIGRATIONS_PG_BINDIR"):
-        return dirs[0]
-    # Prefer the machine's own server; pgserver's bundled one is the fallback.
-    system = [d for d in dirs if "pgserver" not in str(d)]
-    return (system or dirs)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_user() -> str | None:
-    """None when we are not root; otherwise the unprivileged user that runs the server."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", SERVER_USER_FALLBACK):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER_FALLBACK],
-        check=True,
-        capture_output=True,
-    )
-    return SERVER_USER_FALLBACK
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,7 +87,7 @@ class LocalServer:
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.bindir = server_bindir()
-        self.run_as = _server_user()
+        self.run_as = server_user()
         if self.run_as and not self._reachable(self.data_dir.parent):
             # A parent the server's user cannot traverse (e.g. a 0700 temp dir): keep the data under /tmp,
             # at a path derived from the requested one so later runs find the same server.
@@ -277,10 +209,11 @@ class LocalServer:
     def start(self, port: int | None = None) -> int:
         if not self.initialised:
             self.initialise()
-        running = self.port
-        if running:
-            return running
-        port = port or free_port()
+        port = self.port or self._start(port or free_port())
+        self._require_password()
+        return port
+
+    def _start(self, port: int) -> int:
         # pg_ctl hands these to a shell: the socket directory is quoted (a project under "My Projects/").
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -k {shlex.quote(str(self.data_dir))} -c fsync=off "
@@ -298,6 +231,29 @@ class LocalServer:
                 return port
             time.sleep(0.1)
         raise EmbeddedServerError(f"server in {self.data_dir} did not report its port")
+
+    def _require_password(self) -> None:
+        """A server made by an earlier version of this tool let every local user log in over TCP as its superuser
+        without a password (`trust`): its superuser gets the password made for it, and the server asks for it."""
+        if self.password is not None or self.tls is not None:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text(encoding="utf-8").splitlines()
+        trusting = [n for n, line in enumerate(lines) if _trusts_tcp(line)]
+        if not trusting:
+            return
+        password = self._secret(make=True)
+        assert password is not None
+        with connected(self.connection()) as conn:  # still trusted: the password is not asked for yet
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(self.superuser), sql.Literal(password.get_secret_value())))
+        for n in trusting:
+            lines[n] = re.sub(r"\btrust\b", "scram-sha-256", lines[n])
+        hba.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._run("pg_ctl", "-D", str(self.data_dir), "reload")
+        logger.warning("The embedded server in %s was made by an earlier version, which let every local user log "
+                       "in as its superuser without a password: it has one now, kept in %s", self.data_dir,
+                       self.password_file)
 
     def stop(self) -> None:
         if self.port:
@@ -337,6 +293,12 @@ class LocalServer:
     def drop_database(self, dbname: str) -> None:
         with connected(self.connection()) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def _trusts_tcp(line: str) -> bool:
+    """A pg_hba.conf line that lets TCP connections in without a password."""
+    fields = line.split("#", 1)[0].split()
+    return len(fields) >= 5 and fields[0].startswith("host") and "trust" in fields[3:]
 
 
 def _tail(log: Path, lines: int = 10) -> str:
@@ -384,9 +346,3 @@ def embedded_home() -> Path:
 def embedded_server() -> LocalServer:
     return LocalServer(embedded_home() / "postgres")
 
-
-def ensure_embedded_database(dbname: str) -> Connection:
-    """Start the embedded server if it is not running and return a connection to `dbname`, created if new."""
-    server = embedded_server()
-    server.start()
-    return server.ensure_database(dbname)

@@ -51,10 +51,12 @@ def read_target(target: Target, connect: Callable[[Target], Connection], flow_ru
     return KnownState(applied, dirty)
 
 
-def target_after(name: str, seen: TargetSeen, known: KnownState, run_id: str, environment: str, *,
+def target_after(target: Target, seen: TargetSeen, known: KnownState, run_id: str, *,
                  dry_run: bool = False) -> TargetResult:
     """One target's row of the report: how far it got by what its task run and its database say. `run_id` is
-    the flow run whose rows `known` holds."""
+    the flow run whose rows `known` holds. What it says to do names the target's own environment
+    (`<fleet>-<target>`): the fleet's name would take a command to its template database."""
+    name = target.name
     if seen.task_state not in ("COMPLETED", "FAILED") and seen.flow_run_state in ("COMPLETED", "FAILED", "CRASHED",
                                                                                     "CANCELLED"):
         # The fleet run stopped while it waited for the target's own flow run, which ended by itself since.
@@ -62,7 +64,7 @@ def target_after(name: str, seen: TargetSeen, known: KnownState, run_id: str, en
         seen = replace(seen, task_state=ended, message=seen.flow_run_message or f"its flow run {seen.flow_run_id} "
                                                                                  f"ended {seen.flow_run_state.lower()}")
     ours = [mark for mark in known.dirty if mark.flow_run_id == run_id]
-    notes = [f"Dirty: {mark.describe()}. To resolve: {mark.hint(environment)}."
+    notes = [f"Dirty: {mark.describe()}. To resolve: {mark.hint(target.environment.name)}."
              for mark in known.dirty]
     notes += [f"Not known: {item}." for item in known.unknown]
     if seen.flow_run_id is not None and seen.flow_run_state in UNFINISHED:

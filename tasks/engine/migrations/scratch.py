@@ -35,6 +35,7 @@ from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import embedded_server
+from tasks.engine.environments import EmbeddedCredentials, Environment
 from tasks.engine.errors import RehearsalUnavailable
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Migration
@@ -155,6 +156,27 @@ def scratch_database(place: Place, log: Log = logger, *, name: str | None = None
                     sql.Identifier(database)), log)
             for role in sorted(place.own_roles):  # what the rehearsed migrations made on the stand-in goes
                 _quietly(keeper, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), log)
+
+
+@contextmanager
+def empty_if_missing(environment: Environment, connection: Connection, log: Log = logger) -> Iterator[Connection]:
+    """`connection`; or, when it names an embedded database that does not exist yet, an empty scratch database
+    on the same server in its place until the block ends. A run creates that database; a dry run and a
+    read-only command do not (see credentials.read_embedded): they read what the run would start from."""
+    if not isinstance(environment.credentials, EmbeddedCredentials):
+        yield connection
+        return
+    server = connection.with_database("postgres")
+    with connected(server) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (connection.dbname,)).fetchone()
+    if exists:
+        yield connection
+        return
+    log.info("The embedded database %s does not exist yet: read as the empty database a run creates (a dry run "
+             "and a read-only command create nothing)", connection.dbname)
+    place = Place(server)
+    with scratch_database(place, log) as name:
+        yield create_scratch(place, name, log).model_copy(update={"stands_for": connection.dbname})
 
 
 def create_scratch(place: Place, name: str, log: Log = logger) -> Connection:

@@ -22,7 +22,7 @@ from tasks.engine.migrations.plan import plan
 from tasks.engine.migrations.reference import check_drift
 from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse, rehearse_on_target_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_drift, with_plan, with_rehearsal
-from tasks.engine.migrations.scratch import choose_place
+from tasks.engine.migrations.scratch import choose_place, empty_if_missing
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
                       dry_run: bool = False) -> ValidationReport:
     """Plan against the target (read-only); when something is pending and the lint findings of what is about
     to run allow it, rehearse (never changing the target's server in a dry run, see scratch.py)."""
+    with empty_if_missing(environment, connection, log) as connection:  # a dry run's embedded database
+        report = _rehearse_and_plan(environment, catalog, report, connection, target, log, dry_run=dry_run)
+    log.info("Plan:\n%s", report.to_text())
+    if not report.ok:
+        raise ValidationFailed(report)
+    return report
+
+
+def _rehearse_and_plan(environment: Environment, catalog: Catalog, report: ValidationReport,
+                       connection: Connection, target: str | None, log: Log, *, dry_run: bool) -> ValidationReport:
     current = plan(connection, catalog, target=target, allow_out_of_order=environment.policy.allow_out_of_order,
                    environment=environment.name)
     report = with_plan(report, current, catalog)
@@ -92,7 +102,4 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
             place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
             report = with_rehearsal(report, rehearse(catalog, place, environment.policy, log,
                                                      cache=environment.rehearsal.cache))
-    log.info("Plan:\n%s", report.to_text())
-    if not report.ok:
-        raise ValidationFailed(report)
     return report

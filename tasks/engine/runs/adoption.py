@@ -17,6 +17,7 @@ from tasks.engine.errors import RdsMigrationsError, UsageError
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.drift import WAY_OUT, DriftReport
+from tasks.engine.migrations.scratch import empty_if_missing
 from tasks.engine.notices import Notice
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.parameters import check_parameters
@@ -43,9 +44,10 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
         with steps.exclusive(environment.name):
             git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
-            connection = steps.fetch_secret(environment)
-            report = steps.baseline(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
-                                    dry_run=dry_run)
+            with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run),
+                                  steps.log) as connection:  # a dry run's embedded database: not created
+                report = steps.baseline(environment, connection, catalog, through=through, tool=tool,
+                                        git_sha=git_sha, dry_run=dry_run)
     except UsageError:  # the command line's mistake (a --through naming no file): said there, told nobody else
         raise
     except Exception as exc:  # noqa: BLE001 - announced, then raised again below
@@ -74,8 +76,8 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
     check_parameters("unknown", "schedule", None, migrations_dir)
     started = time.monotonic()
     catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
-    connection = steps.fetch_secret(environment)
-    drift, source = steps.drift(environment, connection, catalog)
+    with empty_if_missing(environment, steps.fetch_secret(environment, create=False), steps.log) as connection:
+        drift, source = steps.drift(environment, connection, catalog)
     steps.log.info("%s (the expected schema: %s)", drift.summary(), source)
     if drift.drifted:
         notice = Notice("Drift check", environment.name, environment.tier, "drifted",

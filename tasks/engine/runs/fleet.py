@@ -79,9 +79,10 @@ class TargetCredentials(Credentials):
     """A target's credentials: its secret, URL or embedded database as the one-database run reads them, or an
     RDS-managed master secret completed with the discovered endpoint. Re-read once on a refused password."""
 
-    def __init__(self, target: Target, parameters: dict[str, str | None], steps: Steps, client: Client) -> None:
+    def __init__(self, target: Target, parameters: dict[str, str | None], steps: Steps, client: Client, *,
+                 create: bool = True) -> None:
         self.target, self.client = target, client
-        super().__init__(target.environment, parameters, steps)
+        super().__init__(target.environment, parameters, steps, create=create)
 
     def _fetch(self) -> Connection:
         if self.target.endpoint is None:
@@ -108,13 +109,15 @@ def rehearse_once(
     """The whole directory applied from nothing once for the fleet, where the environment rehearses (the first
     target's server for `target_server`); `ValidationFailed` when it fails. Every target then only plans."""
     from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse
-    from tasks.engine.migrations.scratch import choose_place
+    from tasks.engine.migrations.scratch import choose_place, empty_if_missing
 
-    server = rehearsal_server(environment, connection)
-    if server is None or not catalog.migrations:
+    if rehearsal_server(environment, connection) is None or not catalog.migrations:
         return report
-    place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
-    result = rehearse(catalog, place, environment.policy, log, cache=environment.rehearsal.cache)
+    with empty_if_missing(environment, connection, log) as connection:  # a dry run's embedded database
+        server = rehearsal_server(environment, connection)
+        assert server is not None
+        place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
+        result = rehearse(catalog, place, environment.policy, log, cache=environment.rehearsal.cache)
     report = with_rehearsal(report, result)
     if result.failure:
         raise ValidationFailed(report)
@@ -131,7 +134,7 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
     environment, started = target.environment, time.monotonic()
     step, pending, snapshot, applied = "fetch-secret", (), None, None
     try:
-        credentials = TargetCredentials(target, parameters_of(run, environment), steps, client)
+        credentials = TargetCredentials(target, parameters_of(run, environment), steps, client, create=not run.dry_run)
         step = "plan"
         report = credentials.run(
             lambda c: steps.rehearse_and_plan(
@@ -298,7 +301,7 @@ class DirectFleetSteps:
         return self.steps.client(service, environment)
 
     def rehearse(self, target: Target, catalog: Catalog, report: ValidationReport, dry_run: bool) -> ValidationReport:
-        connection = TargetCredentials(target, {}, self.steps, self.client).connection
+        connection = TargetCredentials(target, {}, self.steps, self.client, create=not dry_run).connection
         return rehearse_once(target.environment, catalog, report, connection, dry_run=dry_run, log=self.steps.log)
 
     def map_wave(self, fleet: Fleet) -> MapWave:

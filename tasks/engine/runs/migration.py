@@ -73,15 +73,17 @@ class Credentials:
     after it was read from Secrets Manager, it may have been rotated since: read AWSCURRENT again, once per
     run, and retry the step once."""
 
-    def __init__(self, environment: Environment, parameters: dict[str, str | None], steps: Steps) -> None:
+    def __init__(self, environment: Environment, parameters: dict[str, str | None], steps: Steps, *,
+                 create: bool = True) -> None:
         self.environment = environment
         self.parameters = parameters
         self.steps = steps
+        self.create = create  # an embedded database that does not exist yet is created (not in a dry run)
         self.reread = False
         self.connection = self._fetch()
 
     def _fetch(self) -> Connection:
-        connection = self.steps.fetch_secret(self.environment)
+        connection = self.steps.fetch_secret(self.environment, create=self.create)
         refuse_password_in_parameters(connection, self.parameters)
         return connection
 
@@ -185,7 +187,7 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     progress.step = "fetch-secret"
     credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                             "trigger": trigger, "target": target,
-                                            "migrations_dir": migrations_dir}, steps)
+                                            "migrations_dir": migrations_dir}, steps, create=not dry_run)
     progress.connection = credentials.connection
     progress.step = "validate"
     if target is not None:  # after the credentials: a password pasted here is named as such first

@@ -12,13 +12,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tasks.engine.environments import load_environment
+from tasks.engine.connection import Connection
+from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import Interrupted, RdsMigrationsError, UsageError
+from tasks.engine.logs import Log
 from tasks.engine.messages import restore_commands
+from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
 from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
-from tasks.engine.migrations.rollback_plan import ALL, plan_rollback
+from tasks.engine.migrations.rollback_plan import ALL, RollbackPlan, plan_rollback
+from tasks.engine.migrations.scratch import empty_if_missing
 from tasks.engine.notices import Notice
 from tasks.engine.runs.adoption import DriftFound
 from tasks.engine.runs.commit import commit_of_run
@@ -48,12 +52,12 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
             step = "fetch-secret"
             credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
-                                                    "trigger": trigger, "to": to}, steps)
+                                                    "trigger": trigger, "to": to}, steps, create=False)
             if to != ALL:  # after the credentials: a password pasted here is named as such first
                 step = "validate"
                 catalog.named(to, "--to", zero="; 0 undoes every migration")
             step = "plan"
-            plan = credentials.run(lambda c: plan_rollback(c, catalog, to, environment=environment.name))
+            plan = credentials.run(lambda c: _plan(environment, c, catalog, to, steps.log))
             undo = plan.undo
             steps.publish(f"rollback-plan-{environment.name}", f"```\n{plan.to_text()}\n```\n",
                           f"Rollback plan for {environment.name}")
@@ -111,3 +115,10 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             error.result = report  # for --json: what was rolled back before it failed
         raise error
     return report
+
+
+def _plan(environment: Environment, connection: Connection, catalog: Catalog, to: str, log: Log) -> RollbackPlan:
+    """The rollback's plan; an embedded database that does not exist yet (never created: a rollback creates
+    nothing) has nothing to undo."""
+    with empty_if_missing(environment, connection, log) as connection:
+        return plan_rollback(connection, catalog, to, environment=environment.name)

@@ -48,8 +48,8 @@ class Steps(Protocol):
     def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
         """Static checks and lint; `ValidationFailed` on errors."""
 
-    def fetch_secret(self, environment: Environment) -> Connection:
-        """The environment's database credentials."""
+    def fetch_secret(self, environment: Environment, create: bool = True) -> Connection:
+        """The environment's database credentials (`create`: an embedded database is created if new)."""
 
     def rehearse_and_plan(self, environment: Environment, catalog: Catalog, report: ValidationReport,
                           connection: Connection, target: str | None, dry_run: bool = False) -> ValidationReport:
@@ -126,10 +126,10 @@ class DirectSteps:
 
         return validate(migrations_dir, project_root, policy, log=self.log)
 
-    def fetch_secret(self, environment: Environment) -> Connection:
+    def fetch_secret(self, environment: Environment, create: bool = True) -> Connection:
         from tasks.engine.credentials import fetch_connection
 
-        connection = fetch_connection(environment, self.client("secretsmanager", environment))
+        connection = fetch_connection(environment, self.client("secretsmanager", environment), create=create)
         self.log.info("Credentials read from %s for %s", connection.source, connection.describe())
         return connection
 
