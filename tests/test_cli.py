@@ -147,8 +147,9 @@ def test_a_bad_migration_parameter_is_named_as_the_command_calls_it(project: Pat
 
 
 def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, database: Connection) -> None:
-    """`--target 9`, `--to 9`, `--through 9` naming no file, and a `--database-url` libpq cannot read: the
-    command line's mistakes, exit 2, named as the command line says them, and the database left as it was."""
+    """`--target 9` (of one database or a fleet), `--to 9`, `--through 9` naming no file, and a `--database-url`
+    libpq cannot read: the command line's mistakes, exit 2, named as the command line says them, nobody notified,
+    and the database left as it was."""
     from tasks.engine.connection import connected
 
     write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
@@ -159,6 +160,10 @@ def test_a_migration_or_url_that_names_nothing_is_a_usage_error(project: Path, d
         assert (f"rds-migrations: {flag.split()[-1]} '9' names no migration in migrations/ (a migration id or its "
                 "version number; the newest is 0001.a") in result.stderr, result.stderr
         assert "FAILED" not in result.stderr and "Notification sent" not in result.stderr  # nobody else is told
+    fleet_target = cli("run", "--database-url", url_of(database), "--database-url",
+                       url_of(database.with_database("postgres")), "--target", "9", cwd=project)  # a fleet
+    assert fleet_target.returncode == 2 and "--target '9' names no migration" in fleet_target.stderr
+    assert "FAILED" not in fleet_target.stderr, fleet_target.stderr  # no fleet message either
     with connected(database) as conn:
         assert conn.execute("SELECT to_regclass('a'), to_regclass('_yoyo_migration')").fetchone() == (None, None)
     pasted = cli("run", "--database-url", url_of(database), "--target", "hunter2-Secret", cwd=project)

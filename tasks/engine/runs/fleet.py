@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, Rehearsal
-from tasks.engine.errors import ConfigError, InvalidIndexFound
+from tasks.engine.errors import ConfigError, InvalidIndexFound, UsageError
 from tasks.engine.fleet.config import Fleet
 from tasks.engine.fleet.report import FleetFailed, FleetReport, TargetResult
 from tasks.engine.fleet.runner import MapWave, run_waves, thread_pool
@@ -244,6 +244,8 @@ def migrate_fleet(
             fleet_steps.progress,
             steps.log,
         )
+    except UsageError:  # the command line's mistake (a --target naming no file): said there, told nobody else
+        raise
     except Exception as exc:  # noqa: BLE001 - reported to the team, then raised again below
         error = exc
     summary = FleetReport(
