@@ -16,8 +16,8 @@ from prefect.context import FlowRunContext
 from prefect.utilities.timeout import timeout
 
 from flows.hooks import report_over_budget
-from tasks.engine.environments import load_environment
 from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.fleet.targets import environment_named
 from tasks.engine.runs.budget import run_budget_seconds
 
 
@@ -28,7 +28,7 @@ class RunOverBudget(TimeoutError):
 def budget_of(environment: str) -> int | None:
     """The environment's run budget; None when it cannot be read (the run itself says why, naming it)."""
     try:
-        return run_budget_seconds(load_environment(environment))
+        return run_budget_seconds(environment_named(environment))
     except RdsMigrationsError:
         return None
 

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.cli_common import catalog_of, connection_of, emit, environment_of, one_database
+from flows.cli_common import catalog_of, connection_of, emit, environment_of
 from tasks.engine.environments import Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import head_sha
 
 
@@ -116,7 +117,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from flows.launch import prefect_wanted, run_direct, run_flow
 
-    environment = one_database(load_environment(args.env))
+    environment = one_database_environment(args.env)
     sha = args.git_sha or head_sha()
     if prefect_wanted(environment, asked=args.prefect):
         from flows.restore import restore_snapshot

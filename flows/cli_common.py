@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import ConfigError, SecretError, UsageError
+from tasks.engine.errors import SecretError, UsageError
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 
 DATABASE_URL_ENVIRONMENT = "database-url"
@@ -28,43 +28,13 @@ def environment_of(args: argparse.Namespace) -> Environment:
         check_url(args.database_url, "--database-url")
         os.environ["DATABASE_URL"] = args.database_url
     if getattr(args, "env", None):
-        return one_database(named_environment(args.env))
+        from tasks.engine.fleet.targets import one_database_environment
+
+        return one_database_environment(args.env)
     if os.environ.get("DATABASE_URL"):
         check_url(os.environ["DATABASE_URL"], "DATABASE_URL")
         return load_environment(DATABASE_URL_ENVIRONMENT)
     raise UsageError("say which database: --env NAME, --database-url URL, or set DATABASE_URL")
-
-
-def named_environment(name: str) -> Environment:
-    """The environment `--env` names: one of the file, or one target of a fleet as the fleet's messages name it
-    (`<fleet>-<target>`: what `resolve --env …` says after a target's failure)."""
-    try:
-        return load_environment(name)
-    except ConfigError:
-        from tasks.engine.fleet.targets import target_environment
-
-        found = target_environment(name)
-        if found is None:
-            raise
-        return found
-
-
-def one_database(environment: Environment) -> Environment:
-    """`environment`, when it is one database. A fleet's own credentials are only the template its targets are
-    made from: a command on one database refuses it and names the targets to choose from."""
-    if environment.fleet is None:
-        return environment
-    from tasks.engine.fleet.config import EmbeddedDiscovery
-    from tasks.engine.fleet.targets import fleet_targets
-
-    if environment.fleet.targets is None and not isinstance(environment.fleet.discover, EmbeddedDiscovery):
-        how = "name that database with --database-url URL (this fleet's targets are found by tag in AWS)"
-    else:
-        names = [target.environment.name for target in fleet_targets(environment)]
-        more = f" (its targets: {', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if len(names) > 1 else ""
-        how = f"name one of its databases: --env {names[0]}{more}"
-    raise UsageError(f"{environment.name} is a fleet of databases, and this command works on one: {how}. Only "
-                     "`run` takes the whole fleet")
 
 
 def check_url(url: str, source: str) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from flows.cli_common import DATABASE_URL_ENVIRONMENT, check_url, emit
 from tasks.engine.environments import Environment, load_environment
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK, RdsMigrationsError, UsageError
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, RdsMigrationsError, UsageError
 from tasks.engine.git import head_sha
 
 if TYPE_CHECKING:  # the fleet's modules are imported when a fleet runs, not for every command's parser
@@ -63,7 +63,12 @@ def is_fleet_run(args: argparse.Namespace) -> bool:
         args.database_url = urls[0]
     if isinstance(args.database_url, list) or getattr(args, "database_urls", None) is not None:
         return True
-    return bool(getattr(args, "env", None)) and load_environment(args.env).fleet is not None
+    if not getattr(args, "env", None):
+        return False
+    try:
+        return load_environment(args.env).fleet is not None
+    except ConfigError:  # not an environment of the file: one fleet target (`<fleet>-<target>`), or a typo
+        return False
 
 
 def read_url_file(path: Path) -> list[str]:

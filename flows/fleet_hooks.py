@@ -70,8 +70,8 @@ def read_fleet(client: SyncPrefectClient, run: Any, ended: EndedRun,
                 results.append(target_after(target, TargetSeen(), KnownState(), ended.flow_run_id))
                 continue
             run_id = found.flow_run_id or ended.flow_run_id  # who migrated it: the target's own run, else this one
-            known = read_target(target, lambda t: target_connection(t, clients.get("secretsmanager", t.environment)),
-                                run_id)
+            known = read_target(target, lambda t: target_connection(t, clients.get("secretsmanager", t.environment),
+                                                                    create=False), run_id)
             results.append(target_after(target, found, known, run_id, dry_run=dry_run))
         return fleet_crash_report(ended, environment.tier, tuple(results), unknown)
 

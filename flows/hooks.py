@@ -29,7 +29,8 @@ from flows import events, observe
 from tasks.aws import aws_client
 from tasks.engine.aws import AwsClients
 from tasks.engine.credentials import fetch_connection
-from tasks.engine.environments import AuroraClusterSnapshot, Environment, RdsInstanceSnapshot, load_environment
+from tasks.engine.environments import AuroraClusterSnapshot, Environment, RdsInstanceSnapshot
+from tasks.engine.fleet.targets import environment_named
 from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
 from tasks.engine.notify import deliver
@@ -86,7 +87,7 @@ def announce(ending: Ending, flow: Any, flow_run: Any, state: Any, log: Log, rea
     environment: Environment | None = None
     delivered = False
     try:
-        environment = load_environment(ended.parameter("environment"))
+        environment = environment_named(ended.parameter("environment"))
     except Exception as exc:  # noqa: BLE001 - nowhere to notify; the event and the automations still say it
         log.warning("Environment of the %s run unknown (%s): nobody notified", ending, describe(exc))
     if environment is not None:
@@ -112,7 +113,8 @@ def read_known(environment: Environment, ended: EndedRun) -> KnownState:
     clients = AwsClients(aws_client)
     connection: Any
     try:
-        connection = fetch_connection(environment, clients.get("secretsmanager", environment))
+        # Only read: an embedded database a dry run never made is not made now (it reads as not known).
+        connection = fetch_connection(environment, clients.get("secretsmanager", environment), create=False)
     except Exception as exc:  # noqa: BLE001 - said in the message as not known
         connection = exc
     rds = None

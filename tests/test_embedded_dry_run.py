@@ -11,6 +11,9 @@ import pytest
 
 from tasks.engine.connection import connected
 from tasks.engine.embedded import embedded_server
+from tasks.engine.errors import ConfigError
+from tasks.engine.runs.rollback import roll_back_environment
+from tasks.engine.runs.steps import DirectSteps
 from tests.helpers import cli, write_migrations
 
 pytestmark = pytest.mark.integration  # the embedded server
@@ -73,9 +76,10 @@ def test_a_dry_run_and_read_only_commands_never_create_the_embedded_database(san
 
 
 def test_a_dry_run_of_an_embedded_fleet_creates_none_of_its_databases_and_one_database_commands_refuse_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = f"tenant_{uuid.uuid4().hex[:6]}_"
-    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n",
+                                "0001.create-users.rollback.sql": "DROP TABLE users;\n"})
     environments = tmp_path / "environments.toml"
     environments.write_text(f"""
 [environments.tenants]
@@ -120,6 +124,16 @@ secret_pattern = "rds/{{target}}/migrator"
                 assert refused.returncode == 2, (command, refused.stdout + refused.stderr[-2000:])
                 assert f"{name} is a fleet of databases" in refused.stderr and names in refused.stderr, command
                 assert "Traceback" not in refused.stderr
+        # One target, as the messages name it, is one database to every command (and every flow).
+        one = "tenants-" + prefix.replace("_", "-") + "02"
+        for command in (("run", "--dry-run"), ("rollback", "--to", "0", "--dry-run"), ("status",)):
+            result = cli(*command, "--env", one, cwd=tmp_path, env=env)
+            assert result.returncode == 0, (command, result.stdout + result.stderr[-2000:])
+        monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(environments))
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(ConfigError, match="tenants is a fleet of databases"):  # a flow given the fleet's name
+            roll_back_environment("tenants", DirectSteps(), to="0", dry_run=True)
+        assert roll_back_environment(one, DirectSteps(), to="0", dry_run=True).applied == ("0001.create-users",)
     finally:
         for n in (1, 2, 3):
             embedded_server().drop_database(f"{prefix}{n:02d}")

@@ -107,6 +107,8 @@ def test_a_target_after_a_stopped_fleet_run() -> None:
     assert (dirty.target, dirty.outcome, dirty.failed_migration, dirty.applied) == ("t_02", "failed", "0002.nt",
                                                                                    ("0001.a",))
     assert "rds-migrations resolve --env tenants-t-02 0002.nt" in (dirty.error or "")
+    tagged = target_after(replace(b, found_by_tag=True), TargetSeen("RUNNING"), KnownState((), (mark,)), "run-1")
+    assert "rds-migrations resolve --database-url URL-OF-t_02 0002.nt" in (tagged.error or "")  # no --env finds it
     failed = target_after(c, TargetSeen("FAILED", "target c failed at migrate: boom"), nothing, "run-1")
     assert failed.outcome == "failed" and failed.error == "target c failed at migrate: boom"
     assert target_after(d, TargetSeen("COMPLETED"), nothing, "run-1").outcome == "nothing-to-do"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -214,10 +215,21 @@ def test_an_embedded_server_an_earlier_version_made_without_a_password_gets_one(
         assert "made by an earlier version" in caplog.text and str(later.password_file) in caplog.text
         assert later.password_file.stat().st_mode & 0o777 == 0o600
         without = later.connection().model_copy(update={"password": SecretStr("")})
-        with pytest.raises(DatabaseUnreachable, match="password"), connected(without):
-            pass
+        deadline = time.monotonic() + 30  # `pg_ctl reload` signals the server; it rereads pg_hba.conf soon after
+        while True:
+            try:
+                with connected(without):
+                    assert time.monotonic() < deadline, "still let in without a password"
+                    time.sleep(0.1)
+            except DatabaseUnreachable as refused:
+                assert "password" in str(refused)
+                break
         with connected(later.connection()) as conn:
             assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+            assert conn.execute("SELECT rolpassword LIKE 'SCRAM-SHA-256$%%' FROM pg_authid WHERE rolname = "
+                                "'postgres'").fetchone() == (True,)
+        assert "trust" not in [line.split()[-1] for line in (later.data_dir / "pg_hba.conf").read_text().splitlines()
+                               if line.startswith("host")]
         later.start()  # once only: already asking, nothing more to do
         assert caplog.text.count("made by an earlier version") == 1
     finally:

@@ -239,17 +239,25 @@ class LocalServer:
             return
         hba = self.data_dir / "pg_hba.conf"
         lines = hba.read_text(encoding="utf-8").splitlines()
-        trusting = [n for n, line in enumerate(lines) if _trusts_tcp(line)]
-        if not trusting:
+        rewritten = [_asking(line) for line in lines]
+        if rewritten == lines:
             return
         password = self._secret(make=True)
         assert password is not None
         with connected(self.connection()) as conn:  # still trusted: the password is not asked for yet
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(self.superuser), sql.Literal(password.get_secret_value())))
-        for n in trusting:
-            lines[n] = re.sub(r"\btrust\b", "scram-sha-256", lines[n])
-        hba.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            # Hashed here (SCRAM, whatever the server's password_encryption): the password never crosses as text.
+            verifier = conn.pgconn.encrypt_password(password.get_secret_value().encode(), self.superuser.encode(),
+                                                    b"scram-sha-256").decode()
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(self.superuser),
+                                                                    sql.Literal(verifier)))
+        # Whole or not at all: a server whose pg_hba.conf was cut short would not start again.
+        draft = hba.with_name(".pg_hba.conf.rds-migrations")
+        draft.write_text("\n".join(rewritten) + "\n", encoding="utf-8")
+        draft.chmod(0o600)
+        if self.run_as:
+            user = pwd.getpwnam(self.run_as)
+            os.chown(draft, user.pw_uid, user.pw_gid)
+        os.replace(draft, hba)
         self._run("pg_ctl", "-D", str(self.data_dir), "reload")
         logger.warning("The embedded server in %s was made by an earlier version, which let every local user log "
                        "in as its superuser without a password: it has one now, kept in %s", self.data_dir,
@@ -295,10 +303,17 @@ class LocalServer:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
-def _trusts_tcp(line: str) -> bool:
-    """A pg_hba.conf line that lets TCP connections in without a password."""
+def _asking(line: str) -> str:
+    """A pg_hba.conf line with a TCP `trust` method made `scram-sha-256`; any other line as it was. The method is
+    the field after the address (`host DATABASE USER ADDRESS METHOD`, or ADDRESS MASK METHOD)."""
     fields = line.split("#", 1)[0].split()
-    return len(fields) >= 5 and fields[0].startswith("host") and "trust" in fields[3:]
+    if len(fields) < 5 or not fields[0].startswith("host"):
+        return line
+    method = 5 if len(fields) > 5 and re.fullmatch(r"[0-9.]+", fields[4]) else 4  # a netmask after the address
+    if fields[method] != "trust":
+        return line
+    fields[method] = "scram-sha-256"
+    return " ".join(fields)
 
 
 def _tail(log: Path, lines: int = 10) -> str:

@@ -64,7 +64,7 @@ def target_after(target: Target, seen: TargetSeen, known: KnownState, run_id: st
         seen = replace(seen, task_state=ended, message=seen.flow_run_message or f"its flow run {seen.flow_run_id} "
                                                                                  f"ended {seen.flow_run_state.lower()}")
     ours = [mark for mark in known.dirty if mark.flow_run_id == run_id]
-    notes = [f"Dirty: {mark.describe()}. To resolve: {mark.hint(target.environment.name)}."
+    notes = [f"Dirty: {mark.describe()}. To resolve: {mark.hint(target.named_as)}."
              for mark in known.dirty]
     notes += [f"Not known: {item}." for item in known.unknown]
     if seen.flow_run_id is not None and seen.flow_run_state in UNFINISHED:

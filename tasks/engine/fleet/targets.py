@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import SecretStr
@@ -37,6 +37,7 @@ from tasks.engine.errors import ConfigError, SecretError
 from tasks.engine.fleet.config import EmbeddedDiscovery, Fleet, StaticTarget, TagDiscovery
 from tasks.engine.fleet.discovery import Discovered, discover
 from tasks.engine.logs import Log
+from tasks.engine.migrations.hints import URL_ENVIRONMENT
 
 logger = logging.getLogger(__name__)
 NAME_ROOM = 34  # what a snapshot identifier `rdsm-<name>-<sha7>-<time>` leaves for the name (naming.py)
@@ -61,6 +62,13 @@ class Target:
     name: str
     environment: Environment
     endpoint: Endpoint | None = None  # set when its credentials are an RDS-managed master secret
+    found_by_tag: bool = False  # a command on it alone names it by URL: `--env <fleet>-<target>` cannot find it
+
+    @property
+    def named_as(self) -> str:
+        """The environment name a command on this target alone is suggested with (hints.where_flag): its own,
+        or, found by tag, a URL environment's (`--database-url URL-OF-<target>`)."""
+        return f"{URL_ENVIRONMENT}-{self.name}" if self.found_by_tag else self.environment.name
 
 
 def target_environment_name(environment: str, target: str) -> str:
@@ -112,6 +120,10 @@ def _static(environment: Environment, target: StaticTarget) -> Target:
 
 
 def _discovered(environment: Environment, discovery: TagDiscovery, found: Discovered) -> Target:
+    return replace(_discovered_target(environment, discovery, found), found_by_tag=True)
+
+
+def _discovered_target(environment: Environment, discovery: TagDiscovery, found: Discovered) -> Target:
     if discovery.credentials == "secret_pattern":
         secret_id = discovery.secret_pattern.format(target=found.name)
         return single_target(
@@ -182,6 +194,42 @@ def target_environment(name: str) -> Environment | None:
     return None
 
 
+def environment_named(name: str) -> Environment:
+    """One of the file's environments, or one target of a fleet as the fleet's messages name it
+    (`<fleet>-<target>`); `ConfigError` when neither has that name."""
+    try:
+        return load_environment(name)
+    except ConfigError:
+        found = target_environment(name)
+        if found is None:
+            raise
+        return found
+
+
+def one_database_environment(name: str) -> Environment:
+    """The environment of a command on one database (a run, rollback, baseline, restore, status, plan, drift,
+    resolve): `environment_named`, refused when it is a fleet, whose credentials are only the template its
+    targets are made from."""
+    environment = environment_named(name)
+    refuse_fleet(environment)
+    return environment
+
+
+def refuse_fleet(environment: Environment) -> None:
+    """`ConfigError` (exit 2) naming the targets to choose from, when `environment` is a fleet."""
+    fleet = environment.fleet
+    if fleet is None:
+        return
+    if fleet.targets is None and not isinstance(fleet.discover, EmbeddedDiscovery):
+        how = "name that database with --database-url URL (this fleet's targets are found by tag in AWS)"
+    else:
+        names = [target.environment.name for target in fleet_targets(environment)]
+        more = f" (its targets: {', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if len(names) > 1 else ""
+        how = f"name one of its databases: --env {names[0]}{more}"
+    raise ConfigError(f"{environment.name} is a fleet of databases, and this works on one: {how}. Only a run "
+                      "(the migrate-fleet flow) takes the whole fleet")
+
+
 def read_master_secret(target: Target, secrets_manager: Any) -> Connection:
     """An RDS-managed master secret (`username`, `password` only), completed with the instance's endpoint."""
     assert target.endpoint is not None and isinstance(target.environment.credentials, SecretsManagerCredentials)
@@ -212,11 +260,12 @@ def read_master_secret(target: Target, secrets_manager: Any) -> Connection:
     )
 
 
-def target_connection(target: Target, secrets_manager: Any = None) -> Connection:
+def target_connection(target: Target, secrets_manager: Any = None, *, create: bool = True) -> Connection:
     """The target's credentials under its environment's TLS minimum: its secret, URL or embedded database read
-    as a one-database run reads them, or an RDS-managed master secret completed with its endpoint."""
+    as a one-database run reads them (`create`: see fetch_connection), or an RDS-managed master secret completed
+    with its endpoint."""
     if target.endpoint is None:
-        return fetch_connection(target.environment, secrets_manager)
+        return fetch_connection(target.environment, secrets_manager, create=create)
     return with_environment_tls(read_master_secret(target, secrets_manager), target.environment)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tasks.engine.environments import load_environment
 from tasks.engine.errors import RdsMigrationsError, UsageError
+from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.drift import WAY_OUT, DriftReport
@@ -37,7 +37,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
                       migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
                       project_root: Path | None = None) -> BaselineReport:
     """Record what the named environment's database already holds as applied, keep its schema, notify."""
-    environment = load_environment(name)
+    environment = one_database_environment(name)
     check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
     started, report, error = time.monotonic(), None, None
     try:
@@ -72,7 +72,7 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
                             project_root: Path | None = None) -> DriftReport:
     """Compare the named environment's live schema with what its applied migrations make; notify and raise
     `DriftFound` when they differ."""
-    environment = load_environment(name)
+    environment = one_database_environment(name)
     check_parameters("unknown", "schedule", None, migrations_dir)
     started = time.monotonic()
     catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())

@@ -17,7 +17,7 @@ from typing import TypeVar
 import psycopg
 
 from tasks.engine.connection import Connection
-from tasks.engine.environments import Environment, SecretsManagerCredentials, load_environment
+from tasks.engine.environments import Environment, SecretsManagerCredentials
 from tasks.engine.errors import (
     ConfigError,
     DatabaseRefused,
@@ -28,6 +28,7 @@ from tasks.engine.errors import (
     SecretError,
     UsageError,
 )
+from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.history import read_history
 from tasks.engine.migrations.reference import remember_live_schema
@@ -46,7 +47,7 @@ def migrate_environment(name: str, tier: str, steps: Steps, *, git_sha: str = "u
                         target: str | None = None, migrations_dir: str = "migrations", trigger: str = "manual",
                         project_root: Path | None = None) -> RunSummary:
     """A staging or production run of the named environment, one at a time per environment."""
-    environment = load_environment(name)
+    environment = one_database_environment(name)
     check_tier(environment, tier)
     approval = tier == "production" and environment.policy.approval_required
     with steps.exclusive(environment.name):

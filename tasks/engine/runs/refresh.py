@@ -17,6 +17,7 @@ from typing import Literal
 
 from tasks.engine.environments import ENVIRONMENT_NAME, Environment, load_environment
 from tasks.engine.errors import ConfigError
+from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, shown_parameters
 from tasks.engine.runs.migration import run_migration
@@ -61,7 +62,9 @@ def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigge
             if env.refresh.use_fresh_snapshot:
                 steps.log.info("Taking a fresh snapshot of %s", source.name)
                 # The RDS kinds never use the connection; the local kind dumps the source database.
-                dump_from = steps.fetch_secret(source) if source.snapshot.kind == "pg_dump" else connection
+                # Never created to be dumped: a source that does not exist is an error, not an empty staging.
+                dump_from = steps.fetch_secret(source, create=False) if source.snapshot.kind == "pg_dump" \
+                    else connection
                 snapshot = steps.snapshot(source, dump_from, "refresh", trigger)
             else:
                 snapshot = steps.newest_snapshot(source)
@@ -86,7 +89,7 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
     started, outcome = time.monotonic(), Outcome()
     error: Exception | None = None
     try:
-        env = outcome.environment = load_environment(name)
+        env = outcome.environment = one_database_environment(name)
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
         with steps.exclusive(env.name):

@@ -13,8 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.engine.connection import Connection
-from tasks.engine.environments import Environment, load_environment
+from tasks.engine.environments import Environment
 from tasks.engine.errors import Interrupted, RdsMigrationsError, UsageError
+from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.logs import Log
 from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.catalog import Catalog
@@ -37,7 +38,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                           project_root: Path | None = None) -> RollbackReport | None:
     """Undo the named environment's migrations after `to` (`"0"`: all), newest first. A dry run, or nothing to
     undo: the report holds the plan (`planned`) and nothing rolled back."""
-    environment = load_environment(name)
+    environment = one_database_environment(name)
     check_tier(environment, environment.tier)
     check_parameters(git_sha, trigger, to, migrations_dir, target_name="to")
     started, step = time.monotonic(), "checkout"
