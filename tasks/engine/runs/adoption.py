@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tasks.engine.errors import RdsMigrationsError, UsageError
+from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import read_catalog
@@ -20,6 +20,7 @@ from tasks.engine.migrations.drift import WAY_OUT, DriftReport
 from tasks.engine.migrations.scratch import empty_if_missing
 from tasks.engine.notices import Notice
 from tasks.engine.runs.commit import commit_of_run
+from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.parameters import check_parameters
 from tasks.engine.runs.steps import Steps
 
@@ -39,19 +40,15 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
     """Record what the named environment's database already holds as applied, keep its schema, notify."""
     environment = one_database_environment(name)
     check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
-    started, report, error = time.monotonic(), None, None
-    try:
-        with steps.exclusive(environment.name):
-            git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
-            catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
-            with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run),
-                                  steps.log) as connection:  # a dry run's embedded database: not created
-                report = steps.baseline(environment, connection, catalog, through=through, tool=tool,
-                                        git_sha=git_sha, dry_run=dry_run)
-    except UsageError:  # the command line's mistake (a --through naming no file): said there, told nobody else
-        raise
-    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
-        error = exc
+    started, report = time.monotonic(), None
+    with Ended() as ended, steps.exclusive(environment.name):
+        git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
+        catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
+        with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run),
+                              steps.log) as connection:  # a dry run's embedded database: not created
+            report = steps.baseline(environment, connection, catalog, through=through, tool=tool,
+                                    git_sha=git_sha, dry_run=dry_run)
+    error = ended.error
     outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if report and report.already \
         else "succeeded"
     facts = [("adopting", f"--from {tool}" if tool else f"--through {through}")]
@@ -62,8 +59,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
                     tuple(report.mapping.splitlines()) if report else (), str(error) if error else None,
                     time.monotonic() - started, steps.run_info().run_url)
     steps.notify(environment.notify, notice)
-    if error is not None:
-        raise error
+    ended.raise_if_failed()
     assert report is not None
     return report
 

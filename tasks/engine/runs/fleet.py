@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment, Rehearsal
-from tasks.engine.errors import ConfigError, InvalidIndexFound, UsageError
+from tasks.engine.errors import ConfigError, InvalidIndexFound
 from tasks.engine.fleet.config import Fleet
 from tasks.engine.fleet.report import FleetFailed, FleetReport, TargetResult
 from tasks.engine.fleet.runner import MapWave, run_waves, thread_pool
@@ -30,6 +30,7 @@ from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_rehearsal
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.runs.commit import commit_of_run
+from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.migration import Credentials, check_tier
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import DirectSteps, Steps
@@ -217,9 +218,9 @@ def migrate_fleet(
     check_parameters(git_sha, trigger, target, migrations_dir)
     fleet = check_fleet(environment)
     steps, started = fleet_steps.steps, time.monotonic()
-    results, stopped, error = [], None, None
+    results, stopped = [], None
     step = "checkout"
-    try:
+    with Ended() as ended:
         git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
         step = "validate"
         catalog, report = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
@@ -244,10 +245,7 @@ def migrate_fleet(
             fleet_steps.progress,
             steps.log,
         )
-    except UsageError:  # the command line's mistake (a --target naming no file): said there, told nobody else
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported to the team, then raised again below
-        error = exc
+    error = ended.error
     summary = FleetReport(
         environment.name,
         environment.tier,
@@ -262,8 +260,7 @@ def migrate_fleet(
     )
     fleet_steps.publish(summary)
     steps.notify(environment.notify, summary)
-    if error is not None:
-        raise error
+    ended.raise_if_failed()
     if summary.outcome == "failed":
         raise FleetFailed(summary)
     return summary

@@ -24,9 +24,7 @@ from tasks.engine.errors import (
     DatabaseUnreachable,
     Interrupted,
     InvalidIndexFound,
-    RdsMigrationsError,
     SecretError,
-    UsageError,
 )
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.messages import RunSummary, restore_commands
@@ -36,6 +34,7 @@ from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import AppliedMigration, ApplyReport, MigrationError, MigrationFailure
 from tasks.engine.migrations.session import session
 from tasks.engine.runs.commit import commit_of_run
+from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.naming import Snapshot
@@ -149,20 +148,15 @@ def run_migration(
     project_root = project_root or Path.cwd()
     started = time.monotonic()
     progress = Progress(step="checkout", git_sha=git_sha)
-    error: Exception | None = None
-    try:
+    # Ctrl-C is told like any failure, with what the history says was applied.
+    with Ended(on_interrupt=lambda: interrupted(progress)) as ended:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
                migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval)
-    except UsageError:  # the command line's mistake (a --target naming no file): said there, told nobody else
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported to the team, then raised again below
-        error = exc
-        if isinstance(exc, ValidationFailed):
-            progress.report = exc.report
-        if isinstance(exc, MigrationError):
-            progress.applied = exc.report
-    except KeyboardInterrupt:  # Ctrl-C: told like any failure, with what the history says was applied
-        error = interrupted(progress)
+    error = ended.error
+    if isinstance(error, ValidationFailed):
+        progress.report = error.report
+    if isinstance(error, MigrationError):
+        progress.applied = error.report
 
     if progress.report is not None:
         _publish_plan(steps, environment, progress.report)
@@ -173,10 +167,7 @@ def run_migration(
     steps.publish(f"migration-result-{environment.name}",
                   f"## Result: {summary.outcome}\n\n```\n{summary.console_text()}\n```\n",
                   f"Migration result for {environment.name}")
-    if error is not None:
-        if isinstance(error, RdsMigrationsError):
-            error.result = summary  # for --json: what was applied, what failed, what is pending
-        raise error
+    ended.raise_if_failed(summary)  # for --json: what was applied, what failed, what is pending
     return summary
 
 

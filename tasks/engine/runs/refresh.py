@@ -20,6 +20,7 @@ from tasks.engine.errors import ConfigError
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, shown_parameters
+from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.migration import run_migration
 from tasks.engine.runs.parameters import TRIGGER, check_parameters
 from tasks.engine.runs.steps import Steps
@@ -46,8 +47,7 @@ def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigge
     parameters = shown_parameters({"environment": name, "git_sha": git_sha, "trigger": trigger},
                                   {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER})
     started, outcome = time.monotonic(), Outcome()
-    error: Exception | None = None
-    try:
+    with Ended() as ended:
         env = outcome.environment = load_environment(name)
         check_parameters(git_sha, trigger, None, MIGRATIONS_DIR)
         if env.refresh is None:
@@ -76,9 +76,7 @@ def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigge
             outcome.applied = run_migration(env, steps, git_sha=git_sha, dry_run=False, target=None,
                                             migrations_dir=MIGRATIONS_DIR, trigger=trigger,
                                             project_root=project_root).applied
-    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
-        error = exc
-    return _announce("refresh", name, steps, parameters, outcome, error, time.monotonic() - started)
+    return _announce("refresh", name, steps, parameters, outcome, ended, time.monotonic() - started)
 
 
 def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str = "unknown") -> RefreshSummary:
@@ -87,8 +85,7 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
                                   {"environment": ENVIRONMENT_NAME, "snapshot_id": SNAPSHOT_ID,
                                    "git_sha": GIT_SHA_PARAMETER})
     started, outcome = time.monotonic(), Outcome()
-    error: Exception | None = None
-    try:
+    with Ended() as ended:
         env = outcome.environment = one_database_environment(name)
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
@@ -97,16 +94,14 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
             connection = steps.fetch_secret(env)
             outcome.step = "restore"
             outcome.result = steps.restore(env, snapshot_id, connection)
-    except Exception as exc:  # noqa: BLE001 - announced, then raised again below
-        error = exc
-    return _announce("restore", name, steps, parameters, outcome, error, time.monotonic() - started)
+    return _announce("restore", name, steps, parameters, outcome, ended, time.monotonic() - started)
 
 
 def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
-              parameters: tuple[tuple[str, str], ...], outcome: Outcome, error: Exception | None,
+              parameters: tuple[tuple[str, str], ...], outcome: Outcome, ended: Ended,
               duration: float) -> RefreshSummary:
     """Summarize, notify (when the environment is known, so is where to notify), then raise any error."""
-    env = outcome.environment
+    env, error = outcome.environment, ended.error
     info = steps.run_info()
     summary = RefreshSummary(
         action=action, environment=name, tier=env.tier if env else ("staging" if action == "refresh" else "unknown"),
@@ -117,7 +112,6 @@ def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
     )
     if env is not None:
         steps.notify(env.notify, summary)
-    if error is not None:
-        raise error
+    ended.raise_if_failed()
     return summary
 

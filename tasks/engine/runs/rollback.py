@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment
-from tasks.engine.errors import Interrupted, RdsMigrationsError, UsageError
+from tasks.engine.errors import Interrupted
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.logs import Log
 from tasks.engine.messages import restore_commands
@@ -27,6 +27,7 @@ from tasks.engine.migrations.scratch import empty_if_missing
 from tasks.engine.notices import Notice
 from tasks.engine.runs.adoption import DriftFound
 from tasks.engine.runs.commit import commit_of_run
+from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.migration import Credentials, check_tier
 from tasks.engine.runs.parameters import check_parameters
 from tasks.engine.runs.steps import Steps
@@ -45,9 +46,11 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None
     undo: tuple[str, ...] = ()
-    error: Exception | None = None
     with steps.exclusive(environment.name):
-        try:
+        # Ctrl-C is told like any failure.
+        with Ended(on_interrupt=lambda: Interrupted(
+                f"interrupted (Ctrl-C) at step {step}: a rollback stopped midway was undone by the server (a "
+                "non-transactional one is marked dirty); `rds-migrations status` shows what is applied now")) as ended:
             git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             step = "validate"
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
@@ -88,16 +91,9 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                                                                   git_sha=git_sha, environment=environment.name))
             else:  # a dry run, or nothing to undo: what would be undone, for --json; nothing written
                 report = RollbackReport(to=to, applied=plan.keep + tuple(reversed(plan.undo)))
-        except UsageError:  # the command line's mistake (a --to naming no file): said there, told nobody else
-            raise
-        except Exception as exc:  # noqa: BLE001 - announced, then raised again below
-            error = exc
-            if isinstance(exc, RollbackError):
-                report = exc.report
-        except KeyboardInterrupt:  # Ctrl-C: told like any failure
-            error = Interrupted(f"interrupted (Ctrl-C) at step {step}: a rollback stopped midway was undone by the "
-                                "server (a non-transactional one is marked dirty); `rds-migrations status` shows what "
-                                "is applied now")
+        error = ended.error
+        if isinstance(error, RollbackError):
+            report = error.report
         outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if not undo else "succeeded"
         facts = [("to", to), ("git SHA", git_sha), ("planned", ", ".join(undo) or "nothing to undo")]
         if report is not None:
@@ -111,10 +107,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                         (f"at step {step}: {error}" if error else None), time.monotonic() - started,
                         steps.run_info().run_url)
         steps.notify(environment.notify, notice)
-    if error is not None:
-        if isinstance(error, RdsMigrationsError):
-            error.result = report  # for --json: what was rolled back before it failed
-        raise error
+    ended.raise_if_failed(report)  # for --json: what was rolled back before it failed
     return report
 
 
