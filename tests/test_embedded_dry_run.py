@@ -67,6 +67,15 @@ def test_a_dry_run_and_read_only_commands_never_create_the_embedded_database(san
     plan = cli("plan", "--env", "sandbox", "--json", cwd=project, env=env)
     assert '"pending": [\n    "0001.create-users",\n    "0002.add-email"\n  ]' in plan.stdout, plan.stdout
 
+    # A crash or cancel hook of such a run only reads: the database is "not known", still not made.
+    from flows.hooks import read_known
+    from tasks.engine.environments import load_environments
+    from tasks.engine.runs.crash import EndedRun
+
+    environment = load_environments(Path(env["RDS_MIGRATIONS_ENVIRONMENTS"]))["sandbox"]
+    known = read_known(environment, EndedRun("cancelled", "", "migrate-staging", "run-1", {"git_sha": "abc1234"}))
+    assert databases_like(name) == [] and "does not exist" in " ".join(known.unknown), known
+
     applied = cli("run", "--env", "sandbox", cwd=project, env=env)  # the run creates it, as before
     assert applied.returncode == 0, applied.stdout[-2000:] + applied.stderr[-3000:]
     assert databases_like(name) == [name]
