@@ -159,11 +159,13 @@ def scratch_database(place: Place, log: Log = logger, *, name: str | None = None
 
 
 @contextmanager
-def empty_if_missing(environment: Environment, connection: Connection, log: Log = logger) -> Iterator[Connection]:
+def empty_if_missing(environment: Environment, connection: Connection, log: Log = logger, *,
+                     created: bool = False) -> Iterator[Connection]:
     """`connection`; or, when it names an embedded database that does not exist yet, an empty scratch database
     on the same server in its place until the block ends. A run creates that database; a dry run and a
-    read-only command do not (see credentials.read_embedded): they read what the run would start from."""
-    if not isinstance(environment.credentials, EmbeddedCredentials):
+    read-only command do not (see credentials.read_embedded): they read what the run would start from.
+    `created`: the connection was read with `create=True`, so its database exists (nothing to ask)."""
+    if created or not isinstance(environment.credentials, EmbeddedCredentials):
         yield connection
         return
     server = connection.with_database("postgres")

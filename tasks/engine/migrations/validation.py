@@ -65,7 +65,8 @@ def rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valida
                       dry_run: bool = False) -> ValidationReport:
     """Plan against the target (read-only); when something is pending and the lint findings of what is about
     to run allow it, rehearse (never changing the target's server in a dry run, see scratch.py)."""
-    with empty_if_missing(environment, connection, log) as connection:  # a dry run's embedded database
+    # The credentials were read with create=not dry_run: only a dry run's embedded database may be missing.
+    with empty_if_missing(environment, connection, log, created=not dry_run) as connection:
         report = _rehearse_and_plan(environment, catalog, report, connection, target, log, dry_run=dry_run)
     log.info("Plan:\n%s", report.to_text())
     if not report.ok:

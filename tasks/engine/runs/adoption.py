@@ -44,8 +44,8 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
     with Ended() as ended, steps.exclusive(environment.name):
         git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
         catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
-        with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run),
-                              steps.log) as connection:  # a dry run's embedded database: not created
+        with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run), steps.log,
+                              created=not dry_run) as connection:  # a dry run's embedded database: not created
             report = steps.baseline(environment, connection, catalog, through=through, tool=tool,
                                     git_sha=git_sha, dry_run=dry_run)
     error = ended.error

@@ -112,11 +112,12 @@ def rehearse_once(
     from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse
     from tasks.engine.migrations.scratch import choose_place, empty_if_missing
 
-    if rehearsal_server(environment, connection) is None or not catalog.migrations:
+    if environment.rehearsal.kind == "none" or not catalog.migrations:
         return report
-    with empty_if_missing(environment, connection, log) as connection:  # a dry run's embedded database
+    # The first target's credentials were read with create=not dry_run: a dry run's database may be missing.
+    with empty_if_missing(environment, connection, log, created=not dry_run) as connection:
         server = rehearsal_server(environment, connection)
-        assert server is not None
+        assert server is not None  # only kind "none" has none
         place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
         result = rehearse(catalog, place, environment.policy, log, cache=environment.rehearsal.cache)
     report = with_rehearsal(report, result)
