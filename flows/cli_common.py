@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.engine.connection import Connection, connection_from_url
-from tasks.engine.environments import Environment, load_environment
+from tasks.engine.environments import DATABASE_URL_ENVIRONMENT, Environment, load_environment
 from tasks.engine.errors import SecretError, UsageError
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 
-DATABASE_URL_ENVIRONMENT = "database-url"
 JSON_SCHEMA_VERSION = 1
 
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.cli_common import DATABASE_URL_ENVIRONMENT, check_url, emit
-from tasks.engine.environments import Environment, load_environment
+from flows.cli_common import check_url, emit
+from tasks.engine.environments import DATABASE_URL_ENVIRONMENT, Environment, load_environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, RdsMigrationsError, UsageError
 from tasks.engine.git import head_sha
 

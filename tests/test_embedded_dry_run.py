@@ -146,3 +146,41 @@ secret_pattern = "rds/{{target}}/migrator"
     finally:
         for n in (1, 2, 3):
             embedded_server().drop_database(f"{prefix}{n:02d}")
+
+
+def test_a_refresh_never_creates_the_embedded_source_it_dumps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source not created yet is an error at the snapshot step: made empty to be dumped, it would have
+    replaced staging with nothing (a masking that tolerates empty tables passes)."""
+    from tasks.engine.errors import RdsMigrationsError
+    from tasks.engine.runs.refresh import refresh_staging
+    from tests.helpers import PROJECT
+
+    tag = uuid.uuid4().hex[:8]
+    environments = tmp_path / "environments.toml"
+    environments.write_text(f"""
+[environments.source]
+tier = "production"
+credentials = {{ kind = "embedded", database = "rdsm_{tag}_prod" }}
+snapshot = {{ kind = "pg_dump", directory = "{tmp_path / 'dumps'}" }}
+notify = {{ kind = "console" }}
+
+[environments.stage]
+tier = "staging"
+credentials = {{ kind = "embedded", database = "rdsm_{tag}_staging" }}
+snapshot = {{ kind = "pg_dump", directory = "{tmp_path / 'dumps'}" }}
+notify = {{ kind = "console" }}
+policy = {{ snapshot_required = false }}
+refresh = {{ source_environment = "source", use_fresh_snapshot = true }}
+""")
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(environments))
+    monkeypatch.chdir(PROJECT)
+    try:
+        with pytest.raises(RdsMigrationsError) as refused:
+            refresh_staging("stage", DirectSteps(project_root=PROJECT), git_sha="abc1234", trigger="manual")
+        assert f"rdsm_{tag}_prod" in str(refused.value), refused.value
+        assert databases_like(f"rdsm_{tag}_") == [f"rdsm_{tag}_staging"]  # the source was never made
+        assert not list((tmp_path / "dumps").glob("*"))
+    finally:
+        server = embedded_server()
+        for name in ("prod", "staging") if server.port is not None else ():
+            server.drop_database(f"rdsm_{tag}_{name}")

@@ -234,3 +234,24 @@ def test_an_embedded_server_an_earlier_version_made_without_a_password_gets_one(
         assert caplog.text.count("made by an earlier version") == 1
     finally:
         server.destroy()
+
+
+@pytest.mark.parametrize(("line", "upgraded"), [
+    ("host all all 127.0.0.1/32 trust", "host all all 127.0.0.1/32 scram-sha-256"),
+    ("host all all ::1/128 trust  # IPv6", "host all all ::1/128 scram-sha-256"),
+    ("hostssl all all 127.0.0.1 255.255.255.255 trust", "hostssl all all 127.0.0.1 255.255.255.255 scram-sha-256"),
+    ("host all all ::1 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff trust",
+     "host all all ::1 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff scram-sha-256"),
+    ('host "app#1" all 127.0.0.1/32 trust', 'host "app#1" all 127.0.0.1/32 scram-sha-256'),
+    ('host all "ops team" samehost trust', 'host all "ops team" samehost scram-sha-256'),
+    ("# host all all 127.0.0.1/32 trust", None),
+    ("local all all trust", None),
+    ("host all all 127.0.0.1/32 md5  # trust", None),
+])
+def test_the_upgrade_asks_a_password_on_every_tcp_trust_line_and_leaves_the_rest(line: str, upgraded: str | None
+                                                                                 ) -> None:
+    """pg_hba.conf as a person may have edited it: a netmask (IPv4 or IPv6) after the address, a quoted field
+    holding `#` or a space, comments. Only a TCP line's `trust` method changes."""
+    from tasks.engine.embedded import _asking
+
+    assert _asking(line) == (upgraded or line)

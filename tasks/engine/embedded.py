@@ -305,15 +305,21 @@ class LocalServer:
 
 def _asking(line: str) -> str:
     """A pg_hba.conf line with a TCP `trust` method made `scram-sha-256`; any other line as it was. The method is
-    the field after the address (`host DATABASE USER ADDRESS METHOD`, or ADDRESS MASK METHOD)."""
-    fields = line.split("#", 1)[0].split()
+    the field after the address (`host DATABASE USER ADDRESS METHOD`, or ADDRESS MASK METHOD, an IPv4 or IPv6
+    mask). A field in double quotes is one field, and a `#` in it starts no comment."""
+    fields = _HBA_FIELD.findall(_HBA_COMMENT.sub(r"\1", line, count=1))
     if len(fields) < 5 or not fields[0].startswith("host"):
         return line
-    method = 5 if len(fields) > 5 and re.fullmatch(r"[0-9.]+", fields[4]) else 4  # a netmask after the address
+    method = 5 if len(fields) > 5 and _HBA_MASK.fullmatch(fields[4]) else 4  # no method name is hex digits
     if fields[method] != "trust":
         return line
     fields[method] = "scram-sha-256"
     return " ".join(fields)
+
+
+_HBA_FIELD = re.compile(r'(?:"[^"]*"|[^\s"])+')  # pg_hba.conf's tokens: quoted parts kept, quotes and all
+_HBA_COMMENT = re.compile(r'^((?:"[^"]*"|[^"#])*)#.*$', re.DOTALL)  # from the first `#` outside quotes
+_HBA_MASK = re.compile(r"[0-9A-Fa-f:.]+")
 
 
 def _tail(log: Path, lines: int = 10) -> str:

@@ -27,6 +27,9 @@ from tasks.engine.errors import ConfigError
 from tasks.engine.fleet.config import Fleet
 
 DEFAULT_ENVIRONMENTS_FILE = Path("deployments/environments.toml")
+# The environment a `--database-url URL` command uses (its URL read from DATABASE_URL); a fleet of URLs names
+# its targets `database-url-<target>`.
+DATABASE_URL_ENVIRONMENT = "database-url"
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # RDS identifiers: a letter first, then letters, digits and single hyphens, no trailing hyphen.
 RDS_IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.credentials import fetch_connection, secret_refusal, with_environment_tls
 from tasks.engine.environments import (
+    DATABASE_URL_ENVIRONMENT,
     RDS_IDENTIFIER,
     AuroraClusterSnapshot,
     EmbeddedCredentials,
@@ -37,7 +38,6 @@ from tasks.engine.errors import ConfigError, SecretError
 from tasks.engine.fleet.config import EmbeddedDiscovery, Fleet, StaticTarget, TagDiscovery
 from tasks.engine.fleet.discovery import Discovered, discover
 from tasks.engine.logs import Log
-from tasks.engine.migrations.hints import URL_ENVIRONMENT
 
 logger = logging.getLogger(__name__)
 NAME_ROOM = 34  # what a snapshot identifier `rdsm-<name>-<sha7>-<time>` leaves for the name (naming.py)
@@ -68,7 +68,7 @@ class Target:
     def named_as(self) -> str:
         """The environment name a command on this target alone is suggested with (hints.where_flag): its own,
         or, found by tag, a URL environment's (`--database-url URL-OF-<target>`)."""
-        return f"{URL_ENVIRONMENT}-{self.name}" if self.found_by_tag else self.environment.name
+        return f"{DATABASE_URL_ENVIRONMENT}-{self.name}" if self.found_by_tag else self.environment.name
 
 
 def target_environment_name(environment: str, target: str) -> str:

@@ -7,6 +7,8 @@ import os
 import shlex
 from pathlib import Path
 
+from tasks.engine.environments import DATABASE_URL_ENVIRONMENT
+
 
 def where_flag(environment: str | None, migrations: Path | None = None) -> str:
     """How a command names the database `environment` is, for the commands a message suggests: `--env NAME`,
@@ -14,10 +16,10 @@ def where_flag(environment: str | None, migrations: Path | None = None) -> str:
     whose URL is never repeated; with `--migrations DIR` when the run's directory is not `migrations`."""
     if not environment:
         flag = "--env NAME"
-    elif environment == URL_ENVIRONMENT:
+    elif environment == DATABASE_URL_ENVIRONMENT:
         flag = "--database-url URL"
-    elif environment.startswith(f"{URL_ENVIRONMENT}-"):
-        flag = f"--database-url URL-OF-{environment.removeprefix(URL_ENVIRONMENT + '-')}"
+    elif environment.startswith(f"{DATABASE_URL_ENVIRONMENT}-"):
+        flag = f"--database-url URL-OF-{environment.removeprefix(DATABASE_URL_ENVIRONMENT + '-')}"
     else:
         flag = f"--env {environment}"
     # As the command line names it, from where it runs (a directory outside it is refused by validation).
@@ -25,9 +27,6 @@ def where_flag(environment: str | None, migrations: Path | None = None) -> str:
     if shown == "migrations" or shown.startswith(".."):
         return flag
     return f"{flag} --migrations {shlex.quote(shown)}"
-
-
-URL_ENVIRONMENT = "database-url"  # the environment a --database-url run uses (deployments/environments.toml)
 
 
 def resolve_hint(migration_id: str, environment: str | None, *, rolling_back: bool = False,
