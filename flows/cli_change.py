@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from flows.cli_common import catalog_of, connection_of, emit, environment_of
-from tasks.engine.environments import Environment, load_environment
+from tasks.engine.environments import Environment
 from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
-from tasks.engine.fleet.targets import one_database_environment
+from tasks.engine.fleet.targets import environment_named, one_database_environment
 from tasks.engine.git import head_sha
 
 
@@ -134,7 +134,7 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
     from flows.setup import FLOW_RUN_COMMAND, setup_prefect
 
     for name in args.environments:
-        load_environment(name)  # a typo is a usage error, not a limit nobody uses
+        environment_named(name)  # a typo is a usage error, not a limit nobody uses; a fleet's target is one
     command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
     print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
                                   flow_run_command=command, alerts_block=args.alerts_block,

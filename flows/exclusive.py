@@ -1,17 +1,22 @@
 """One run at a time per environment, across every deployment that touches it.
 
 Deployments acquire the global concurrency limit `db-migrate-<env>` with `strict=True`, so a missing limit
-is an error instead of a silent pass (`rds-migrations setup-prefect` creates the limits). Runs outside a
-deployment (the CLI, the demo, tests) rely on the database's advisory lock alone.
+is an error instead of a silent pass: a `ConfigError` naming the `rds-migrations setup-prefect ENV` that makes
+it, before anything is done. Runs outside a deployment (the CLI, the demo, tests) rely on the database's
+advisory lock alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment
+
+from tasks.engine.errors import ConfigError
 
 # The slot's lease: renewed while the run lives; a run killed with its process (kill -9, OOM) frees it when the
 # lease runs out, so the next run waits at most this long (Prefect's default, 300 s, kept it five minutes).
@@ -27,5 +32,23 @@ def one_run_per_environment(environment: str) -> Iterator[None]:
     if deployment.id is None:
         yield
         return
-    with concurrency(limit_name(environment), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+    name = limit_name(environment)
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS))
+        except Exception:
+            if limit_exists(name):
+                raise
+            raise ConfigError(f"Prefect has no concurrency limit {name}, which keeps the runs of {environment} one "
+                              f"at a time: run `rds-migrations setup-prefect {environment}` once against this Prefect "
+                              "server, then this run again (nothing was done)") from None
         yield
+
+
+def limit_exists(name: str) -> bool:
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True

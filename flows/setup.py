@@ -14,8 +14,9 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from flows import automations
 from flows.exclusive import limit_name
 from flows.fleet_target import FLEET_LIMIT
-from tasks.engine.environments import SlackNotify, load_environment
+from tasks.engine.environments import SlackNotify
 from tasks.engine.errors import ConfigError
+from tasks.engine.fleet.targets import environment_named
 
 SLACK_BLOCK_TYPE = "slack-incoming-webhook"  # prefect-slack's SlackWebhook
 
@@ -88,7 +89,7 @@ def slack_block(environments: list[str]) -> str | None:
     """The Slack block the environments notify (the first one named, when they name several)."""
     for name in environments:
         try:
-            notify = load_environment(name).notify
+            notify = environment_named(name).notify
         except ConfigError:
             continue  # a limit can be made for a name the environments file does not know (yet)
         if isinstance(notify, SlackNotify):

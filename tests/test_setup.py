@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -57,3 +58,34 @@ def test_an_empty_command_keeps_prefects_default(prefect_api) -> None:
     pool = f"default-{uuid.uuid4().hex[:8]}"
     setup_prefect([], work_pool=pool, flow_run_command="")
     assert pool_command(pool) is None
+
+
+def test_a_deployment_run_whose_limit_is_missing_is_told_the_command_that_makes_it(
+        prefect_api, monkeypatch, capsys) -> None:
+    """Under a deployment a run takes its environment's limit, strictly: a missing one (a new environment, or one
+    target of a fleet) stops it before anything is done, with the command to run, where Prefect's own error
+    named only the limit. setup-prefect takes a fleet's target as the fleet's messages name it."""
+    from flows.cli import main
+    from flows.exclusive import one_run_per_environment
+    from tasks.engine.errors import ConfigError
+    from tests.helpers import PROJECT
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(uuid.uuid4()))  # as under a deployment
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(PROJECT / "deployments/environments.toml"))
+    target = "local-fleet-tenant-03"
+    with get_client(sync_client=True) as client:
+        if f"db-migrate-{target}" in limits():  # the session's server: a test run before this one
+            client.delete_global_concurrency_limit_by_name(f"db-migrate-{target}")
+    entered: list[str] = []
+    with pytest.raises(ConfigError, match=f"no concurrency limit db-migrate-{target}.*`rds-migrations "
+                                          f"setup-prefect {target}` once"):
+        with one_run_per_environment(target):
+            entered.append("without a limit")
+
+    assert main(["setup-prefect", target, "--work-pool", f"p-{uuid.uuid4().hex[:8]}"]) == 0
+    assert f"concurrency limit db-migrate-{target} (1) created" in capsys.readouterr().out
+    with one_run_per_environment(target):
+        entered.append("with its limit")
+    assert entered == ["with its limit"]
+    assert main(["setup-prefect", "local-fleet-tenant-99"]) == 2  # no such target: a typo, no limit made
+    assert "local-fleet-tenant-99" in capsys.readouterr().err and "db-migrate-local-fleet-tenant-99" not in limits()
