@@ -117,7 +117,7 @@ class PrefectSteps:
     def refresh(self, replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
         return refresh_task(replacement, snapshot, connection)
 
-    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection | None) -> SwapResult:
         return restore_task(environment, snapshot_id, connection, rds=self.client("rds", environment))
 
     def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,

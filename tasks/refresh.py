@@ -53,8 +53,10 @@ def refresh_task(replacement: Replacement, snapshot: Snapshot, connection: Conne
 
 @task(name="restore-from-snapshot", task_run_name="restore-from-snapshot-{environment.name}",
       persist_result=False, cache_policy=NO_CACHE)
-def restore_task(environment: Environment, snapshot_id: str, connection: Connection, rds: Any = None) -> SwapResult:
+def restore_task(environment: Environment, snapshot_id: str, connection: Connection | None,
+                 rds: Any = None) -> SwapResult:
     """Restore one of an environment's snapshots to a new name and swap it in; the replaced copy is kept.
+    `connection` is the local kind's (its database's server); the RDS kinds need none.
 
     Example:
         ```python

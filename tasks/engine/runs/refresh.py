@@ -90,8 +90,10 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
         with steps.exclusive(env.name):
+            # The RDS kinds restore and rename through the RDS API alone: the database's secret is read (and the
+            # restore role may read it) only for the local kind, which restores into the database's server.
             outcome.step = "fetch-secret"
-            connection = steps.fetch_secret(env)
+            connection = steps.fetch_secret(env) if env.snapshot.kind == "pg_dump" else None
             outcome.step = "restore"
             outcome.result = steps.restore(env, snapshot_id, connection)
     return _announce("restore", name, steps, parameters, outcome, ended, time.monotonic() - started)

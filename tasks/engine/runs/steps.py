@@ -78,8 +78,9 @@ class Steps(Protocol):
     def refresh(self, replacement: Replacement, snapshot: Snapshot, connection: Connection) -> SwapResult:
         """Restore, mask and swap in a refreshed copy."""
 
-    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
-        """Restore one of the environment's snapshots to a new name and swap it in."""
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection | None) -> SwapResult:
+        """Restore one of the environment's snapshots to a new name and swap it in (`connection`: the local
+        kind's only)."""
 
     def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
                  environment: str) -> RollbackReport:
@@ -178,7 +179,7 @@ class DirectSteps:
 
         return refresh_from(replacement, snapshot, connection, log=self.log)
 
-    def restore(self, environment: Environment, snapshot_id: str, connection: Connection) -> SwapResult:
+    def restore(self, environment: Environment, snapshot_id: str, connection: Connection | None) -> SwapResult:
         from tasks.engine.snapshots.restore import restore_environment
 
         return restore_environment(environment, snapshot_id, connection, rds_client=self.client("rds", environment),

@@ -330,10 +330,13 @@ class LocalDatabases:
                 sql.Identifier(self.plan.check(name, "delete"))))
 
 
-def make_backend(plan: SwapPlan, credentials: Connection, rds: Any, wait_seconds: int, tags: dict[str, str],
-                 log: Log, sleep: Callable[[float], None]) -> Backend:
-    """The backend for the plan's kind; `rds` is a boto3 RDS client (not needed for the local kind)."""
+def make_backend(plan: SwapPlan, credentials: Connection | None, rds: Any, wait_seconds: int,
+                 tags: dict[str, str], log: Log, sleep: Callable[[float], None]) -> Backend:
+    """The backend for the plan's kind; `rds` is a boto3 RDS client (not needed for the local kind), and
+    `credentials` reach the local kind's server (not needed for the RDS kinds)."""
     if plan.kind == "pg_dump":
+        if credentials is None:
+            raise ValueError("the local kind restores into its database's server: credentials are needed")
         return LocalDatabases(credentials, plan, log)
     if rds is None:
         raise ValueError(f"an RDS client is needed to restore a {plan.noun}")

@@ -58,7 +58,7 @@ def check_snapshot_id(snapshot_id: str) -> str:
 def restore_environment(
     environment: Environment,
     snapshot_id: str,
-    credentials: Connection,
+    credentials: Connection | None,
     *,
     now: datetime | None = None,
     rds_client: Any = None,
@@ -67,7 +67,8 @@ def restore_environment(
 ) -> SwapResult:
     """Restore one of an environment's own snapshots to `<live>-restored-<time>` and swap it in; the replaced
     copy is kept as `<live>-old-<time>`. Works for any tier: it is how production comes back after a bad
-    migration."""
+    migration. `credentials` are the local kind's (the server the dump is restored into); the RDS kinds call
+    the RDS API alone."""
     started = time.monotonic()
     check_snapshot_id(snapshot_id)
     live, when = live_name(environment, credentials), stamp(now)

@@ -1,0 +1,95 @@
+"""The shipped IAM roles (deployments/iam/) against the calls their flows make: each flow runs over real HTTP to
+the AWS emulator through the production code, every call is recorded, and each must be one an Allow statement
+of the role lists. (The emulator cannot enforce the roles' resource scopes: it checks actions only, so the
+actions are what is compared here; test_deploy_config.py checks the scopes.)"""
+
+from __future__ import annotations
+
+import json
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import pytest
+
+from tasks.engine.aws import aws_client
+from tasks.engine.credentials import read_secrets_manager
+from tasks.engine.environments import AwsSettings
+from tasks.engine.runs.refresh import restore_snapshot
+from tasks.engine.runs.steps import DirectSteps
+from tasks.engine.snapshots.take import take_snapshot
+from tests import test_refresh as shared
+from tests.test_refresh import PROJECT, STAGING_CREDENTIALS, T1, Aws, no_sleep, rds_environments, rds_refresh
+
+aws = shared.aws  # the emulated account of the refresh tests: production, staging, two production snapshots
+SNAPSHOT = "rdsm-production-aaaaaaa-20261123t010000"
+
+
+def allowed_actions(role: str) -> list[str]:
+    document = json.loads((PROJECT / "deployments/iam" / f"{role}.json").read_text())
+    return [action for statement in document["Statement"] if statement["Effect"] == "Allow"
+            for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])]
+
+
+def refused(role: str, actions: set[str]) -> set[str]:
+    allowed = allowed_actions(role)
+    return {action for action in actions if not any(fnmatchcase(action, pattern) for pattern in allowed)}
+
+
+def recorded(client, actions: set[str]):
+    """`client`, recording the IAM action of every call it makes (`rds:RestoreDBInstanceFromDBSnapshot`)."""
+    prefix = client.meta.service_model.signing_name
+
+    def record(model, **kwargs: object) -> None:
+        actions.add(f"{prefix}:{model.name}")
+
+    client.meta.events.register(f"before-parameter-build.{client.meta.service_model.service_name}.*", record)
+    return client
+
+
+def test_the_restore_role_allows_every_call_a_restore_of_production_makes(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every failure notification tells an operator to run. An RDS restore calls the RDS API alone: it
+    used to read the database's secret first, which the restore role (rightly) may not."""
+    boto3_session = aws_client("secretsmanager", AwsSettings(region="eu-west-1", endpoint_url=aws.endpoint))
+    boto3_session.create_secret(Name="rds/app-production", SecretString=json.dumps(
+        {"username": "app", "password": "production-PW-1", "host": "h", "port": 5432, "dbname": "app"}))
+    (tmp_path / "environments.toml").write_text(f"""
+[environments.production]
+tier = "production"
+aws = {{ region = "eu-west-1", endpoint_url = "{aws.endpoint}" }}
+credentials = {{ kind = "secrets_manager", secret_id = "rds/app-production" }}
+snapshot = {{ kind = "rds_instance", instance_id = "app-production" }}
+notify = {{ kind = "console" }}
+""")
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    actions: set[str] = set()
+    steps = DirectSteps(make_client=lambda service, settings: recorded(aws_client(service, settings), actions))
+
+    summary = restore_snapshot("production", SNAPSHOT, steps, git_sha="abc1234")
+
+    assert summary.outcome == "succeeded" and summary.result.live == "app-production"
+    assert "rds:RestoreDBInstanceFromDBSnapshot" in actions and "rds:ModifyDBInstance" in actions
+    assert refused("restore-production", actions) == set(), sorted(actions)
+
+
+def test_the_refresh_role_allows_every_call_a_refresh_and_its_staging_migration_make(aws: Aws) -> None:
+    """The nightly refresh restores production's snapshot into staging's names, masks it, then migrates staging
+    to head as a staging run does: reading staging's secret, and snapshotting staging when something is pending
+    (production's newest snapshot is often the one taken before its last migration)."""
+    actions: set[str] = set()
+    recorded(aws.rds, actions)
+    target, source = rds_environments(aws.endpoint)
+    rds_refresh(aws, target, source)
+    secrets = recorded(aws_client("secretsmanager", target.aws), actions)
+    secrets.create_secret(Name="rds/app-staging", SecretString=json.dumps(
+        {"username": "app", "password": "staging-PW-2", "host": "h", "port": 5432, "dbname": "app"}))
+    actions.discard("secretsmanager:CreateSecret")  # the test's own
+    read_secrets_manager(target.credentials, secrets)
+    take_snapshot(target, STAGING_CREDENTIALS, git_sha="abc1234", flow_run_id=None, trigger="schedule", now=T1,
+                  rds_client=aws.rds, sleep=no_sleep)
+
+    assert {"rds:RestoreDBInstanceFromDBSnapshot", "rds:CreateDBSnapshot",
+            "secretsmanager:GetSecretValue"} <= actions, sorted(actions)
+    assert refused("refresh-staging", actions) == set(), sorted(actions)
+    # A secret under a customer-managed key is decrypted through Secrets Manager, as the staging run's role does.
+    assert {"kms:Decrypt"} <= set(allowed_actions("refresh-staging")) & set(allowed_actions("migrate-staging"))
