@@ -46,13 +46,9 @@ def recorded(client, actions: set[str]):
     return client
 
 
-def test_the_restore_role_allows_every_call_a_restore_of_production_makes(
-        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What every failure notification tells an operator to run. An RDS restore calls the RDS API alone: it
-    used to read the database's secret first, which the restore role (rightly) may not."""
-    boto3_session = aws_client("secretsmanager", AwsSettings(region="eu-west-1", endpoint_url=aws.endpoint))
-    boto3_session.create_secret(Name="rds/app-production", SecretString=json.dumps(
-        {"username": "app", "password": "production-PW-1", "host": "h", "port": 5432, "dbname": "app"}))
+@pytest.fixture
+def production(aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environments file naming the emulator's production instance, with its secret."""
     (tmp_path / "environments.toml").write_text(f"""
 [environments.production]
 tier = "production"
@@ -62,6 +58,14 @@ snapshot = {{ kind = "rds_instance", instance_id = "app-production" }}
 notify = {{ kind = "console" }}
 """)
     monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+
+
+def test_the_restore_role_allows_every_call_a_restore_of_production_makes(aws: Aws, production: None) -> None:
+    """What every failure notification tells an operator to run. An RDS restore calls the RDS API alone: it
+    used to read the database's secret first, which the restore role (rightly) may not."""
+    boto3_session = aws_client("secretsmanager", AwsSettings(region="eu-west-1", endpoint_url=aws.endpoint))
+    boto3_session.create_secret(Name="rds/app-production", SecretString=json.dumps(
+        {"username": "app", "password": "production-PW-1", "host": "h", "port": 5432, "dbname": "app"}))
     actions: set[str] = set()
     steps = DirectSteps(make_client=lambda service, settings: recorded(aws_client(service, settings), actions))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.engine.environments import ENVIRONMENT_NAME, Environment, load_environment
-from tasks.engine.errors import ConfigError
+from tasks.engine.errors import ConfigError, Interrupted
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, shown_parameters
@@ -47,7 +47,7 @@ def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigge
     parameters = shown_parameters({"environment": name, "git_sha": git_sha, "trigger": trigger},
                                   {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER})
     started, outcome = time.monotonic(), Outcome()
-    with Ended() as ended:
+    with Ended(on_interrupt=lambda: _interrupted(outcome)) as ended:
         env = outcome.environment = load_environment(name)
         check_parameters(git_sha, trigger, None, MIGRATIONS_DIR)
         if env.refresh is None:
@@ -85,7 +85,7 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
                                   {"environment": ENVIRONMENT_NAME, "snapshot_id": SNAPSHOT_ID,
                                    "git_sha": GIT_SHA_PARAMETER})
     started, outcome = time.monotonic(), Outcome()
-    with Ended() as ended:
+    with Ended(on_interrupt=lambda: _interrupted(outcome)) as ended:
         env = outcome.environment = one_database_environment(name)
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
@@ -97,6 +97,15 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
             outcome.step = "restore"
             outcome.result = steps.restore(env, snapshot_id, connection)
     return _announce("restore", name, steps, parameters, outcome, ended, time.monotonic() - started)
+
+
+def _interrupted(outcome: Outcome) -> Interrupted:
+    """Ctrl-C outside the restore-and-swap, which says itself where its copies are (swap.ended_in)."""
+    said = f"interrupted (Ctrl-C) at step {outcome.step}"
+    if outcome.result is None:
+        return Interrupted(f"{said}: nothing was replaced")
+    return Interrupted(f"{said}: {outcome.result.live} was replaced by the refreshed copy, which was not migrated "
+                       "to head: run the environment's staging migration")
 
 
 def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,

@@ -22,7 +22,7 @@ from tasks.engine.logs import Log
 from tasks.engine.processes import child_environment
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
-from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, describe_error
+from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, describe_error, ended_in
 
 APPEAR_POLLS, APPEAR_POLL_SECONDS = 40, 15  # a renamed instance is not found under its new name at once
 
@@ -115,34 +115,51 @@ class RdsInstances:
         host, port = self.endpoint(name)
         return credentials.model_copy(update={"host": host, "port": port})
 
-    def rename(self, name: str, to: str) -> None:
+    def rename(self, name: str, to: str, asked: list[str] | None = None) -> None:
+        """`name` renamed `to`, waited for; `asked` gets `to` once RDS has taken the request."""
         self.plan.check(name, "rename")
         self.plan.check(to, "rename")
         self.log.info("Renaming %s %s to %s", self.names.noun, name, to)
         getattr(self.rds, self.names.modify)(**{self.names.param: name, self.names.new_param: to},
                                              ApplyImmediately=True)
+        if asked is not None:
+            asked.append(to)
         self.wait_available(to)
 
-    def swap(self, plan: SwapPlan) -> None:
+    def rename_command(self, name: str, to: str) -> str:
         cli = self.names.cli
-        rename_back = (f"aws rds modify-{cli} --{cli}-identifier {shlex.quote(plan.old)} "
-                       f"--new-{cli}-identifier {shlex.quote(plan.live)} --apply-immediately")
+        return (f"aws rds modify-{cli} --{cli}-identifier {shlex.quote(name)} --new-{cli}-identifier "
+                f"{shlex.quote(to)} --apply-immediately")
+
+    def swap(self, plan: SwapPlan) -> None:
+        """Two renames, each asked for then waited for (minutes). Whatever stops it, failure or Ctrl-C or a
+        cancellation, the error says where each copy is and the command that puts the live name back; after a
+        failure (not an interrupt: someone wants it to stop) the live name is put back here when it can be."""
+        back, finish = self.rename_command(plan.old, plan.live), self.rename_command(plan.new, plan.live)
+        kept = f"the ready copy {plan.new} was kept"
+        asked: list[str] = []
         try:
-            self.rename(plan.live, plan.old)
-        except Exception as exc:  # noqa: BLE001 - turned into an error that says where things are
-            raise RefreshError(f"renaming {plan.live} to {plan.old} failed: {describe_error(exc)}; "
-                               f"{plan.live} should be unchanged (check it); the ready copy {plan.new} was kept"
-                               ) from None
+            self.rename(plan.live, plan.old, asked)
+        except BaseException as exc:  # noqa: BLE001 - turned into an error that says where things are
+            state = (f"{plan.live} is being renamed {plan.old} (check it): once it is available, rename it back "
+                     f"with {back}" if asked else f"{plan.live} is unchanged")
+            raise ended_in(exc, f"renaming {plan.live} to {plan.old}", f"{state}; {kept}", self.log) from None
         try:
-            self.rename(plan.new, plan.live)
-        except Exception as exc:  # noqa: BLE001
-            try:
-                self.rename(plan.old, plan.live)
-                state = f"{plan.old} was renamed back to {plan.live}"
-            except Exception:  # noqa: BLE001
-                state = f"{plan.live} is now named {plan.old}: rename it back with {rename_back}"
-            raise RefreshError(f"renaming {plan.new} to {plan.live} failed: {describe_error(exc)}; {state}; "
-                               f"the ready copy {plan.new} was kept") from None
+            self.rename(plan.new, plan.live, asked)
+        except BaseException as exc:  # noqa: BLE001
+            if len(asked) == 2:  # the swap was asked for: only its wait did not end
+                state = (f"{plan.new} is being renamed {plan.live} (check it): once it is available the swap is "
+                         f"done, and the replaced copy is {plan.old}")
+            elif isinstance(exc, Exception):
+                try:
+                    self.rename(plan.old, plan.live)
+                    state = f"{plan.old} was renamed back to {plan.live}; {kept}"
+                except Exception:  # noqa: BLE001
+                    state = f"{plan.live} is now named {plan.old}: rename it back with {back}; {kept}"
+            else:
+                state = (f"{plan.live} is now named {plan.old}: rename it back with {back}, or finish the swap "
+                         f"with {finish}; {kept}")
+            raise ended_in(exc, f"renaming {plan.new} to {plan.live}", state, self.log) from None
 
     def delete(self, name: str) -> None:
         self.rds.delete_db_instance(DBInstanceIdentifier=self.plan.check(name, "delete"), SkipFinalSnapshot=True,
@@ -310,7 +327,7 @@ class LocalDatabases:
         rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
         with self.admin.connect() as conn:
             allow(conn, live, False)
-            try:
+            try:  # one transaction: an interrupt rolls both renames back, and the live database is opened again
                 ended = conn.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE datname = %s AND pid <> pg_backend_pid()", (live,)).fetchone()
@@ -318,10 +335,15 @@ class LocalDatabases:
                 with conn.transaction():
                     conn.execute(rename.format(sql.Identifier(live), sql.Identifier(old)))
                     conn.execute(rename.format(sql.Identifier(new), sql.Identifier(live)))
-            except psycopg.Error as exc:
-                allow(conn, live, True)
-                raise RefreshError(f"swapping database names failed: {describe_error(exc)}; {live} is unchanged "
-                                   f"and open again; the ready copy {new} was kept") from None
+            except BaseException as exc:  # noqa: BLE001 - turned into an error that says where things are
+                try:
+                    allow(conn, live, True)
+                    state = f"{live} is unchanged and open again"
+                except (psycopg.Error, KeyboardInterrupt):
+                    state = (f"{live} is unchanged but closed to new sessions: open it with ALTER DATABASE {live} "
+                             "WITH ALLOW_CONNECTIONS true")
+                raise ended_in(exc, "swapping database names", f"{state}; the ready copy {new} was kept",
+                               self.log) from None
             allow(conn, old, True)
 
     def delete(self, name: str) -> None:

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import DATABASE_NAME, RDS_IDENTIFIER
-from tasks.engine.errors import RefreshError
+from tasks.engine.errors import Interrupted, RefreshError
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.naming import Snapshot, SnapshotKind, derived_name
 
@@ -153,7 +153,7 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
     untouched. Returns whether the old copy was deleted.
     """
     noun, created = plan.noun, False
-    try:
+    try:  # Ctrl-C or a cancellation too (BaseException): the half-made copy never outlives the run that made it
         log.info("Restoring snapshot %s into a new %s %s; %s stays untouched until the swap",
                  snapshot.identifier, noun, plan.new, plan.live)
         backend.create(snapshot, plan.new, live)
@@ -161,12 +161,10 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
         backend.finish_restore(snapshot, plan.new, live)
         if prepare is not None:
             prepare(plan.new)
-    except Exception as exc:  # noqa: BLE001 - the new copy is cleaned up, then the failure is raised
+    except BaseException as exc:  # noqa: BLE001 - the new copy is cleaned up, then the failure is raised
         left = _discard(backend, plan, log) if created else f"no {noun} was created"
-        raise RefreshError(
-            f"restoring snapshot {snapshot.identifier} into {noun} {plan.new} failed before the swap: "
-            f"{describe_error(exc)}; {plan.live} is untouched; {left}"
-        ) from None
+        raise ended_in(exc, f"restoring snapshot {snapshot.identifier} into {noun} {plan.new}",
+                       f"{plan.live} is untouched; {left}", log) from None
 
     log.info("Swapping names: %s → %s, %s → %s", plan.live, plan.old, plan.new, plan.live)
     backend.swap(plan)
@@ -181,6 +179,18 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
         return False
     log.info("Deleted the replaced %s %s", noun, plan.old)
     return True
+
+
+def ended_in(exc: BaseException, doing: str, state: str, log: Log) -> BaseException:
+    """What a restore-and-swap raises when `exc` stopped it while `doing`, leaving things as `state` says: a
+    failure becomes a RefreshError; Ctrl-C becomes Interrupted (announced, exit 130); a cancellation (Prefect's
+    TerminationSignal) or an exit goes on as it was, the state logged first for the run's logs."""
+    if isinstance(exc, Exception):
+        return RefreshError(f"{doing} failed: {describe_error(exc)}; {state}")
+    log.error("Stopped while %s: %s", doing, state)
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(f"interrupted (Ctrl-C) while {doing}: {state}")
+    return exc
 
 
 def _discard(backend: Backend, plan: SwapPlan, log: Log) -> str:
