@@ -9,7 +9,7 @@ advisory lock alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
@@ -21,6 +21,15 @@ from tasks.engine.errors import ConfigError
 # The slot's lease: renewed while the run lives; a run killed with its process (kill -9, OOM) frees it when the
 # lease runs out, so the next run waits at most this long (Prefect's default, 300 s, kept it five minutes).
 LEASE_SECONDS = 60
+
+
+def slot(name: str) -> AbstractContextManager[None]:
+    """One slot of the global concurrency limit `name`, held while the run lives. A renewal that fails (the
+    Prefect server restarted: it keeps leases in memory; its API out for a minute) lets the run go on: with
+    `strict=True` Prefect would otherwise cancel it midway, a migration included. The slot only keeps runs from
+    queueing on each other; the database's advisory lock is what keeps two of them off one database."""
+    return concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS,
+                       raise_on_lease_renewal_failure=False)
 
 
 def limit_name(environment: str) -> str:
@@ -35,7 +44,7 @@ def one_run_per_environment(environment: str) -> Iterator[None]:
     name = limit_name(environment)
     with ExitStack() as held:
         try:
-            held.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS))
+            held.enter_context(slot(name))
         except Exception:
             if limit_exists(name):
                 raise

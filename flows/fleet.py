@@ -21,12 +21,11 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.exclusive import LEASE_SECONDS
+from flows.exclusive import slot
 from flows.fleet_hooks import report_fleet_cancellation, report_fleet_crash
 from flows.fleet_target import FLEET_LIMIT
 from flows.observe import ProgressArtifact, run_name
@@ -90,7 +89,7 @@ class PrefectFleetSteps:
         if self.mode == "distributed":
             return self._launch(target, run)
         steps = PrefectSteps()  # in the target's task run: its steps are nested task runs, its logs its own
-        with concurrency(FLEET_LIMIT, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+        with slot(FLEET_LIMIT):
             return run_target(target, steps, run, steps.client)
 
     def _launch(self, target: Target, run: FleetRun) -> TargetResult:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 
 from flows.budget import within_budget
-from flows.exclusive import LEASE_SECONDS
+from flows.exclusive import slot
 from flows.observe import short_sha
 from flows.steps import PrefectSteps
 from tasks.engine.environments import ENVIRONMENT_NAME, load_environment
@@ -55,7 +54,7 @@ def migrate_target_flow(
         dry_run: plan only; nothing is snapshotted or applied (a dry fleet run's targets are dry too).
     """
     steps = PrefectSteps()
-    with within_budget(environment), concurrency(FLEET_LIMIT, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+    with within_budget(environment), slot(FLEET_LIMIT):
         result = migrate_one_target(
             load_environment(environment),
             target_name,

@@ -89,3 +89,31 @@ def test_a_deployment_run_whose_limit_is_missing_is_told_the_command_that_makes_
     assert entered == ["with its limit"]
     assert main(["setup-prefect", "local-fleet-tenant-99"]) == 2  # no such target: a typo, no limit made
     assert "local-fleet-tenant-99" in capsys.readouterr().err and "db-migrate-local-fleet-tenant-99" not in limits()
+
+
+def test_a_run_holding_its_limit_goes_on_when_the_lease_cannot_be_renewed(prefect_api, monkeypatch) -> None:
+    """The self-hosted server keeps leases in memory: restarted (an upgrade, an OOM kill) or out for a minute,
+    it answers every renewal with an error. Prefect then cancels a strict holder in its main thread, midway
+    through whatever it runs, a migration included; the run goes on instead (the database's advisory lock is
+    what keeps runs apart). The renewal fails here as it does then: from the server, at once, every time."""
+    import time
+
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.concurrency import _leases
+
+    from flows.exclusive import one_run_per_environment
+
+    def gone(self, lease_id, lease_duration) -> None:
+        raise RuntimeError("410 Gone: Lease not found (the server restarted)")
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(uuid.uuid4()))
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", gone)
+    monkeypatch.setattr(_leases, "_RENEWAL_RETRY_BASE_DELAY", 0.01)
+    environment = f"e{uuid.uuid4().hex[:6]}"
+    setup_prefect([environment], work_pool=f"p-{uuid.uuid4().hex[:8]}")
+    steps = []
+    with one_run_per_environment(environment):
+        for step in range(30):  # 3 s of work, in steps a cancellation would cut
+            time.sleep(0.1)
+            steps.append(step)
+    assert len(steps) == 30
