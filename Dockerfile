@@ -67,4 +67,5 @@ ENV VIRTUAL_ENV=/opt/venv \
 USER 10001:10001
 WORKDIR /home/prefect
 
-CMD ["prefect", "worker", "start", "--pool", "rds-migrations"]
+# `docker run IMAGE`: a worker of the ECS pool deployments/prefect.ecs.yaml deploys to (run it as an ECS service).
+CMD ["prefect", "worker", "start", "--pool", "rds-migrations-ecs", "--type", "ecs"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from flows.cli_common import catalog_of, connection_of, emit, environment_of
 from tasks.engine.environments import Environment
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from tasks.engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, UsageError
 from tasks.engine.fleet.targets import environment_named, one_database_environment
 from tasks.engine.git import head_sha
 
@@ -131,16 +131,35 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_setup_prefect(args: argparse.Namespace) -> int:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
     from flows.setup import FLOW_RUN_COMMAND, setup_prefect
+    from flows.trigger_api import check_api_url, shown_url
 
     for name in args.environments:
         environment_named(name)  # a typo is a usage error, not a limit nobody uses; a fleet's target is one
+    api = PREFECT_API_URL.value()  # as Prefect reads it: the environment, then the active profile
+    if api:
+        check_api_url(api)
+    else:  # Prefect would start a temporary server, set it up, throw it away and say "created"
+        raise ConfigError("setup-prefect sets up a Prefect server, and none is named: set PREFECT_API_URL (and "
+                          "PREFECT_API_KEY for Prefect Cloud), e.g. PREFECT_API_URL=http://127.0.0.1:4200/api; "
+                          "nothing was created")
     command = FLOW_RUN_COMMAND if args.flow_run_command is None else args.flow_run_command
-    print("\n".join(setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
-                                  flow_run_command=command, alerts_block=args.alerts_block,
-                                  crash_report_seconds=args.crash_report_seconds,
-                                  pending_seconds=args.pending_seconds, heartbeat_seconds=args.heartbeat_seconds,
-                                  fleet_limit=args.fleet_limit)))
+    try:
+        done = setup_prefect(args.environments, work_pool=args.work_pool, pool_type=args.pool_type,
+                             flow_run_command=command, alerts_block=args.alerts_block,
+                             crash_report_seconds=args.crash_report_seconds, pending_seconds=args.pending_seconds,
+                             heartbeat_seconds=args.heartbeat_seconds, fleet_limit=args.fleet_limit)
+    except httpx.HTTPStatusError as exc:  # a wrong key (401), a URL that is not the API (404)
+        raise ConfigError(f"the Prefect API at {shown_url(api)} answered {exc.response.status_code} to "
+                          f"{exc.request.method} {exc.request.url.path}: check PREFECT_API_URL and PREFECT_API_KEY"
+                          ) from None
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the Prefect API at {shown_url(api)} ({type(exc).__name__}): is "
+                          "PREFECT_API_URL right and the server up?") from None
+    print("\n".join(done))
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ import time
 import uuid
 from datetime import datetime
 from typing import IO, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from flows.trigger_api import (
     Api,
@@ -47,6 +47,7 @@ from flows.trigger_api import (
     ApiUnavailable,
     NotFound,
     api_settings,
+    check_api_url,
     parse_params,
     refuse_credentials,
     typed_parameters,
@@ -134,8 +135,7 @@ def trigger(deployment: str, parameters: dict[str, Any], *, timeout: float | Non
         if not api_url:
             raise ConfigError("PREFECT_API_URL is not set (and no Prefect profile names an API): the trigger needs "
                               "a Prefect server or Prefect Cloud, e.g. PREFECT_API_URL=http://127.0.0.1:4200/api")
-        if urlsplit(api_url).scheme not in ("http", "https"):
-            raise ConfigError("PREFECT_API_URL must be an http(s) URL ending in /api")
+        check_api_url(api_url)
         if timeout is not None and not timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
         refuse_credentials({"deployment name": deployment, **parameters}, api_key)

@@ -63,6 +63,20 @@ def _active_profile(environ: dict[str, str]) -> dict[str, Any]:
     return profile if isinstance(profile, dict) else {}
 
 
+def check_api_url(url: str) -> str:
+    """`url` when it can be an API's (http or https, a host, a number for a port); else ConfigError, without
+    repeating it (it may hold a key someone pasted)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read to be checked: a port that is not a number raises here
+    except ValueError:
+        raise ConfigError("PREFECT_API_URL is not a URL (a malformed host or port): e.g. "
+                          "http://127.0.0.1:4200/api") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("PREFECT_API_URL must be an http(s) URL ending in /api")
+    return url
+
+
 def shown_url(url: str) -> str:
     """The API URL as printed: no user info, no query."""
     parts = urlsplit(url)

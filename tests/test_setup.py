@@ -117,3 +117,20 @@ def test_a_run_holding_its_limit_goes_on_when_the_lease_cannot_be_renewed(prefec
             time.sleep(0.1)
             steps.append(step)
     assert len(steps) == 30
+
+
+def test_setup_prefect_without_a_server_or_with_one_out_of_reach_says_so_and_creates_nothing(tmp_path) -> None:
+    """Without PREFECT_API_URL, Prefect would start a temporary server, set it up, throw it away and print
+    "created": a CI job missing its secret went green having set up nothing. A server out of reach, or a URL
+    that is not one, is one line, exit 2, where it was a traceback."""
+    from tasks.engine.server_binaries import free_port
+    from tests.helpers import PROJECT, cli
+
+    bare = {"PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": "", "PREFECT_PROFILES_PATH": str(tmp_path / "p.toml")}
+    for env, said in ((bare, "none is named: set PREFECT_API_URL"),
+                      ({**bare, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"},
+                       "cannot reach the Prefect API at http://127.0.0.1:"),
+                      ({**bare, "PREFECT_API_URL": "http://prefect:port/api"}, "PREFECT_API_URL is not a URL")):
+        done = cli("setup-prefect", "staging", cwd=PROJECT, env=env)
+        assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+        assert said in done.stderr and "Traceback" not in done.stderr and "created" not in done.stdout

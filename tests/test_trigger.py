@@ -292,6 +292,13 @@ def test_an_unreachable_api_or_none_at_all_exits_2_with_one_line(monkeypatch: py
     assert trigger("a/b", {}, timeout=60, api_url=None, api_key=None, out=io.StringIO(), err=err, environ={}) == 2
     assert "PREFECT_API_URL is not set" in err.getvalue()
 
+    for malformed in ("http://prefect:abc/api", "http://[::1/api", "http://prefect:99999/api", "http:///api"):
+        err = io.StringIO()  # each used to end in a ValueError's traceback, exit 1
+        code = trigger("a/b", {}, timeout=60, api_url=malformed, api_key=None, out=io.StringIO(), err=err,
+                       environ={})
+        assert code == 2 and len(err.getvalue().splitlines()) == 1, (malformed, err.getvalue())
+        assert "PREFECT_API_URL" in err.getvalue() and malformed not in err.getvalue()
+
 
 def test_the_command_starts_without_importing_prefect() -> None:
     code = ("import sys, flows.trigger as t; t.api_settings(); t.refuse_credentials({'a': 'b'}, None); "
