@@ -371,14 +371,18 @@ def test_an_intact_copy_passes_every_check(tmp_path: Path) -> None:
 
 # ---- the scripts inside the workflows, run for real ----
 
-def run_step(script: str, tmp_path: Path, **env: str) -> dict[str, str]:
-    """Run a `run:` script as GitHub does (bash -eo pipefail); return what it wrote to $GITHUB_OUTPUT."""
+def run_step(script: str, tmp_path: Path, *, fails: bool = False, **env: str) -> dict[str, str]:
+    """Run a `run:` script as GitHub does (bash -eo pipefail); return what it wrote to $GITHUB_OUTPUT (with
+    `fails`: the step must fail, and what it printed is returned as `stdout`)."""
     (tmp_path / "step.sh").write_text(script)
     output = tmp_path / "github_output"
     output.write_text("")
     done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(tmp_path / "step.sh")],
                           env={**os.environ, "GITHUB_OUTPUT": str(output), **env}, cwd=env.get("CWD", tmp_path),
                           capture_output=True, text=True, timeout=60)
+    if fails:
+        assert done.returncode != 0 and output.read_text() == "", done.stdout + done.stderr
+        return {"stdout": done.stdout}
     assert done.returncode == 0, done.stdout + done.stderr
     return dict(re.findall(r"^(\w+)=(.*)$", output.read_text(), re.M)) | {
         m.group(1): m.group(3) for m in re.finditer(r"^(\w+)<<(\S+)\n(.*?)\n\2$", output.read_text(), re.M | re.S)}
@@ -403,12 +407,15 @@ def pushes(tmp_path: Path) -> Callable[..., dict[str, str]]:
         subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
         return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-    def push(*files: str, before: str | None = None, last_success: str = "", **env: str) -> dict[str, str]:
+    def push(*files: str, before: str | None = None, last_success: str = "", fails: bool = False,
+             **env: str) -> dict[str, str]:
         base = before if before is not None else commit("README.md")
         head = commit(*files) if files else base
         defaults = {"EVENT": "push", "BEFORE": base, "GITHUB_SHA": head, "GITHUB_REF": "refs/heads/main",
-                    "DEPLOY_REQUESTED": "", "LAST_SUCCESS": last_success}
-        return run_step(script, tmp_path, CWD=str(repo), PATH=f"{bin_dir}:{os.environ['PATH']}", **(defaults | env))
+                    "DEPLOY_REQUESTED": "", "LAST_SUCCESS": last_success, "TARGET_ENVIRONMENT": "",
+                    "DRY_RUN": ""}
+        return run_step(script, tmp_path, fails=fails, CWD=str(repo), PATH=f"{bin_dir}:{os.environ['PATH']}",
+                        **(defaults | env))
 
     push.commit = commit  # type: ignore[attr-defined]
     return push
@@ -441,6 +448,36 @@ def test_changes_covers_what_runs_since_the_last_successful_one_left_undone(push
 def test_a_manual_run_migrates_and_deploys_only_from_main(pushes, ref: str, deploy: str) -> None:
     assert pushes(EVENT="workflow_dispatch", DEPLOY_REQUESTED="true", GITHUB_REF=ref) == {
         "deploy": deploy, "migrate": "true"}
+
+
+def test_production_is_migrated_by_hand_from_main_only_or_as_a_dry_run(pushes) -> None:
+    """From another branch its tip would be the commit applied: migrations nobody reviewed, on production."""
+    topic = {"EVENT": "workflow_dispatch", "GITHUB_REF": "refs/heads/topic", "TARGET_ENVIRONMENT": "production"}
+    refused = pushes(fails=True, **topic, DRY_RUN="false")
+    assert "::error::production is migrated from main only" in refused["stdout"]
+    assert pushes(**topic, DRY_RUN="true") == {"deploy": "false", "migrate": "true"}
+    assert pushes(**topic | {"TARGET_ENVIRONMENT": "staging"}, DRY_RUN="false") == {
+        "deploy": "false", "migrate": "true"}
+    assert pushes(**topic | {"GITHUB_REF": "refs/heads/main"}, DRY_RUN="false") == {
+        "deploy": "false", "migrate": "true"}
+
+
+def test_a_rerun_of_an_older_push_a_later_run_went_past_does_nothing(pushes) -> None:
+    """Deploying its checkout would put older deployments back, and migrating its commit would fail on
+    production's newer history (and tell the team)."""
+    before = pushes.commit("README.md")
+    old = pushes.commit("migrations/0002.a.sql", "flows/production.py")
+    later = pushes.commit("migrations/0003.b.sql")
+    assert pushes(before=before, GITHUB_SHA=old, last_success=later) == {"deploy": "false", "migrate": "false"}
+    assert pushes(before=before, GITHUB_SHA=old, last_success=before) == {"deploy": "true", "migrate": "true"}
+
+
+def test_a_manual_run_never_shares_a_concurrency_group_with_a_push() -> None:
+    """GitHub cancels a pending job when another joins its group: a dispatch, even a dry run, would cancel
+    the migration a push queued, and the merge would wait for the next push."""
+    jobs = yaml.safe_load((PROJECT / ".github/workflows/migrate.yml").read_text())["jobs"]
+    for job in ("deploy", "migrate"):
+        assert jobs[job]["concurrency"]["group"].endswith("-${{ github.event_name }}"), job
 
 
 def test_the_report_reaches_the_summary_and_the_comment_job_cut_to_a_comment_size(tmp_path: Path) -> None:
