@@ -523,6 +523,13 @@ def rds_refresh(aws: Aws, target: Environment, source: Environment, **overrides:
 
 
 def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, caplog) -> None:
+    """The new copy takes staging's settings and tags, not production's nor RDS's defaults (a copy came back
+    single-AZ, without IAM authentication and without the team's tags); the replaced copy is marked."""
+    [live] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-staging")["DBInstances"]
+    aws.rds.modify_db_instance(DBInstanceIdentifier="app-staging", MultiAZ=True, EnableIAMDatabaseAuthentication=True,
+                               CopyTagsToSnapshot=True, ApplyImmediately=True)
+    aws.rds.add_tags_to_resource(ResourceName=live["DBInstanceArn"], Tags=[{"Key": "team", "Value": "payments"}])
+    aws.calls.clear()
     caplog.set_level(logging.DEBUG)
     result = rds_refresh(aws, *rds_environments(aws.endpoint))
 
@@ -530,7 +537,10 @@ def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, ca
         ("RestoreDBInstanceFromDBSnapshot", {
             "DBInstanceIdentifier": NEW, "DBSnapshotIdentifier": "rdsm-production-bbbbbbb-20261124t010000",
             "DBInstanceClass": "db.t3.micro", "DBSubnetGroupName": "staging-subnets",
-            "VpcSecurityGroupIds": [aws.security_group], "DBParameterGroupName": "staging-pg15", "Tags": [
+            "VpcSecurityGroupIds": [aws.security_group], "DBParameterGroupName": "staging-pg15", "Port": 5432,
+            "MultiAZ": True, "EnableIAMDatabaseAuthentication": True,
+            "CopyTagsToSnapshot": True, "Tags": [
+                {"Key": "team", "Value": "payments"},
                 {"Key": "rds-migrations:managed-by", "Value": "rds-migrations"},
                 {"Key": "rds-migrations:refreshed-from", "Value": "production"}]}),
         ("ModifyDBInstance", {"DBInstanceIdentifier": NEW, "MasterUserPassword": STAGING_PASSWORD,
@@ -541,6 +551,8 @@ def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, ca
                               "ApplyImmediately": True}),
         ("ModifyDBInstance", {"DBInstanceIdentifier": NEW, "NewDBInstanceIdentifier": "app-staging",
                               "ApplyImmediately": True}),
+        ("AddTagsToResource", {"ResourceName": live["DBInstanceArn"].replace("app-staging", OLD),
+                               "Tags": [{"Key": "rds-migrations:replaced-by", "Value": "app-staging"}]}),
         ("DeleteDBInstance", {"DBInstanceIdentifier": OLD, "SkipFinalSnapshot": True,
                               "DeleteAutomatedBackups": True}),
     ]
@@ -684,7 +696,7 @@ def test_aurora_refresh_restores_a_cluster_adds_a_writer_and_swaps_cluster_names
             "DBClusterIdentifier": NEW, "SnapshotIdentifier": "rdsm-production-ccccccc-20261124t010000",
             "Engine": "aurora-postgresql", "EngineVersion": "15.4", "DBSubnetGroupName": "staging-subnets",
             "VpcSecurityGroupIds": [aws.security_group], "DBClusterParameterGroupName": "staging-apg15",
-            "Tags": ANY}),
+            "Port": 5432, "EnableIAMDatabaseAuthentication": False, "CopyTagsToSnapshot": False, "Tags": ANY}),
         ("CreateDBInstance", {"DBInstanceIdentifier": f"app-staging-writer-{STAMP1}", "DBClusterIdentifier": NEW,
                               "DBInstanceClass": "db.r6g.large", "Engine": "aurora-postgresql", "Tags": ANY}),
         ("ModifyDBCluster", {"DBClusterIdentifier": NEW, "MasterUserPassword": STAGING_PASSWORD,
@@ -694,6 +706,8 @@ def test_aurora_refresh_restores_a_cluster_adds_a_writer_and_swaps_cluster_names
                              "ApplyImmediately": True}),
         ("ModifyDBCluster", {"DBClusterIdentifier": NEW, "NewDBClusterIdentifier": "app-staging",
                              "ApplyImmediately": True}),
+        ("AddTagsToResource", {"ResourceName": ANY, "Tags": [{"Key": "rds-migrations:replaced-by",
+                                                              "Value": "app-staging"}]}),
         ("DeleteDBCluster", {"DBClusterIdentifier": OLD, "SkipFinalSnapshot": True}),
     ]
     # Only staging's instances are ever deleted (the emulator loses track of members across a rename).

@@ -153,7 +153,17 @@ def test_a_restored_database_keeps_its_owner_access_and_settings(local: Local) -
 
 
 def test_rds_restore_calls_in_order_restore_then_rename_and_keep(aws: Aws) -> None:
+    """Production comes back as it was: its settings and tags (a fleet's `app` tag included), and its deletion
+    protection from the moment it takes the live name. The replaced copy is marked, so that a fleet found by
+    tag does not migrate it as a target."""
+    from tasks.engine.fleet.config import TagDiscovery
+    from tasks.engine.fleet.discovery import discover
+
     [live] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-production")["DBInstances"]
+    aws.rds.modify_db_instance(DBInstanceIdentifier="app-production", DeletionProtection=True, MultiAZ=True,
+                               ApplyImmediately=True)
+    aws.rds.add_tags_to_resource(ResourceName=live["DBInstanceArn"], Tags=[{"Key": "app", "Value": "tenants"}])
+    aws.calls.clear()
 
     result = restore(aws, SNAPSHOT)
 
@@ -162,16 +172,25 @@ def test_rds_restore_calls_in_order_restore_then_rename_and_keep(aws: Aws) -> No
             "DBInstanceIdentifier": RESTORED, "DBSnapshotIdentifier": SNAPSHOT,
             "DBInstanceClass": "db.r6g.large",  # production's own settings, not staging's
             "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live["VpcSecurityGroups"]],
-            "DBParameterGroupName": live["DBParameterGroups"][0]["DBParameterGroupName"],
-            "Tags": [{"Key": "rds-migrations:managed-by", "Value": "rds-migrations"},
+            "DBParameterGroupName": live["DBParameterGroups"][0]["DBParameterGroupName"], "Port": 5432,
+            "MultiAZ": True, "EnableIAMDatabaseAuthentication": False, "CopyTagsToSnapshot": False,
+            "Tags": [{"Key": "app", "Value": "tenants"},
+                     {"Key": "rds-migrations:managed-by", "Value": "rds-migrations"},
                      {"Key": "rds-migrations:restored-from", "Value": SNAPSHOT}]}),
         ("ModifyDBInstance", {"DBInstanceIdentifier": "app-production", "NewDBInstanceIdentifier": OLD,
                               "ApplyImmediately": True}),
         ("ModifyDBInstance", {"DBInstanceIdentifier": RESTORED, "NewDBInstanceIdentifier": "app-production",
-                              "ApplyImmediately": True}),
+                              "ApplyImmediately": True, "DeletionProtection": True}),
+        ("AddTagsToResource", {"ResourceName": live["DBInstanceArn"].replace("app-production", OLD),
+                               "Tags": [{"Key": "rds-migrations:replaced-by", "Value": "app-production"}]}),
     ]  # no password reset, nothing deleted
     assert aws.instances() == ["app-production", OLD, "app-staging"]
     assert (result.live, result.new, result.old, result.old_deleted) == ("app-production", RESTORED, OLD, False)
+    [restored] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-production")["DBInstances"]
+    assert restored["DeletionProtection"] and restored["MultiAZ"]
+    fleet = discover(TagDiscovery(kind="rds_instances", tags={"app": "tenants"}, credentials="master_secret"),
+                     aws.rds)
+    assert [target.name for target in fleet] == ["app-production"]  # not the replaced copy, which is tagged too
 
 
 def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> None:
@@ -189,7 +208,9 @@ def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> No
         ("RestoreDBClusterFromSnapshot", {"DBClusterIdentifier": RESTORED, "SnapshotIdentifier": SNAPSHOT,
                                           "Engine": "aurora-postgresql", "EngineVersion": live["EngineVersion"],
                                           "DBSubnetGroupName": live["DBSubnetGroup"],
-                                          "DBClusterParameterGroupName": live["DBClusterParameterGroup"]}),
+                                          "DBClusterParameterGroupName": live["DBClusterParameterGroup"],
+                                          "Port": 5432, "EnableIAMDatabaseAuthentication": False,
+                                          "CopyTagsToSnapshot": False}),
         ("CreateDBInstance", {"DBInstanceIdentifier": f"app-production-writer-{STAMP1}",
                               "DBClusterIdentifier": RESTORED, "DBInstanceClass": "db.r6g.xlarge",
                               "Engine": "aurora-postgresql"}),
@@ -197,6 +218,7 @@ def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> No
                              "ApplyImmediately": True}),
         ("ModifyDBCluster", {"DBClusterIdentifier": RESTORED, "NewDBClusterIdentifier": "app-production",
                              "ApplyImmediately": True}),
+        ("AddTagsToResource", {"ResourceName": live["DBClusterArn"].replace("app-production", OLD)}),  # marked
     ]
 
 

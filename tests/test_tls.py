@@ -37,8 +37,8 @@ from tasks.engine.errors import (
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.rehearsal import rehearse
-from tasks.engine.snapshots.backends import LocalDatabases
 from tasks.engine.snapshots.dumps import take_dump
+from tasks.engine.snapshots.local_copies import LocalDatabases
 from tasks.engine.snapshots.naming import snapshot_tags
 from tasks.engine.snapshots.swap import LiveCopy, SwapPlan
 from tests.conftest import CANARY_PASSWORD, fresh_database

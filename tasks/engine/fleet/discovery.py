@@ -15,7 +15,7 @@ from tasks.engine.aws import error_code
 from tasks.engine.errors import ConfigError
 from tasks.engine.fleet.config import TagDiscovery
 from tasks.engine.logs import Log
-from tasks.engine.snapshots.rds import CLUSTER, INSTANCE
+from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, REPLACED_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ def discover(discovery: TagDiscovery, rds: Any, log: Log = logger) -> list[Disco
     for resource in _described(api, rds):
         tags = _tags(resource)
         if any(tags.get(key) != value for key, value in discovery.tags.items()):
+            continue
+        if REPLACED_TAG in tags:  # the old copy a restore kept: it carries the live one's tags
+            log.info("%s %s was replaced by a restore (it is tagged %s=%s): left out", api.noun,
+                     resource.get(api.param), REPLACED_TAG, tags[REPLACED_TAG])
             continue
         if discovery.kind == "rds_instances" and resource.get("DBClusterIdentifier"):
             continue  # an Aurora cluster's member: the cluster is the target, not its instances

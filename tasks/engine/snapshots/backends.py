@@ -1,30 +1,37 @@
-"""The three kinds a restore-and-swap works on (the `Backend` contract is in swap.py): RDS DB instances,
-Aurora DB clusters, and local databases restored from pg_dump files."""
+"""The three kinds a restore-and-swap works on (the `Backend` contract is in swap.py): RDS DB instances and
+Aurora DB clusters here, local databases restored from pg_dump files in local_copies.py."""
 
 from __future__ import annotations
 
 import logging
 import shlex
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
 from pydantic import SecretStr
 
-from tasks.engine.clients import client_binary, dumped_by
 from tasks.engine.connection import Connection
-from tasks.engine.errors import RefreshError, redact
+from tasks.engine.errors import RefreshError
 from tasks.engine.logs import Log
-from tasks.engine.processes import child_environment
 from tasks.engine.snapshots.naming import Snapshot
-from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
+from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, REPLACED_TAG, RdsApi, waiter_config
 from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, describe_error, ended_in
 
 APPEAR_POLLS, APPEAR_POLL_SECONDS = 40, 15  # a renamed instance is not found under its new name at once
+
+
+def _own_option_group(live: dict) -> str | None:
+    """The live instance's option group, unless it is the engine's default (which a restore takes anyway)."""
+    name = (live.get("OptionGroupMemberships") or [{}])[0].get("OptionGroupName")
+    return None if not name or name.startswith("default:") else name
+
+
+def carried_tags(live: dict) -> list[dict[str, str]]:
+    """The live copy's own tags, for the copy replacing it (cost allocation, a fleet's tags): not AWS's, not
+    ours (the new copy gets its own)."""
+    return [tag for tag in live.get("TagList") or []
+            if not tag.get("Key", "").startswith(("aws:", "rds-migrations:"))]
 
 
 @contextmanager
@@ -71,13 +78,25 @@ class RdsInstances:
             "DBSubnetGroupName": (live.get("DBSubnetGroup") or {}).get("DBSubnetGroupName"),
             "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live.get("VpcSecurityGroups", [])],
             "DBParameterGroupName": (live.get("DBParameterGroups") or [{}])[0].get("DBParameterGroupName"),
+            "OptionGroupName": _own_option_group(live),
+            "Port": (live.get("Endpoint") or {}).get("Port"),
+            "EnableCloudwatchLogsExports": live.get("EnabledCloudwatchLogsExports"),
+            "Tags": carried_tags(live),
         }
-        return LiveCopy({k: v for k, v in settings.items() if v}, live.get("MasterUsername"))
+        # What RDS would otherwise take from its defaults, not from the live copy: a production instance came
+        # back single-AZ, reachable from the internet where the subnets allow it, without IAM authentication.
+        flags = {key: bool(live[field]) for key, field in (
+            ("MultiAZ", "MultiAZ"), ("PubliclyAccessible", "PubliclyAccessible"),
+            ("EnableIAMDatabaseAuthentication", "IAMDatabaseAuthenticationEnabled"),
+            ("CopyTagsToSnapshot", "CopyTagsToSnapshot")) if field in live}
+        return LiveCopy({k: v for k, v in settings.items() if v} | flags, live.get("MasterUsername"),
+                        bool(live.get("DeletionProtection")))
 
     def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
+        settings = {k: v for k, v in live.settings.items() if k != "Tags"}
         self.rds.restore_db_instance_from_db_snapshot(
             DBInstanceIdentifier=self.plan.check(name, "create"), DBSnapshotIdentifier=snapshot.identifier,
-            Tags=self.tags, **live.settings,
+            Tags=live.settings.get("Tags", []) + self.tags, **settings,
         )
 
     def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
@@ -115,13 +134,14 @@ class RdsInstances:
         host, port = self.endpoint(name)
         return credentials.model_copy(update={"host": host, "port": port})
 
-    def rename(self, name: str, to: str, asked: list[str] | None = None) -> None:
-        """`name` renamed `to`, waited for; `asked` gets `to` once RDS has taken the request."""
+    def rename(self, name: str, to: str, asked: list[str] | None = None, **changes: object) -> None:
+        """`name` renamed `to` (with `changes`, e.g. DeletionProtection), waited for; `asked` gets `to` once RDS
+        has taken the request."""
         self.plan.check(name, "rename")
         self.plan.check(to, "rename")
         self.log.info("Renaming %s %s to %s", self.names.noun, name, to)
         getattr(self.rds, self.names.modify)(**{self.names.param: name, self.names.new_param: to},
-                                             ApplyImmediately=True)
+                                             ApplyImmediately=True, **changes)
         if asked is not None:
             asked.append(to)
         self.wait_available(to)
@@ -131,7 +151,7 @@ class RdsInstances:
         return (f"aws rds modify-{cli} --{cli}-identifier {shlex.quote(name)} --new-{cli}-identifier "
                 f"{shlex.quote(to)} --apply-immediately")
 
-    def swap(self, plan: SwapPlan) -> None:
+    def swap(self, plan: SwapPlan, live: LiveCopy) -> None:
         """Two renames, each asked for then waited for (minutes). Whatever stops it, failure or Ctrl-C or a
         cancellation, the error says where each copy is and the command that puts the live name back; after a
         failure (not an interrupt: someone wants it to stop) the live name is put back here when it can be."""
@@ -144,8 +164,9 @@ class RdsInstances:
             state = (f"{plan.live} is being renamed {plan.old} (check it): once it is available, rename it back "
                      f"with {back}" if asked else f"{plan.live} is unchanged")
             raise ended_in(exc, f"renaming {plan.live} to {plan.old}", f"{state}; {kept}", self.log) from None
-        try:
-            self.rename(plan.new, plan.live, asked)
+        protect = {"DeletionProtection": True} if live.deletion_protection else {}
+        try:  # deletion protection comes with the live name: until now the copy could be discarded
+            self.rename(plan.new, plan.live, asked, **protect)
         except BaseException as exc:  # noqa: BLE001
             if len(asked) == 2:  # the swap was asked for: only its wait did not end
                 state = (f"{plan.new} is being renamed {plan.live} (check it): once it is available the swap is "
@@ -160,6 +181,18 @@ class RdsInstances:
                 state = (f"{plan.live} is now named {plan.old}: rename it back with {back}, or finish the swap "
                          f"with {finish}; {kept}")
             raise ended_in(exc, f"renaming {plan.new} to {plan.live}", state, self.log) from None
+        self.mark_replaced(plan)
+
+    def mark_replaced(self, plan: SwapPlan) -> None:
+        """Tag the replaced copy so a fleet found by tag leaves it out: it still carries the fleet's tags."""
+        self.plan.check(plan.old, "modify")
+        try:
+            arn = (self.describe(plan.old) or {})[self.names.resource_arn_key]
+            self.rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": REPLACED_TAG, "Value": plan.live}])
+        except Exception as exc:  # noqa: BLE001 - the swap is done; a missing mark is said, not fatal
+            self.log.warning("%s %s was replaced, but its old copy %s could not be tagged %s (%s): a fleet found "
+                             "by tag would take it for a target; tag it by hand, or delete it",
+                             self.names.noun, plan.live, plan.old, REPLACED_TAG, describe_error(exc))
 
     def delete(self, name: str) -> None:
         self.rds.delete_db_instance(DBInstanceIdentifier=self.plan.check(name, "delete"), SkipFinalSnapshot=True,
@@ -184,16 +217,25 @@ class AuroraClusters(RdsInstances):
             "DBSubnetGroupName": live.get("DBSubnetGroup"),
             "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in live.get("VpcSecurityGroups", [])],
             "DBClusterParameterGroupName": live.get("DBClusterParameterGroup"),
+            "Port": live.get("Port"),
+            "EnableCloudwatchLogsExports": live.get("EnabledCloudwatchLogsExports"),
+            # A Serverless v2 cluster's writer (db.serverless) cannot be added to a cluster without its range.
+            "ServerlessV2ScalingConfiguration": {k: v for k, v in (
+                live.get("ServerlessV2ScalingConfiguration") or {}).items() if k in ("MinCapacity", "MaxCapacity")},
+            "Tags": carried_tags(live),
         }
-        settings = {k: v for k, v in settings.items() if v}
+        flags = {key: bool(live[field]) for key, field in (
+            ("EnableIAMDatabaseAuthentication", "IAMDatabaseAuthenticationEnabled"),
+            ("CopyTagsToSnapshot", "CopyTagsToSnapshot")) if field in live}
+        settings = {k: v for k, v in settings.items() if v} | flags
         settings["writer"] = {"DBInstanceClass": writer["DBInstanceClass"], "Engine": live.get("Engine")}
-        return LiveCopy(settings, live.get("MasterUsername"))
+        return LiveCopy(settings, live.get("MasterUsername"), bool(live.get("DeletionProtection")))
 
     def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
-        settings = {k: v for k, v in live.settings.items() if k != "writer"}
+        settings = {k: v for k, v in live.settings.items() if k not in ("writer", "Tags")}
         self.rds.restore_db_cluster_from_snapshot(
             DBClusterIdentifier=self.plan.check(name, "create"), SnapshotIdentifier=snapshot.identifier,
-            Tags=self.tags, **settings,
+            Tags=live.settings.get("Tags", []) + self.tags, **settings,
         )
 
     def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
@@ -223,140 +265,13 @@ class AuroraClusters(RdsInstances):
         self.rds.delete_db_cluster(DBClusterIdentifier=name, SkipFinalSnapshot=True)
 
 
-# Settings whose value is a list of names, each quoted on its own (pg_dump's variable_is_guc_list_quote).
-_NAME_LISTS = {"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"}
-
-
-class LocalDatabases:
-    """The local kind: pg_dump files restored with pg_restore into a new database on the same server, swapped
-    with ALTER DATABASE ... RENAME."""
-
-    def __init__(self, credentials: Connection, plan: SwapPlan, log: Log) -> None:
-        self.plan, self.log = plan, log
-        self.credentials = credentials
-        self.admin = credentials.with_database("postgres")  # a database is renamed from another one
-
-    def _exists(self, conn: psycopg.Connection, name: str) -> bool:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-    def inspect(self) -> LiveCopy:
-        with self.admin.connect() as conn:
-            if not self._exists(conn, self.plan.live):
-                raise RefreshError(f"database {self.plan.live} not found on {self.admin.describe()}: "
-                                   "nothing was changed")
-            for name in (self.plan.new, self.plan.old):
-                if self._exists(conn, name):
-                    raise RefreshError(f"database {name} already exists: nothing was changed; drop it or run "
-                                       "again in a second (the names hold the time)")
-        return LiveCopy({})
-
-    def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.plan.check(name, "create"))))
-
-    def _like_the_live_one(self, conn: psycopg.Connection, name: str) -> None:
-        """The new database gets what a dump does not carry (it holds the objects in one database, not the
-        database itself): the live one's owner, who may connect (its access privileges: a database closed to
-        PUBLIC stays closed) and its settings (`ALTER DATABASE … SET`, `ALTER ROLE … IN DATABASE … SET`). What
-        cannot be copied is logged, and the restore goes on."""
-        live, new = sql.Identifier(self.plan.live), sql.Identifier(name)
-        owner, acl = conn.execute("SELECT pg_get_userbyid(datdba), datacl IS NOT NULL FROM pg_database "
-                                  "WHERE datname = %s", (self.plan.live,)).fetchone()  # type: ignore[misc]
-        steps = [sql.SQL("ALTER DATABASE {} OWNER TO {}").format(new, sql.Identifier(owner))]
-        if acl:
-            steps.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(new))
-            for grantee, privilege, grantable in conn.execute(
-                    "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
-                    "a.is_grantable FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s "
-                    "AND a.grantee <> d.datdba", (self.plan.live,)):
-                steps.append(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-                    sql.SQL(privilege), new, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
-                    sql.SQL(" WITH GRANT OPTION" if grantable else "")))
-        # A list of names (search_path) is set as the live value, then taken FROM CURRENT, so it keeps its form
-        # (pg_dump quotes its elements one by one); any other is set to its text (`role` FROM CURRENT would run
-        # the ALTER as that role).
-        for role, settings in conn.execute(
-                "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
-                "FROM pg_db_role_setting s JOIN pg_database d "
-                "ON d.oid = s.setdatabase WHERE d.datname = %s", (self.plan.live,)):
-            where = sql.SQL("ALTER DATABASE {}").format(new) if role is None else sql.SQL(
-                "ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), new)
-            for setting in settings:
-                key, _, value = setting.partition("=")
-                steps.append(sql.SQL("SELECT set_config({}, {}, true); {} SET {} FROM CURRENT").format(
-                    sql.Literal(key), sql.Literal(value), where, sql.Identifier(key)) if key.lower() in _NAME_LISTS
-                    else sql.SQL("{} SET {} TO {}").format(where, sql.Identifier(key), sql.Literal(value)))
-        for step in steps:
-            try:
-                with conn.transaction():
-                    conn.execute(step)
-            except psycopg.Error as exc:
-                self.log.warning("The restored database %s is not quite like %s: %s (%s)", name, live.as_string(conn),
-                                 step.as_string(conn), describe_error(exc))
-
-    def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
-        target = self.credentials.with_database(name)
-        env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
-        # Owners and grants are the source's; the environment's own user owns the restored objects.
-        restore = client_binary("pg_restore", target.tls(), at_least=dumped_by(Path(snapshot.location)))
-        command = [str(restore), "--no-owner", "--no-privileges", "--exit-on-error",
-                   "--no-password", f"--dbname={name}", "--", snapshot.location]
-        self.log.info("pg_restore into database %s", name)
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RefreshError(redact(f"pg_restore into {name} failed (exit {result.returncode}): "
-                                      f"{result.stderr.strip()[-1500:]}", target.password.get_secret_value()))
-        with self.admin.connect() as conn:  # after the restore: a setting may be default_transaction_read_only
-            self._like_the_live_one(conn, name)
-
-    def reset_master_password(self, name: str, password: SecretStr) -> None:
-        """Nothing to do: roles and their passwords belong to the server, and a dump carries none."""
-
-    def connection_to(self, name: str, credentials: Connection) -> Connection:
-        return credentials.with_database(name)
-
-    def swap(self, plan: SwapPlan) -> None:
-        """Both renames in one transaction, after closing the live database to new sessions and ending its
-        current ones (a database cannot be renamed while in use)."""
-        live, old, new = (plan.check(n, "rename") for n in (plan.live, plan.old, plan.new))
-
-        def allow(conn: psycopg.Connection, name: str, allowed: bool) -> None:
-            statement = "ALTER DATABASE {} WITH ALLOW_CONNECTIONS " + ("true" if allowed else "false")
-            conn.execute(sql.SQL(statement).format(sql.Identifier(name)))  # type: ignore[arg-type]
-
-        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
-        with self.admin.connect() as conn:
-            allow(conn, live, False)
-            try:  # one transaction: an interrupt rolls both renames back, and the live database is opened again
-                ended = conn.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()", (live,)).fetchone()
-                self.log.info("Ended %s session(s) on database %s", ended[0] if ended else 0, live)
-                with conn.transaction():
-                    conn.execute(rename.format(sql.Identifier(live), sql.Identifier(old)))
-                    conn.execute(rename.format(sql.Identifier(new), sql.Identifier(live)))
-            except BaseException as exc:  # noqa: BLE001 - turned into an error that says where things are
-                try:
-                    allow(conn, live, True)
-                    state = f"{live} is unchanged and open again"
-                except (psycopg.Error, KeyboardInterrupt):
-                    state = (f"{live} is unchanged but closed to new sessions: open it with ALTER DATABASE {live} "
-                             "WITH ALLOW_CONNECTIONS true")
-                raise ended_in(exc, "swapping database names", f"{state}; the ready copy {new} was kept",
-                               self.log) from None
-            allow(conn, old, True)
-
-    def delete(self, name: str) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(self.plan.check(name, "delete"))))
-
-
 def make_backend(plan: SwapPlan, credentials: Connection | None, rds: Any, wait_seconds: int,
                  tags: dict[str, str], log: Log, sleep: Callable[[float], None]) -> Backend:
     """The backend for the plan's kind; `rds` is a boto3 RDS client (not needed for the local kind), and
     `credentials` reach the local kind's server (not needed for the RDS kinds)."""
     if plan.kind == "pg_dump":
+        from tasks.engine.snapshots.local_copies import LocalDatabases
+
         if credentials is None:
             raise ValueError("the local kind restores into its database's server: credentials are needed")
         return LocalDatabases(credentials, plan, log)

@@ -30,6 +30,7 @@ class RdsApi:
     describe: str
     param: str
     key: str
+    resource_arn_key: str  # the instance's or cluster's own ARN, to tag it
     status_key: str
     not_found: tuple[str, ...]
     modify: str
@@ -107,6 +108,7 @@ INSTANCE = RdsApi(
     describe="describe_db_instances",
     param="DBInstanceIdentifier",
     key="DBInstances",
+    resource_arn_key="DBInstanceArn",
     status_key="DBInstanceStatus",
     not_found=("DBInstanceNotFound", "DBInstanceNotFoundFault"),
     modify="modify_db_instance",
@@ -129,6 +131,7 @@ CLUSTER = RdsApi(
     describe="describe_db_clusters",
     param="DBClusterIdentifier",
     key="DBClusters",
+    resource_arn_key="DBClusterArn",
     status_key="Status",
     not_found=("DBClusterNotFoundFault", "DBClusterNotFound"),
     modify="modify_db_cluster",
@@ -144,6 +147,11 @@ CLUSTER = RdsApi(
     quota_name="ManualClusterSnapshots",
     delete_snapshot_command="aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier",
 )
+
+
+# On the copy a restore-and-swap replaced (backends.py): fleet discovery leaves it out, as it still carries the
+# live copy's tags, a fleet's included.
+REPLACED_TAG = "rds-migrations:replaced-by"
 
 
 def api_for(kind: str) -> RdsApi:

@@ -46,8 +46,10 @@ class Backend(Protocol):
     def connection_to(self, name: str, credentials: Connection) -> Connection:
         """How to reach the new copy with the environment's credentials."""
 
-    def swap(self, plan: SwapPlan) -> None:
-        """live → old, new → live; on failure, put the live name back where it can, and say where things are."""
+    def swap(self, plan: SwapPlan, live: LiveCopy) -> None:
+        """live → old, new → live (taking on the live copy's deletion protection); on failure, put the live name
+        back where it can, and say where things are. The replaced copy is marked so that no fleet takes it for
+        the live one."""
 
     def delete(self, name: str) -> None:
         """Delete a copy this run made or replaced (checked against the plan)."""
@@ -112,6 +114,7 @@ class LiveCopy:
 
     settings: dict[str, Any]  # restore parameters: instance class, subnet group, security groups, ...
     master_username: str | None = None
+    deletion_protection: bool = False  # set when the copy takes the live name (a copy still deletable before)
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
                        f"{plan.live} is untouched; {left}", log) from None
 
     log.info("Swapping names: %s → %s, %s → %s", plan.live, plan.old, plan.new, plan.live)
-    backend.swap(plan)
+    backend.swap(plan, live)
     if plan.keep_old:
         log.info("Kept the replaced %s as %s", noun, plan.old)
         return False
