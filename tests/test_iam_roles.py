@@ -6,6 +6,7 @@ actions are what is compared here; test_deploy_config.py checks the scopes.)"""
 from __future__ import annotations
 
 import json
+import logging
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -60,7 +61,8 @@ notify = {{ kind = "console" }}
     monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
 
 
-def test_the_restore_role_allows_every_call_a_restore_of_production_makes(aws: Aws, production: None) -> None:
+def test_the_restore_role_allows_every_call_a_restore_of_production_makes(aws: Aws, production: None,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """What every failure notification tells an operator to run. An RDS restore calls the RDS API alone: it
     used to read the database's secret first, which the restore role (rightly) may not."""
     boto3_session = aws_client("secretsmanager", AwsSettings(region="eu-west-1", endpoint_url=aws.endpoint))
@@ -69,11 +71,13 @@ def test_the_restore_role_allows_every_call_a_restore_of_production_makes(aws: A
     actions: set[str] = set()
     steps = DirectSteps(make_client=lambda service, settings: recorded(aws_client(service, settings), actions))
 
-    summary = restore_snapshot("production", SNAPSHOT, steps, git_sha="abc1234")
+    with caplog.at_level(logging.INFO):
+        summary = restore_snapshot("production", SNAPSHOT, steps, git_sha="abc1234")
 
     assert summary.outcome == "succeeded" and summary.result.live == "app-production"
     assert "rds:RestoreDBInstanceFromDBSnapshot" in actions and "rds:ModifyDBInstance" in actions
     assert refused("restore-production", actions) == set(), sorted(actions)
+    assert f"{SNAPSHOT} of app-production" in caplog.text and "UTC, as asked)" in caplog.text  # not "newest"
 
 
 def test_the_refresh_role_allows_every_call_a_refresh_and_its_staging_migration_make(aws: Aws) -> None:

@@ -146,6 +146,26 @@ def test_a_rerun_with_the_same_sha_reuses_the_snapshot(rds, instance, aws_endpoi
     assert len(manual_snapshots(rds)) == 1
 
 
+def test_a_rerun_long_after_takes_a_new_snapshot_so_a_restore_loses_no_more_writes_than_it_must(
+        rds, instance, aws_endpoint, database, tmp_path) -> None:
+    """Reused days later, the first attempt's snapshot would be what the failure message says to restore: every
+    write since it was taken lost. Reuse is for a re-run soon after (`policy.snapshot_reuse_minutes`, 60)."""
+    environment = make_environment(INSTANCE, endpoint=aws_endpoint)
+    now = datetime.now(UTC)  # the emulator stamps a snapshot with the time it is taken
+    first = snap(environment, rds, flow_run_id="run-1", now=now)
+    assert snap(environment, rds, flow_run_id="run-2", now=now + timedelta(minutes=50)).reused
+    later = snap(environment, rds, flow_run_id="run-3", now=now + timedelta(days=3))
+    assert not later.reused and later.identifier != first.identifier
+    never = environment.model_copy(update={"policy": environment.policy.model_copy(
+        update={"snapshot_reuse_minutes": 0})})
+    assert not snap(never, rds, flow_run_id="run-4", now=now + timedelta(days=3, minutes=1)).reused
+
+    dumped = make_environment({"kind": "pg_dump", "directory": str(tmp_path)})  # the local kind: the same rule
+    first = snap(dumped, connection=database, now=now)
+    assert snap(dumped, connection=database, now=now + timedelta(minutes=50)).identifier == first.identifier
+    assert not snap(dumped, connection=database, now=now + timedelta(days=3)).reused
+
+
 def test_a_rollback_never_reuses_the_snapshot_taken_before_the_migration(rds, instance, aws_endpoint) -> None:
     """The same commit's pre-migration snapshot is not the database before its rollback: a fresh one."""
     environment = make_environment(INSTANCE, endpoint=aws_endpoint)
@@ -593,9 +613,9 @@ def test_pg_dump_snapshot_is_a_readable_dump_with_a_sidecar(filled, tmp_path) ->
 def test_pg_dump_is_reused_for_the_same_sha_only(filled, tmp_path) -> None:
     environment = local_environment(tmp_path)
     first = snap(environment, connection=filled, trigger="cli")
-    again = snap(environment, connection=filled, trigger="cli", now=NOW + timedelta(hours=2))
+    again = snap(environment, connection=filled, trigger="cli", now=NOW + timedelta(minutes=20))
     other = snap(environment, connection=filled, git_sha="abcdef0", trigger="cli",
-                 now=NOW + timedelta(hours=3))
+                 now=NOW + timedelta(minutes=30))
 
     assert again.reused and (again.identifier, again.location, again.created_at) == (
         first.identifier, first.location, first.created_at)
@@ -610,10 +630,10 @@ def test_a_snapshot_taken_at_another_history_is_never_reused(filled, tmp_path, r
     moved = (*HISTORY, "0002.add-email")
     local = local_environment(tmp_path)
     first = snap(local, connection=filled, trigger="cli")
-    after = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=1), applied=moved)
-    unknown = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=2), applied=None)
+    after = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(minutes=10), applied=moved)
+    unknown = snap(local, connection=filled, trigger="cli", now=NOW + timedelta(minutes=20), applied=None)
     assert not after.reused and not unknown.reused and len({first.location, after.location, unknown.location}) == 3
-    assert snap(local, connection=filled, trigger="cli", now=NOW + timedelta(hours=3), applied=moved).reused
+    assert snap(local, connection=filled, trigger="cli", now=NOW + timedelta(minutes=30), applied=moved).reused
 
     environment = make_environment(INSTANCE, endpoint=aws_endpoint)
     taken = snap(environment, rds, flow_run_id="run-1")

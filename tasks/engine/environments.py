@@ -179,6 +179,9 @@ class Tls(_Strict):
 
 class Policy(_Strict):
     snapshot_required: bool = False
+    # A re-run for the same commit at the same history reuses the snapshot taken for it, when it is at most this
+    # old (0: never): a snapshot is restored with every write made since it was taken lost.
+    snapshot_reuse_minutes: int = Field(default=60, ge=0, le=7 * 24 * 60)
     rehearsal_required: bool = True
     lint_blocks_on: Literal["error", "warning", "never"] = "error"
     lock_timeout_ms: int = Field(default=2_000, ge=1, le=600_000)

@@ -284,7 +284,8 @@ def render_refresh(summary: RefreshSummary, *, slack: bool = False) -> tuple[str
     lines = [f"{label('Environment')} {code(summary.environment)} ({esc(summary.tier)})"]
     result = summary.result
     if result is not None:
-        how = "newest available" if result.snapshot.reused else "taken now"
+        how = ("taken now" if not result.snapshot.reused else "newest available" if summary.action == "refresh"
+               else "as asked")
         lines.append(f"{label('Snapshot')} {code(result.snapshot.identifier)} of {code(result.snapshot.source)} "
                      f"({result.snapshot.created_at:%Y-%m-%d %H:%M} UTC, {how})")
         fate = "deleted" if result.old_deleted else "kept"

@@ -27,7 +27,7 @@ def dump_directory(config: PgDumpSnapshot) -> Path:
 
 
 def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, tags: dict[str, str],
-              when: datetime, log: Log, reuse: bool = True) -> Snapshot:
+              when: datetime, log: Log, reuse: bool = True, taken_after: datetime | None = None) -> Snapshot:
     directory = dump_directory(config)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {
@@ -40,10 +40,11 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
         "trigger": tags[f"{TAG_PREFIX}trigger"],
         "history": tags[HISTORY_TAG],
     }
-    reusable = _find_reusable_dump(directory, record) if reuse else None
+    reusable = _find_reusable_dump(directory, record, taken_after) if reuse else None
     if reusable is not None:
-        log.info("Reusing dump %s of database %s, taken for the same git SHA at the same history",
-                 reusable.location, connection.dbname)
+        log.info("Reusing dump %s of database %s (taken %d min ago), taken for the same git SHA at the same "
+                 "history", reusable.location, connection.dbname,
+                 max(0, int((when - reusable.created_at).total_seconds() // 60)))
         return reusable
 
     dump, partial = directory / f"{identifier}.dump", directory / f"{identifier}.dump.partial"
@@ -85,9 +86,10 @@ def stored_dumps(directory: Path) -> Iterator[tuple[Snapshot, dict]]:
                            reused=True, location=str(dump), created_at=utc(created)), record
 
 
-def _find_reusable_dump(directory: Path, wanted: dict[str, str]) -> Snapshot | None:
+def _find_reusable_dump(directory: Path, wanted: dict[str, str], taken_after: datetime | None) -> Snapshot | None:
     if not GIT_SHA.match(wanted["git_sha"]) or wanted["history"] == UNKNOWN_HISTORY:
         return None
     found = [snapshot for snapshot, record in stored_dumps(directory)
-             if all(record.get(key) == wanted[key] for key in ("environment", "git_sha", "database", "history"))]
+             if all(record.get(key) == wanted[key] for key in ("environment", "git_sha", "database", "history"))
+             and (taken_after is None or snapshot.created_at >= taken_after)]
     return max(found, key=lambda s: s.created_at) if found else None

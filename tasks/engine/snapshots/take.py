@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -67,10 +67,12 @@ def take_snapshot(
     when = utc(now or datetime.now(UTC))
     identifier = snapshot_identifier(environment.name, git_sha, when)
     tags = snapshot_tags(environment.name, git_sha, flow_run_id, trigger, applied)
-    reuse = reuse and applied is not None
+    window = environment.policy.snapshot_reuse_minutes
+    reuse = reuse and applied is not None and window > 0
+    taken_after = when - timedelta(minutes=window)  # an older one would be restored with more writes lost
     config = environment.snapshot
     if isinstance(config, PgDumpSnapshot):
-        dump = take_dump(config, connection, identifier, tags, when, log, reuse)
+        dump = take_dump(config, connection, identifier, tags, when, log, reuse, taken_after)
         if progress is not None:
             progress(dump.identifier, 100)
         return dump
@@ -83,7 +85,8 @@ def take_snapshot(
     else:
         api, source = CLUSTER, config.cluster_id
     return _take_rds_snapshot(
-        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep, progress, reuse
+        api, rds_client, source, identifier, tags, when, config.max_wait_seconds, log, sleep, progress,
+        taken_after if reuse else None,
     )
 
 
@@ -98,15 +101,16 @@ def _take_rds_snapshot(
     log: Log,
     sleep: Callable[[float], None],
     progress: SnapshotProgress | None,
-    reuse: bool = True,
+    reuse: datetime | None = None,
 ) -> Snapshot:
+    """`reuse`: one of ours for the same commit and history taken after this time is reused (None: never)."""
     # Reuse first: while our earlier snapshot is still being created, the instance itself is `backing-up`.
     ours = [s for s in api.manual_snapshots(rds, source_id) if _is_ours(s, tags)]
-    reusable = _pick_reusable(ours, tags) if reuse else None
+    reusable = _pick_reusable(ours, tags, reuse) if reuse else None
     if reusable is not None:
         reused_id = reusable[api.snapshot_param]
-        log.info("Reusing snapshot %s (%s) of %s %s, taken for the same git SHA at the same history",
-                 reused_id, reusable["Status"], api.noun, source_id)
+        log.info("Reusing snapshot %s (%s, %s) of %s %s, taken for the same git SHA at the same history",
+                 reused_id, reusable["Status"], _age(reusable, when), api.noun, source_id)
         final = _wait_until_available(api, rds, reused_id, max_wait_seconds, log, sleep, progress)
         return _rds_result(api, final, source_id, reused=True, fallback_time=when)
 
@@ -139,13 +143,15 @@ def _is_ours(snapshot: dict, tags: dict[str, str]) -> bool:
     return all(have.get(key) == tags[key] for key in (f"{TAG_PREFIX}managed-by", f"{TAG_PREFIX}environment"))
 
 
-def _pick_reusable(ours: list[dict], tags: dict[str, str]) -> dict | None:
+def _pick_reusable(ours: list[dict], tags: dict[str, str], taken_after: datetime) -> dict | None:
     """One of ours taken for the same commit at the same history (one taken before other migrations were
-    applied would undo them too if restored; one with no history tag, by an earlier version, is not reused)."""
+    applied would undo them too if restored; one with no history tag, by an earlier version, is not reused),
+    after `taken_after` (an older one would lose more writes if restored; one still being created is new)."""
     if not GIT_SHA.match(tags[f"{TAG_PREFIX}git-sha"]) or tags[HISTORY_TAG] == UNKNOWN_HISTORY:
         return None
     candidates = [s for s in ours if all(_tags_of(s).get(key) == tags[key]
-                                         for key in (f"{TAG_PREFIX}git-sha", HISTORY_TAG))]
+                                         for key in (f"{TAG_PREFIX}git-sha", HISTORY_TAG))
+                  and (s.get("SnapshotCreateTime") is None or _created(s) >= taken_after)]
     # An available one first, else one still being created (wait for it); failed ones are never reused.
     for wanted in ("available", "creating"):
         matching = [s for s in candidates if s.get("Status") == wanted]
@@ -156,6 +162,12 @@ def _pick_reusable(ours: list[dict], tags: dict[str, str]) -> dict | None:
 
 def _created(snapshot: dict) -> datetime:
     return snapshot.get("SnapshotCreateTime") or datetime.min.replace(tzinfo=UTC)
+
+
+def _age(snapshot: dict, now: datetime) -> str:
+    if snapshot.get("SnapshotCreateTime") is None:
+        return "being taken"
+    return f"taken {max(0, int((now - _created(snapshot)).total_seconds() // 60))} min ago"
 
 
 def _check_quota(api: RdsApi, rds: Any, ours: list[dict], log: Log) -> None:
