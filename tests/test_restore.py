@@ -149,6 +149,37 @@ def test_a_restored_database_keeps_its_owner_access_and_settings(local: Local) -
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def test_a_restored_database_keeps_its_objects_owners_and_grants(local: Local) -> None:
+    """The dump's own database back: a table owned by the owner role and read by the application's role stays
+    so. It used to be restored with --no-owner --no-privileges: the application was refused every table."""
+    from psycopg import sql
+
+    owner, reader = (sql.Identifier(f"{local.production.dbname}_{r}") for r in ("owner", "reader"))
+    production = local.environment("prod-local")
+    with connected(local.production) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN").format(owner, reader))
+        conn.execute(sql.SQL("ALTER TABLE users OWNER TO {}; GRANT SELECT ON users TO {}").format(owner, reader))
+
+    def roles() -> tuple:
+        with connected(local.production) as conn:
+            return conn.execute("SELECT tableowner, has_table_privilege(%s, 'users', 'SELECT'), "
+                                "has_table_privilege(%s, 'accounts', 'SELECT') FROM pg_tables "
+                                "WHERE tablename = 'users'", (f"{local.production.dbname}_reader",) * 2).fetchone()
+
+    try:
+        assert roles() == (f"{local.production.dbname}_owner", True, False)
+        dump = local.dump_production(T1)
+        restore_environment(production, dump.identifier, fetch_connection(production), now=T1, log=LOG)
+        assert roles() == (f"{local.production.dbname}_owner", True, False)
+    finally:
+        for database in local.databases():
+            with connected(local.production.with_database(database)) as conn:
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER; DROP OWNED BY {}, {}").format(
+                    owner, owner, reader))
+        with connected(local.production) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}, {}").format(owner, reader))
+
+
 # ---- RDS against the AWS emulator -----------------------------------------------------------------------------
 
 

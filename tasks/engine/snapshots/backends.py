@@ -266,15 +266,17 @@ class AuroraClusters(RdsInstances):
 
 
 def make_backend(plan: SwapPlan, credentials: Connection | None, rds: Any, wait_seconds: int,
-                 tags: dict[str, str], log: Log, sleep: Callable[[float], None]) -> Backend:
+                 tags: dict[str, str], log: Log, sleep: Callable[[float], None], *,
+                 own_snapshot: bool = False) -> Backend:
     """The backend for the plan's kind; `rds` is a boto3 RDS client (not needed for the local kind), and
-    `credentials` reach the local kind's server (not needed for the RDS kinds)."""
+    `credentials` reach the local kind's server (not needed for the RDS kinds). `own_snapshot`: the snapshot is
+    of this very database (a restore), so its objects' owners and grants are the live ones'."""
     if plan.kind == "pg_dump":
         from tasks.engine.snapshots.local_copies import LocalDatabases
 
         if credentials is None:
             raise ValueError("the local kind restores into its database's server: credentials are needed")
-        return LocalDatabases(credentials, plan, log)
+        return LocalDatabases(credentials, plan, log, keep_roles=own_snapshot)
     if rds is None:
         raise ValueError(f"an RDS client is needed to restore a {plan.noun}")
     kind = RdsInstances if plan.kind == "rds_instance" else AuroraClusters

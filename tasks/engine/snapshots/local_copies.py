@@ -27,8 +27,11 @@ class LocalDatabases:
     """The local kind: pg_dump files restored with pg_restore into a new database on the same server, swapped
     with ALTER DATABASE ... RENAME."""
 
-    def __init__(self, credentials: Connection, plan: SwapPlan, log: Log) -> None:
+    def __init__(self, credentials: Connection, plan: SwapPlan, log: Log, *, keep_roles: bool = False) -> None:
+        """`keep_roles`: restore the objects' owners and grants (a restore of the database's own dump); else (a
+        refresh: the source's roles) the environment's user owns everything and no grant is restored."""
         self.plan, self.log = plan, log
+        self.keep_roles = keep_roles
         self.credentials = credentials
         self.admin = credentials.with_database("postgres")  # a database is renamed from another one
 
@@ -93,10 +96,9 @@ class LocalDatabases:
     def finish_restore(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
         target = self.credentials.with_database(name)
         env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
-        # Owners and grants are the source's; the environment's own user owns the restored objects.
         restore = client_binary("pg_restore", target.tls(), at_least=dumped_by(Path(snapshot.location)))
-        command = [str(restore), "--no-owner", "--no-privileges", "--exit-on-error",
-                   "--no-password", f"--dbname={name}", "--", snapshot.location]
+        command = [str(restore), *self._roles_options(), "--exit-on-error", "--no-password", f"--dbname={name}",
+                   "--", snapshot.location]
         self.log.info("pg_restore into database %s", name)
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
@@ -104,6 +106,20 @@ class LocalDatabases:
                                       f"{result.stderr.strip()[-1500:]}", target.password.get_secret_value()))
         with self.admin.connect() as conn:  # after the restore: a setting may be default_transaction_read_only
             self._like_the_live_one(conn, name)
+
+    def _roles_options(self) -> list[str]:
+        """A refresh's owners and grants are the source's: the environment's own user owns the restored objects.
+        A restore keeps the grants (the application's role would be refused every table) and, when the user may
+        give objects to other roles (a superuser), the owners."""
+        if not self.keep_roles:
+            return ["--no-owner", "--no-privileges"]
+        with self.admin.connect() as conn:
+            row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if row and row[0]:
+            return []
+        self.log.warning("Restoring without the objects' owners: %s is not a superuser, so it owns them all; their "
+                         "grants are restored", self.credentials.user)
+        return ["--no-owner"]
 
     def reset_master_password(self, name: str, password: SecretStr) -> None:
         """Nothing to do: roles and their passwords belong to the server, and a dump carries none."""

@@ -78,7 +78,7 @@ def restore_environment(
                     old=derived_name(live, "old", when, sep=sep), stamp=when, keep_old=True)
     wait = environment.refresh.max_wait_seconds if environment.refresh else DEFAULT_WAIT_SECONDS
     tags = {"rds-migrations:managed-by": "rds-migrations", "rds-migrations:restored-from": snapshot_id}
-    backend = make_backend(plan, credentials, rds_client, wait, tags, log, sleep)
+    backend = make_backend(plan, credentials, rds_client, wait, tags, log, sleep, own_snapshot=True)
     live_copy = backend.inspect()
     snapshot = named_snapshot(environment, snapshot_id, live, getattr(backend, "rds", None))
     replace_from_snapshot(backend, plan, snapshot, live_copy, prepare=None, log=log)
