@@ -565,6 +565,21 @@ def test_rds_refresh_makes_its_calls_in_order_with_staging_settings(aws: Aws, ca
     assert [r.getMessage() for r in ours if STAGING_PASSWORD in r.getMessage()] == []  # ... but not the password
 
 
+def test_a_deletion_protected_staging_stays_protected_and_its_replaced_copy_is_still_deleted(aws: Aws) -> None:
+    """The new copy takes the protection with the live name; the replaced copy keeps it through its rename, so
+    it is lifted there before the delete (AWS refuses to delete a protected instance: a whole staging instance
+    would have been left running every night)."""
+    aws.rds.modify_db_instance(DBInstanceIdentifier="app-staging", DeletionProtection=True, ApplyImmediately=True)
+
+    result = rds_refresh(aws, *rds_environments(aws.endpoint))
+
+    assert result.old_deleted and aws.instances() == ["app-production", "app-staging"]
+    [staging] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-staging")["DBInstances"]
+    assert staging["DeletionProtection"]
+    assert ("ModifyDBInstance", {"DBInstanceIdentifier": OLD, "DeletionProtection": False,
+                                 "ApplyImmediately": True}) in aws.writes()
+
+
 def test_the_newest_snapshot_may_be_an_automated_one(aws: Aws) -> None:
     for snapshot in aws.rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]:
         aws.rds.delete_db_snapshot(DBSnapshotIdentifier=snapshot["DBSnapshotIdentifier"])
@@ -652,6 +667,8 @@ def test_a_failed_restore_deletes_only_the_half_created_instance(failed_state: s
         for status in ("creating", failed_state):  # it appears, then the waiter sees it fail
             stub.add_response("describe_db_instances", {"DBInstances": [
                 {"DBInstanceIdentifier": NEW, "DBInstanceStatus": status}]}, {"DBInstanceIdentifier": NEW})
+        stub.add_response("describe_db_instances", {"DBInstances": [  # not deletion-protected: deleted as it is
+            {"DBInstanceIdentifier": NEW, "DBInstanceStatus": failed_state}]}, {"DBInstanceIdentifier": NEW})
         stub.add_response("delete_db_instance", {"DBInstance": {"DBInstanceIdentifier": NEW}},
                           {"DBInstanceIdentifier": NEW, "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True})
         masked: list = []

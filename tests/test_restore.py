@@ -180,6 +180,48 @@ def test_a_restored_database_keeps_its_objects_owners_and_grants(local: Local) -
             conn.execute(sql.SQL("DROP ROLE {}, {}").format(owner, reader))
 
 
+def test_a_restore_by_a_user_who_may_not_give_every_grant_goes_on_without_the_grants(
+        local: Local, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a superuser, the environment's user restores the objects as their owner with their grants; a grant it
+    may not give (default privileges of an owner role it is not a member of) fails pg_restore, so the restore is
+    made again without grants, and says so, rather than not at all."""
+    import logging
+
+    from psycopg import sql
+    from pydantic import SecretStr
+
+    from tasks.engine.snapshots.local_copies import LocalDatabases
+    from tasks.engine.snapshots.swap import LiveCopy, SwapPlan
+
+    live = local.production.dbname
+    user, owner, reader = (f"{live}_{r}" for r in ("user", "owner", "reader"))
+    with connected(local.production) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD 'restorer-PW-5e1'; CREATE ROLE {}; "
+                             "CREATE ROLE {}").format(*map(sql.Identifier, (user, owner, reader))))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT SELECT ON TABLES TO {}; "
+                             "GRANT SELECT ON users TO {}").format(*map(sql.Identifier, (owner, reader, reader))))
+    restorer = local.production.model_copy(update={"user": user, "password": SecretStr("restorer-PW-5e1")})
+    plan = SwapPlan(kind="pg_dump", live=live, new=f"{live}_new", old=f"{live}_old", stamp="t", keep_old=True)
+    try:
+        dump = local.dump_production(T1)
+        backend = LocalDatabases(restorer, plan, LOG, keep_roles=True)
+        backend.create(dump, plan.new, LiveCopy({}))
+        with caplog.at_level(logging.WARNING):
+            backend.finish_restore(dump, plan.new, LiveCopy({}))
+        assert "pg_restore with the objects' grants failed" in caplog.text and "without them" in caplog.text
+        with connected(restorer.with_database(plan.new)) as conn:
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0  # restored all the same
+    finally:
+        with connected(local.production.with_database("postgres")) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(plan.new)))
+        with connected(local.production) as conn:
+            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE SELECT ON TABLES FROM {}").format(
+                sql.Identifier(owner), sql.Identifier(reader)))
+            for role in (user, owner, reader):
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}, {}, {}").format(*map(sql.Identifier, (user, owner, reader))))
+
+
 # ---- RDS against the AWS emulator -----------------------------------------------------------------------------
 
 

@@ -166,6 +166,21 @@ def test_a_rerun_long_after_takes_a_new_snapshot_so_a_restore_loses_no_more_writ
     assert not snap(dumped, connection=database, now=now + timedelta(days=3)).reused
 
 
+def test_a_crash_report_names_only_a_snapshot_its_run_could_have_reused(rds, instance, aws_endpoint) -> None:
+    """A run killed before it tagged a snapshot of its own is reported with the one taken for its commit that it
+    reused; one days old, which it could not have reused, is not named in the restore instructions."""
+    from tasks.engine.runs.crash import run_snapshot
+
+    environment = make_environment(INSTANCE, endpoint=aws_endpoint)
+    now = datetime.now(UTC)
+    taken = snap(environment, rds, flow_run_id="run-1", now=now)
+    assert run_snapshot(environment, "run-2", SHA, rds, now=now + timedelta(minutes=30)).identifier == \
+        taken.identifier
+    assert run_snapshot(environment, "run-2", SHA, rds, now=now + timedelta(days=3)) is None
+    assert run_snapshot(environment, "run-1", SHA, rds, now=now + timedelta(days=3)).identifier == \
+        taken.identifier  # its own, however old
+
+
 def test_a_rollback_never_reuses_the_snapshot_taken_before_the_migration(rds, instance, aws_endpoint) -> None:
     """The same commit's pre-migration snapshot is not the database before its rollback: a fresh one."""
     environment = make_environment(INSTANCE, endpoint=aws_endpoint)

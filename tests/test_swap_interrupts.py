@@ -61,6 +61,8 @@ def test_a_cancellation_while_masking_deletes_the_new_copy_and_goes_on_as_a_canc
 
 
 def test_ctrl_c_between_the_two_renames_says_how_to_put_the_live_name_back(aws: Aws) -> None:
+    [live] = aws.rds.describe_db_instances(DBInstanceIdentifier="app-staging")["DBInstances"]
+    aws.rds.modify_db_instance(DBInstanceIdentifier="app-staging", DeletionProtection=True, ApplyImmediately=True)
     interrupt_at_rename(aws.rds, "app-staging")
 
     with pytest.raises(Interrupted) as stopped:
@@ -71,11 +73,31 @@ def test_ctrl_c_between_the_two_renames_says_how_to_put_the_live_name_back(aws: 
     assert (f"rename it back with aws rds modify-db-instance --db-instance-identifier {OLD} "
             f"--new-db-instance-identifier app-staging --apply-immediately") in message
     assert (f"or finish the swap with aws rds modify-db-instance --db-instance-identifier {NEW} "
-            f"--new-db-instance-identifier app-staging --apply-immediately") in message
+            f"--new-db-instance-identifier app-staging --apply-immediately --deletion-protection, then mark the "
+            f"replaced copy with aws rds add-tags-to-resource --resource-name "
+            f"{live['DBInstanceArn'].replace('app-staging', OLD)} --tags "
+            f"Key=rds-migrations:replaced-by,Value=app-staging") in message
     assert aws.instances() == ["app-production", NEW, OLD]  # as the message says; nothing deleted
     aws.rds.modify_db_instance(DBInstanceIdentifier=OLD, NewDBInstanceIdentifier="app-staging",
                                ApplyImmediately=True)  # the command it gives, as boto3 sends it
     assert aws.instances() == ["app-production", "app-staging", NEW]
+
+
+def test_ctrl_c_after_the_swap_says_the_swap_is_done(aws: Aws) -> None:
+    """Stopped while the replaced copy is being marked: the copy in place is the new one, and the error says so
+    (it said "nothing was replaced"), with the command that marks the old copy."""
+    def marking(**kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    aws.rds.meta.events.register("before-call.rds.AddTagsToResource", marking)
+
+    with pytest.raises(Interrupted) as stopped:
+        rds_refresh(aws, *rds_environments(aws.endpoint))
+
+    message = str(stopped.value)
+    assert f"while tagging the replaced copy {OLD}: the swap is done: app-staging is the restored copy" in message
+    assert "add-tags-to-resource" in message
+    assert aws.instances() == ["app-production", "app-staging", OLD]
 
 
 def test_ctrl_c_after_the_first_rename_was_asked_for_says_it_is_under_way(aws: Aws) -> None:

@@ -472,6 +472,23 @@ def test_a_rerun_of_an_older_push_a_later_run_went_past_does_nothing(pushes) -> 
     assert pushes(before=before, GITHUB_SHA=old, last_success=before) == {"deploy": "true", "migrate": "true"}
 
 
+@pytest.mark.parametrize(("tip", "stale"), [("a" * 40, "false"), ("b" * 40, "true")])
+def test_a_deploy_from_an_older_tip_of_main_is_skipped(tmp_path: Path, tip: str, stale: str) -> None:
+    """Manual and push deploys run side by side (their groups differ): one from an older tip must not finish last
+    and put older deployments back. The newer commit's run deploys."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text('#!/bin/sh\necho "$TIP"\n')
+    (bin_dir / "gh").chmod(0o755)
+    step = step_named(PROJECT, "migrate.yml", "deploy", "tip")
+    outputs = run_step(step["run"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", TIP=tip,
+                       GITHUB_SHA="a" * 40, GH_REPO="org/repo", GH_TOKEN="t")
+    assert outputs == {"stale": stale}
+    deploy = next(s for s in yaml.safe_load((PROJECT / ".github/workflows/migrate.yml").read_text())["jobs"]
+                  ["deploy"]["steps"] if s.get("name") == "prefect deploy --all")
+    assert deploy["if"] == "${{ steps.tip.outputs.stale != 'true' }}"
+
+
 def test_a_manual_run_never_shares_a_concurrency_group_with_a_push() -> None:
     """GitHub cancels a pending job when another joins its group: a dispatch, even a dry run, would cancel
     the migration a push queued, and the merge would wait for the next push."""

@@ -9,7 +9,7 @@ plan the run published) and deliver the summary like any other run's (tasks/engi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from psycopg import sql
@@ -96,8 +96,11 @@ def read_database(connection: Connection, flow_run_id: str) -> tuple[tuple[str, 
         return applied, ours + others
 
 
-def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None) -> Snapshot | None:
-    """The snapshot tagged with this run; else the newest one taken for its commit (which a run reuses)."""
+def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None,
+                 now: datetime | None = None) -> Snapshot | None:
+    """The snapshot tagged with this run; else the newest one taken for its commit that the run could have
+    reused: at most `policy.snapshot_reuse_minutes` older than the run's start, which was at most its budget
+    before `now` (an older one, named in the restore instructions, would lose every write since)."""
     config = environment.snapshot
     found: list[tuple[Snapshot, dict[str, str]]] = []
     if isinstance(config, PgDumpSnapshot):
@@ -118,8 +121,13 @@ def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_c
                           {"flow_run_id": tags.get(f"{TAG_PREFIX}flow-run-id", ""),
                            "git_sha": tags.get(f"{TAG_PREFIX}git-sha", "")}))
     ours = [s for s, tags in found if tags["flow_run_id"] == flow_run_id]
-    if not ours and GIT_SHA.match(git_sha):
-        ours = [s for s, tags in found if tags["git_sha"] == git_sha]
+    window = environment.policy.snapshot_reuse_minutes
+    if not ours and GIT_SHA.match(git_sha) and window > 0:
+        from tasks.engine.runs.budget import run_budget_seconds
+
+        reusable_after = (now or datetime.now(UTC)) - timedelta(minutes=window,
+                                                                seconds=run_budget_seconds(environment))
+        ours = [s for s, tags in found if tags["git_sha"] == git_sha and s.created_at >= reusable_after]
     return max(ours, key=lambda s: s.created_at) if ours else None
 
 

@@ -90,7 +90,7 @@ class RdsInstances:
             ("EnableIAMDatabaseAuthentication", "IAMDatabaseAuthenticationEnabled"),
             ("CopyTagsToSnapshot", "CopyTagsToSnapshot")) if field in live}
         return LiveCopy({k: v for k, v in settings.items() if v} | flags, live.get("MasterUsername"),
-                        bool(live.get("DeletionProtection")))
+                        bool(live.get("DeletionProtection")), live.get(self.names.resource_arn_key))
 
     def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
         settings = {k: v for k, v in live.settings.items() if k != "Tags"}
@@ -153,35 +153,49 @@ class RdsInstances:
 
     def swap(self, plan: SwapPlan, live: LiveCopy) -> None:
         """Two renames, each asked for then waited for (minutes). Whatever stops it, failure or Ctrl-C or a
-        cancellation, the error says where each copy is and the command that puts the live name back; after a
-        failure (not an interrupt: someone wants it to stop) the live name is put back here when it can be."""
-        back, finish = self.rename_command(plan.old, plan.live), self.rename_command(plan.new, plan.live)
+        cancellation, the error says where each copy is and the commands that put the live name back or finish
+        the swap; after a failure (not an interrupt: someone wants it to stop) the live name is put back here when
+        it can be."""
+        protect = {"DeletionProtection": True} if live.deletion_protection else {}
+        back = self.rename_command(plan.old, plan.live)
+        finish = (self.rename_command(plan.new, plan.live) + (" --deletion-protection" if protect else "")
+                  + f", then {self.mark_command(plan, live)}")
         kept = f"the ready copy {plan.new} was kept"
         asked: list[str] = []
         try:
             self.rename(plan.live, plan.old, asked)
         except BaseException as exc:  # noqa: BLE001 - turned into an error that says where things are
             state = (f"{plan.live} is being renamed {plan.old} (check it): once it is available, rename it back "
-                     f"with {back}" if asked else f"{plan.live} is unchanged")
+                     f"with {back}" if asked else f"{plan.live} should be unchanged (check it)")
             raise ended_in(exc, f"renaming {plan.live} to {plan.old}", f"{state}; {kept}", self.log) from None
-        protect = {"DeletionProtection": True} if live.deletion_protection else {}
         try:  # deletion protection comes with the live name: until now the copy could be discarded
             self.rename(plan.new, plan.live, asked, **protect)
         except BaseException as exc:  # noqa: BLE001
             if len(asked) == 2:  # the swap was asked for: only its wait did not end
                 state = (f"{plan.new} is being renamed {plan.live} (check it): once it is available the swap is "
-                         f"done, and the replaced copy is {plan.old}")
+                         f"done; then {self.mark_command(plan, live)}")
             elif isinstance(exc, Exception):
                 try:
                     self.rename(plan.old, plan.live)
                     state = f"{plan.old} was renamed back to {plan.live}; {kept}"
-                except Exception:  # noqa: BLE001
+                except BaseException as again:  # noqa: BLE001 - a second Ctrl-C ends it as the first would have
                     state = f"{plan.live} is now named {plan.old}: rename it back with {back}; {kept}"
+                    exc = exc if isinstance(again, Exception) else again
             else:
                 state = (f"{plan.live} is now named {plan.old}: rename it back with {back}, or finish the swap "
                          f"with {finish}; {kept}")
             raise ended_in(exc, f"renaming {plan.new} to {plan.live}", state, self.log) from None
-        self.mark_replaced(plan)
+        try:
+            self.mark_replaced(plan)
+        except BaseException as exc:  # noqa: BLE001 - only an interrupt gets here: the swap is done, say so
+            raise ended_in(exc, f"tagging the replaced copy {plan.old}", f"the swap is done: {plan.live} is the "
+                           f"restored copy; {self.mark_command(plan, live)}", self.log) from None
+
+    def mark_command(self, plan: SwapPlan, live: LiveCopy) -> str:
+        """The command that marks the replaced copy by hand (what `mark_replaced` does)."""
+        arn = f"{live.arn.rsplit(':', 1)[0]}:{plan.old}" if live.arn else f"<the ARN of {plan.old}>"
+        return (f"mark the replaced copy with aws rds add-tags-to-resource --resource-name {shlex.quote(arn)} "
+                f"--tags Key={REPLACED_TAG},Value={shlex.quote(plan.live)}")
 
     def mark_replaced(self, plan: SwapPlan) -> None:
         """Tag the replaced copy so a fleet found by tag leaves it out: it still carries the fleet's tags."""
@@ -194,7 +208,16 @@ class RdsInstances:
                              "by tag would take it for a target; tag it by hand, or delete it",
                              self.names.noun, plan.live, plan.old, REPLACED_TAG, describe_error(exc))
 
+    def unprotect(self, name: str) -> None:
+        """The replaced copy keeps the live one's deletion protection through its rename: lifted to delete it
+        (never on the live name: `check` refuses to modify it)."""
+        if (self.describe(name) or {}).get("DeletionProtection"):
+            self.log.info("Lifting the deletion protection of the replaced %s %s", self.names.noun, name)
+            getattr(self.rds, self.names.modify)(**{self.names.param: self.plan.check(name, "modify")},
+                                                 DeletionProtection=False, ApplyImmediately=True)
+
     def delete(self, name: str) -> None:
+        self.unprotect(name)
         self.rds.delete_db_instance(DBInstanceIdentifier=self.plan.check(name, "delete"), SkipFinalSnapshot=True,
                                     DeleteAutomatedBackups=True)
 
@@ -228,8 +251,12 @@ class AuroraClusters(RdsInstances):
             ("EnableIAMDatabaseAuthentication", "IAMDatabaseAuthenticationEnabled"),
             ("CopyTagsToSnapshot", "CopyTagsToSnapshot")) if field in live}
         settings = {k: v for k, v in settings.items() if v} | flags
-        settings["writer"] = {"DBInstanceClass": writer["DBInstanceClass"], "Engine": live.get("Engine")}
-        return LiveCopy(settings, live.get("MasterUsername"), bool(live.get("DeletionProtection")))
+        settings["writer"] = {"DBInstanceClass": writer["DBInstanceClass"], "Engine": live.get("Engine"),
+                              "Tags": carried_tags(writer)}  # an instance's own tags: cost allocation is per instance
+        if "PubliclyAccessible" in writer:
+            settings["writer"]["PubliclyAccessible"] = bool(writer["PubliclyAccessible"])
+        return LiveCopy(settings, live.get("MasterUsername"), bool(live.get("DeletionProtection")),
+                        live.get(self.names.resource_arn_key))
 
     def create(self, snapshot: Snapshot, name: str, live: LiveCopy) -> None:
         settings = {k: v for k, v in live.settings.items() if k not in ("writer", "Tags")}
@@ -242,8 +269,9 @@ class AuroraClusters(RdsInstances):
         self.wait_available(name)
         writer = self.plan.check(self.plan.member("writer"), "create", noun="DB instance")
         self.log.info("Adding writer instance %s to DB cluster %s", writer, name)
-        self.rds.create_db_instance(DBInstanceIdentifier=writer, DBClusterIdentifier=name, Tags=self.tags,
-                                    **live.settings["writer"])
+        settings = {k: v for k, v in live.settings["writer"].items() if k != "Tags"}
+        self.rds.create_db_instance(DBInstanceIdentifier=writer, DBClusterIdentifier=name,
+                                    Tags=live.settings["writer"].get("Tags", []) + self.tags, **settings)
         self.wait_available(writer, INSTANCE)
 
     def connection_to(self, name: str, credentials: Connection) -> Connection:
@@ -257,6 +285,7 @@ class AuroraClusters(RdsInstances):
         members = [m["DBInstanceIdentifier"] for m in (self.describe(name) or {}).get("DBClusterMembers", [])]
         for member in members:
             self.plan.check(member, "delete", noun="DB instance")
+        self.unprotect(name)
         for member in members:
             self.rds.delete_db_instance(DBInstanceIdentifier=member)
         for member in members:

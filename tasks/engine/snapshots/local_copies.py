@@ -97,10 +97,25 @@ class LocalDatabases:
         target = self.credentials.with_database(name)
         env = child_environment(**target.libpq_env(), PGCONNECT_TIMEOUT="10")
         restore = client_binary("pg_restore", target.tls(), at_least=dumped_by(Path(snapshot.location)))
-        command = [str(restore), *self._roles_options(), "--exit-on-error", "--no-password", f"--dbname={name}",
-                   "--", snapshot.location]
-        self.log.info("pg_restore into database %s", name)
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        options = self._roles_options()
+
+        def pg_restore(options: list[str]) -> subprocess.CompletedProcess[str]:
+            command = [str(restore), *options, "--exit-on-error", "--no-password", f"--dbname={name}", "--",
+                       snapshot.location]
+            self.log.info("pg_restore into database %s", name)
+            return subprocess.run(command, env=env, capture_output=True, text=True)
+
+        result = pg_restore(options)
+        if result.returncode != 0 and options == ["--no-owner"]:
+            # A grant this user may not give (default privileges for an owner role it is not a member of): the
+            # restore goes on without the grants, said, rather than not at all.
+            self.log.warning("pg_restore with the objects' grants failed (%s): restoring %s without them; grant "
+                             "them again by hand", redact(result.stderr.strip()[-300:],
+                                                          target.password.get_secret_value()), name)
+            with self.admin.connect() as conn:
+                for statement in ("DROP DATABASE {} WITH (FORCE)", "CREATE DATABASE {}"):
+                    conn.execute(sql.SQL(statement).format(sql.Identifier(self.plan.check(name, "delete"))))
+            result = pg_restore(["--no-owner", "--no-privileges"])
         if result.returncode != 0:
             raise RefreshError(redact(f"pg_restore into {name} failed (exit {result.returncode}): "
                                       f"{result.stderr.strip()[-1500:]}", target.password.get_secret_value()))

@@ -115,6 +115,7 @@ class LiveCopy:
     settings: dict[str, Any]  # restore parameters: instance class, subnet group, security groups, ...
     master_username: str | None = None
     deletion_protection: bool = False  # set when the copy takes the live name (a copy still deletable before)
+    arn: str | None = None  # the live copy's ARN (RDS), for the commands a message gives
 
 
 @dataclass(frozen=True)
@@ -155,17 +156,18 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
     A failure before the swap deletes the new copy (only when this run created it) and leaves `plan.live`
     untouched. Returns whether the old copy was deleted.
     """
-    noun, created = plan.noun, False
+    noun, created = plan.noun, None
     try:  # Ctrl-C or a cancellation too (BaseException): the half-made copy never outlives the run that made it
         log.info("Restoring snapshot %s into a new %s %s; %s stays untouched until the swap",
                  snapshot.identifier, noun, plan.new, plan.live)
+        created = False  # asked for: stopped while asking, the copy may exist all the same
         backend.create(snapshot, plan.new, live)
         created = True
         backend.finish_restore(snapshot, plan.new, live)
         if prepare is not None:
             prepare(plan.new)
     except BaseException as exc:  # noqa: BLE001 - the new copy is cleaned up, then the failure is raised
-        left = _discard(backend, plan, log) if created else f"no {noun} was created"
+        left = f"no {noun} was created" if created is None else _discard(backend, plan, log, surely=created)
         raise ended_in(exc, f"restoring snapshot {snapshot.identifier} into {noun} {plan.new}",
                        f"{plan.live} is untouched; {left}", log) from None
 
@@ -176,7 +178,10 @@ def replace_from_snapshot(backend: Backend, plan: SwapPlan, snapshot: Snapshot, 
         return False
     try:
         backend.delete(plan.old)
-    except Exception as exc:  # noqa: BLE001 - the swap is done; a leftover copy is reported, not fatal
+    except BaseException as exc:  # noqa: BLE001 - the swap is done; a leftover copy is reported, not fatal
+        if not isinstance(exc, Exception):
+            raise ended_in(exc, f"deleting the replaced {noun} {plan.old}", f"the swap is done: {plan.live} is the "
+                           f"restored copy; {plan.old} may be left: delete it by hand", log) from None
         log.warning("%s %s was replaced, but the old copy %s could not be deleted (%s): delete it by hand",
                     noun, plan.live, plan.old, describe_error(exc))
         return False
@@ -196,10 +201,14 @@ def ended_in(exc: BaseException, doing: str, state: str, log: Log) -> BaseExcept
     return exc
 
 
-def _discard(backend: Backend, plan: SwapPlan, log: Log) -> str:
+def _discard(backend: Backend, plan: SwapPlan, log: Log, *, surely: bool = True) -> str:
+    """Delete the new copy; `surely` False: it was being asked for when the run stopped, and may not exist."""
     try:
         backend.delete(plan.new)
     except Exception as exc:  # noqa: BLE001 - reported in the error being raised
+        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+        if not surely and "NotFound" in code:
+            return f"no {plan.noun} was created"
         log.error("Could not delete the half-created %s %s: %s", plan.noun, plan.new, describe_error(exc))
         return f"the half-created {plan.noun} {plan.new} could NOT be deleted ({describe_error(exc)}): delete it"
     return f"the half-created {plan.noun} {plan.new} was deleted"

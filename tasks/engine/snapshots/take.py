@@ -146,12 +146,13 @@ def _is_ours(snapshot: dict, tags: dict[str, str]) -> bool:
 def _pick_reusable(ours: list[dict], tags: dict[str, str], taken_after: datetime) -> dict | None:
     """One of ours taken for the same commit at the same history (one taken before other migrations were
     applied would undo them too if restored; one with no history tag, by an earlier version, is not reused),
-    after `taken_after` (an older one would lose more writes if restored; one still being created is new)."""
+    after `taken_after` (an older one would lose more writes if restored; one still being created is the newest
+    there can be: the instance is `backing-up` until it is done)."""
     if not GIT_SHA.match(tags[f"{TAG_PREFIX}git-sha"]) or tags[HISTORY_TAG] == UNKNOWN_HISTORY:
         return None
     candidates = [s for s in ours if all(_tags_of(s).get(key) == tags[key]
                                          for key in (f"{TAG_PREFIX}git-sha", HISTORY_TAG))
-                  and (s.get("SnapshotCreateTime") is None or _created(s) >= taken_after)]
+                  and (s.get("Status") == "creating" or _created(s) >= taken_after)]
     # An available one first, else one still being created (wait for it); failed ones are never reused.
     for wanted in ("available", "creating"):
         matching = [s for s in candidates if s.get("Status") == wanted]
