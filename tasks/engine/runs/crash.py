@@ -28,6 +28,7 @@ from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, 
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, Ledger
+from tasks.engine.runs.budget import run_budget_seconds
 from tasks.engine.runs.parameters import TRIGGER
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
 from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
@@ -123,8 +124,6 @@ def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_c
     ours = [s for s, tags in found if tags["flow_run_id"] == flow_run_id]
     window = environment.policy.snapshot_reuse_minutes
     if not ours and GIT_SHA.match(git_sha) and window > 0:
-        from tasks.engine.runs.budget import run_budget_seconds
-
         reusable_after = (now or datetime.now(UTC)) - timedelta(minutes=window,
                                                                 seconds=run_budget_seconds(environment))
         ours = [s for s, tags in found if tags["git_sha"] == git_sha and s.created_at >= reusable_after]

@@ -208,10 +208,10 @@ class RdsInstances:
                              "by tag would take it for a target; tag it by hand, or delete it",
                              self.names.noun, plan.live, plan.old, REPLACED_TAG, describe_error(exc))
 
-    def unprotect(self, name: str) -> None:
+    def unprotect(self, name: str, found: dict | None = None) -> None:
         """The replaced copy keeps the live one's deletion protection through its rename: lifted to delete it
-        (never on the live name: `check` refuses to modify it)."""
-        if (self.describe(name) or {}).get("DeletionProtection"):
+        (never on the live name: `check` refuses to modify it). `found`: its description, when already read."""
+        if (found or self.describe(name) or {}).get("DeletionProtection"):
             self.log.info("Lifting the deletion protection of the replaced %s %s", self.names.noun, name)
             getattr(self.rds, self.names.modify)(**{self.names.param: self.plan.check(name, "modify")},
                                                  DeletionProtection=False, ApplyImmediately=True)
@@ -282,10 +282,11 @@ class AuroraClusters(RdsInstances):
     def delete(self, name: str) -> None:
         """The cluster's instances first (each checked), then the cluster."""
         self.plan.check(name, "delete")
-        members = [m["DBInstanceIdentifier"] for m in (self.describe(name) or {}).get("DBClusterMembers", [])]
+        found = self.describe(name) or {}
+        members = [m["DBInstanceIdentifier"] for m in found.get("DBClusterMembers", [])]
         for member in members:
             self.plan.check(member, "delete", noun="DB instance")
-        self.unprotect(name)
+        self.unprotect(name, found)
         for member in members:
             self.rds.delete_db_instance(DBInstanceIdentifier=member)
         for member in members:

@@ -17,7 +17,15 @@ from tasks.engine.errors import SnapshotError, redact
 from tasks.engine.git import GIT_SHA
 from tasks.engine.logs import Log
 from tasks.engine.processes import child_environment
-from tasks.engine.snapshots.naming import HISTORY_TAG, NAME_PREFIX, TAG_PREFIX, UNKNOWN_HISTORY, Snapshot, utc
+from tasks.engine.snapshots.naming import (
+    HISTORY_TAG,
+    NAME_PREFIX,
+    TAG_PREFIX,
+    UNKNOWN_HISTORY,
+    Snapshot,
+    minutes_old,
+    utc,
+)
 
 
 def dump_directory(config: PgDumpSnapshot) -> Path:
@@ -44,7 +52,7 @@ def take_dump(config: PgDumpSnapshot, connection: Connection, identifier: str, t
     if reusable is not None:
         log.info("Reusing dump %s of database %s (taken %d min ago), taken for the same git SHA at the same "
                  "history", reusable.location, connection.dbname,
-                 max(0, int((when - reusable.created_at).total_seconds() // 60)))
+                 minutes_old(reusable.created_at, when))
         return reusable
 
     dump, partial = directory / f"{identifier}.dump", directory / f"{identifier}.dump.partial"

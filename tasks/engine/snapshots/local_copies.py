@@ -112,9 +112,8 @@ class LocalDatabases:
             self.log.warning("pg_restore with the objects' grants failed (%s): restoring %s without them; grant "
                              "them again by hand", redact(result.stderr.strip()[-300:],
                                                           target.password.get_secret_value()), name)
-            with self.admin.connect() as conn:
-                for statement in ("DROP DATABASE {} WITH (FORCE)", "CREATE DATABASE {}"):
-                    conn.execute(sql.SQL(statement).format(sql.Identifier(self.plan.check(name, "delete"))))
+            self.delete(name)
+            self.create(snapshot, name, live)
             result = pg_restore(["--no-owner", "--no-privileges"])
         if result.returncode != 0:
             raise RefreshError(redact(f"pg_restore into {name} failed (exit {result.returncode}): "

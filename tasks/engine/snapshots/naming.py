@@ -104,6 +104,11 @@ def utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+def minutes_old(created: datetime, now: datetime) -> int:
+    """How long before `now` a snapshot was taken, in whole minutes (for the log of a reused one)."""
+    return max(0, int((now - created).total_seconds() // 60))
+
+
 def derived_name(base: str, middle: str, suffix: str, *, limit: int = MAX_IDENTIFIER, sep: str = "-") -> str:
     """`<base><sep><middle><sep><suffix>` within `limit` characters, shortening the base."""
     tail = f"{sep}{middle}{sep}{suffix}"

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import psycopg
-from botocore.exceptions import WaiterError
+from botocore.exceptions import ClientError, WaiterError
 from pydantic import SecretStr
 
+from tasks.engine.aws import error_code
 from tasks.engine.connection import Connection
 from tasks.engine.environments import DATABASE_NAME, RDS_IDENTIFIER
 from tasks.engine.errors import Interrupted, RefreshError
@@ -206,8 +207,7 @@ def _discard(backend: Backend, plan: SwapPlan, log: Log, *, surely: bool = True)
     try:
         backend.delete(plan.new)
     except Exception as exc:  # noqa: BLE001 - reported in the error being raised
-        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
-        if not surely and "NotFound" in code:
+        if not surely and isinstance(exc, ClientError) and "NotFound" in error_code(exc):
             return f"no {plan.noun} was created"
         log.error("Could not delete the half-created %s %s: %s", plan.noun, plan.new, describe_error(exc))
         return f"the half-created {plan.noun} {plan.new} could NOT be deleted ({describe_error(exc)}): delete it"

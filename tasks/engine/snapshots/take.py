@@ -29,6 +29,7 @@ from tasks.engine.snapshots.naming import (
     UNKNOWN_HISTORY,
     Snapshot,
     check_git_sha,
+    minutes_old,
     snapshot_identifier,
     snapshot_tags,
     utc,
@@ -101,12 +102,13 @@ def _take_rds_snapshot(
     log: Log,
     sleep: Callable[[float], None],
     progress: SnapshotProgress | None,
-    reuse: datetime | None = None,
+    reuse_after: datetime | None = None,
 ) -> Snapshot:
-    """`reuse`: one of ours for the same commit and history taken after this time is reused (None: never)."""
+    """`reuse_after`: one of ours for the same commit and history taken after this time is reused (None:
+    never)."""
     # Reuse first: while our earlier snapshot is still being created, the instance itself is `backing-up`.
     ours = [s for s in api.manual_snapshots(rds, source_id) if _is_ours(s, tags)]
-    reusable = _pick_reusable(ours, tags, reuse) if reuse else None
+    reusable = _pick_reusable(ours, tags, reuse_after) if reuse_after else None
     if reusable is not None:
         reused_id = reusable[api.snapshot_param]
         log.info("Reusing snapshot %s (%s, %s) of %s %s, taken for the same git SHA at the same history",
@@ -168,7 +170,7 @@ def _created(snapshot: dict) -> datetime:
 def _age(snapshot: dict, now: datetime) -> str:
     if snapshot.get("SnapshotCreateTime") is None:
         return "being taken"
-    return f"taken {max(0, int((now - _created(snapshot)).total_seconds() // 60))} min ago"
+    return f"taken {minutes_old(_created(snapshot), now)} min ago"
 
 
 def _check_quota(api: RdsApi, rds: Any, ours: list[dict], log: Log) -> None:
