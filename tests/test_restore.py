@@ -222,6 +222,36 @@ def test_a_restore_by_a_user_who_may_not_give_every_grant_goes_on_without_the_gr
             conn.execute(sql.SQL("DROP ROLE {}, {}, {}").format(*map(sql.Identifier, (user, owner, reader))))
 
 
+def test_a_user_who_may_not_create_databases_is_told_that_none_was_created(local: Local) -> None:
+    """A CREATE DATABASE that fails leaves no half-made copy; the error said it "was deleted", because
+    `DROP DATABASE IF EXISTS` succeeds on nothing."""
+    from psycopg import sql
+    from pydantic import SecretStr
+
+    from tasks.engine.snapshots.local_copies import LocalDatabases
+    from tasks.engine.snapshots.swap import LiveCopy, SwapPlan, replace_from_snapshot
+
+    live = local.production.dbname
+    user = f"{live}_nocreatedb"
+    with connected(local.production) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'restorer-PW-5e2'").format(sql.Identifier(user)))
+    restorer = local.production.model_copy(update={"user": user, "password": SecretStr("restorer-PW-5e2")})
+    plan = SwapPlan(kind="pg_dump", live=live, new=f"{live}_new", old=f"{live}_old", stamp="t", keep_old=True)
+    try:
+        dump = local.dump_production(T1)
+        before = local.databases()
+        with pytest.raises(RefreshError) as raised:
+            replace_from_snapshot(LocalDatabases(restorer, plan, LOG), plan, dump, LiveCopy({}), prepare=None,
+                                  log=LOG)
+        message = str(raised.value)
+        assert "permission denied to create database" in message
+        assert f"{live} is untouched; no database was created" in message and "deleted" not in message
+        assert local.databases() == before
+    finally:
+        with connected(local.production) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
+
+
 # ---- RDS against the AWS emulator -----------------------------------------------------------------------------
 
 

@@ -173,6 +173,7 @@ class LocalDatabases:
             allow(conn, old, True)
 
     def delete(self, name: str) -> None:
+        """Raises InvalidCatalogName when there is no such database (a `CREATE DATABASE` that failed)."""
         with self.admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
                 sql.Identifier(self.plan.check(name, "delete"))))

@@ -207,7 +207,8 @@ def _discard(backend: Backend, plan: SwapPlan, log: Log, *, surely: bool = True)
     try:
         backend.delete(plan.new)
     except Exception as exc:  # noqa: BLE001 - reported in the error being raised
-        if not surely and isinstance(exc, ClientError) and "NotFound" in error_code(exc):
+        if not surely and (isinstance(exc, psycopg.errors.InvalidCatalogName)
+                           or isinstance(exc, ClientError) and "NotFound" in error_code(exc)):
             return f"no {plan.noun} was created"
         log.error("Could not delete the half-created %s %s: %s", plan.noun, plan.new, describe_error(exc))
         return f"the half-created {plan.noun} {plan.new} could NOT be deleted ({describe_error(exc)}): delete it"
