@@ -69,14 +69,25 @@ def catalog_of(args: argparse.Namespace) -> Catalog:
 _emitted: list[str] = []  # the commands whose result was printed (one JSON document per command run)
 
 
+_failures: list[str] = []  # what a command's failure said on stderr (flows/launch.py), for its JSON document
+
+
 def forget_emitted() -> None:
     _emitted.clear()
+    _failures.clear()
+
+
+def failed_with(message: str) -> None:
+    """A command's failure, as stderr said it: its JSON document (printed after) carries it as `error`."""
+    _failures.append(message)
 
 
 def emit(args: argparse.Namespace, command: str, document: dict[str, Any], text: str | None) -> None:
     """The result: `text` for a person, or with --json one JSON document (`schema_version`, `command`, ...)."""
     _emitted.append(command)
     if getattr(args, "json", False):
+        if document.get("exit_code") and "error" not in document and _failures:  # what stderr said, once
+            document = {**document, "error": _failures[-1]}
         print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, "command": command, **document}, indent=2,
                          default=str))
     elif text is not None:

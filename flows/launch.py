@@ -43,8 +43,11 @@ def run_migration_flow(environment: Environment, **parameters: object) -> tuple[
 
 
 def _failed(exc: RdsMigrationsError, label: str) -> int:
+    from flows.cli_common import failed_with
+
     where = "" if exc.exit_code == EXIT_USAGE else f"{label}: "
     print(f"rds-migrations: {where}{exc}", file=sys.stderr)
+    failed_with(f"{where}{exc}")
     return exc.exit_code
 
 

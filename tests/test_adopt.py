@@ -259,6 +259,16 @@ def test_flyway_entries_that_match_nothing_are_refused_by_name(
     assert [e for e in adoption.errors if e.startswith(error)], adoption.errors
 
 
+def test_a_flyway_description_that_starts_with_a_number_keeps_it(database: Connection, tmp_path: Path) -> None:
+    """Flyway's description holds no version (the script's `V2__` does): `2024 cleanup` is what it says, and
+    0002.2024-cleanup is its file. Its year was taken for a version prefix and cut off."""
+    flyway(database, *FLYWAY_HISTORY[:3], (5, "3", "2024 cleanup", "SQL", "V3__2024_cleanup.sql", 1, True))
+    catalog = catalog_of(tmp_path, "0001.baseline", "0002.add-phone-number-to-users", "0003.2024-cleanup")
+    adoption = map_to_catalog(applied(database, "flyway"), catalog, "flyway")
+    assert adoption.ok, adoption.errors
+    assert ("V3__2024_cleanup.sql", "0003.2024-cleanup") in adoption.pairs
+
+
 def test_a_dotted_flyway_version_maps_to_a_renumbered_file_that_kept_its_description(
         database: Connection, tmp_path: Path) -> None:
     flyway(database, *FLYWAY_HISTORY, (5, "3.1", "add index", "SQL", "V3_1__add_index.sql", 1, True),

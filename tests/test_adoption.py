@@ -88,6 +88,7 @@ def test_a_database_another_tool_migrated_is_adopted_and_the_next_run_applies_on
     document = json.loads(shown.stdout)
     assert document["schema_version"] == 1 and document["dry_run"] is True
     assert document["adopted"] == ["0001.create-users", "0002.add-phone-number-to-users", "0003.create-devices"]
+    assert [p["migration"] for p in document["mapping"]["mapping"]] == document["adopted"]  # entry → file
     assert applied_ids(database) == []  # a dry run writes nothing
 
     result = cli("baseline", "--env", "adopted", "--from", tool, cwd=tmp_path, env=adopted)
@@ -104,6 +105,37 @@ def test_a_database_another_tool_migrated_is_adopted_and_the_next_run_applies_on
     if tool == "knex":  # the other tool's tables are left as they were
         with connected(database) as conn:
             assert conn.execute("SELECT count(*) FROM knex_migrations").fetchone() == (3,)
+
+
+def test_through_on_a_database_knex_migrated_is_refused_and_json_says_why(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """`--through 0` records nothing and reads no Knex history: the next run applied again what Knex had
+    applied (a seed twice). It is refused, pointing at `--from knex`, and nothing is written."""
+    run(database, SCHEMA, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)),
+        (KNEX_ROW, ("002_add_phone_number_to_users.js", 1)), (KNEX_ROW, ("003_create_devices.js", 2)))
+    write_migrations(tmp_path, PORTED)
+    for through in ("0", "0001"):
+        result = cli("baseline", "--env", "adopted", "--through", through, "--json", cwd=tmp_path, env=adopted)
+        assert result.returncode == 1, result.stderr[-3000:]
+        error = json.loads(result.stdout)["error"]
+        assert "knex_migrations is here: Knex migrated this database" in error
+        assert "would run again" in error and "`rds-migrations baseline --from knex`" in error
+        assert error in result.stderr and "Traceback" not in result.stderr
+    with connected(database) as conn:
+        assert conn.execute("SELECT to_regclass('_yoyo_migration')").fetchone() == (None,)  # nothing written
+
+
+def test_a_refused_mapping_is_shown_entry_by_entry_in_json(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    run(database, SCHEMA, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)), (KNEX_ROW, ("002_seed_admin.js", 1)))
+    write_migrations(tmp_path, PORTED)
+    result = cli("baseline", "--env", "adopted", "--from", "knex", "--dry-run", "--json", cwd=tmp_path, env=adopted)
+    assert result.returncode == 1, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert "Knex's history cannot be adopted" in document["error"] and "002_seed_admin.js" in document["error"]
+    assert document["mapping"]["ok"] is False
+    assert {"entry": "001_create_users.js", "migration": "0001.create-users"} in document["mapping"]["mapping"]
+    assert [e for e in document["mapping"]["errors"] if e.startswith("002_seed_admin.js")]
 
 
 def test_through_0_adopts_foreign_tables_and_a_migration_altering_one_is_rehearsed_on_the_target_schema(

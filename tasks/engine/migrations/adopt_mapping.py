@@ -18,10 +18,13 @@ EXTENSIONS = re.compile(r"\.(?:js|ts|cjs|mjs|cts|mts|sql|coffee)$", re.IGNORECAS
 NUMBER_PREFIX = re.compile(r"^(\d+)[._\-\s]+(?=.)")
 
 
-def slug_key(name: str) -> str:
+def slug_key(name: str, *, numbered: bool = True) -> str:
     """What a migration's name says, whoever wrote it: no extension, no leading number (a sequence number or
-    a timestamp), lower case, `_`, `-`, `.` and spaces alike. `002_Add_phone.js` and `0002.add-phone` → `add-phone`."""
-    stem = NUMBER_PREFIX.sub("", EXTENSIONS.sub("", name.strip()), count=1)
+    a timestamp), lower case, `_`, `-`, `.` and spaces alike. `002_Add_phone.js` and `0002.add-phone` → `add-phone`.
+    `numbered` False: a name that holds no number of its own (Flyway's description), whose first word, a year
+    in `2024 cleanup`, is part of what it says."""
+    stem = EXTENSIONS.sub("", name.strip())
+    stem = NUMBER_PREFIX.sub("", stem, count=1) if numbered else stem
     return "-".join(part for part in re.split(r"[\s_.\-]+", stem.lower()) if part)
 
 
@@ -131,7 +134,7 @@ def _knex_match(entry: AppliedEntry, migrations: Migrations, taken: dict[str, st
 
 
 def _flyway_match(entry: AppliedEntry, migrations: Migrations, taken: dict[str, str], directory: str) -> Match:
-    key, number = slug_key(entry.description), _whole(entry.version)
+    key, number = slug_key(entry.description, numbered=False), _whole(entry.version)
     named = [m for m in migrations if slug_key(m.id) == key]
     if number is None:  # 1.1: ours are whole numbers, so only a file that kept the description maps
         return (named[0], None) if len(named) == 1 else (None, (

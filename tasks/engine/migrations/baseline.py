@@ -16,11 +16,13 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+import psycopg
+
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
 from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
 from tasks.engine.logs import Log
-from tasks.engine.migrations.adopt import read_applied
+from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import Ledger
@@ -44,6 +46,7 @@ class BaselineReport:
     mapping: str  # the mapping, as shown before anything was written
     already: bool = False  # the same migrations were recorded before: nothing was written
     dry_run: bool = False
+    adoption: dict[str, Any] | None = None  # --from: the mapping, entry by entry (adopt_mapping.Adoption.to_json)
 
     def to_text(self) -> str:
         if self.already:
@@ -57,7 +60,7 @@ class BaselineReport:
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "tool": self.tool, "through": self.through,
                 "adopted": list(self.adopted), "pending": list(self.pending), "already": self.already,
-                "dry_run": self.dry_run}
+                "dry_run": self.dry_run, "mapping": self.adoption}
 
 
 def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
@@ -74,11 +77,18 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
         with lock:
             if tool is not None:
                 adoption = map_to_catalog(read_applied(conn, tool), catalog, tool)
-                mapping = adoption.to_text()
+                mapping, shown = adoption.to_text(), adoption.to_json()
                 log.info("%s", mapping)
-                adoption.check()
+                try:
+                    adoption.check()
+                except AdoptionRefused as refused:  # --json still shows the mapping that was refused
+                    refused.result = BaselineReport(connection.describe(), tool, "0", (), (), mapping,
+                                                    dry_run=dry_run, adoption=shown)
+                    raise
                 adopted = [m for m in catalog.migrations if m.id in set(adoption.applied)]
             else:
+                shown = None
+                _refuse_other_history(conn)
                 adopted = _through(catalog, through or "0")
                 mapping = (f"--through {through}: {len(adopted)} migration(s) of {catalog.directory.name}/ recorded "
                            "as applied without running them" + "".join(f"\n  {m.id}" for m in adopted))
@@ -87,7 +97,8 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
             history = ledger.read()
             pending = tuple(m.id for m in catalog.migrations if m not in adopted)
             report = BaselineReport(connection.describe(), tool, through or (adopted[-1].id if adopted else "0"),
-                                    tuple(m.id for m in adopted), pending, mapping, dry_run=dry_run)
+                                    tuple(m.id for m in adopted), pending, mapping, dry_run=dry_run,
+                                    adoption=shown)
             if history.applied or ledger.baseline() is not None:
                 if set(history.applied) == {m.id for m in adopted}:
                     return replace(report, already=True)
@@ -108,6 +119,22 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
             ledger.remember_schema(state_key(adopted, adopted_baseline.id), read_schema(conn).to_json())
     log.info("Adopted %s: %d migration(s) recorded as applied", connection.describe(), len(adopted))
     return report
+
+
+def _refuse_other_history(conn: psycopg.Connection) -> None:
+    """`--through` records what it is told and reads no other tool's history: where Knex, Flyway or
+    golang-migrate left one, a migration that tool applied past VERSION would run again (a seed twice)."""
+    found = census(conn)
+    if not found.tools:
+        return
+    by = " and ".join(TITLES[t] for t in found.tools)
+    tries = " or ".join(f"`rds-migrations baseline --from {t}`" for t in found.tools)
+    raise AdoptionRefused(
+        f"{', '.join(found.tool_tables)} {'is' if len(found.tool_tables) == 1 else 'are'} here: {by} migrated this "
+        f"database, and --through would record what it names without reading that history (a migration {by} "
+        f"applied would run again); nothing was written. Adopt it with {tries}, which maps that history onto the "
+        "directory; if these migrations are not the ones it applied (a new start), rename or drop its history "
+        "table first")
 
 
 def _through(catalog: Catalog, through: str) -> list[Migration]:
