@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from glob import escape
 from typing import Literal
 
 import psycopg
@@ -17,6 +18,7 @@ from psycopg import sql
 
 from tasks.engine.errors import HistoryMismatch, UsageError
 from tasks.engine.migrations.history import TABLES as OUR_TABLES
+from tasks.engine.migrations.schema import TOOL_TABLES, is_ignored
 
 TITLES = {"knex": "Knex", "flyway": "Flyway", "golang-migrate": "golang-migrate"}
 TOOLS = tuple(TITLES)
@@ -150,6 +152,20 @@ def _tool_tables(conn: psycopg.Connection) -> dict[str, list[tuple[str, str]]]:
         elif table == "schema_migrations" and cols == GOLANG_COLUMNS:
             found["golang-migrate"].append((schema, table))
     return dict(found)
+
+
+def renamed_tool_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, name) of each tool's history table found under a name schema.TOOL_TABLES does not hold (Knex's
+    `tableName` with its `_lock` table, Flyway's `schema_version`): the other tool's, not the user schema."""
+    found = _tool_tables(conn)
+    places = {place for tool in TOOLS for place in found.get(tool, ())}
+    places |= {(schema, f"{name}_lock") for schema, name in found.get("knex", ())}
+    return sorted(place for place in places if not is_ignored(*place))
+
+
+def ignored_tables(conn: psycopg.Connection) -> tuple[str, ...]:
+    """The `ignore` patterns of read_schema here: the tools' tables by their usual names, and under others."""
+    return TOOL_TABLES + tuple(f"{escape(schema)}.{escape(name)}" for schema, name in renamed_tool_tables(conn))
 
 
 # ---- what the other tool applied -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
 from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
 from tasks.engine.logs import Log
-from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, read_applied
+from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, ignored_tables, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import Ledger
@@ -116,7 +116,8 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
             # The schema as adopted is, by definition, what the migrations recorded so far make.
             adopted_baseline = ledger.baseline()
             assert adopted_baseline is not None
-            ledger.remember_schema(state_key(adopted, adopted_baseline.id), read_schema(conn).to_json())
+            ledger.remember_schema(state_key(adopted, adopted_baseline.id),
+                                   read_schema(conn, ignore=ignored_tables(conn)).to_json())
     log.info("Adopted %s: %d migration(s) recorded as applied", connection.describe(), len(adopted))
     return report
 

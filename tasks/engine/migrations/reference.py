@@ -22,7 +22,7 @@ from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
 from tasks.engine.errors import DriftReferenceUnavailable
 from tasks.engine.logs import Log
-from tasks.engine.migrations.adopt import census
+from tasks.engine.migrations.adopt import census, ignored_tables
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.drift import DriftReport, compare, explained_by_pending
@@ -65,6 +65,8 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
         migrations = [m for m in catalog.migrations if m.id in applied or m.id in also]
         remembered = None if also else ledger.remembered_schema(
             state_key(migrations, baseline.id if baseline else None))
+        adopted_schema = None if baseline is None or remembered is not None else ledger.remembered_schema(
+            state_key([m for m in catalog.migrations if m.id in set(baseline.migrations)], baseline.id))
     if remembered is not None:
         return SchemaSnapshot.from_json(remembered), "remembered after the last run"
     adopted = set(baseline.migrations) if baseline else set()
@@ -91,9 +93,21 @@ def expected_schema(target: Connection, catalog: Catalog, place: Place, policy: 
                 f"drift's reference could not be rebuilt on a scratch database ({place.where}), the target was not "
                 f"touched: {exc}") from None
         with connected(scratch) as conn:
-            snapshot = read_schema(conn)
+            snapshot = read_schema(conn, ignore=ignored_tables(conn))  # an older baseline's dump may hold them
+    if adopted_schema is not None:
+        snapshot = _with_invalid_indexes(snapshot, SchemaSnapshot.from_json(adopted_schema))
     how = "the adopted schema and the migrations since" if baseline else "the applied migrations"
     return snapshot, f"rebuilt from {how} on {place.where}"
+
+
+def _with_invalid_indexes(rebuilt: SchemaSnapshot, adopted: SchemaSnapshot) -> SchemaSnapshot:
+    """The INVALID indexes the database held when it was adopted (a failed `CREATE INDEX CONCURRENTLY` of
+    before), on tables still there: pg_dump leaves them out, so a reference rebuilt from the baseline's dump
+    lacked them and the live one read as "added by hand"."""
+    have = rebuilt.by_key()
+    back = [obj for obj in adopted.objects if obj.kind == "index" and obj.definition.get("valid") is False
+            and obj.key not in have and ("table", obj.parent) in have]
+    return rebuilt.with_objects(back) if back else rebuilt
 
 
 def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Policy, log: Log = logger, *,
@@ -104,7 +118,7 @@ def check_drift(target: Connection, catalog: Catalog, place: Place, policy: Poli
     `pending_place()`: chosen only then, as it must suit them (scratch.choose_place may start a server)."""
     expected, source = expected_schema(target, catalog, place, policy, log)
     with session(target, read_only=True) as conn:
-        live = read_schema(conn)
+        live = read_schema(conn, ignore=ignored_tables(conn))
         drift = compare(expected, live)
         unadopted = census(conn).refusal() if drift.drifted else None
     if unadopted:  # a database another tool or a person migrated: its tables read as added by hand until then
@@ -124,4 +138,5 @@ def remember_live_schema(target: Connection, catalog: Catalog) -> None:
     with session(target) as conn:
         ledger = Ledger.open(conn)
         if ledger.exists()["schema"]:
-            ledger.remember_schema(current_state_key(ledger, catalog), read_schema(conn).to_json())
+            ledger.remember_schema(current_state_key(ledger, catalog),
+                                   read_schema(conn, ignore=ignored_tables(conn)).to_json())

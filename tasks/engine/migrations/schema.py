@@ -96,6 +96,9 @@ class SchemaSnapshot:
     def by_key(self) -> dict[tuple[str, str], SchemaObject]:
         return {obj.key: obj for obj in self.objects}
 
+    def with_objects(self, more: Iterable[SchemaObject]) -> SchemaSnapshot:
+        return SchemaSnapshot(objects=_sorted((*self.objects, *more)), server_version=self.server_version)
+
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "server_version": self.server_version,
                 "objects": [obj.to_json() for obj in self.objects]}

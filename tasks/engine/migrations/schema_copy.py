@@ -12,6 +12,7 @@ from pathlib import Path
 from tasks.engine.clients import client_binary, dumped_by
 from tasks.engine.connection import Connection, connected
 from tasks.engine.errors import RdsMigrationsError, redact
+from tasks.engine.migrations.adopt import renamed_tool_tables
 from tasks.engine.migrations.schema import TOOL_TABLES, is_ignored
 from tasks.engine.processes import child_environment
 
@@ -35,15 +36,17 @@ class SchemaCopyError(RdsMigrationsError):
 
 def dump_schema(source: Connection) -> bytes:
     """The schema of `source` in pg_dump's custom format, without the migration tools' own tables (ours,
-    yoyo's, Knex's, Flyway's, golang-migrate's: schema.TOOL_TABLES) or their serial sequences. Reads only."""
+    yoyo's, Knex's, Flyway's, golang-migrate's: schema.TOOL_TABLES, and a tool's history found under another
+    name) or their serial sequences. Reads only."""
     with connected(source, application_name="rds-migrations schema copy") as conn:
+        renamed = renamed_tool_tables(conn)
         sequences = [(schema, name) for schema, name, table_schema, table in conn.execute(OWNED_SEQUENCES_SQL)
-                     if is_ignored(table_schema, table)]
+                     if is_ignored(table_schema, table) or (table_schema, table) in renamed]
         server = conn.info.server_version // 10000  # pg_dump refuses a server newer than itself
     with tempfile.TemporaryDirectory(prefix="rds-migrations-schema-") as work:
         path = Path(work) / "schema.dump"
         excluded = [f"--exclude-table=*.{table}" for table in TOOL_TABLES]
-        excluded += [f"--exclude-table={_literal(schema)}.{_literal(name)}" for schema, name in sequences]
+        excluded += [f"--exclude-table={_literal(schema)}.{_literal(name)}" for schema, name in [*renamed, *sequences]]
         dumper = client_binary("pg_dump", source.tls(), at_least=server)
         _run(source, [str(dumper), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
                       "--no-password", "--lock-wait-timeout=60s", *excluded, f"--file={path}"],

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from tasks.engine.connection import Connection
-from tasks.engine.migrations.adopt import census
+from tasks.engine.migrations.adopt import census, ignored_tables
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.drift import compare
@@ -267,7 +267,7 @@ def _drift(conn: psycopg.Connection, ledger: Ledger, catalog: Catalog) -> tuple[
     if remembered is None:
         return NOT_CHECKED, None
     try:
-        live = read_schema(conn)
+        live = read_schema(conn, ignore=ignored_tables(conn))
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
         return LOCKED_OUT, None
     report = compare(SchemaSnapshot.from_json(remembered), live)
