@@ -126,6 +126,19 @@ def test_through_on_a_database_knex_migrated_is_refused_and_json_says_why(
         assert conn.execute("SELECT to_regclass('_yoyo_migration')").fetchone() == (None,)  # nothing written
 
 
+def test_a_baseline_says_what_it_would_record_and_nothing_of_it_where_history_is_there(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    run(database, SCHEMA)
+    write_migrations(tmp_path, PORTED)
+    shown = cli("baseline", "--env", "adopted", "--through", "0002", "--dry-run", cwd=tmp_path, env=adopted)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "2 migration(s) of migrations/ would be recorded as applied" in shown.stderr
+    assert cli("baseline", "--env", "adopted", "--through", "0003", cwd=tmp_path, env=adopted).returncode == 0
+    again = cli("baseline", "--env", "adopted", "--through", "0001", "--dry-run", cwd=tmp_path, env=adopted)
+    assert again.returncode == 1 and "already has migration history (3 applied" in again.stderr
+    assert "recorded as applied" not in again.stderr  # it said "1 migration(s) … recorded", then refused
+
+
 def test_a_refused_mapping_is_shown_entry_by_entry_in_json(
         tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
     run(database, SCHEMA, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)), (KNEX_ROW, ("002_seed_admin.js", 1)))

@@ -61,7 +61,7 @@ class Adoption:
         lines += [f"  {p.entry:<{width}}  ·  skipped: {p.migration}" for p in self.skipped]
         if self.errors:
             return "\n".join([*lines, "refused, nothing will be recorded:", *(f"  - {e}" for e in self.errors)])
-        lines.append(f"recorded as applied without running them: {len(self.applied)}; pending: {len(self.pending)}")
+        lines.append(f"to record as applied without running them: {len(self.applied)}; pending: {len(self.pending)}")
         return "\n".join(lines + [f"  pending  {m}" for m in self.pending])
 
     def to_json(self) -> dict:

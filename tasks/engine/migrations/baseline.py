@@ -75,37 +75,40 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
     with session(connection, read_only=dry_run, policy=policy, application_name="rds-migrations baseline") as conn:
         lock = migration_lock(conn, policy.migration_lock_wait_seconds) if not dry_run else _nothing()
         with lock:
+            ledger = Ledger.open(conn)
+            history = ledger.read()
+            adopted_before = bool(history.applied) or ledger.baseline() is not None
+            shown: dict[str, Any] | None = None
             if tool is not None:
                 adoption = map_to_catalog(read_applied(conn, tool), catalog, tool)
                 mapping, shown = adoption.to_text(), adoption.to_json()
-                log.info("%s", mapping)
-                try:
-                    adoption.check()
-                except AdoptionRefused as refused:  # --json still shows the mapping that was refused
-                    refused.result = BaselineReport(connection.describe(), tool, "0", (), (), mapping,
-                                                    dry_run=dry_run, adoption=shown)
-                    raise
                 adopted = [m for m in catalog.migrations if m.id in set(adoption.applied)]
             else:
-                shown = None
-                _refuse_other_history(conn)
+                if not adopted_before:
+                    _refuse_other_history(conn)
                 adopted = _through(catalog, through or "0")
-                mapping = (f"--through {through}: {len(adopted)} migration(s) of {catalog.directory.name}/ recorded "
-                           "as applied without running them" + "".join(f"\n  {m.id}" for m in adopted))
-                log.info("%s", mapping)
-            ledger = Ledger.open(conn)
-            history = ledger.read()
+                verb = "would be" if dry_run else "are"
+                mapping = (f"--through {through}: {len(adopted)} migration(s) of {catalog.directory.name}/ {verb} "
+                           "recorded as applied without running them" + "".join(f"\n  {m.id}" for m in adopted))
             pending = tuple(m.id for m in catalog.migrations if m not in adopted)
             report = BaselineReport(connection.describe(), tool, through or (adopted[-1].id if adopted else "0"),
                                     tuple(m.id for m in adopted), pending, mapping, dry_run=dry_run,
                                     adoption=shown)
-            if history.applied or ledger.baseline() is not None:
+            if adopted_before:  # said before any mapping: there is nothing to adopt
                 if set(history.applied) == {m.id for m in adopted}:
                     return replace(report, already=True)
                 raise HistoryMismatch(
                     f"{connection.describe()} already has migration history ({len(history.applied)} applied, the "
                     f"newest {history.applied[-1] if history.applied else 'none'}): a baseline adopts a database "
-                    "that has none; nothing was written (see `rds-migrations plan` for what is pending)")
+                    "that has none; nothing was written (`rds-migrations status` shows what is recorded, "
+                    "`rds-migrations plan` what is pending)")
+            log.info("%s", mapping)
+            if tool is not None:
+                try:
+                    adoption.check()
+                except AdoptionRefused as refused:  # --json still shows the mapping that was refused
+                    refused.result = replace(report, through="0", adopted=(), pending=())
+                    raise
             if dry_run:
                 return report
             dump = dump_schema(connection)
