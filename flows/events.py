@@ -87,7 +87,9 @@ def run_completed(summary: RunSummary | RefreshSummary) -> None:
     """Every run's outcome (succeeded, failed, nothing-to-do, dry-run), as its notification says it."""
     if isinstance(summary, RunSummary):
         git_sha, kind = summary.git_sha, "migration"
-        details: dict[str, Any] = {"pending": list(summary.pending[:LISTED]), "pending_count": len(summary.pending),
+        pending = summary.pending  # None: the run stopped before its plan (not known, never 0)
+        details: dict[str, Any] = {"pending": None if pending is None else list(pending[:LISTED]),
+                                   "pending_count": None if pending is None else len(pending),
                                    "failed_migration": summary.failed_migration, "snapshot_id": summary.snapshot_id,
                                    "trigger": summary.trigger}
     else:

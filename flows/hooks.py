@@ -34,7 +34,15 @@ from tasks.engine.fleet.targets import environment_named
 from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
 from tasks.engine.notify import deliver
-from tasks.engine.runs.crash import EndedRun, Ending, KnownState, crash_summary, describe, known_state
+from tasks.engine.runs.crash import (
+    EndedRun,
+    Ending,
+    KnownState,
+    could_have_reused,
+    crash_summary,
+    describe,
+    known_state,
+)
 from tasks.notify import slack_post_for
 
 # What a hook reads of a stopped run beyond what `announce` does: (the run, completed; its summary, once the
@@ -103,7 +111,7 @@ def read_one_database(client: SyncPrefectClient, run: Any, ended: EndedRun,
                       log: Log) -> tuple[EndedRun, Callable[[Environment], Summary]]:
     """A one-database run: the step that was running and its plan from Prefect; then, for the summary, what its
     database and its snapshots say."""
-    ended = replace(ended, step=running_step(client, run.id),
+    ended = replace(ended, step=running_step(client, run.id), reached_snapshot=reached_snapshot(client, run.id),
                     planned=planned(client, run.id, str(run.parameters.get("environment"))))
     return ended, lambda environment: crash_summary(ended, environment, read_known(environment, ended))
 
@@ -120,7 +128,8 @@ def read_known(environment: Environment, ended: EndedRun) -> KnownState:
     rds = None
     if isinstance(environment.snapshot, RdsInstanceSnapshot | AuroraClusterSnapshot):
         rds = clients.get("rds", environment)
-    return known_state(environment, connection, ended.flow_run_id, ended.parameter("git_sha"), rds)
+    return known_state(environment, connection, ended.flow_run_id, ended.parameter("git_sha"), rds,
+                       could_reuse=could_have_reused(ended))
 
 
 def step_of(task_run_name: str) -> str | None:
@@ -130,11 +139,20 @@ def step_of(task_run_name: str) -> str | None:
     return None
 
 
+def started_task_runs(client: SyncPrefectClient, flow_run_id: UUID) -> list[Any]:
+    return [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if t.start_time is not None]
+
+
+def reached_snapshot(client: SyncPrefectClient, flow_run_id: UUID) -> bool:
+    """Whether the run's snapshot step started (only from there could it have reused its commit's snapshot)."""
+    return any(step_of(t.name) == "snapshot" for t in started_task_runs(client, flow_run_id))
+
+
 def running_step(client: SyncPrefectClient, flow_run_id: UUID) -> str | None:
     """The step that was running when the run stopped: the last task run that started and did not complete
     (killed, it stays Running: nobody ends it); else "after" the last one that completed."""
-    task_runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-                 if t.start_time is not None]
+    task_runs = started_task_runs(client, flow_run_id)
     stopped = [t for t in task_runs if t.state is None or not t.state.is_completed()]
     if stopped:
         return step_of(max(stopped, key=lambda t: t.start_time).name)  # type: ignore[arg-type, return-value]

@@ -27,6 +27,7 @@ STATUS = {
 TITLES = {"refresh": "Staging refresh", "restore": "Restore"}
 REFUSED = "<refused"
 RESTORE_DEPLOYMENT = "restore-snapshot/restore"
+STILL_CREATING = " (still being created when the run stopped: not usable yet)"
 
 
 class Summary(Protocol):
@@ -104,13 +105,14 @@ class RunSummary:
     error: str | None  # already secret-free error text
     applied: tuple[str, ...]  # migration ids applied in this run
     failed_migration: str | None
-    pending: tuple[str, ...]  # still pending after the run
+    pending: tuple[str, ...] | None  # still pending after the run; None: not known (it stopped before its plan)
     snapshot_id: str | None
     snapshot_location: str | None  # ARN or dump path
     restore_steps: tuple[str, ...]  # shell commands (restore to a NEW name, then swap) when a snapshot exists
     duration_seconds: float
     run_url: str | None  # Prefect UI link to the flow run
     failed_outcome: str | None = None  # what the failed migration left (MigrationFailure.outcome), when known
+    snapshot_state: str | None = None  # "creating": the run stopped while its snapshot was being taken
 
     def slack_message(self) -> tuple[str, str]:
         return render_message(self)
@@ -129,10 +131,21 @@ def _outcome_line(summary: RunSummary) -> str:
     return status
 
 
+def _pending(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str]:
+    """(" (count)", the list) of what is pending; not known when the run stopped before its plan."""
+    if summary.pending is None:
+        return "", "not known (the run stopped before its plan)"
+    return f" ({len(summary.pending)})", _listed(summary.pending, quote)
+
+
 def _no_snapshot_note(summary: RunSummary) -> str | None:
-    """On a failure without a snapshot, say what state the database is in, from the fields alone."""
-    if summary.outcome != "failed" or summary.snapshot_id:
+    """On a failure without a snapshot to restore, say what state the database is in, from the fields alone."""
+    if summary.outcome != "failed" or (summary.snapshot_id and summary.restore_steps):
         return None
+    if summary.snapshot_id:  # being created, or nothing this run did needs it
+        if summary.applied or summary.failed_migration:
+            return None
+        return "No migration was applied in this run: the database was not changed, so there is nothing to restore."
     if summary.applied:
         kept = f"the {len(summary.applied)} migration(s) applied in this run are in place"
     else:
@@ -178,10 +191,11 @@ def render_message(summary: RunSummary) -> tuple[str, str]:
     ]
     if summary.failed_migration:
         lines.append(f"*Failed migration:* {code(summary.failed_migration)}")
-    lines.append(f"*{applied_label} ({len(summary.pending)}):* {_listed(summary.pending, code)}")
+    count, pending = _pending(summary, code)
+    lines.append(f"*{applied_label}{count}:* {pending}")
     if summary.snapshot_id:
         where = f" at {code(summary.snapshot_location)}" if summary.snapshot_location else ""
-        lines.append(f"*Snapshot:* {code(summary.snapshot_id)}{where}")
+        lines.append(f"*Snapshot:* {code(summary.snapshot_id)}{STILL_CREATING if summary.snapshot_state else where}")
     lines.append(f"*Duration:* {format_duration(summary.duration_seconds)}")
     if summary.run_url:
         url = summary.run_url.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
@@ -209,10 +223,10 @@ def render_console(summary: RunSummary) -> str:
     if summary.failed_migration:
         lines.append(f"  failed:     {summary.failed_migration}")
     label = "would apply" if summary.outcome == "dry-run" else "pending"
-    lines.append(f"  {label + ':':<11} {_listed(summary.pending, str)}")
+    lines.append(f"  {label + ':':<11} {_pending(summary, str)[1]}")
     if summary.snapshot_id:
         where = f" at {summary.snapshot_location}" if summary.snapshot_location else ""
-        lines.append(f"  snapshot:   {summary.snapshot_id}{where}")
+        lines.append(f"  snapshot:   {summary.snapshot_id}{STILL_CREATING if summary.snapshot_state else where}")
     lines.append(f"  duration:   {format_duration(summary.duration_seconds)}")
     if summary.run_url:
         lines.append(f"  run:        {summary.run_url}")

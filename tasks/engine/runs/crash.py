@@ -37,6 +37,7 @@ from tasks.engine.snapshots.restore import SNAPSHOT_ID
 
 Ending = Literal["crashed", "cancelled", "timed-out"]
 REFRESH_FLOWS = {"refresh-staging": "refresh", "restore-snapshot": "restore"}
+ROLLBACK_FLOW = "rollback"
 # The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
 PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,
               "snapshot_id": SNAPSHOT_ID}
@@ -70,6 +71,7 @@ class EndedRun:
     flow_run_id: str
     parameters: dict[str, Any]
     step: str | None = None  # the step that was running, when known
+    reached_snapshot: bool | None = None  # whether its snapshot step started (None: not known)
     planned: tuple[str, ...] | None = None  # what its plan said was pending, when it got that far
     deployment: str | None = None
     duration_seconds: float = 0.0
@@ -98,9 +100,17 @@ def read_database(connection: Connection, flow_run_id: str) -> tuple[tuple[str, 
 
 
 def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None,
-                 now: datetime | None = None) -> Snapshot | None:
-    """The snapshot tagged with this run; else the newest one taken for its commit that the run could have
-    reused: at most `policy.snapshot_reuse_minutes` older than the run's start, which was at most its budget
+                 now: datetime | None = None, *, could_reuse: bool = True) -> Snapshot | None:
+    """The snapshot tagged with this run; else (`could_reuse`: the run reached its snapshot step) the newest one
+    taken for its commit that the run could have reused."""
+    own, commits = snapshots_of_run(environment, flow_run_id, git_sha, rds_client, now)
+    return own or (commits if could_reuse else None)
+
+
+def snapshots_of_run(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None,
+                     now: datetime | None = None) -> tuple[Snapshot | None, Snapshot | None]:
+    """(the newest snapshot tagged with this run, the newest one taken for its commit that the run could have
+    reused): at most `policy.snapshot_reuse_minutes` older than the run's start, which was at most its budget
     before `now` (an older one, named in the restore instructions, would lose every write since)."""
     config = environment.snapshot
     found: list[tuple[Snapshot, dict[str, str]]] = []
@@ -122,18 +132,28 @@ def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_c
                           {"flow_run_id": tags.get(f"{TAG_PREFIX}flow-run-id", ""),
                            "git_sha": tags.get(f"{TAG_PREFIX}git-sha", "")}))
     ours = [s for s, tags in found if tags["flow_run_id"] == flow_run_id]
+    commits: list[Snapshot] = []
     window = environment.policy.snapshot_reuse_minutes
-    if not ours and GIT_SHA.match(git_sha) and window > 0:
+    if GIT_SHA.match(git_sha) and window > 0:
         reusable_after = (now or datetime.now(UTC)) - timedelta(minutes=window,
                                                                 seconds=run_budget_seconds(environment))
-        ours = [s for s, tags in found if tags["git_sha"] == git_sha and s.created_at >= reusable_after]
-    return max(ours, key=lambda s: s.created_at) if ours else None
+        commits = [s for s, tags in found if tags["git_sha"] == git_sha and s.created_at >= reusable_after]
+    return (max(ours, key=lambda s: s.created_at) if ours else None,
+            max(commits, key=lambda s: s.created_at) if commits else None)
+
+
+def could_have_reused(run: EndedRun) -> bool | None:
+    """Whether the run could have reused a snapshot of its commit: only from its snapshot step on (one that
+    stopped before it took none; naming one, with how to restore it, would undo what was applied since), and
+    never a rollback (it takes its own). None: the step it reached is not known."""
+    return False if run.flow_name == ROLLBACK_FLOW else run.reached_snapshot
 
 
 def known_state(environment: Environment, connection: Connection | Exception, flow_run_id: str, git_sha: str,
-                rds_client: Any = None) -> KnownState:
+                rds_client: Any = None, *, could_reuse: bool | None = True) -> KnownState:
     """Everything that can be read; each part that cannot is named in `unknown` instead of failing the rest.
-    `connection` is the error that stopped the credentials being read, when they could not be."""
+    `connection` is the error that stopped the credentials being read, when they could not be. `could_reuse`:
+    whether the run got as far as its snapshot step (`could_have_reused`; None: not known)."""
     applied: tuple[str, ...] = ()
     dirty: tuple[DirtyMigration, ...] = ()
     snapshot = None
@@ -146,7 +166,11 @@ def known_state(environment: Environment, connection: Connection | Exception, fl
         except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
             unknown.append(f"what the database says (it could not be read: {describe(exc)})")
     try:
-        snapshot = run_snapshot(environment, flow_run_id, git_sha, rds_client)
+        own, commits = snapshots_of_run(environment, flow_run_id, git_sha, rds_client)
+        snapshot = own or (commits if could_reuse else None)
+        if snapshot is None and commits is not None and could_reuse is None:
+            unknown.append(f"whether the run got as far as its snapshot step, so whether it reused "
+                           f"{commits.identifier}, taken for its commit: restore from it only if it did")
     except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
         unknown.append(f"whether a snapshot was taken ({describe(exc)})")
     return KnownState(applied, dirty, snapshot, tuple(unknown))
@@ -190,14 +214,18 @@ def crash_summary(run: EndedRun, environment: Environment | None, known: KnownSt
             flow_name=run.flow_name, parameters=shown_parameters(given, PARAMETERS),
             duration_seconds=run.duration_seconds, run_url=run.run_url,
         )
-    ours = [d.migration_id for d in known.dirty if d.flow_run_id == run.flow_run_id]
-    pending = tuple(m for m in run.planned or () if m not in known.applied)
-    failed = ours[0] if ours else (pending[0] if run.step == "migrate" and pending else None)
+    ours = [d for d in known.dirty if d.flow_run_id == run.flow_run_id]
+    pending = None if run.planned is None else tuple(m for m in run.planned if m not in known.applied)
+    failed = ours[0].migration_id if ours else (pending[0] if run.step == "migrate" and pending else None)
+    # Its own dirty mark says what it left (the `Dirty:` line above): never "rolled back".
+    left = (f"non-transactional, stopped {'while recording it' if ours[0].state == 'recording' else 'midway'}: "
+            "the database is marked dirty (see Dirty above) and later runs refuse until it is resolved"
+            if ours else None)
     snapshot = known.snapshot
     return RunSummary(
         environment=name, tier=tier, git_sha=run.parameter("git_sha"), trigger=run.parameter("trigger"),
         outcome="failed", failed_step=step, error=error,
-        applied=known.applied, failed_migration=failed, pending=pending,
+        applied=known.applied, failed_migration=failed, failed_outcome=left, pending=pending,
         snapshot_id=snapshot.identifier if snapshot else None,
         snapshot_location=snapshot.location if snapshot else None,
         restore_steps=restore_commands(name, snapshot.identifier) if snapshot else (),

@@ -28,6 +28,8 @@ from tasks.engine.errors import (
 )
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.messages import RunSummary, restore_commands
+from tasks.engine.migrations.dirty import DirtyMigration
+from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import read_history
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
@@ -38,8 +40,10 @@ from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.naming import Snapshot
+from tasks.engine.snapshots.take import SnapshotNotReady
 
 T = TypeVar("T")
+DIRTY_LEFT = "stopped midway: the database is marked dirty and later runs refuse until it is resolved (see the error)"
 
 
 def migrate_environment(name: str, tier: str, steps: Steps, *, git_sha: str = "unknown", dry_run: bool = False,
@@ -128,6 +132,8 @@ class Progress:
     snapshot: Snapshot | None = None
     applied: ApplyReport | None = None
     connection: Connection | None = None  # the target's, once read: what an interrupted run applied is read there
+    migrations: Path | None = None  # the catalog's directory, for the commands a message suggests
+    dirty: tuple[DirtyMigration, ...] = ()  # the marks an interrupted run found in the history
 
 
 def run_migration(
@@ -149,7 +155,7 @@ def run_migration(
     started = time.monotonic()
     progress = Progress(step="checkout", git_sha=git_sha)
     # Ctrl-C is told like any failure, with what the history says was applied.
-    with Ended(on_interrupt=lambda: interrupted(progress)) as ended:
+    with Ended(on_interrupt=lambda: interrupted(progress, environment.name)) as ended:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
                migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval)
     error = ended.error
@@ -176,6 +182,7 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     git_sha = progress.git_sha = commit_of_run(steps, git_sha, project_root, migrations_dir)
     progress.step = "validate"
     catalog, progress.report = steps.validate(Path(migrations_dir), project_root, environment.policy)
+    progress.migrations = catalog.directory
     progress.step = "fetch-secret"
     credentials = Credentials(environment, {"environment": environment.name, "git_sha": git_sha,
                                             "trigger": trigger, "target": target,
@@ -207,26 +214,34 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
         remember_live_schema(credentials.connection, catalog)
 
 
-def interrupted(progress: Progress) -> Interrupted:
-    """The error an interrupted run ends with. While migrating, what it applied is read from the history (the
-    apply loop's own report went with the interrupt); when that cannot be read, the text says where to look."""
+def interrupted(progress: Progress, environment: str) -> Interrupted:
+    """The error an interrupted run ends with. While migrating, what it applied and the dirty mark it left are
+    read from the history (the apply loop's own report went with the interrupt); when that cannot be read, the
+    text says where to look, with the flags that name this run's database."""
     said = f"interrupted (Ctrl-C) at step {progress.step}"
     if progress.step != "migrate" or progress.report is None or progress.connection is None:
         return Interrupted(f"{said}: nothing was applied")
     pending = progress.report.pending
     try:
         with session(progress.connection, read_only=True) as conn:
-            now = set(read_history(conn).applied)
+            history = read_history(conn)
     except (psycopg.Error, KeyboardInterrupt):  # unreachable, or Ctrl-C again: not read
-        return Interrupted(f"{said}: what it applied is not known here; `rds-migrations status` reads it from the "
-                           "history (a transactional migration stopped midway was rolled back by the server; a "
-                           "non-transactional one is marked dirty)")
-    done = tuple(i for i in pending if i in now)
-    left = tuple(i for i in pending if i not in now)
+        return Interrupted(f"{said}: what it applied is not known here; `rds-migrations status "
+                           f"{where_flag(environment, progress.migrations)}` reads it from the history (a "
+                           "transactional migration stopped midway was rolled back by the server; a non-transactional "
+                           "one is marked dirty)")
+    done = tuple(i for i in pending if i in history.applied)
+    left = tuple(i for i in pending if i not in history.applied)
     progress.applied = ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in done), pending=left)
-    stopped = ("; one stopped midway was rolled back by the server (a non-transactional one stays marked dirty: "
-               "see `rds-migrations resolve`)" if left else "; every pending migration had been applied")
-    return Interrupted(f"{said}: {len(done)} migration(s) applied and recorded before it{stopped}")
+    progress.dirty = history.dirty
+    if history.dirty:
+        stopped = "".join(f"; {mark.describe()}; to resolve: {mark.hint(environment, progress.migrations)}"
+                          for mark in history.dirty)
+    else:
+        stopped = ("; the one that was running, if any, was rolled back by the server" if left
+                   else "; every pending migration had been applied")
+    applied = f"{len(done)} migration(s) applied and recorded before it" if done else "nothing was applied before it"
+    return Interrupted(f"{said}: {applied}{stopped}")
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:
@@ -237,9 +252,14 @@ def _publish_plan(steps: Steps, environment: Environment, report: ValidationRepo
 def summarize(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, trigger: str,
               dry_run: bool, error: Exception | None, duration: float) -> RunSummary:
     report, applied, snapshot = progress.report, progress.applied, progress.snapshot
-    pending = report.pending if report else ()
+    pending = report.pending if report and report.plan else None  # None: it stopped before its plan
     if applied is not None:
         pending = applied.pending
+    # Restoring undoes every write since the snapshot: offered only when the run changed something.
+    changed = bool(applied and (applied.applied_ids or applied.failed)) or bool(progress.dirty)
+    restorable = snapshot is not None and (changed or not isinstance(error, Interrupted))
+    creating = error.snapshot_id if isinstance(error, SnapshotNotReady) else None
+    failed = applied.failed if applied else None
     if error is not None:
         outcome = "failed"
     elif dry_run:
@@ -257,12 +277,13 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         failed_step=progress.step if error is not None else None,
         error=str(error) if error is not None else None,
         applied=applied.applied_ids if applied else (),
-        failed_migration=applied.failed.migration_id if applied and applied.failed else None,
-        failed_outcome=_left(applied.failed) if applied and applied.failed else None,
-        pending=tuple(pending),
-        snapshot_id=snapshot.identifier if snapshot else None,
+        failed_migration=failed.migration_id if failed else progress.dirty[0].migration_id if progress.dirty else None,
+        failed_outcome=_left(failed) if failed else DIRTY_LEFT if progress.dirty else None,
+        pending=None if pending is None else tuple(pending),
+        snapshot_id=snapshot.identifier if snapshot else creating,
         snapshot_location=snapshot.location if snapshot else None,
-        restore_steps=restore_commands(environment.name, snapshot.identifier) if snapshot else (),
+        snapshot_state="creating" if creating else None,
+        restore_steps=restore_commands(environment.name, snapshot.identifier) if snapshot and restorable else (),
         duration_seconds=duration,
         run_url=steps.run_info().run_url,
     )

@@ -39,6 +39,17 @@ from tasks.engine.snapshots.rds import CLUSTER, INSTANCE, RdsApi, waiter_config
 logger = logging.getLogger(__name__)
 # Told (snapshot id, percent done) while waiting, and 100 when the snapshot is usable; must not raise.
 SnapshotProgress = Callable[[str, int], None]
+# How an operator follows a snapshot still being created, by the kind of its API.
+DESCRIBE_COMMANDS = {"rds_instance": "aws rds describe-db-snapshots --db-snapshot-identifier",
+                     "aurora_cluster": "aws rds describe-db-cluster-snapshots --db-cluster-snapshot-identifier"}
+
+
+class SnapshotNotReady(SnapshotError):
+    """The wait ran out while the snapshot was still being created: it exists (`snapshot_id`), not usable yet."""
+
+    def __init__(self, message: str, snapshot_id: str) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
 
 
 def take_snapshot(
@@ -239,10 +250,10 @@ def _wait_until_available(api: RdsApi, rds: Any, snapshot_id: str, max_wait_seco
         log.info("snapshot %s: %s%%", snapshot_id, percent)
         if attempt < config["MaxAttempts"]:
             sleep(config["Delay"])
-    raise SnapshotError(
+    raise SnapshotNotReady(
         f"snapshot {snapshot_id} is still {status!r} after {max_wait_seconds} s (snapshot.max_wait_seconds); "
-        "nothing was migrated; run again later (the same git SHA reuses it once available) or raise the limit"
-    )
+        f"nothing was migrated; `{DESCRIBE_COMMANDS[api.kind]} {snapshot_id}` "
+        "shows it; run again later (the same git SHA reuses it once available) or raise the limit", snapshot_id)
 
 
 def _rds_result(

@@ -1,0 +1,222 @@
+"""Crash, cancel, Ctrl-C and failure reports that tell the truth: a snapshot is named (with how to restore it)
+only when the run took or reused it, a dirty mark is never said to be rolled back, what is pending is "not
+known" rather than "none" when the run stopped before its plan, a snapshot still being created is named as
+such. Real PostgreSQL, real pg_dump snapshots, the real command line; the RDS API answered by botocore's
+Stubber where only the wait matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.environments import load_environments
+from tasks.engine.migrations.apply import apply_pending
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.results import MigrationError
+from tasks.engine.runs.crash import EndedRun, could_have_reused, crash_summary, known_state
+from tasks.engine.runs.migration import migrate_environment
+from tasks.engine.runs.steps import DirectSteps
+from tasks.engine.snapshots.take import SnapshotNotReady, take_snapshot
+from tests.helpers import POLICY, PROJECT, SLEEPING, cli, dirty_state, url_of, wait_until_seen, write_migrations
+from tests.test_snapshot import AVAILABLE_INSTANCE, TEST_LOG, stubbed  # noqa: F401 - a fixture
+
+SHA = "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d"
+ENVIRONMENTS = """
+[environments.mine]
+tier = "staging"
+aws = {{ region = "eu-west-1", endpoint_url = "http://127.0.0.1:9" }}
+credentials = {{ kind = "url_env", variable = "DATABASE_URL" }}
+snapshot = {snapshot}
+notify = {{ kind = "console" }}
+rehearsal = {{ kind = "target_server" }}
+policy = {{ snapshot_required = false, lint_blocks_on = "error", lock_timeout_ms = 2000 }}
+"""
+
+
+def environments_file(tmp_path: Path, snapshot: str) -> Path:
+    path = tmp_path / "environments.toml"
+    path.write_text(ENVIRONMENTS.format(snapshot=snapshot), encoding="utf-8")
+    return path
+
+
+def dumped(tmp_path: Path) -> Path:
+    """An environment `mine` on DATABASE_URL, snapshotted by pg_dump into tmp_path/snapshots."""
+    return environments_file(tmp_path, f'{{ kind = "pg_dump", directory = "{tmp_path / "snapshots"}" }}')
+
+
+def crashed(step: str | None, reached_snapshot: bool | None, *, flow_name: str = "migrate-staging",
+            planned: tuple[str, ...] | None = None) -> EndedRun:
+    return EndedRun(ending="cancelled", reason="cancelled by jane", flow_name=flow_name, flow_run_id="run-2",
+                    parameters={"environment": "mine", "git_sha": SHA}, step=step, reached_snapshot=reached_snapshot,
+                    planned=planned)
+
+
+def report(environment: Any, database: Connection, run: EndedRun) -> str:
+    known = known_state(environment, database, run.flow_run_id, SHA, could_reuse=could_have_reused(run))
+    return crash_summary(run, environment, known).console_text()
+
+
+# ---- finding 1: a snapshot the run never took ------------------------------------------------------------------
+
+
+def test_a_run_stopped_before_its_snapshot_step_names_no_snapshot_of_its_commit(tmp_path: Path,
+                                                                                database: Connection) -> None:
+    """A run of the same commit took a snapshot minutes ago; this one is cancelled while waiting for approval
+    (after rehearse-and-plan). Restoring that snapshot would undo what was applied since: it is not named."""
+    environment = load_environments(dumped(tmp_path))["mine"]
+    taken = take_snapshot(environment, database, git_sha=SHA, flow_run_id="run-1", trigger="push",
+                          now=datetime.now(UTC), log=TEST_LOG, applied=())
+
+    before = report(environment, database, crashed("after rehearse-and-plan", reached_snapshot=False))
+    assert taken.identifier not in before and "rds-migrations restore" not in before, before
+    assert "No snapshot was taken and no migration was applied" in before
+
+    reused = report(environment, database, crashed("migrate", reached_snapshot=True))
+    assert f"snapshot:   {taken.identifier}" in reused
+    assert f"rds-migrations restore --env mine --snapshot-id {taken.identifier}" in reused
+
+    unknown = report(environment, database, crashed(None, reached_snapshot=None))
+    assert "rds-migrations restore" not in unknown and "snapshot:   " not in unknown
+    assert f"whether the run got as far as its snapshot step, so whether it reused {taken.identifier}" in unknown
+
+    rollback = report(environment, database, crashed("snapshot", reached_snapshot=True, flow_name="rollback"))
+    assert "rds-migrations restore" not in rollback  # a rollback never reuses the commit's snapshot
+
+
+# ---- finding 2: a dirty mark is not "rolled back" ------------------------------------------------------------
+
+
+def test_a_crash_report_of_a_dirty_non_transactional_migration_never_says_rolled_back(tmp_path: Path,
+                                                                                      database: Connection) -> None:
+    environment = load_environments(environments_file(tmp_path, '{ kind = "none" }'))["mine"]
+    write_migrations(tmp_path, {"0012.idx.sql": ("-- transactional: false\nCREATE TABLE t (id bigint);\n"
+                                                 "INSERT INTO no_such_table VALUES (1);\n")})
+    with pytest.raises(MigrationError):
+        apply_pending(database, read_catalog(tmp_path / "migrations", tmp_path), POLICY, run_id="run-2")
+    assert dirty_state(database) == [("0012.idx", "failed", 2)]
+
+    text = report(environment, database, crashed("migrate", reached_snapshot=True, planned=("0012.idx",)))
+
+    assert "Dirty: 0012.idx (non-transactional) is dirty" in text
+    assert "rolled back" not in text, text
+    assert "0012.idx: non-transactional, stopped midway: the database is marked dirty" in text
+
+
+# ---- finding 3: pending is not known before the plan -------------------------------------------------------------
+
+
+def test_a_run_that_fails_validation_says_pending_is_not_known_never_none(tmp_path: Path,
+                                                                          database: Connection) -> None:
+    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n",
+                                "0002.broken.sql": "CREATE TABLE (;\n"})
+    env = {"DATABASE_URL": url_of(database)}
+
+    ran = cli("run", "--database-url", url_of(database), cwd=tmp_path, env=env)
+    as_json = cli("run", "--database-url", url_of(database), "--json", cwd=tmp_path, env=env)
+
+    assert ran.returncode == 1 and "FAILED at step validate" in ran.stdout + ran.stderr, ran.stderr[-3000:]
+    assert "pending:    not known (the run stopped before its plan)" in ran.stdout + ran.stderr
+    assert "pending:    none" not in ran.stdout + ran.stderr
+    assert json.loads(as_json.stdout)["pending"] is None, as_json.stdout[-3000:]
+
+
+# ---- finding 4: a snapshot still being created ------------------------------------------------------------------
+
+
+class StubbedRds(DirectSteps):
+    """Every step as the command line runs it; the RDS API is botocore's Stubber, and the wait does not sleep."""
+
+    def __init__(self, rds: Any) -> None:
+        super().__init__(make_client=lambda service, settings: rds)
+        self.rds = rds
+
+    def snapshot(self, environment, connection, git_sha, trigger, reuse=True, applied=None):  # noqa: ANN001, ANN201
+        return take_snapshot(environment, connection, git_sha=git_sha, flow_run_id=None, trigger=trigger,
+                             rds_client=self.rds, log=self.log, reuse=reuse, applied=applied, sleep=lambda s: None)
+
+
+def test_a_snapshot_wait_that_runs_out_names_the_snapshot_being_created(tmp_path: Path, database: Connection,
+                                                                        stubbed, monkeypatch) -> None:  # noqa: F811
+    client, stubber = stubbed
+    stubber.add_response("describe_db_snapshots", {"DBSnapshots": []},
+                         {"DBInstanceIdentifier": "app-db", "SnapshotType": "manual"})
+    stubber.add_response("describe_db_instances", AVAILABLE_INSTANCE, {"DBInstanceIdentifier": "app-db"})
+    stubber.add_response("describe_account_attributes", {"AccountQuotas": []})
+    creating = {"DBSnapshotIdentifier": "rdsm-mine-1a2b3c4-20261124t213000", "DBInstanceIdentifier": "app-db",
+                "Status": "creating", "SnapshotType": "manual", "PercentProgress": 5}
+    stubber.add_response("create_db_snapshot", {"DBSnapshot": creating})
+    for _ in range(2):  # 30 s: 2 polls
+        stubber.add_response("describe_db_snapshots", {"DBSnapshots": [creating]})
+    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    path = environments_file(tmp_path, '{ kind = "rds_instance", instance_id = "app-db", max_wait_seconds = 30 }')
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(path))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(SnapshotNotReady) as raised:
+        migrate_environment("mine", "staging", StubbedRds(client), git_sha=SHA, project_root=tmp_path)
+
+    taking = raised.value.snapshot_id
+    assert taking.startswith("rdsm-mine-1a2b3c4-")
+    text = raised.value.result.console_text()  # type: ignore[attr-defined]
+    assert f"snapshot:   {taking} (still being created when the run stopped" in text, text
+    assert f"aws rds describe-db-snapshots --db-snapshot-identifier {taking}" in text
+    assert "No snapshot was taken" not in text and "rds-migrations restore" not in text
+    assert "No migration was applied in this run: the database was not changed" in text
+
+
+# ---- finding 5: Ctrl-C ------------------------------------------------------------------------------------------
+
+
+def interrupt_run(tmp_path: Path, database: Connection) -> str:
+    """`rds-migrations run --env mine`, Ctrl-C once its first migration sleeps on the target; its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(dumped(tmp_path))}
+    running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--env", "mine"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 130, err[-3000:]
+    return out + err
+
+
+SLEEP_ON_TARGET = "DO $$ BEGIN IF current_database() NOT LIKE 'rdsm\\_%' THEN PERFORM pg_sleep(60); END IF; END $$;\n"
+
+
+def test_ctrl_c_with_nothing_applied_offers_no_restore(tmp_path: Path, database: Connection) -> None:
+    write_migrations(tmp_path, {"0001.slow.sql": "CREATE TABLE a (id bigint);\n" + SLEEP_ON_TARGET})
+
+    said = interrupt_run(tmp_path, database)
+
+    assert "interrupted (Ctrl-C) at step migrate: nothing was applied before it" in said, said[-3000:]
+    assert "0 migration(s)" not in said and "rds-migrations restore" not in said, said[-3000:]
+    assert "the database was not changed, so there is nothing to restore" in said
+
+
+def test_ctrl_c_in_a_non_transactional_migration_names_it_and_how_to_resolve_it(tmp_path: Path,
+                                                                              database: Connection) -> None:
+    write_migrations(tmp_path, {"0001.nt.sql": ("-- transactional: false\nCREATE TABLE a (id bigint);\n"
+                                                + SLEEP_ON_TARGET + "CREATE TABLE b (id bigint);\n")})
+
+    said = interrupt_run(tmp_path, database)
+
+    assert dirty_state(database) == [("0001.nt", "running", 2)]
+    assert "0001.nt (non-transactional) is dirty" in said, said[-3000:]
+    assert "`rds-migrations resolve --env mine 0001.nt --mark-not-applied`" in said
+    assert "see `rds-migrations resolve`" not in said
+    with connected(database) as conn:
+        assert conn.execute("SELECT to_regclass('a') IS NOT NULL").fetchone() == (True,)
