@@ -46,13 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run staging then production on an embedded local PostgreSQL")
     demo.add_argument("--reset", action="store_true", help="start from empty databases (drops the demo data)")
 
-    def target_options(p: argparse.ArgumentParser) -> None:
+    def target_options(p: argparse.ArgumentParser, url_help: str = "a plain PostgreSQL (or set DATABASE_URL): no "
+                                                                    "snapshot, console notifications") -> None:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--env", metavar="NAME", help="an environment in deployments/environments.toml")
-        group.add_argument(
-            "--database-url", metavar="URL",
-            help="a plain PostgreSQL (or set DATABASE_URL): no snapshot, console notifications",
-        )
+        group.add_argument("--database-url", metavar="URL", help=url_help)
+
+    reads_url = "a plain PostgreSQL, only read (or set DATABASE_URL, which keeps the password off the command line)"
 
     def migrations_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--migrations", default="migrations", metavar="DIR", help="default: migrations")
@@ -77,19 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     json_option(validate)
 
     plan = commands.add_parser("plan", help="what is pending on a database (read-only)")
-    target_options(plan)
+    target_options(plan, reads_url)
     migrations_option(plan)
     json_option(plan)
 
     drift = commands.add_parser("drift", help="the live schema against what the applied migrations make "
                                               "(exit 1 when it drifted)")
-    target_options(drift)
+    target_options(drift, reads_url)
     migrations_option(drift)
     json_option(drift)
 
     status = commands.add_parser("status", help="what the database's history holds: applied (when, by whom, "
                                                 "from which commit and flow run), pending, dirty, the lock, drift")
-    target_options(status)
+    target_options(status, reads_url)
     migrations_option(status)
     json_option(status)
 
@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         "resolve", help="explain a dirty database (a non-transactional migration that did not finish), "
                         "or record how you resolved it by hand",
     )
-    target_options(resolve)
+    target_options(resolve, "a plain PostgreSQL (or set DATABASE_URL): the database whose dirty mark is explained "
+                            "or, with --mark-*, resolved in its history")
     migrations_option(resolve)
     resolve.add_argument("migration", nargs="?", metavar="MIGRATION_ID", help="the dirty migration")
     how = resolve.add_mutually_exclusive_group()
@@ -177,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
 
     new = commands.add_parser("new", help="write the next migration file: numbered, depending on the head, from a "
                                           "template that no rehearsal or run gets past until it is written")
-    new.add_argument("slug", metavar="SLUG", help="what it changes, in lowercase words and hyphens (add-users-email)")
+    new.add_argument("slug", metavar="SLUG",
+                     help="what it changes, in lowercase words and hyphens (add-users-nickname)")
     migrations_option(new)
     new.add_argument("--non-transactional", action="store_true",
                      help="for what cannot run in a transaction (CREATE INDEX CONCURRENTLY): -- transactional: false")
@@ -190,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 
     shells = commands.add_parser("completion", help="print the bash or zsh completion script (install: see "
                                                     "rds-migrations completion --help)",
-                                 description=completion.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 description=completion.HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     shells.add_argument("shell", nargs="?", choices=["bash", "zsh"], help="the shell to complete in")
     shells.add_argument("--list-environments", action="store_true", help=argparse.SUPPRESS)  # asked by the scripts
     return parser

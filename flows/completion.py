@@ -1,22 +1,7 @@
 """Shell completion for `rds-migrations`, bash and zsh, generated from the argument parser the command itself
 uses (`flows.cli._parser()`, handed in): a subcommand or an option added to the parser is completed the next
 time the script is printed, and none can be forgotten. No completion library: the scripts are plain shell.
-
-What is completed: the subcommands; each one's options (with help texts in zsh); choices such as
-`baseline --from knex|flyway|golang-migrate`; `--env` and the ENV of `setup-prefect` with the environments of
-the environments file, asked of `rds-migrations completion --list-environments` at each TAB (so
-`RDS_MIGRATIONS_ENVIRONMENTS` and the TOML are read exactly as the command reads them); DIR values (`--migrations`)
-with directories and FILE values with files.
-
-Install (then open a new shell):
-
-    # bash (needs the bash-completion package, or source the file from ~/.bashrc)
-    rds-migrations completion bash > ~/.local/share/bash-completion/completions/rds-migrations
-    # zsh: a directory on fpath, before compinit runs in ~/.zshrc
-    mkdir -p ~/.zfunc && rds-migrations completion zsh > ~/.zfunc/_rds-migrations
-    # and in ~/.zshrc:  fpath=(~/.zfunc $fpath); autoload -Uz compinit && compinit
-
-Either script may also be sourced as it is printed: `source <(rds-migrations completion bash)` (or `zsh`).
+`HELP` is what `rds-migrations completion --help` says to the person installing it.
 """
 
 from __future__ import annotations
@@ -29,6 +14,23 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.engine.environments import ENVIRONMENT_NAME, environments_file
+
+HELP = """Print a script that completes rds-migrations's commands, options and values as you type (TAB): the
+subcommands, each one's options (with their help in zsh), choices such as `baseline --from
+knex|flyway|golang-migrate`, the environment names of your environments file for `--env` and `setup-prefect`
+(read at each TAB, so RDS_MIGRATIONS_ENVIRONMENTS is honoured), directories for DIR and files for FILE.
+
+Install (then open a new shell; from a clone, run `source .venv/bin/activate` first, or prefix `uv run`):
+
+    # bash (needs the bash-completion package, or source the file from ~/.bashrc)
+    mkdir -p ~/.local/share/bash-completion/completions
+    rds-migrations completion bash > ~/.local/share/bash-completion/completions/rds-migrations
+    # zsh: a directory on fpath, before compinit runs in ~/.zshrc
+    mkdir -p ~/.zfunc && rds-migrations completion zsh > ~/.zfunc/_rds-migrations
+    # and in ~/.zshrc:  fpath=(~/.zfunc $fpath); autoload -Uz compinit && compinit
+
+Or load it into the current shell only: `source <(rds-migrations completion bash)` (or `zsh`).
+"""
 
 PROGRAM = "rds-migrations"
 FUNCTION = "_rds_migrations"
@@ -197,7 +199,8 @@ def _q(text: str) -> str:
 
 
 _BASH = r"""# bash completion for {program}: generated from its argument parser by flows/completion.py; do not edit.
-# Install: {program} completion bash > ~/.local/share/bash-completion/completions/{program}
+# Install: mkdir -p ~/.local/share/bash-completion/completions
+#          {program} completion bash > ~/.local/share/bash-completion/completions/{program}
 
 {function}_reply() {{  # each line of stdin becomes one completion (names with spaces stay whole)
     local line

@@ -290,3 +290,27 @@ def test_a_rehearsal_failure_says_what_failed_not_how_to_resolve_the_scratch_dat
     assert "rehearsal failed: migration 0001.half failed (SQLSTATE 22012)" in result.stderr, result.stderr[-2000:]
     assert "--mark-applied" not in result.stderr and "marked dirty" not in result.stderr, result.stderr[-3000:]
     assert "the target was not touched" in result.stderr
+
+
+def test_readmes_command_list_names_every_option_each_command_has_and_no_other() -> None:
+    """README's "Command line" block is where a newcomer looks: it left out options the commands have
+    (validate --env, resolve --database-url, rollback --git-sha, setup-prefect --fleet-limit...)."""
+    import argparse
+    import re
+
+    from flows.cli import _parser
+
+    subcommands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    has = {name: {s for a in sub._actions if a.help != argparse.SUPPRESS for s in a.option_strings} - {"-h", "--help"}
+           for name, sub in subcommands.items()}
+    text = (PROJECT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Command line"):]
+    block = block[block.index("```bash") + len("```bash"):]
+    listed: dict[str, set[str]] = {}
+    command = None
+    for line in block[:block.index("```")].splitlines():
+        started = re.match(r"uv run rds-migrations (\S+)", line)
+        command = started.group(1) if started else command  # an indented line continues the command above
+        listed.setdefault(str(command), set()).update(re.findall(r"--[a-z][a-z-]*", line.split("  #")[0]))
+    assert {name: sorted(has[name] ^ listed.get(name, set())) for name in has
+            if has[name] != listed.get(name, set())} == {}

@@ -19,7 +19,7 @@ import pytest
 
 from flows.cli import _parser
 from flows.completion import describe, environment_names, script
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, cli
 
 ENVIRONMENTS = """
 [environments.staging]
@@ -285,3 +285,32 @@ def test_version_prints_the_installed_version_from_pyproject() -> None:
     done = subprocess.run([sys.executable, "-m", "flows.cli", "--version"], capture_output=True, text=True,
                           timeout=120, cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)})
     assert done.returncode == 0 and done.stdout == f"rds-migrations {declared}\n"
+
+
+# ---- completion --help: what a user reads, and install lines that work as printed -------------------------------
+
+
+def test_completion_help_speaks_to_the_user_and_its_install_lines_work_in_a_fresh_home(tmp_path: Path) -> None:
+    """`completion --help` is for the person installing it (it said how the script is generated, naming
+    `flows.cli._parser()`), and its install lines, run as printed in a home with no ~/.local/share yet, install
+    both scripts (the bash line failed: no such directory)."""
+    done = cli("completion", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "_parser" not in done.stdout and "flows.cli" not in done.stdout and "handed in" not in done.stdout
+    lines = [line.strip() for line in done.stdout.splitlines()
+             if line.startswith("    ") and not line.strip().startswith("#")]
+    assert any("completion bash >" in line for line in lines), done.stdout
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    command = bin_dir / "rds-migrations"  # the command as a user's PATH has it
+    command.write_text(f'#!/bin/sh\nexec {sys.executable} -m flows.cli "$@"\n')
+    command.chmod(0o755)
+    env = {**os.environ, "HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(PROJECT)}
+    installed = subprocess.run(["bash", "--norc", "--noprofile", "-e", "-c", "\n".join(lines)], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    bash_file = home / ".local/share/bash-completion/completions/rds-migrations"
+    assert "complete -F _rds_migrations rds-migrations" in bash_file.read_text()
+    assert (home / ".zfunc/_rds-migrations").read_text().startswith("#compdef rds-migrations")

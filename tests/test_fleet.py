@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import uuid
@@ -275,4 +276,75 @@ def test_run_over_several_urls_prints_one_json_document_and_never_the_password(t
     assert broken.returncode == 1
     out = broken.stdout + broken.stderr
     assert f"First:     {databases[1].dbname}: validation failed: - this database has 1 table (notes)" in out, out
-    assert "Look at:   the per-target table above" in out and "artifacts" not in out
+    assert "Look at:   the per-target table below" in out and "artifacts" not in out
+
+
+# ---- names a person can type back, and what is not known ---------------------------------------------------------
+
+NAMED_FLEET = """
+[environments.fleet-names]
+tier = "staging"
+credentials = {{ kind = "embedded", database = "unused" }}
+snapshot = {{ kind = "pg_dump" }}
+notify = {{ kind = "console" }}
+[environments.fleet-names.fleet]
+discover = {{ kind = "embedded", databases = 3, name_pattern = "{prefix}_{{n:02d}}" }}
+canary = 1
+concurrency = 1
+"""
+
+
+def test_a_failed_canarys_summary_names_targets_as_commands_take_them_and_unstarted_ones_pending_as_unknown(
+    tmp_path: Path,
+) -> None:
+    """The summary said `Failed: tenant_03` where commands take `--env <fleet>-tenant-03`, pointed at "the
+    per-target table above" printed below it, and the table gave targets a failed canary left unstarted
+    `pending 0`; `status --env <fleet>-tenant_03` was refused with no hint of the name it meant."""
+    prefix = f"fn_{uuid.uuid4().hex[:6]}"
+    environments = tmp_path / "environments.toml"
+    environments.write_text(NAMED_FLEET.format(prefix=prefix))
+    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(environments)}
+    write_migrations(tmp_path, FIRST)
+    assert cli("run", "--env", "fleet-names", "--git-sha", "abc1234", cwd=tmp_path, env=env).returncode == 0
+    canary = f"{prefix}_01"
+    with connected(embedded_server().connection(canary)) as conn:
+        conn.execute("CREATE TABLE widgets (id bigint PRIMARY KEY)")
+    write_migrations(tmp_path, NEXT)
+
+    merged = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--env", "fleet-names", "--git-sha", "abc1234"],
+                            cwd=tmp_path, env={**os.environ, **env, "PYTHONPATH": str(PROJECT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+    out = merged.stdout
+    assert merged.returncode == 1, out[-3000:]
+    typed = target_environment_name("fleet-names", canary)
+    assert typed == f"fleet-names-{prefix.replace('_', '-')}-01"
+    assert f"Failed:    {canary} (--env {typed})" in out and f"First:     {canary} (--env {typed}): " in out
+    assert f"failed: {canary} (--env {typed})" in out  # the one-line error the command ends with
+    assert "Look at:   the per-target table below" in out
+    table = out[out.index("target  "):]
+    assert out.index("Look at:") < out.index("target  ")  # the table does come after the summary
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:] if line.startswith(prefix)}
+    assert rows[canary][1:4] == ["failed", "0", "2"]
+    for n in (2, 3):  # never started: nothing applied, what is pending there not read
+        assert rows[f"{prefix}_{n:02d}"][1:4] == ["skipped", "0", "unknown"]
+
+    refused = cli("status", "--env", f"fleet-names-{canary}", cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(f"did you mean {typed}?"), refused.stderr
+    status = cli("status", "--env", typed, "--json", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert json.loads(status.stdout)["pending"] == ["0002.create-widgets", "0003.create-tags"]
+
+
+def test_a_target_that_did_not_start_has_no_pending_count_in_the_table_artifact_or_json() -> None:
+    """A skipped or interrupted target's pending was never read: `null` in JSON, "not known" in the table
+    artifact (they said [] and 0, as if nothing were pending there)."""
+    report = FleetReport("fleet", "staging", "abc1234", "cli", (
+        TargetResult("a", "failed", pending=("0002.x",)), TargetResult("b", "skipped", error="the canary failed"),
+        TargetResult("c", "interrupted", applied=("0001.y",))), named_as={"a": "fleet-a"})
+    assert [t["pending"] for t in report.to_json()["targets"]] == [["0002.x"], None, None]
+    assert [row["pending"] for row in report.rows()] == [1, "not known", "not known"]
+    assert "Failed:    a (--env fleet-a)" in report.console_text()
+    url_fleet = report.with_(named_as={"a": "database-url-a"})  # named by its URL: no --env to offer
+    assert "Failed:    a\n" in url_fleet.console_text()

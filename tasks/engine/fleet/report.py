@@ -11,9 +11,11 @@ from typing import Literal
 
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.messages import format_duration, mrkdwn
+from tasks.engine.migrations.hints import where_flag
 
 TargetOutcome = Literal["succeeded", "nothing-to-do", "dry-run", "failed", "skipped", "interrupted"]
 # "interrupted": the run stopped (killed, cancelled) while the target was being migrated (fleet/crash.py)
+NOT_READ: frozenset[str] = frozenset({"skipped", "interrupted"})  # what is pending there was not read: not known
 MAX_NAMED = 20  # failed targets named in a notification before "… and N more"
 ERROR_CHARACTERS = 20000  # of a run's error in its notification (a stopped run's lists 50 targets: crash.py)
 
@@ -31,12 +33,18 @@ class TargetResult:
     failed_migration: str | None = None
     run_url: str | None = None  # the target's own flow run (distributed mode)
 
+    @property
+    def pending_known(self) -> bool:
+        """Whether `pending` was read from the target: a target that did not start (or was stopped) holds an
+        empty tuple that means "not known", not "nothing pending"."""
+        return self.outcome not in NOT_READ
+
     def to_json(self) -> dict[str, object]:
         return {
             "target": self.target,
             "outcome": self.outcome,
             "applied": list(self.applied),
-            "pending": list(self.pending),
+            "pending": list(self.pending) if self.pending_known else None,
             "snapshot": self.snapshot,
             "duration_seconds": round(self.duration_seconds, 3),
             "error": self.error,
@@ -50,7 +58,7 @@ class TargetResult:
             "target": self.target,
             "outcome": self.outcome,
             "applied": len(self.applied),
-            "pending": len(self.pending),
+            "pending": len(self.pending) if self.pending_known else "not known",
             "snapshot": self.snapshot or "",
             "duration (s)": round(self.duration_seconds, 2),
             "error": (self.error or "")[:300],
@@ -83,6 +91,7 @@ class FleetReport:
     run_url: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     table_published: bool = True  # a stopped run's report (crash.py) lists its targets in its error instead
+    named_as: dict[str, str] = field(default_factory=dict)  # target → its environment name (Target.named_as)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", dict(Counter(r.outcome for r in self.results)))
@@ -98,6 +107,12 @@ class FleetReport:
         if self.counts.get("succeeded"):
             return "succeeded"
         return "dry-run" if self.counts.get("dry-run") else "nothing-to-do"
+
+    def called(self, target: str) -> str:
+        """A target as messages name it: its name, and the `--env` a command on it alone takes when that differs
+        (`tenant_03 (--env local-fleet-tenant-03)`); a URL's or one found by tag is named by its URL instead."""
+        flag = where_flag(self.named_as[target]) if target in self.named_as else ""
+        return f"{target} ({flag})" if flag.startswith("--env ") and flag != f"--env {target}" else target
 
     def with_(self, **changes: object) -> FleetReport:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -150,14 +165,14 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
         f"{label('Git SHA')} {code(report.git_sha[:12])}",
         f"{label('Trigger')} {esc(report.trigger)}",
     ]
-    failed = [r.target for r in report.failed]
+    failed = [report.called(r.target) for r in report.failed]
     if failed:
         more = f" … and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
         lines.append(f"{label('Failed')} " + ", ".join(code(name) for name in failed[:MAX_NAMED]) + more)
         first = report.failed[0]
         detail = one_line(first.error, 300)
-        lines.append(f"{label('First')} {code(first.target)}: {esc(detail)}")
-    interrupted = [r.target for r in report.results if r.outcome == "interrupted"]
+        lines.append(f"{label('First')} {code(report.called(first.target))}: {esc(detail)}")
+    interrupted = [report.called(r.target) for r in report.results if r.outcome == "interrupted"]
     if interrupted:
         more = f" … and {len(interrupted) - MAX_NAMED} more" if len(interrupted) > MAX_NAMED else ""
         lines.append(f"{label('Interrupted')} " + ", ".join(code(name) for name in interrupted[:MAX_NAMED]) + more)
@@ -168,7 +183,7 @@ def render_fleet(report: FleetReport, *, slack: bool = False) -> tuple[str, str]
     lines.append(f"{label('Duration')} {format_duration(report.duration_seconds)}")
     where = ("the targets listed above" if not report.table_published else
              "the per-target table in the flow run's artifacts (fleet-targets-...)" if report.run_url else
-             "the per-target table above")
+             "the per-target table below")
     if report.run_url:
         lines.append(f"{label('Run')} " + (f"<{report.run_url}|Prefect flow run>" if slack else report.run_url))
     if report.outcome == "failed":
@@ -182,8 +197,9 @@ def console_table(report: FleetReport) -> str:
     lines = [header]
     for r in report.results:
         error = one_line(r.error, 80)
+        pending = len(r.pending) if r.pending_known else "unknown"  # never started, or stopped: not read
         lines.append(
-            f"{r.target:<24} {r.outcome:<14} {len(r.applied):>7} {len(r.pending):>7} "
+            f"{r.target:<24} {r.outcome:<14} {len(r.applied):>7} {pending:>7} "
             f"{r.duration_seconds:>8.2f}  {error}"
         )
     return "\n".join(lines)
@@ -193,7 +209,7 @@ class FleetFailed(RdsMigrationsError):
     """A fleet run in which a target failed or did not start (or nothing started): carries the report."""
 
     def __init__(self, report: FleetReport) -> None:
-        failed = ", ".join(r.target for r in report.failed[:MAX_NAMED]) or "none"
+        failed = ", ".join(report.called(r.target) for r in report.failed[:MAX_NAMED]) or "none"
         reason = report.error or report.stopped or ""
         super().__init__(
             f"fleet {report.environment}: {report.count_line()}; failed: {failed}"

@@ -23,6 +23,7 @@ from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.credentials import fetch_connection, secret_refusal, with_environment_tls
 from tasks.engine.environments import (
     DATABASE_URL_ENVIRONMENT,
+    ENVIRONMENT_NAME,
     RDS_IDENTIFIER,
     AuroraClusterSnapshot,
     EmbeddedCredentials,
@@ -199,11 +200,26 @@ def environment_named(name: str) -> Environment:
     (`<fleet>-<target>`); `ConfigError` when neither has that name."""
     try:
         return load_environment(name)
-    except ConfigError:
+    except ConfigError as exc:
         found = target_environment(name)
         if found is None:
+            meant = _hyphenated(name)
+            if meant is not None:  # only a name of the file is echoed: the one given may be a pasted secret
+                raise ConfigError(f"{exc}; did you mean {meant}?") from None
             raise
         return found
+
+
+def _hyphenated(name: str) -> str | None:
+    """`name` with its underscores as hyphens (`local-fleet-tenant_03`: a target named as its database is) when
+    that is an environment of the file or a target of one of its fleets; else None."""
+    meant = name.lower().replace("_", "-")
+    if meant == name or not ENVIRONMENT_NAME.match(meant):
+        return None
+    try:
+        return meant if meant in load_environments(environments_file()) or target_environment(meant) else None
+    except ConfigError:  # a fleet found by tag claims it, or the file is broken: the plain error says enough
+        return None
 
 
 def one_database_environment(name: str) -> Environment:

@@ -219,7 +219,7 @@ def migrate_fleet(
     check_parameters(git_sha, trigger, target, migrations_dir)
     fleet = check_fleet(environment)
     steps, started = fleet_steps.steps, time.monotonic()
-    results, stopped = [], None
+    results, stopped, targets = [], None, []
     step = "checkout"
     with Ended() as ended:
         git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
@@ -258,6 +258,7 @@ def migrate_fleet(
         failed_step=step if error else None,
         duration_seconds=time.monotonic() - started,
         run_url=steps.run_info().run_url,
+        named_as={t.name: t.named_as for t in targets},
     )
     fleet_steps.publish(summary)
     steps.notify(environment.notify, summary)
