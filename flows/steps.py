@@ -121,8 +121,9 @@ class PrefectSteps:
         return restore_task(environment, snapshot_id, connection, rds=self.client("rds", environment))
 
     def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
-                 environment: str) -> RollbackReport:
-        return rollback_task(connection, catalog, policy, to=to, git_sha=git_sha, environment=environment)
+                 environment: str, planned: tuple[str, ...]) -> RollbackReport:
+        return rollback_task(connection, catalog, policy, to=to, git_sha=git_sha, environment=environment,
+                             planned=planned)
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:

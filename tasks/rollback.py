@@ -17,7 +17,7 @@ from tasks.retries import transient_retries
 @task(name="rollback", task_run_name="rollback-{environment}", **transient_retries(retries=2, backoff_factor=5),
       persist_result=False, cache_policy=NO_CACHE)
 def rollback_task(connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str = "unknown",
-                  environment: str | None = None) -> RollbackReport:
+                  environment: str | None = None, planned: tuple[str, ...] | None = None) -> RollbackReport:
     """Undo the applied migrations after `to` ("0": all), each rollback file and the removal of its history
     rows in one transaction; the flow run's id goes into yoyo's log.
 
@@ -26,6 +26,6 @@ def rollback_task(connection: Connection, catalog: Catalog, policy: Policy, *, t
     """
     log = get_run_logger()
     report = roll_back_to(connection, catalog, policy, to, git_sha=git_sha, run_id=current_flow_run.id,
-                          environment=environment, log=log)
+                          environment=environment, log=log, planned=planned)
     log.info("Rolled back %d migration(s) in %.1fs", len(report.rolled_back), report.duration_seconds)
     return report

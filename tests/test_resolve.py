@@ -14,7 +14,7 @@ from tasks.engine.errors import DirtyDatabase, InvalidIndexFound, ResolveError
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.plan import plan
-from tasks.engine.migrations.resolve import resolve_dirty
+from tasks.engine.migrations.resolve import explain_state, resolve_dirty
 from tasks.engine.migrations.results import MigrationError
 from tests.helpers import (
     POLICY,
@@ -121,8 +121,9 @@ def test_a_do_block_that_commits_then_fails_leaves_the_database_dirty(tmp_path: 
         apply_pending(database, catalog, POLICY)
     failed = raised.value.report.failed
     assert failed is not None and failed.dirty and failed.commits_inside and failed.sqlstate == "22012"
-    assert ("non-transactional: no statement before it ran, and statement 1 (a CALL or a DO block that can COMMIT) "
-            "may have committed part of its work; the database is marked dirty") in str(raised.value)
+    assert ("non-transactional: no statement before it ran, and statement 1 (a CALL, a DO block that can COMMIT, "
+            "or a statement that commits in phases) may have committed part of its work; the database is marked "
+            "dirty") in str(raised.value)
     assert dirty_state(database) == [("0001.backfill", "failed", 1)] and applied_ids(database) == []
     with connected(database) as conn:
         assert conn.execute("SELECT count(*) FROM batch_log").fetchone() == (2,)
@@ -422,3 +423,47 @@ def test_the_suggested_commands_name_a_migrations_directory_that_is_not_the_defa
     assert failed.returncode == 1 and suggested in failed.stderr, failed.stderr[-3000:]
     said = cli("resolve", *url, cwd=tmp_path)
     assert said.returncode == 1 and suggested in said.stdout and "not in" not in said.stdout, said.stdout
+
+
+def test_an_invalid_index_on_a_table_found_by_the_migrations_own_search_path_is_found(
+    tmp_path: Path, database: Connection
+) -> None:
+    """The table of a failed `CREATE UNIQUE INDEX CONCURRENTLY` after `SET search_path = app` is app's: it was
+    looked up under the tool's search_path, so the INVALID index was "missing", and the next run, its IF NOT
+    EXISTS skipping the build, recorded the migration with the unique index INVALID."""
+    with connected(database) as conn:
+        conn.execute("CREATE SCHEMA app; CREATE TABLE app.users (id int, email text); "
+                     "INSERT INTO app.users VALUES (1, 'a'), (2, 'a')")
+    files = {"0001.uq.sql": ("-- transactional: false\nSET search_path = app;\n"
+                             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_uq ON users (email);\n")}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError):
+        apply_pending(database, catalog, POLICY)
+    assert '2. FAILED: CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_uq ON users (email) ' \
+           '[index "users_email_uq": INVALID]' in explain_state(database, catalog)[1]
+    with pytest.raises(ResolveError, match=r'INVALID index "app"."users_email_uq"'):
+        resolve_dirty(database, catalog, "0001.uq", mark_applied=True, policy=POLICY)
+
+    with connected(database) as conn:
+        conn.execute("DELETE FROM app.users WHERE id = 2")  # the data is fixed; the INVALID index is still there
+    resolve_dirty(database, catalog, "0001.uq", mark_applied=False, policy=POLICY)
+    with pytest.raises(InvalidIndexFound, match=r'DROP INDEX CONCURRENTLY IF EXISTS "app"."users_email_uq";'):
+        apply_pending(database, catalog, POLICY)
+    assert applied_ids(database) == [] and index_valid(database, "users_email_uq") is False
+
+
+def test_statements_rolled_back_with_a_files_own_transaction_are_not_listed_as_ran(
+    tmp_path: Path, database: Connection
+) -> None:
+    """The header said statement 1 is applied, but the list said BEGIN and the first INSERT "ran" (the table
+    is empty: they were rolled back with the failing INSERT's transaction)."""
+    files = {"0001.own.sql": ("-- transactional: false\nCREATE TABLE a (id int);\nBEGIN;\nINSERT INTO a VALUES (1);\n"
+                              "INSERT INTO a VALUES ('x');\nCOMMIT;\n")}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError):
+        apply_pending(database, catalog, POLICY)
+    text = explain_state(database, catalog)[1]
+    assert "statement 1 is applied" in text and "  1. ran: CREATE TABLE a (id int)\n" in text
+    assert "  2. rolled back with its transaction: BEGIN\n" in text
+    assert "  3. rolled back with its transaction: INSERT INTO a VALUES (1)\n" in text
+    assert "  4. FAILED: INSERT INTO a VALUES ('x')\n  5. not run: COMMIT\n" in text

@@ -188,6 +188,9 @@ def test_a_failure_midway_keeps_what_was_undone_undone_and_the_rest_applied(
     shown = json.loads(json.dumps(report.to_json()))
     assert shown["failed"]["migration_id"] == "0002.accounts" and "0002.accounts stays applied" in shown["outcome"]
     assert "rollback of 0002.accounts failed (SQLSTATE P0001)" in report.to_text()
+    # Not "the database is as it was before this rollback": 0003.devices, undone by it, stays undone.
+    assert "as it was before this rollback" not in str(raised.value)
+    assert "transaction was rolled back: 0002.accounts stays applied, as it was" in str(raised.value)
 
 
 # ---- the session, the lock, the retries ---------------------------------------------------------------------
@@ -472,3 +475,44 @@ def test_the_rollback_flow_undoes_through_prefect_tasks_and_names_its_run(
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert run.name == "database-url-abc1234"
     assert {"validate", "fetch-secret-database-url", "rollback-database-url"} <= {t.name for t in tasks}
+
+
+def test_a_transactional_rollback_file_with_a_statement_refused_in_a_transaction_is_refused_at_the_plan(
+    tmp_path: Path, database: Connection
+) -> None:
+    """It passed the plan and --dry-run, then the real rollback undid 0003.devices, stopped at 0002.accounts
+    (25001) and said the database was as it was before this rollback."""
+    files = {**WITH_ROLLBACKS,
+             "0002.accounts.sql": "CREATE TABLE accounts (id bigint);\nCREATE INDEX a_id ON accounts (id);\n",
+             "0002.accounts.rollback.sql": "DROP INDEX CONCURRENTLY a_id;\nDROP TABLE accounts;\n"}
+    catalog = applied(tmp_path, database, files)
+    before = fingerprint(database)
+    problems = plan_rollback(database, catalog, "1").problems
+    assert problems == ("0002.accounts.rollback.sql: statement 1 is `DROP INDEX CONCURRENTLY`, which cannot run inside "
+                        "a transaction block, and the rollback of 0002.accounts.sql (transactional) runs in one with "
+                        "the removal of its history rows; write it so that it runs in a transaction (DROP INDEX "
+                        "without CONCURRENTLY, say), or roll back to 0002.accounts or later and undo it by hand",)
+    with pytest.raises(RollbackRefused, match="nothing was undone"):
+        roll_back_to(database, catalog, POLICY, "1")
+    assert fingerprint(database) == before
+    assert roll_back_to(database, catalog, POLICY, "2").rolled_back_ids == ("0003.devices",)  # above it: fine
+
+
+def test_a_migration_applied_between_the_plan_and_the_lock_refuses_the_rollback(
+    tmp_path: Path, database: Connection
+) -> None:
+    """The plan shown (and snapshotted, approved) said to undo 0002.accounts; another run applied 0003.devices
+    before the rollback took the lock, and the rollback undid both."""
+    first_two = {name: text for name, text in WITH_ROLLBACKS.items() if not name.startswith("0003")}
+    applied(tmp_path, database, first_two)
+    shown = plan_rollback(database, read_catalog(tmp_path / "migrations", tmp_path), "1")
+    assert shown.undo == ("0002.accounts",)
+    catalog = applied(tmp_path, database, WITH_ROLLBACKS)  # another run, between the plan and the lock
+    before = fingerprint(database)
+    with pytest.raises(RollbackRefused) as raised:
+        roll_back_to(database, catalog, POLICY, "1", planned=shown.undo)
+    assert ("the history changed after the plan was shown (applied since: 0003.devices): the plan said to undo "
+            "0002.accounts, it would now undo 0003.devices, 0002.accounts; run the rollback again") in str(raised.value)
+    assert "nothing was undone" in str(raised.value) and fingerprint(database) == before
+    assert roll_back_to(database, catalog, POLICY, "1", planned=("0003.devices", "0002.accounts")).rolled_back_ids \
+        == ("0003.devices", "0002.accounts")

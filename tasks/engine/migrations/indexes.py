@@ -1,20 +1,23 @@
 """INVALID indexes: what a failed `CREATE INDEX CONCURRENTLY` leaves behind, found before a run and dropped
-or refused by policy (`invalid_index`)."""
+or refused by policy (`invalid_index`). Its table is found as the migration found it: under the search_path
+its own `SET search_path` statements set before it (leftovers.search_paths)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+from pglast import ast
 from psycopg import sql
 
 from tasks.engine.environments import Policy
 from tasks.engine.errors import InvalidIndexFound
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.leftovers import SearchPath, candidates, search_paths
 from tasks.engine.migrations.sqltext import quote_identifier
-from tasks.engine.migrations.statements import concurrent_index
+from tasks.engine.migrations.statements import concurrent_index, parsed
 
 
 @dataclass(frozen=True)
@@ -35,51 +38,65 @@ class InvalidIndex:
                 f"left by a failed CREATE INDEX CONCURRENTLY of {self.migration_id}")
 
 
+# Each statement's table comes as the names the server would try, in order (ranked): the first that exists
+# is the table (a `SET search_path` before the statement decides where an unqualified one is).
 _INDEX_STATES_SQL = """
+WITH tables AS (
+    SELECT DISTINCT ON (t.position) t.position, to_regclass(t.tbl) AS tbl, t.name
+    FROM unnest(%s::int[], %s::int[], %s::text[], %s::text[]) AS t(position, rank, tbl, name)
+    WHERE to_regclass(t.tbl) IS NOT NULL ORDER BY t.position, t.rank)
 SELECT t.position, n.nspname, i.indisvalid OR EXISTS (
            SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
-FROM unnest(%s::int[], %s::text[], %s::text[]) AS t(position, tbl, name)
-JOIN pg_index i ON i.indrelid = to_regclass(t.tbl)
+FROM tables t
+JOIN pg_index i ON i.indrelid = t.tbl
 JOIN pg_class c ON c.oid = i.indexrelid AND c.relname = t.name
 JOIN pg_namespace n ON n.oid = c.relnamespace
 """
 
 
-def index_states(conn: psycopg.Connection, statements: list[str]) -> list[tuple[str, str, bool | None] | None]:
+def index_states(conn: psycopg.Connection, statements: list[str],
+                 paths: Sequence[SearchPath] | None = None) -> list[tuple[str, str, bool | None] | None]:
     """For each statement, (schema, name, valid) of the index its `CREATE INDEX CONCURRENTLY` names (valid is
-    None when there is no such index), or None for any other statement. One query, whatever the count."""
+    None when there is no such index), or None for any other statement. `paths`: each statement's search_path
+    as its file set it (leftovers.search_paths); without it, the session's. One query, whatever the count."""
     named = [concurrent_index(statement) for statement in statements]
-    wanted = [(position, pair) for position, pair in enumerate(named, 1) if pair is not None]
-    rows = {}
-    if wanted:
-        # Each row carries its statement's position in `statements` (not among the indexes: a statement before
-        # the index, a CREATE TABLE say, must not shift it onto another's).
-        positions = [position for position, _ in wanted]
-        tables, names = [pair[1] for _, pair in wanted], [pair[0] for _, pair in wanted]
-        rows = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, (positions, tables, names)).fetchall()}
+    paths = paths or [None] * len(statements)
+    # Each row carries its statement's position in `statements` (not among the indexes: a statement before the
+    # index, a CREATE TABLE say, must not shift it onto another's).
+    rows: list[tuple[int, int, str, str]] = []
+    for position, (pair, path) in enumerate(zip(named, paths, strict=True), 1):
+        if pair is not None:
+            relation = next(node.relation for node in parsed(statements[position - 1]) or ()
+                            if isinstance(node, ast.IndexStmt))
+            rows += [(position, rank, table, pair[0])
+                     for rank, table in enumerate(candidates(relation.schemaname, relation.relname, path))]
+    found = {}
+    if rows:
+        found = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, tuple(map(list, zip(*rows, strict=True))))}
     states: list[tuple[str, str, bool | None] | None] = []
     for position, pair in enumerate(named, 1):
-        found = rows.get(position) if pair is not None else None
-        states.append(None if pair is None else (found[0], pair[0], found[1]) if found else ("", pair[0], None))
+        state = found.get(position) if pair is not None else None
+        states.append(None if pair is None else (state[0], pair[0], state[1]) if state else ("", pair[0], None))
     return states
 
 
-def index_state(conn: psycopg.Connection, statement: str) -> tuple[str, str, bool | None] | None:
+def index_state(conn: psycopg.Connection, statement: str,
+                path: SearchPath = None) -> tuple[str, str, bool | None] | None:
     """(schema, name, valid) of the index a `CREATE INDEX CONCURRENTLY` statement names; valid is None when
     there is no such index. None for any other statement."""
-    return index_states(conn, [statement])[0]
+    return index_states(conn, [statement], [path])[0]
 
 
 def find_invalid_indexes(conn: psycopg.Connection, catalog: Catalog,
                          pending: Iterable[str]) -> tuple[InvalidIndex, ...]:
     """INVALID indexes that a pending migration's `CREATE INDEX CONCURRENTLY` names (builds in progress are
     valid for this purpose: another session is still building them)."""
-    candidates = [(migration.id, statement) for migration_id in pending
-                  if (migration := catalog.get(migration_id)) and not migration.transactional
-                  for statement in migration.statements]
-    states = index_states(conn, [statement for _, statement in candidates])
+    found = [(migration.id, statement, path) for migration_id in pending
+             if (migration := catalog.get(migration_id)) and not migration.transactional
+             for statement, path in zip(migration.statements, search_paths(migration.statements), strict=True)]
+    states = index_states(conn, [statement for _, statement, _ in found], [path for _, _, path in found])
     return tuple(InvalidIndex(migration_id, state[0], state[1], concurrent_index(statement)[1])  # type: ignore[index]
-                 for (migration_id, statement), state in zip(candidates, states, strict=True)
+                 for (migration_id, statement, _), state in zip(found, states, strict=True)
                  if state is not None and state[2] is False)
 
 

@@ -17,9 +17,9 @@ from tasks.engine.errors import redact
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.execute import RECORDING, failure_from, quietly
 from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.leftovers import partly_done
 from tasks.engine.migrations.results import MigrationFailure
 from tasks.engine.migrations.session import StartingState
-from tasks.engine.migrations.statements import commits_inside
 
 
 def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, start: StartingState, *,
@@ -56,14 +56,15 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
             return replace(failure, dirty=True)  # the mark says "running": the next run explains it
         if not _idle(conn):
             quietly(conn.execute, "ROLLBACK")  # its own transaction: undone, so the mark can be written
-        partly = commits_inside(statement)
+        partly, left = partly_done(conn, migration.statements, number)
         if applied_through == 0 and not partly:
-            # Nothing before it ran (one statement is atomic, and a transaction of its own rolled back): the
-            # mark goes (an INVALID index that a CONCURRENTLY build leaves is found by name on the next run).
+            # Nothing before it ran (one statement is atomic, a statement that commits in phases left nothing, a
+            # transaction of its own rolled back): the mark goes (an INVALID index that a CREATE INDEX
+            # CONCURRENTLY leaves is found by name on the next run).
             quietly(ledger.clear_dirty, migration.id)
             return failure
-        failure = replace(failure, dirty=True, statement_number=number, applied_through=applied_through,
-                          commits_inside=partly)
+        failure = replace(failure, message=failure.message + left, dirty=True, statement_number=number,
+                          applied_through=applied_through, commits_inside=partly)
         message = redact(failure.message + (" (it can COMMIT inside: part of it may be applied)" if partly else ""),
                          password)[:2000]  # the mark is read by later runs
         quietly(ledger.mark_progress, migration.id, "failed", number, failure.sqlstate, message, applied_through)

@@ -16,6 +16,7 @@ from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.history import Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
+from tasks.engine.migrations.leftovers import leftovers, search_paths
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
 from tasks.engine.migrations.session import migration_lock, session
@@ -42,18 +43,23 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
             lines.append(f"  its rollback file ({rollback_file(migration)}) was running; the migration is recorded as "
                          "not applied: --mark-not-applied once the undo is finished by hand, --mark-applied once "
                          "what the rollback undid is put back")
-        for number, statement in enumerate(statements, 1):
-            if dirty.state == "recording" or number < dirty.statement_number:
+        # Applied: what ran before a transaction of the file's own that the failure rolled back.
+        through = dirty.statement_number - 1 if dirty.applied_through is None else dirty.applied_through
+        for number, (statement, path) in enumerate(zip(statements, search_paths(statements), strict=True), 1):
+            if dirty.state == "recording" or number <= through:
                 fate = "ran"
+            elif number < dirty.statement_number:
+                fate = "rolled back with its transaction"
             elif number == dirty.statement_number:
                 fate = "FAILED" if dirty.state == "failed" else "was running when the run stopped"
             else:
                 fate = "not run"
-            index = index_state(conn, statement)
+            index = index_state(conn, statement, path)
             note = ""
             if index is not None:
                 valid = {True: "valid", False: "INVALID", None: "missing"}[index[2]]
                 note = f" [index {quote_identifier(index[1])}: {valid}]"
+            note += "".join(f" [left: {left}]" for left in leftovers(conn, statement, path) or ())
             lines.append(f"  {number}. {fate}: {shorten(without_passwords(statement), 120)}{note}")
     if with_hint:
         lines.append(f"  to resolve: {dirty.hint(environment, catalog.directory)}")
@@ -125,6 +131,12 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
                                    f"used, never unique, never built again). Drop it ({invalid[0].drop_command}) "
                                    "and build it by hand, then mark it applied; or mark it not applied, and the "
                                    "next run builds it")
+            ran = (migration.rollback_statements or ()) if dirty[migration_id].rolling_back else migration.statements
+            left = [found for statement, path in zip(ran, search_paths(ran), strict=True)
+                    for found in leftovers(conn, statement, path) or ()]
+            if left:  # half done: recorded as applied, it would stay so
+                raise ResolveError(f"{migration_id} is half done, so not recorded as applied: {' '.join(left)} "
+                                  "then mark it applied")
             with conn.transaction():
                 ledger.record(migration, "resolved", None, time.monotonic(), operation="mark",
                               comment="rds-migrations resolve --mark-applied")

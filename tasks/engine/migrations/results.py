@@ -52,8 +52,8 @@ class MigrationFailure:
             return "non-transactional: all its statements ran but it could not be recorded; the database is dirty"
         if self.dirty:
             through = self.statement_number if self.applied_through is None else self.applied_through + 1
-            partly = (f", and statement {self.statement_number} (a CALL or a DO block that can COMMIT) may have "
-                      "committed part of its work" if self.commits_inside else "")
+            partly = (f", and statement {self.statement_number} (a CALL, a DO block that can COMMIT, or a statement "
+                      "that commits in phases) may have committed part of its work" if self.commits_inside else "")
             return (f"non-transactional: {applied_before(through)}{partly}; the database is marked dirty and later "
                     "runs refuse until it is resolved")
         leftover = ""

@@ -30,6 +30,7 @@ from tasks.engine.migrations.dirty import applied_before
 from tasks.engine.migrations.execute import RECORDING, failure_from, redacted
 from tasks.engine.migrations.hints import resolve_hint
 from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.leftovers import partly_done
 from tasks.engine.migrations.resolve import explain_dirty
 from tasks.engine.migrations.results import (
     LOCK_NOT_AVAILABLE,
@@ -41,7 +42,6 @@ from tasks.engine.migrations.results import (
 from tasks.engine.migrations.rollback_plan import RollbackPlan, make_rollback_plan, rolling_back
 from tasks.engine.migrations.session import StartingState, migration_lock, session
 from tasks.engine.migrations.sqltext import shorten
-from tasks.engine.migrations.statements import commits_inside
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,10 @@ class RollbackObserver(Protocol):
 
 def roll_back_to(connection: Connection, catalog: Catalog, policy: Policy, to: str, *, git_sha: str = "unknown",
                  run_id: str | None = None, environment: str | None = None, log: Log = logger,
-                 observe: RollbackObserver | None = None) -> RollbackReport:
+                 observe: RollbackObserver | None = None, planned: tuple[str, ...] | None = None) -> RollbackReport:
     """Undo every applied migration after `to`, newest first, under the migration lock. Raises `RollbackRefused`
-    (or `DirtyDatabase`, `InvalidMigrations`) before undoing anything when the plan has problems, and
+    (or `DirtyDatabase`, `InvalidMigrations`) before undoing anything when the plan has problems, or when it is
+    not `planned` (what the plan that was shown, snapshotted and approved said would be undone), and
     `RollbackError` with the report at the first failure."""
     started = time.monotonic()
     password = connection.password.get_secret_value()
@@ -127,6 +128,8 @@ def roll_back_to(connection: Connection, catalog: Catalog, policy: Policy, to: s
             current = make_rollback_plan(catalog, history, to, environment=environment)
             if current.problems:
                 raise RollbackRefused(current)
+            if planned is not None and current.undo != planned:
+                raise RollbackRefused(replace(current, problems=(_changed(planned, current.undo),)))
             if current.undo:
                 ledger.create_tables()  # a database migrated by plain yoyo has no checksum or dirty table yet
             by_id = {m.id: m for m in catalog.migrations}
@@ -151,6 +154,16 @@ def roll_back_to(connection: Connection, catalog: Catalog, policy: Policy, to: s
                     observe.rolled_back(outcome, position + 1, count)
             start.restore(conn)  # the last rollback's settings do not follow the lock's release
     return RollbackReport(to, tuple(done), applied=current.keep, duration_seconds=time.monotonic() - started)
+
+
+def _changed(planned: tuple[str, ...], undo: tuple[str, ...]) -> str:
+    """The plan read under the lock is not the one shown: another run applied or undid migrations in between."""
+    added, gone = [i for i in undo if i not in planned], [i for i in planned if i not in undo]
+    what = "; ".join([*([f"applied since: {', '.join(added)}"] if added else []),
+                      *([f"no longer applied: {', '.join(gone)}"] if gone else [])]) or "the order changed"
+    return (f"the history changed after the plan was shown ({what}): the plan said to undo "
+            f"{', '.join(planned) or 'nothing'}, it would now undo {', '.join(undo) or 'nothing'}; run the rollback "
+            "again to see and approve the new plan")
 
 
 def roll_back(connection: Connection, migration: Migration, policy: Policy) -> None:
@@ -216,14 +229,17 @@ def _undo_alone(conn: psycopg.Connection, ledger: Ledger, undo: Migration, start
         failure = failure_from(undo, statement, exc, number)
         try:
             start.restore(conn)
-            partly = commits_inside(statement)
+            partly, left = partly_done(conn, undo.statements, number)
             if number > 1 or partly:  # what ran before it stays undone: unrecorded, and dirty until resolved
+                failure = replace(failure, message=failure.message + left)
                 message = redact(failure.message + (" (it can COMMIT inside: part of it may be undone)"
                                                     if partly else ""), conn.info.password or "")
                 ledger.mark_progress(undo.id, "failed", number, failure.sqlstate,
                                      f"{rolling_back(undo)}: {message}"[:2000], number - 1)
                 return replace(failure, dirty=True, applied_through=number - 1, commits_inside=partly)
-            with conn.transaction():  # nothing was undone (one statement is atomic): recorded again, as it was
+            # Nothing was undone (one statement is atomic; one that commits in phases left nothing): recorded
+            # again, as it was.
+            with conn.transaction():
                 ledger.record(undo, git_sha, run_id, time.monotonic(), operation="mark",
                               comment=f"rds-migrations rollback failed at its first statement: {undo.id} stays applied")
                 ledger.clear_dirty(undo.id)
@@ -257,17 +273,19 @@ def _outcome(failure: MigrationFailure) -> str:
     if failure.outcome_unknown:
         return ("whether it committed is not known (the session ended first); the history tables, changed in the "
                 "rollback's own transaction, know: the next plan shows it applied or not")
+    # Only this migration's rollback was undone: migrations undone before it in the same run stay undone.
+    undone = f"its rollback file's transaction was rolled back: {stays}, as it was"
     if failure.transactional and failure.sqlstate == LOCK_NOT_AVAILABLE:
-        return (f"undone: the database is as it was before this rollback and {stays}; {failure.attempts} attempts, "
-                "each stopped by lock_timeout behind another session's lock; find it with pg_blocking_pids()")
+        return (f"{undone}; {failure.attempts} attempts, each stopped by lock_timeout behind another session's lock; "
+                "find it with pg_blocking_pids()")
     if failure.transactional:
-        return f"undone: the database is as it was before this rollback and {stays}"
+        return undone
     if failure.dirty and failure.statement_number == 0:
         return (f"non-transactional: every statement of the rollback file ran, but {failure.migration_id}'s dirty "
                 "mark could not be cleared: later runs refuse until it is resolved")
     if failure.dirty:
-        partly = (f", and statement {failure.statement_number} (a CALL or a DO block that can COMMIT) may have "
-                  "committed part of its work" if failure.commits_inside else "")
+        partly = (f", and statement {failure.statement_number} (a CALL, a DO block that can COMMIT, or a statement "
+                  "that commits in phases) may have committed part of its work" if failure.commits_inside else "")
         return (f"non-transactional: of the rollback file, {applied_before(failure.statement_number)}{partly}; "
                 f"{failure.migration_id} is no longer recorded as applied, and the database is marked dirty: later "
                 "runs refuse until it is resolved")

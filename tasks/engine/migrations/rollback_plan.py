@@ -1,7 +1,8 @@
 """The rollback plan, read-only: what `rds-migrations rollback --to VERSION` would undo, newest first (the
 reverse of the order they were applied), what stays applied, and what refuses it: a version that names nothing,
-a migration above it with no rollback file (each named), a rollback file that would end its own transaction or
-release the migration lock, history that does not match the files, a dirty mark."""
+a migration above it with no rollback file (each named), a rollback file that would end its own transaction,
+release the migration lock, or run in a transaction a statement PostgreSQL refuses in one, history that does not
+match the files, a dirty mark."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import History, read_history
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.session import session
-from tasks.engine.migrations.statements import breaks_the_session, copies_with_the_client, ends_transaction
+from tasks.engine.migrations.statements import (
+    breaks_the_session,
+    copies_with_the_client,
+    ends_transaction,
+    refused_in_transaction,
+)
 
 ALL = "0"  # `--to 0`: undo every applied migration
 
@@ -89,6 +95,12 @@ def _refusals(migration: Migration) -> list[str]:
         elif ending:
             found.append(f"{name}: statement {number} is `{ending}`: a non-transactional rollback runs each statement "
                          "on its own, with no transaction of its own; remove it")
+        refused = refused_in_transaction(statement) if migration.transactional else None
+        if refused:  # as validation says of a transactional migration (lint: cannot-run-in-transaction)
+            found.append(f"{name}: statement {number} is `{refused}`, which cannot run inside a transaction block, "
+                         f"and the rollback of {migration.path.name} (transactional) runs in one with the removal "
+                         "of its history rows; write it so that it runs in a transaction (DROP INDEX without "
+                         f"CONCURRENTLY, say), or roll back to {migration.id} or later and undo it by hand")
         breaking = breaks_the_session(statement)
         if breaking:
             found.append(f"{name}: statement {number}: {breaking}; remove it")

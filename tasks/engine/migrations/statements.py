@@ -145,15 +145,29 @@ def cluster_wide(statement: str) -> str | None:
 
 def commits_inside(statement: str) -> bool:
     """Whether `statement`, run on its own, can commit part of its work before it fails: a CALL (a procedure may
-    COMMIT), a DO block whose PL/pgSQL COMMITs or ROLLBACKs or CALLs, or one that cannot be read. Any other
-    single statement is atomic."""
+    COMMIT), a DO block whose PL/pgSQL COMMITs or ROLLBACKs or CALLs, or one that cannot be read, or one that
+    commits in phases (`commits_in_phases`). Any other single statement is atomic."""
     first = _first_word(statement)
-    if first == "CALL":
+    if first == "CALL" or commits_in_phases(statement):
         return True
     if first != "DO" or not _MAY_END.search(statement):
         return False
     inner = statements_in_do(statement)
     return inner is None or any(each.text in ("COMMIT", "ROLLBACK") or commits_inside(each.text) for each in inner)
+
+
+def commits_in_phases(statement: str) -> bool:
+    """Whether `statement` commits each phase of its work in a transaction of its own, so that a failure can
+    leave the first phases done: `DROP INDEX CONCURRENTLY` (the index INVALID), `REINDEX ... CONCURRENTLY` (a
+    `_ccnew` or `_ccold` index INVALID), `ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY` (the partition
+    pending detach). `CREATE INDEX CONCURRENTLY` is not counted: its leftover is found by name (indexes.py)."""
+    if _first_word(statement) not in _PHASED_WORDS or not _names_keyword(statement, {"CONCURRENTLY"}):
+        return False
+    refused = refused_in_transaction(statement) or ""
+    return refused.endswith("CONCURRENTLY") and not refused.startswith("CREATE")
+
+
+_PHASED_WORDS = {"DROP", "REINDEX", "ALTER"}
 
 
 def _cluster_wide_in_do(statement: str) -> str | None:

@@ -88,7 +88,8 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                     snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger, reuse=False)
                 step = "rollback"
                 report = credentials.run(lambda c: steps.rollback(c, catalog, environment.policy, to=to,
-                                                                  git_sha=git_sha, environment=environment.name))
+                                                                  git_sha=git_sha, environment=environment.name,
+                                                                  planned=plan.undo))
             else:  # a dry run, or nothing to undo: what would be undone, for --json; nothing written
                 report = RollbackReport(to=to, applied=plan.keep + tuple(reversed(plan.undo)))
         error = ended.error

@@ -83,8 +83,9 @@ class Steps(Protocol):
         kind's only)."""
 
     def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
-                 environment: str) -> RollbackReport:
-        """Undo the applied migrations after `to`, newest first, under the migration lock."""
+                 environment: str, planned: tuple[str, ...]) -> RollbackReport:
+        """Undo the applied migrations after `to`, newest first, under the migration lock; refused, with nothing
+        undone, when they are no longer what was `planned` (the plan that was shown)."""
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
@@ -186,11 +187,11 @@ class DirectSteps:
                                    log=self.log)
 
     def rollback(self, connection: Connection, catalog: Catalog, policy: Policy, *, to: str, git_sha: str,
-                 environment: str) -> RollbackReport:
+                 environment: str, planned: tuple[str, ...]) -> RollbackReport:
         from tasks.engine.migrations.rollback import roll_back_to
 
         report = roll_back_to(connection, catalog, policy, to, git_sha=git_sha, run_id=None, environment=environment,
-                              log=self.log)
+                              log=self.log, planned=planned)
         self.log.info("Rolled back %d migration(s) in %.1fs", len(report.rolled_back), report.duration_seconds)
         return report
 
