@@ -81,14 +81,15 @@ def _flow_or_engine(args: argparse.Namespace, environment: Environment, flow: st
 
 
 def cmd_new(args: argparse.Namespace) -> int:
+    from tasks.engine.migrations.hints import migrations_flag
     from tasks.engine.migrations.new import new_migration
 
     written = new_migration(Path(args.migrations), Path.cwd(), args.slug,
                             transactional=not args.non_transactional, with_rollback=args.with_rollback)
     for path in written:
         print(path.relative_to(Path.cwd().resolve()))
-    print("next: write the change where the DO block is (and delete it), then run rds-migrations validate",
-          file=sys.stderr)
+    print("next: write the change where the DO block is (and delete it), then run rds-migrations validate"
+          f"{migrations_flag(Path(args.migrations))}", file=sys.stderr)
     return EXIT_OK
 
 

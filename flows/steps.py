@@ -130,8 +130,9 @@ class PrefectSteps:
         return baseline_task(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
                              dry_run=dry_run)
 
-    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
-        drift, source = drift_task(environment, connection, catalog)
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
+              dry_run: bool = False) -> tuple[DriftReport, str]:
+        drift, source = drift_task(environment, connection, catalog, dry_run=dry_run)
         events.drift_found(environment.name, observe.run_sha(), drift)
         return drift, source
 

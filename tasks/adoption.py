@@ -33,11 +33,12 @@ def baseline_task(environment: Environment, connection: Connection, catalog: Cat
 
 @task(name="drift-check", task_run_name="drift-check-{environment.name}",
       **transient_retries(retries=2, backoff_factor=5), persist_result=False, cache_policy=NO_CACHE)
-def drift_task(environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
+def drift_task(environment: Environment, connection: Connection, catalog: Catalog, *,
+               dry_run: bool = False) -> tuple[DriftReport, str]:
     """The live schema against what the applied migrations make (read-only on the target), and where that
     reference came from.
 
     Example:
         report, expected_from = drift_task(environment, connection, catalog)
     """
-    return environment_drift(environment, connection, catalog, get_run_logger())
+    return environment_drift(environment, connection, catalog, get_run_logger(), dry_run=dry_run)

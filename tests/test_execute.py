@@ -4,6 +4,8 @@ and what the server could read differently goes statement by statement."""
 from __future__ import annotations
 
 import _thread
+import json
+import re
 import threading
 import time
 from dataclasses import replace
@@ -21,9 +23,11 @@ from tests.helpers import (
     SLEEP_WHILE_FLAGGED,
     SLEEPING,
     applied_ids,
+    cli,
     end_the_session_while_it_sleeps,
     raise_sleep_flag,
     tables,
+    url_of,
     write_migrations,
 )
 
@@ -126,6 +130,36 @@ def test_standard_conforming_strings_set_inside_a_migration_reads_as_written(
     apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
     with connected(database) as conn:
         assert conn.execute("SELECT p FROM paths").fetchone()[0] == "C:\\x"
+
+
+def test_a_client_encoding_set_by_one_migration_does_not_reach_the_next(tmp_path: Path, database: Connection) -> None:
+    """`SET client_encoding` (pg_dump's output starts with one): the next migration's message is still written and
+    read in the session's own encoding, and both are applied and recorded, as the run says."""
+    write_migrations(tmp_path, {
+        "0001.latin.sql": "CREATE TABLE t (s text);\nSET client_encoding = 'LATIN1';\nINSERT INTO t VALUES ('café');\n",
+        "0002.check.sql": "INSERT INTO t VALUES ('check ✓');\n",
+    })
+    result = cli("run", "--database-url", url_of(database), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["applied"] == ["0001.latin", "0002.check"]
+    assert applied_ids(database) == ["0001.latin", "0002.check"]
+    with connected(database) as conn:
+        assert [r[0] for r in conn.execute("SELECT s FROM t ORDER BY s")] == ["café", "check ✓"]
+
+
+def test_an_unexpected_error_while_applying_keeps_what_was_applied_in_the_summary(
+    tmp_path: Path, database: Connection
+) -> None:
+    """A database whose sessions start in LATIN1, and a file with a character LATIN1 cannot carry: the error is
+    not a migration's failure, yet the summary still says what the history holds (0001 applied), not "none"."""
+    with connected(database) as conn:
+        conn.execute(f"ALTER DATABASE {database.dbname} SET client_encoding = 'LATIN1'")
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\n",
+                                "0002.check.sql": "INSERT INTO t VALUES ('check ✓');\n"})
+    result = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+    assert result.returncode == 1 and applied_ids(database) == ["0001.t"]
+    said = result.stdout + result.stderr
+    assert re.search(r"applied: +0001\.t\n", said) and "no migration was applied" not in said, said
 
 
 @pytest.mark.parametrize(("statement", "tag", "fits"), [

@@ -233,3 +233,17 @@ def test_validate_names_the_unedited_file_then_passes_once_it_is_written(tmp_pat
 
 def _guard_line(path: Path) -> str:
     return next(line for line in path.read_text().splitlines(keepends=True) if line.startswith("DO $$"))
+
+
+def test_the_commands_new_suggests_name_the_migrations_directory_so_they_work_when_pasted(tmp_path: Path) -> None:
+    write_migrations(tmp_path, {"0001.a.sql": TABLE.format("a")}, directory="db/migrations")
+    written = cli("new", "--migrations", "db/migrations", "add-b", cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert "then run rds-migrations validate --migrations db/migrations" in written.stderr
+    pasted = cli(*written.stderr.rsplit("then run rds-migrations ", 1)[1].split(), cwd=tmp_path)
+    assert "0002.add-b.sql" in pasted.stdout  # validated the directory it names (the template stops a run)
+
+    write_migrations(tmp_path, {"0001.b.sql": TABLE.format("b")}, directory="db/migrations")
+    refused = cli("new", "--migrations", "db/migrations", "add-c", cwd=tmp_path)
+    assert refused.returncode != 0 and "(rds-migrations validate --migrations db/migrations explains each)" in (
+        refused.stderr)

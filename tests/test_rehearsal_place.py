@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
+from tasks.engine.embedded import LocalServer, embedded_server
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.rehearsal import rehearse, rehearse_on_target_schema
@@ -144,3 +145,42 @@ def test_scratch_databases_commit_without_waiting_for_the_disk(tmp_path: Path, d
     assert rehearse_on_target_schema(catalog, ("0001.check",), database, database, POLICY).failure is None
     with pytest.raises(MigrationError, match="waits for the disk"):  # the target itself is left as it is
         apply_pending(database, catalog, POLICY)
+
+
+def test_a_rehearsal_on_the_embedded_server_leaves_no_database_or_server_setting_behind(
+        tmp_path: Path, database: Connection, pg_server: LocalServer) -> None:
+    """A migration that creates a database and sets a server setting is rehearsed on the embedded server (it
+    reaches beyond one database): afterwards that server holds neither, so the next rehearsal there (a run on
+    another database) does not fail with "database ... already exists"."""
+    made = f"rdsm_test_reports_{uuid.uuid4().hex[:8]}"
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (id bigint);\n", "0002.reports.sql": (
+        f"-- transactional: false\nCREATE DATABASE {made};\n"
+        "ALTER SYSTEM SET log_min_duration_statement = '5s';\nSELECT pg_reload_conf();\n")})
+    local = embedded_server()
+    local.start()
+    auto_conf = "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf'"
+    with connected(local.connection()) as conn:
+        settings_before = conn.execute(auto_conf).fetchall()
+    try:
+        ran = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "rehearsed on the embedded server" in ran.stderr
+        with connected(local.connection()) as conn:
+            assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (made,)).fetchone()
+            assert conn.execute(auto_conf).fetchall() == settings_before
+        pg_server.drop_database(made)  # what the run made on the target's server, for a run on another database
+        other = pg_server.ensure_database(f"t_{uuid.uuid4().hex[:10]}")
+        try:
+            again = cli("run", "--database-url", url_of(other), cwd=tmp_path)
+            assert again.returncode == 0, again.stderr[-3000:]
+        finally:
+            pg_server.drop_database(other.dbname)
+    finally:
+        pg_server.drop_database(made)
+        with connected(pg_server.connection()) as conn:  # the target's server: as it was
+            conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
+            conn.execute("SELECT pg_reload_conf()")
+        with connected(local.connection()) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(made)))
+            conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
+            conn.execute("SELECT pg_reload_conf()")

@@ -516,3 +516,24 @@ def test_a_migration_applied_between_the_plan_and_the_lock_refuses_the_rollback(
     assert "nothing was undone" in str(raised.value) and fingerprint(database) == before
     assert roll_back_to(database, catalog, POLICY, "1", planned=("0003.devices", "0002.accounts")).rolled_back_ids \
         == ("0003.devices", "0002.accounts")
+
+
+def test_a_dry_run_rollback_checks_drift_without_creating_anything_on_the_target_server(
+        tmp_path: Path, database: Connection) -> None:
+    """policy.drift = warn rebuilds the drift reference before a rollback; in a dry run it is built on the embedded
+    server, as a run's dry run builds its rehearsal there: not a scratch database made and dropped on the target's."""
+    from tests.helpers import cli, url_of
+
+    (tmp_path / "environments.toml").write_text(
+        '[environments.warned]\ntier = "staging"\ncredentials = { kind = "url_env", variable = "DATABASE_URL" }\n'
+        'snapshot = { kind = "none" }\nnotify = { kind = "console" }\n'
+        'policy = { snapshot_required = false, drift = "warn" }\n')
+    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(database)}
+    write_migrations(tmp_path, WITH_ROLLBACKS)
+    assert cli("run", "--env", "warned", cwd=tmp_path, env=env).returncode == 0
+    with connected(database) as conn:  # nothing remembered: the reference is rebuilt on a scratch database
+        conn.execute("DELETE FROM _rds_migrations_schema")
+    planned = cli("rollback", "--env", "warned", "--to", "2", "--dry-run", cwd=tmp_path, env=env)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "rehearsed on the embedded server, not the target's: a dry run creates nothing" in planned.stderr
+    assert applied_ids(database) == ["0001.users", "0002.accounts", "0003.devices"]

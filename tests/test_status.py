@@ -247,3 +247,31 @@ def test_colour_only_when_asked_and_the_same_text_under_it(tmp_path: Path, datab
     assert "\x1b[" not in plain and "\x1b[" in coloured
     assert "\n".join(line.rstrip() for line in ANSI.sub("", coloured).splitlines()) == plain
     assert_aligned(plain)
+
+
+def test_a_checksum_row_put_back_by_resolve_shows_as_marked_by_resolve(project: Path, database: Connection) -> None:
+    """A checksum row deleted by hand, then `resolve --mark-applied`: status shows how it came now (`mark`, by
+    resolve), not the run's `apply` beside the git SHA of an adoption."""
+    catalog = read_catalog(write_migrations(project, FILES), project)
+    apply_pending(database, catalog, POLICY, git_sha="abcdef1")
+    with connected(database) as conn:
+        conn.execute("DELETE FROM _rds_migrations_history WHERE migration_id = '0002.add-users-nickname'")
+    mended = cli("resolve", "--database-url", url_of(database), "0002.add-users-nickname", "--mark-applied",
+                 cwd=project)
+    assert mended.returncode == 0, mended.stderr
+    status = read_status(database, catalog, environment="staging")
+    row = next(m for m in status.applied if m.id == "0002.add-users-nickname")
+    assert (row.how, row.git_sha, row.file) == ("mark", "resolved", "ok")
+    assert [m.how for m in status.applied if m.id != row.id] == ["apply", "apply"]
+    assert status.pending == () and status.problems == ()
+
+
+def test_the_drift_command_status_suggests_names_the_database(project: Path, database: Connection,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)  # as the command line runs it: the directory named from where it runs
+    catalog = read_catalog(write_migrations(project, FILES, directory="db/migrations"), project)
+    apply_pending(database, catalog, POLICY, git_sha="abcdef1")
+    status = read_status(database, catalog, environment="staging")
+    assert "`rds-migrations drift --env staging --migrations db/migrations`" in status.drift
+    assert "`rds-migrations drift --database-url URL`" in read_status(database, read_catalog(
+        write_migrations(project, FILES), project), environment="database-url").drift

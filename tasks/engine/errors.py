@@ -9,6 +9,7 @@ SQLSTATEs, and a database or AWS error is redacted before it becomes one of thes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -28,6 +29,28 @@ def redact(text: str, *secrets: str) -> str:
         for form in sorted(forms, key=len, reverse=True):  # the longest first: a form may hold another
             text = text.replace(form, "**********")
     return text
+
+
+# SQLSTATE classes whose errors can quote a row's values: 22 (data exception: `invalid input syntax for type
+# integer: "<value>"`) and 23 (integrity: `Failing row contains (...)`, `Key (email)=(...) already exists`).
+ROW_DATA_CLASSES = ("22", "23")
+ROW_VALUES_LEFT_OUT = "the row's values are not repeated here; run the statement in psql to see them"
+
+
+def server_words(exc: Exception) -> str:
+    """What the database said, for messages that travel (Slack, events, artifacts, the history's dirty marks):
+    its primary message, and its DETAIL unless that can quote a row's values, which are personal data. Where they
+    could be quoted (a data or integrity error), the quoted value and the DETAIL give way to a short note. Read by
+    attributes: psycopg is not imported here."""
+    diag = getattr(exc, "diag", None)
+    primary = (getattr(diag, "message_primary", None) or str(exc).split("\n", 1)[0]).strip()
+    detail = (getattr(diag, "message_detail", None) or "").strip()
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if not sqlstate.startswith(ROW_DATA_CLASSES):
+        return f"{primary} ({detail})" if detail else primary
+    # The server's own text, not SQL: from the first double quote to the last is the value (which may hold one).
+    quoted = re.sub(r'".*"', '"..."', primary, flags=re.S) if sqlstate.startswith("22") else primary
+    return f"{quoted} ({ROW_VALUES_LEFT_OUT})" if detail or quoted != primary else quoted
 
 
 class RdsMigrationsError(Exception):

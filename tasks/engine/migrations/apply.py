@@ -142,6 +142,7 @@ def _apply_in_order(conn: psycopg.Connection, connection: Connection, ledger: Le
         _log_progress(log, pending, position, size)
         first: MigrationFailure | None = None
         if size > 1:
+            start.settle_encoding(conn)
             sent = run_together(conn, connection, ledger, pending[position:position + size], start,
                                 git_sha=git_sha, run_id=run_id, on_applied=done.add)
             alone_until = done.position + sent.again_alone
@@ -168,6 +169,7 @@ def apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, po
     while True:
         attempts += 1
         started = time.monotonic()
+        start.settle_encoding(conn)
         failure = first if attempts == 1 and first is not None else (
             run_transactional if migration.transactional else run_alone)(
             conn, ledger, migration, start, git_sha=git_sha, run_id=run_id, started=started)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import psycopg
 from psycopg import generators, pq
 
-from tasks.engine.errors import redact
+from tasks.engine.errors import redact, server_words
 from tasks.engine.migrations.catalog import Migration
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationFailure
@@ -331,14 +331,11 @@ def quietly(call: Callable[..., object], *args: object) -> None:
 
 
 def failure_from(migration: Migration, statement: str, exc: psycopg.Error, number: int) -> MigrationFailure:
-    message = (exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)).strip()
-    if exc.diag and exc.diag.message_detail:
-        message += f" ({exc.diag.message_detail.strip()})"
     return MigrationFailure(
         migration_id=migration.id,
         statement=statement,
         sqlstate=exc.sqlstate,
-        message=message,
+        message=server_words(exc),  # never a row's values: the failure travels to Slack, events and artifacts
         transactional=migration.transactional,
         statement_number=number,
         statement_count=len(migration.statements),

@@ -22,11 +22,16 @@ def where_flag(environment: str | None, migrations: Path | None = None) -> str:
         flag = f"--database-url URL-OF-{environment.removeprefix(DATABASE_URL_ENVIRONMENT + '-')}"
     else:
         flag = f"--env {environment}"
+    return f"{flag}{migrations_flag(migrations)}"
+
+
+def migrations_flag(migrations: Path | None) -> str:
+    """` --migrations DIR` for a command about the directory `migrations`, when it is not `migrations`; else ""."""
     # As the command line names it, from where it runs (a directory outside it is refused by validation).
     shown = os.path.relpath(migrations) if migrations is not None else "migrations"
     if shown == "migrations" or shown.startswith(".."):
-        return flag
-    return f"{flag} --migrations {shlex.quote(shown)}"
+        return ""
+    return f" --migrations {shlex.quote(shown)}"
 
 
 def resolve_hint(migration_id: str, environment: str | None, *, rolling_back: bool = False,

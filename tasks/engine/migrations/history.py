@@ -48,6 +48,7 @@ from tasks.engine.migrations.history_sql import (
     READ_RECORDED_NO_LOG_SQL,
     READ_RECORDED_SQL,
     READ_SCHEMA_SQL,
+    RECORD_MARKED_CHECKSUM_SQL,
     RECORD_PARAMETERS,
     RECORD_SQL,
     RECORD_UNVERIFIED_SQL,
@@ -112,7 +113,8 @@ _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECO
                "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL, "unrecord": UNRECORD_SQL,
                "unmark": UNMARK_LOG_SQL, "latest_log": LATEST_LOG_SQL, "forget": FORGET_SQL,
                "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
-               "unverified": RECORD_UNVERIFIED_SQL, "baseline": BASELINE_SQL, "read_baseline": READ_BASELINE_SQL,
+               "unverified": RECORD_UNVERIFIED_SQL, "marked_checksum": RECORD_MARKED_CHECKSUM_SQL,
+               "baseline": BASELINE_SQL, "read_baseline": READ_BASELINE_SQL,
                "remember": REMEMBER_SCHEMA_SQL, "read_schema": READ_SCHEMA_SQL, "recorded": READ_RECORDED_SQL,
                "recorded_no_log": READ_RECORDED_NO_LOG_SQL, "history_rows": READ_HISTORY_ROWS_SQL}
 
@@ -219,8 +221,10 @@ class Ledger:
         self.conn.execute(self.statements["forget"], _unrecord_params(migration))
 
     def record_checksum(self, migration: Migration) -> None:
-        """Its checksum row again (an operator's word that the file is the one applied)."""
-        self.conn.execute(self.statements["unverified"], (migration.id, migration.checksum, migration.transactional))
+        """Its checksum row again (an operator's word that the file is the one applied), recorded as resolve's mark:
+        status shows `mark`, git SHA `resolved`."""
+        self.conn.execute(self.statements["marked_checksum"], {
+            **_unrecord_params(migration), "checksum": migration.checksum, "transactional": migration.transactional})
 
     def record_unverified(self, catalog: Catalog, ids: tuple[str, ...], log: Log) -> None:
         """Migrations applied before checksums were kept (plain yoyo): adopt the current file's checksum."""

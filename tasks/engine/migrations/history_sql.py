@@ -137,6 +137,18 @@ RECORD_UNVERIFIED_SQL = """
 INSERT INTO {history} (migration_id, checksum, transactional, git_sha) VALUES (%s, %s, %s, 'adopted')
 ON CONFLICT (migration_id) DO NOTHING
 """
+# An operator's word (resolve --mark-applied) that the file is the one applied, its checksum row having been
+# deleted by hand: the row again, as resolve's (not a baseline's adoption), and a log row saying it was marked.
+RECORD_MARKED_CHECKSUM_SQL = """
+WITH log AS (
+    INSERT INTO {log} (id, migration_hash, migration_id, operation, username, hostname, comment, created_at_utc)
+    VALUES (%(log_id)s, %(hash)s, %(id)s, 'mark', current_user, %(hostname)s, 'rds-migrations resolve --mark-applied',
+            clock_timestamp() AT TIME ZONE 'utc') RETURNING 1
+)
+INSERT INTO {history} (migration_id, checksum, transactional, git_sha)
+VALUES (%(id)s, %(checksum)s, %(transactional)s, 'resolved')
+ON CONFLICT (migration_id) DO NOTHING
+"""
 # Our tables exist where yoyo's do: found by the name yoyo gives them, wherever the session looks first.
 SCHEMA_SQL = """
 SELECT coalesce(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tasks.engine.errors import UsageError
 from tasks.engine.migrations.catalog import MIGRATION_NAME, VERSIONED, Catalog, read_catalog, resolve_directory
+from tasks.engine.migrations.hints import migrations_flag
 
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 SLUG_RULE = "lowercase letters and digits in words joined by single hyphens"
@@ -150,7 +151,8 @@ def _readable_catalog(directory: Path, project_root: Path) -> Catalog:
     if problems:
         raise NewMigrationRefused(
             f"{directory} has problems, and a migration numbered on top of them would make it worse; fix them "
-            f"first (rds-migrations validate explains each): {'; '.join(map(str, problems))}")
+            f"first (rds-migrations validate{migrations_flag(directory)} explains each): "
+            f"{'; '.join(map(str, problems))}")
     return catalog
 
 

@@ -86,7 +86,9 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     place = place if isinstance(place, Place) else Place(place)
     server = place.server
     rehearsal_policy = _policy(policy)
-    cache = cache and not place.stand_in  # a stand-in's roles and databases are made for this rehearsal alone
+    # A stand-in's roles and databases are made for this rehearsal alone; what the migrations make beyond their
+    # database (a database, a server setting) is undone afterwards, so a cached database would not find it.
+    cache = cache and not (place.stand_in or place.own_databases or place.own_settings)
     keys = rehearsal_keys(catalog, server.user) if cache else []
     reused = 0
     rolled_back: list[str] = []

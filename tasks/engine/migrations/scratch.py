@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from pglast import ast
 from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
@@ -68,6 +69,8 @@ class Place:
     roles_from: Connection | None = None  # the target, whose roles (by name) the stand-in is given first
     own_roles: frozenset[str] = frozenset()  # roles the migrations create: not copied, dropped afterwards
     databases: tuple[str, ...] = ()  # empty databases named as the target's (for ALTER DATABASE <name>)
+    own_databases: frozenset[str] = frozenset()  # databases the migrations create: dropped afterwards when new
+    own_settings: frozenset[str] = frozenset()  # what the migrations ALTER SYSTEM ("*": RESET ALL): put back
 
     @property
     def where(self) -> str:
@@ -82,9 +85,11 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
                  dry_run: bool, log: Log = logger) -> Place:
     """`asked` is the server the environment names for rehearsals; when it is the target's own server and
     rehearsing there would change that server, the embedded server instead (see the module's docstring)."""
-    if target is None or (asked.host, asked.port) != (target.host, target.port):
-        return Place(asked)
     migrations = list(migrations)
+    leaves = {"own_databases": frozenset(created(migrations, ast.CreatedbStmt)),
+              "own_settings": frozenset(created(migrations, ast.AlterSystemStmt))}
+    if target is None or (asked.host, asked.port) != (target.host, target.port):
+        return Place(asked, **leaves)
     reasons = []
     if dry_run:
         reasons.append("a dry run creates nothing on the target's server")
@@ -92,16 +97,17 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     if reaching:
         reasons.append(f"{', '.join(dict.fromkeys(reaching))} would change the target's server itself")
     if not reasons:
-        return Place(asked)
+        return Place(asked, **leaves)
     local = embedded_server()  # looked up only now: finding its binaries takes ~20 ms
     if local.port is not None and (target.host, target.port) == ("127.0.0.1", local.port):
-        return Place(asked)  # the target is on the tool's own throwaway server: there is no other to use
+        return Place(asked, **leaves)  # the target is on the tool's own throwaway server: there is no other
     note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
     log.info("%s", note)
     local.start()
     alters = any((cluster_wide(s) or "").startswith("ALTER DATABASE") for m in migrations for s in m.statements)
-    return Place(local.connection(), note, roles_from=target, own_roles=frozenset(created_roles(migrations)),
-                 databases=(target.dbname,) if alters else ())
+    roles = frozenset(created(migrations, ast.CreateRoleStmt))
+    return Place(local.connection(), note, roles_from=target, own_roles=roles,
+                 databases=(target.dbname,) if alters else (), **leaves)
 
 
 # The role sessions start as (when it is not the login), whether it may create databases, the login's too, and
@@ -147,9 +153,11 @@ def scratch_database(place: Place, log: Log = logger, *, name: str | None = None
         drop_abandoned(keeper, log)
         made = _prepare_stand_in(place, keeper, log) if place.stand_in else []
         name = name or keeper_name(keeper)
+        before = ServerState.of(keeper, place, log)
         try:
             yield name
         finally:
+            before.put_back(keeper, place, log)
             _quietly(keeper, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)), log)
             for database in made:
                 _quietly(keeper, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -268,16 +276,60 @@ def _copy_roles(target: Connection, conn: psycopg.Connection, log: Log, *, skip:
             log.info("Role %s not made on the rehearsal server (%s)", name, exc.diag.message_primary or exc)
 
 
-def created_roles(migrations: Iterable[Migration]) -> set[str]:
-    """Roles the migrations create themselves (not to be copied from the target before replaying them)."""
-    from pglast import ast
+# What a migration makes beyond its database, and the name it gives it ("*": ALTER SYSTEM RESET ALL).
+_CREATED = {ast.CreateRoleStmt: ("CREATE ROLE", lambda node: node.role),
+            ast.CreatedbStmt: ("CREATE DATABASE", lambda node: node.dbname),
+            ast.AlterSystemStmt: ("ALTER SYSTEM", lambda node: (node.setstmt.name or "*").lower())}
 
-    found = set()
-    for migration in migrations:
-        for statement in migration.statements:
-            if cluster_wide(statement) == "CREATE ROLE":
-                found |= {node.role for node in parsed(statement) or () if isinstance(node, ast.CreateRoleStmt)}
-    return found
+
+def created(migrations: Iterable[Migration], kind: type) -> set[str]:
+    """What of `kind` the migrations make beyond their database, by name: roles (not copied from the target before
+    replaying them), databases, server settings; on a rehearsal's server all are undone afterwards."""
+    words, name = _CREATED[kind]
+    return {name(node) for migration in migrations for statement in migration.statements
+            if cluster_wide(statement) == words for node in parsed(statement) or () if isinstance(node, kind)}
+
+
+# The server's settings written by ALTER SYSTEM (the same query: the file as it is on disk, read after a change).
+AUTO_CONF_SQL = "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf'"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What of the scratch server a rehearsal's migrations may change beyond their database, before they ran: its
+    databases and its ALTER SYSTEM settings (only when the migrations touch them). `put_back`: the databases they
+    made are dropped and the settings written back, so the next rehearsal there finds the server as this one did."""
+
+    databases: frozenset[str] = frozenset()
+    settings: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection, place: Place, log: Log) -> ServerState:
+        databases = frozenset(r[0] for r in conn.execute("SELECT datname FROM pg_database")) \
+            if place.own_databases else frozenset()
+        return cls(databases, _auto_conf(conn, log) if place.own_settings else None)
+
+    def put_back(self, conn: psycopg.Connection, place: Place, log: Log) -> None:
+        for database in sorted(place.own_databases - self.databases):
+            _quietly(conn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)), log)
+        now = _auto_conf(conn, log) if self.settings is not None else None
+        if now is None or now == self.settings:
+            return
+        names = set(self.settings) | set(now) if "*" in place.own_settings else place.own_settings
+        for name in sorted(n for n in names if now.get(n) != self.settings.get(n)):
+            _quietly(conn, sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(
+                self.settings[name])) if name in self.settings else sql.SQL("ALTER SYSTEM RESET {}").format(
+                sql.Identifier(name)), log)
+        _quietly(conn, sql.SQL("SELECT pg_reload_conf()"), log)
+
+
+def _auto_conf(conn: psycopg.Connection, log: Log) -> dict[str, str] | None:
+    try:
+        return dict(conn.execute(AUTO_CONF_SQL).fetchall())
+    except psycopg.Error as exc:  # not a superuser there: what ALTER SYSTEM set stays (logged)
+        log.warning("The rehearsal's server settings cannot be read (%s): what the migrations set with ALTER "
+                    "SYSTEM stays there", exc.diag.message_primary or exc)
+        return None
 
 
 @dataclass(frozen=True)

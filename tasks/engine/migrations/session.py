@@ -103,13 +103,22 @@ class StartingState:
     statement_timeout_ms: int
     role: str = "none"
     connection_check: bool = False  # PostgreSQL 14+: client_connection_check_interval set again after RESET ALL
+    encoding: str = "utf-8"  # the session's client encoding as it began (Python's name for it)
 
     @classmethod
     def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
         user, search_path, role = conn.execute(  # type: ignore[misc]
             "SELECT session_user, current_setting('search_path'), current_setting('role')").fetchone()
         return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms, role,
-                   conn.info.server_version >= 140000)
+                   conn.info.server_version >= 140000, conn.info.encoding)
+
+    def settle_encoding(self, conn: psycopg.Connection) -> None:
+        """Before a migration's message: the client encoding the session began with, when the one before changed
+        it (`SET client_encoding`, as pg_dump's output starts). In a round trip of its own: the server reads a
+        message in the encoding in force when it arrives, so the RESET ALL inside the message comes too late, and
+        the message is written in the session's own encoding."""
+        if not conn.closed and conn.info.encoding != self.encoding:
+            conn.execute("RESET client_encoding")
 
     def statements(self) -> tuple[str, ...]:
         """Plain SQL text (sent inside a migration's message, where no parameter can go): two statements, so a

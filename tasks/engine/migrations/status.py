@@ -24,6 +24,7 @@ from tasks.engine.migrations.adopt import census, ignored_tables
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.drift import compare
+from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import AppliedRecord, Ledger
 from tasks.engine.migrations.indexes import find_invalid_indexes
 from tasks.engine.migrations.plan import make_plan
@@ -31,7 +32,12 @@ from tasks.engine.migrations.reference import current_state_key
 from tasks.engine.migrations.schema import SchemaSnapshot, read_schema
 from tasks.engine.migrations.session import ADVISORY_LOCK_KEY, session
 
-NOT_CHECKED = "not checked (no remembered reference: run `rds-migrations drift`)"
+
+def not_checked(environment: str | None, migrations: Path | None = None) -> str:
+    return f"not checked (no remembered reference: run `rds-migrations drift {where_flag(environment, migrations)}`)"
+
+
+NOT_CHECKED = not_checked(None)  # the database named as no environment: `--env NAME`
 LOCKED_OUT = "not checked (a lock on the schema is held, by a migration running now?): try again"
 HOW = {"apply": "apply", "baseline": "baseline", "mark": "mark"}  # anything else, or no log row: "unknown"
 FILE_STYLE = {"ok": "green", "edited": "bold red", "missing file": "bold red", "unverified": "yellow"}
@@ -232,7 +238,8 @@ def read_status(connection: Connection, catalog: Catalog, *, environment: str | 
         if not has_history:
             note = census(conn).refusal() or ("no migration history: an empty database (the first run applies "
                                               "every migration)")
-        drift, drifted = _drift(conn, ledger, catalog) if has_history else (NOT_CHECKED, None)
+        drift, drifted = _drift(conn, ledger, catalog, environment) if has_history else (
+            not_checked(environment, catalog.directory), None)
         lock = _lock_holder(conn)
         invalid = tuple(f"{index}: with policy.invalid_index = refuse (the default) the next run refuses; with "
                         f"drop_and_retry it drops it and builds it again; by hand: {index.drop_command}"
@@ -260,19 +267,21 @@ def _applied(record: AppliedRecord, migration: Migration | None, ui: str | None)
         transactional=record.transactional, file=file)
 
 
-def _drift(conn: psycopg.Connection, ledger: Ledger, catalog: Catalog) -> tuple[str, bool | None]:
+def _drift(conn: psycopg.Connection, ledger: Ledger, catalog: Catalog,
+           environment: str | None) -> tuple[str, bool | None]:
     """Drift in one line, only when a reference is remembered for this state of history (cheap: two schemas
     compared); rebuilding one is `rds-migrations drift`'s job."""
     remembered = ledger.remembered_schema(current_state_key(ledger, catalog))
     if remembered is None:
-        return NOT_CHECKED, None
+        return not_checked(environment, catalog.directory), None
     try:
         live = read_schema(conn, ignore=ignored_tables(conn))
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
         return LOCKED_OUT, None
     report = compare(SchemaSnapshot.from_json(remembered), live)
     if report.drifted:
-        return f"{report.summary()}: `rds-migrations drift` names them", True
+        where = where_flag(environment, catalog.directory)
+        return f"{report.summary()}: `rds-migrations drift {where}` names them", True
     return report.summary(), False
 
 

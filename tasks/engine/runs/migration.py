@@ -163,6 +163,9 @@ def run_migration(
         progress.report = error.report
     if isinstance(error, MigrationError):
         progress.applied = error.report
+    elif error is not None and progress.step == "migrate" and progress.applied is None:
+        # Not a migration's failure (a bug, an encoding): what was applied before it is read from the history.
+        progress.applied = applied_per_history(progress)
 
     if progress.report is not None:
         _publish_plan(steps, environment, progress.report)
@@ -221,27 +224,40 @@ def interrupted(progress: Progress, environment: str) -> Interrupted:
     said = f"interrupted (Ctrl-C) at step {progress.step}"
     if progress.step != "migrate" or progress.report is None or progress.connection is None:
         return Interrupted(f"{said}: nothing was applied")
-    pending = progress.report.pending
     try:
-        with session(progress.connection, read_only=True) as conn:
-            history = read_history(conn)
-    except (psycopg.Error, KeyboardInterrupt):  # unreachable, or Ctrl-C again: not read
+        progress.applied = applied_per_history(progress)
+    except KeyboardInterrupt:  # Ctrl-C again: not read
+        progress.applied = None
+    if progress.applied is None:
         return Interrupted(f"{said}: what it applied is not known here; `rds-migrations status "
                            f"{where_flag(environment, progress.migrations)}` reads it from the history (a "
                            "transactional migration stopped midway was rolled back by the server; a non-transactional "
                            "one is marked dirty)")
-    done = tuple(i for i in pending if i in history.applied)
-    left = tuple(i for i in pending if i not in history.applied)
-    progress.applied = ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in done), pending=left)
-    progress.dirty = history.dirty
-    if history.dirty:
+    done, left = progress.applied.applied_ids, progress.applied.pending
+    if progress.dirty:
         stopped = "".join(f"; {mark.describe()}; to resolve: {mark.hint(environment, progress.migrations)}"
-                          for mark in history.dirty)
+                          for mark in progress.dirty)
     else:
         stopped = ("; the one that was running, if any, was rolled back by the server" if left
                    else "; every pending migration had been applied")
     applied = f"{len(done)} migration(s) applied and recorded before it" if done else "nothing was applied before it"
     return Interrupted(f"{said}: {applied}{stopped}")
+
+
+def applied_per_history(progress: Progress) -> ApplyReport | None:
+    """Which of the pending migrations the target's history holds now, its dirty marks kept in `progress`
+    (None: it cannot be read)."""
+    if progress.report is None or progress.connection is None:
+        return None
+    pending = progress.report.pending
+    try:
+        with session(progress.connection, read_only=True) as conn:
+            history = read_history(conn)
+    except psycopg.Error:  # unreachable
+        return None
+    progress.dirty = history.dirty
+    return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied),
+                       pending=tuple(i for i in pending if i not in history.applied))
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:

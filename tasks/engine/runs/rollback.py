@@ -19,6 +19,7 @@ from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.logs import Log
 from tasks.engine.messages import restore_commands
 from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.plan import Plan
 from tasks.engine.migrations.report import with_plan
 from tasks.engine.migrations.rollback import RollbackError, RollbackRefused, RollbackReport
@@ -46,11 +47,13 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None
     undo: tuple[str, ...] = ()
+    where = where_flag(environment.name, Path(migrations_dir))  # a command pasted from a message names the database
     with steps.exclusive(environment.name):
         # Ctrl-C is told like any failure.
         with Ended(on_interrupt=lambda: Interrupted(
                 f"interrupted (Ctrl-C) at step {step}: a rollback stopped midway was undone by the server (a "
-                "non-transactional one is marked dirty); `rds-migrations status` shows what is applied now")) as ended:
+                f"non-transactional one is marked dirty: `rds-migrations resolve {where}`); `rds-migrations status "
+                f"{where}` shows what is applied now")) as ended:
             git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
             step = "validate"
             catalog, validation = steps.validate(Path(migrations_dir), project_root or Path.cwd(), environment.policy)
@@ -70,7 +73,8 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                 raise RollbackRefused(plan)
             if plan.undo and environment.policy.drift != "ignore":  # as a run looks before it applies
                 step = "drift"
-                drift, source = credentials.run(lambda c: steps.drift(environment, c, catalog))
+                # A dry run creates nothing on the target's server: its reference is built elsewhere, as a run's.
+                drift, source = credentials.run(lambda c: steps.drift(environment, c, catalog, dry_run=dry_run))
                 if drift.drifted and environment.policy.drift == "block":
                     raise DriftFound(environment.name, drift)
                 if drift.drifted:

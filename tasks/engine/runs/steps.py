@@ -91,8 +91,10 @@ class Steps(Protocol):
                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
         """Record what the database already holds as applied, and keep its schema (migrations/baseline.py)."""
 
-    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
-        """The live schema against what the applied migrations make; and where that came from."""
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
+              dry_run: bool = False) -> tuple[DriftReport, str]:
+        """The live schema against what the applied migrations make; and where that came from (in a dry run,
+        built where it creates nothing on the target's server)."""
 
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         """Announce a run; never fails it."""
@@ -202,8 +204,9 @@ class DirectSteps:
         return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
                         dry_run=dry_run, log=self.log)
 
-    def drift(self, environment: Environment, connection: Connection, catalog: Catalog) -> tuple[DriftReport, str]:
-        return environment_drift(environment, connection, catalog, self.log)
+    def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
+              dry_run: bool = False) -> tuple[DriftReport, str]:
+        return environment_drift(environment, connection, catalog, self.log, dry_run=dry_run)
 
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         from tasks.engine.notify import deliver
@@ -218,7 +221,7 @@ class DirectSteps:
 
 
 def environment_drift(environment: Environment, connection: Connection, catalog: Catalog,
-                      log: Log) -> tuple[DriftReport, str]:
+                      log: Log, *, dry_run: bool = False) -> tuple[DriftReport, str]:
     """The drift step's engine, for both kinds of steps: the reference is built (when not remembered) where
     the environment rehearses."""
     from tasks.engine.migrations.reference import check_drift
@@ -226,5 +229,5 @@ def environment_drift(environment: Environment, connection: Connection, catalog:
     from tasks.engine.migrations.scratch import choose_place
 
     asked = rehearsal_server(environment, connection) or connection
-    place = choose_place(asked, connection, catalog.migrations, dry_run=False, log=log)
+    place = choose_place(asked, connection, catalog.migrations, dry_run=dry_run, log=log)
     return check_drift(connection, catalog, place, environment.policy, log)

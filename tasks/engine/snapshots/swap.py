@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from tasks.engine.aws import error_code
 from tasks.engine.connection import Connection
 from tasks.engine.environments import DATABASE_NAME, RDS_IDENTIFIER
-from tasks.engine.errors import Interrupted, RefreshError
+from tasks.engine.errors import Interrupted, RefreshError, server_words
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.naming import Snapshot, SnapshotKind, derived_name
 
@@ -136,10 +136,9 @@ class SwapResult:
 
 
 def describe_error(exc: BaseException) -> str:
-    """An error for people. A PostgreSQL error's DETAIL is left out: it can quote production rows."""
+    """An error for people. A PostgreSQL error never with a row of it: production rows are personal data."""
     if isinstance(exc, psycopg.Error):
-        primary = exc.diag.message_primary if exc.diag else None
-        return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}): {primary or 'no message'}"
+        return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}): {server_words(exc) or 'no message'}"
     if isinstance(exc, WaiterError):
         response = exc.last_response or {}
         found = (response.get("DBInstances") or response.get("DBClusters") or [{}])[0]
