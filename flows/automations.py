@@ -31,9 +31,13 @@ MIGRATION_FLOWS = ["migrate-staging", "migrate-production", "refresh-staging", "
 # Flow run state events name the flow as a related resource; so do the hooks' reports.
 OUR_FLOW_RUNS = {"match": {"prefect.resource.id": "prefect.flow-run.*"},
                  "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": MIGRATION_FLOWS}}
-TERMINAL = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
-RUN = "{{ flow.name }} run {{ flow_run.name }} (environment {{ flow_run.parameters.environment }}, git SHA " \
-      "{{ flow_run.parameters.git_sha }})"
+# Every name Prefect 3 gives a flow run's final state (a state event is `prefect.flow-run.<name>`): a run stopped at
+# its time budget ends `TimedOut` (type FAILED); `Cached` and `RolledBack` are COMPLETED-type names.
+TERMINAL = {f"prefect.flow-run.{state}" for state in ("Completed", "Cached", "RolledBack", "Failed", "TimedOut",
+                                                      "Cancelled", "Crashed")}
+# Only the run's name (`<environment>-<sha7>`, each part checked: flows/observe.py) and its link: a parameter may
+# hold a pasted secret or a Slack mention, and "pending too long" fires before the flow has checked any.
+RUN = "{{ flow.name }} run {{ flow_run.name }}"
 LINK = "\nRun: {{ flow_run|ui_url }}"
 
 

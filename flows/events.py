@@ -3,6 +3,8 @@
     rds-migrations.migration.applied   each migration applied         resource: the migration
     rds-migrations.migration.failed    the migration that stopped a run   resource: the migration
     rds-migrations.run.completed       every run, with its outcome    resource: the environment
+                                       (label rds-migrations.kind: migration, refresh, restore, rollback,
+                                       baseline, drift-check, fleet; a run stopped at its budget too)
     rds-migrations.run.crashed         the crash hook's report        resource: the flow run
     rds-migrations.run.cancelled       the cancel hook's report       resource: the flow run
     rds-migrations.drift.found         a drift check found differences    resource: the environment
@@ -22,9 +24,11 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.logging import get_logger
 
-from tasks.engine.messages import RefreshSummary, RunSummary
+from tasks.engine.fleet.report import FleetReport
+from tasks.engine.messages import RefreshSummary, RunSummary, Summary
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.results import AppliedMigration, MigrationFailure
+from tasks.engine.notices import Notice
 
 PREFIX = "rds-migrations"
 APPLIED = f"{PREFIX}.migration.applied"
@@ -33,6 +37,10 @@ RUN_COMPLETED = f"{PREFIX}.run.completed"
 RUN_ENDED = {"crashed": f"{PREFIX}.run.crashed", "cancelled": f"{PREFIX}.run.cancelled",
              "timed-out": f"{PREFIX}.run.timed-out"}
 DRIFT_FOUND = f"{PREFIX}.drift.found"
+# The kind of run each flow is, for a run.completed said by a hook rather than by the run's notify step.
+FLOW_KINDS = {"migrate-staging": "migration", "migrate-production": "migration", "migrate-target": "migration",
+              "refresh-staging": "refresh", "restore-snapshot": "restore", "rollback": "rollback",
+              "baseline": "baseline", "drift-check": "drift-check", "migrate-fleet": "fleet"}
 LISTED = 50  # ids or differences listed in a payload; the rest are counted
 
 logger = get_logger("rds_migrations.events")
@@ -83,37 +91,63 @@ def migration_failed(environment: str, git_sha: str, failure: MigrationFailure, 
     })
 
 
-def run_completed(summary: RunSummary | RefreshSummary) -> None:
-    """Every run's outcome (succeeded, failed, nothing-to-do, dry-run), as its notification says it."""
+def run_completed(summary: Summary, git_sha: str = "unknown") -> None:
+    """Every run's outcome (succeeded, failed, nothing-to-do, dry-run; drifted for a drift check), as its
+    notification says it. `git_sha`: the run's commit, for the summaries that do not carry one (a Notice)."""
+    details: dict[str, Any] = {}
+    applied: tuple[str, ...] = ()
+    failed_step = getattr(summary, "failed_step", None)
     if isinstance(summary, RunSummary):
-        git_sha, kind = summary.git_sha, "migration"
+        git_sha, kind, applied = summary.git_sha, "migration", summary.applied
         pending = summary.pending  # None: the run stopped before its plan (not known, never 0)
-        details: dict[str, Any] = {"pending": None if pending is None else list(pending[:LISTED]),
-                                   "pending_count": None if pending is None else len(pending),
-                                   "failed_migration": summary.failed_migration, "snapshot_id": summary.snapshot_id,
-                                   "trigger": summary.trigger}
-    else:
-        git_sha, kind = dict(summary.parameters).get("git_sha", "unknown"), summary.action
+        details = {"pending": None if pending is None else list(pending[:LISTED]),
+                   "pending_count": None if pending is None else len(pending),
+                   "failed_migration": summary.failed_migration, "snapshot_id": summary.snapshot_id,
+                   "trigger": summary.trigger}
+    elif isinstance(summary, RefreshSummary):
+        git_sha, kind, applied = dict(summary.parameters).get("git_sha", "unknown"), summary.action, summary.applied
         details = {"snapshot_id": summary.result.snapshot.identifier if summary.result else None}
-    resource = {"prefect.resource.id": f"{PREFIX}.environment.{summary.environment}",
-                "prefect.resource.name": summary.environment,
-                **labels(summary.environment, git_sha, outcome=summary.outcome, kind=kind)}
-    emit(RUN_COMPLETED, resource, related(summary.environment, git_sha)[1:], {
-        "outcome": summary.outcome, "kind": kind, "failed_step": summary.failed_step,
-        "error": (summary.error or "")[:500] or None, "applied": list(summary.applied[:LISTED]),
-        "applied_count": len(summary.applied), "duration_seconds": round(summary.duration_seconds, 3), **details,
+    elif isinstance(summary, FleetReport):
+        git_sha, kind = summary.git_sha, "fleet"
+        details = {"counts": summary.counts, "target_count": len(summary.results), "trigger": summary.trigger,
+                   "failed_targets": [r.target for r in summary.failed[:LISTED]], "stopped": summary.stopped}
+    elif isinstance(summary, Notice):  # a rollback, a baseline, a drift check: their labelled facts
+        kind = summary.title.lower().replace(" ", "-")
+        facts = dict(summary.facts)
+        failed_step = facts.get("failed step")
+        details = {"facts": facts, "details": list(summary.details[:LISTED]), "details_count": len(summary.details)}
+    else:
+        return
+    error = getattr(summary, "error", None)
+    emit_completed(summary.environment, git_sha, kind, {
+        "outcome": summary.outcome, "kind": kind, "environment": summary.environment, "failed_step": failed_step,
+        "error": (error or "")[:500] or None, "applied": list(applied[:LISTED]), "applied_count": len(applied),
+        "duration_seconds": round(getattr(summary, "duration_seconds", 0.0), 3), **details,
     })
+
+
+def emit_completed(environment: str, git_sha: str, kind: str, payload: dict[str, Any]) -> None:
+    """`run.completed` on the environment, labelled with the outcome and the kind of run."""
+    resource = {"prefect.resource.id": f"{PREFIX}.environment.{environment}", "prefect.resource.name": environment,
+                **labels(environment, git_sha, outcome=payload["outcome"], kind=kind)}
+    emit(RUN_COMPLETED, resource, related(environment, git_sha)[1:], payload)
 
 
 def run_ended(ending: str, flow_run_id: str, run_name: str, flow_id: str, flow_name: str, environment: str,
               git_sha: str, payload: dict[str, Any]) -> None:
     """The crash or cancel hook's report. Its resource is the flow run, as in Prefect's own state events, so an
-    automation can expect it after a `prefect.flow-run.Crashed` of the same run."""
+    automation can expect it after a `prefect.flow-run.Crashed` of the same run. A run stopped at its time
+    budget stopped itself and ends Failed: its report is also its `run.completed` (outcome failed)."""
     resource = {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.name": run_name,
                 **labels(environment, git_sha, outcome=ending)}
     flow = {"prefect.resource.id": f"prefect.flow.{flow_id}", "prefect.resource.role": "flow",
             "prefect.resource.name": flow_name}
     emit(RUN_ENDED[ending], resource, [flow, *related(environment, git_sha)], payload)
+    if ending == "timed-out":
+        kind = FLOW_KINDS.get(flow_name, flow_name)
+        emit_completed(environment, git_sha, kind, {
+            "outcome": "failed", "kind": kind, "environment": environment, "failed_step": payload.get("step"),
+            "error": payload.get("reason") or None, "ending": ending, "notified": payload.get("notified")})
 
 
 def drift_found(environment: str, git_sha: str, report: DriftReport) -> None:

@@ -9,18 +9,21 @@ Nothing here changes a run: a failure to publish is logged and the run goes on.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_logger
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
 from flows import events
 from tasks.engine.environments import ENVIRONMENT_NAME
 from tasks.engine.errors import RdsMigrationsError
-from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
+from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER, head_sha, is_checkout
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.report import ValidationReport
 from tasks.engine.migrations.results import AppliedMigration, ApplyReport, MigrationFailure
@@ -71,8 +74,16 @@ def run_sha() -> str:
 
 
 def run_name() -> str:
-    """`<environment>-<sha7>` (`flow_run_name` of every flow): `production-1a2b3c4`, not `carrot-pegasus`."""
-    return f"{run_environment()}-{short_sha(run_sha())}"
+    """`<environment>-<sha7>` (`flow_run_name` of every flow): `production-1a2b3c4`, not `carrot-pegasus`. A
+    deployment run given no git_sha applies its clone's checked-out commit (tasks/engine/runs/commit.py) and is
+    named after it; Prefect names the run once the pull steps have made that clone its working directory."""
+    git_sha = run_sha()
+    if git_sha == "unknown" and current_deployment.name:
+        try:
+            git_sha = head_sha(Path.cwd()) if is_checkout(Path.cwd()) else git_sha
+        except (OSError, subprocess.SubprocessError):  # no git here: the name says "unknown", as the run records
+            pass
+    return f"{run_environment()}-{short_sha(git_sha)}"
 
 
 # ---- artifact keys: lowercase letters, digits and dashes; one per environment, a new version per run ----------

@@ -22,13 +22,14 @@ from tasks.aws import aws_client
 from tasks.engine.aws import AwsClients
 from tasks.engine.connection import Connection
 from tasks.engine.environments import ConsoleNotify, Environment, Policy, SlackNotify
-from tasks.engine.messages import RefreshSummary, RunSummary, Summary
+from tasks.engine.messages import Summary
 from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import ApplyReport, MigrationError
 from tasks.engine.migrations.rollback import RollbackReport
+from tasks.engine.notices import Notice
 from tasks.engine.runs.steps import RunInfo
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.refresh import Replacement
@@ -134,12 +135,14 @@ class PrefectSteps:
               dry_run: bool = False) -> tuple[DriftReport, str]:
         drift, source = drift_task(environment, connection, catalog, dry_run=dry_run)
         events.drift_found(environment.name, observe.run_sha(), drift)
+        if not drift.drifted:  # the check's last step, and a clean check notifies nobody: its completion said here
+            events.run_completed(Notice("Drift check", environment.name, environment.tier, "succeeded",
+                                        (("expected", source), ("found", drift.summary()))), observe.run_sha())
         return drift, source
 
     def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
         delivered = notify_task(target, summary)
-        if isinstance(summary, RunSummary | RefreshSummary):
-            events.run_completed(summary)
+        events.run_completed(summary, observe.run_sha())  # every kind of run: migration, refresh, fleet, notices
         return delivered
 
     def publish(self, key: str, markdown: str, description: str) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from botocore.stub import ANY
@@ -162,6 +163,24 @@ def test_a_hostile_parameter_never_reaches_the_run_name(project: Project) -> Non
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(state.state_details.flow_run_id).name == "prod-test-invalid-sha"
     assert observe.short_sha("1a2b3c4d5e6f") == "1a2b3c4" and observe.short_sha("unknown") == "unknown"
+
+
+def test_a_deployment_run_given_no_sha_is_named_after_the_commit_it_applies(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_migrations(project.root, {"0001.create-users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "A"]):
+        subprocess.run(["git", "-C", str(project.root), *args], check=True, capture_output=True)
+    head = subprocess.run(["git", "-C", str(project.root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__NAME", "production")  # as a deployment's run sees itself
+
+    state = run_production()  # no git_sha: the run applies (and records) the clone's checked-out commit
+
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).name == f"prod-test-{head[:7]}"
+    assert state.result().git_sha == head
 
 
 def test_a_progress_artifact_is_written_at_most_once_a_second_and_always_at_the_end(prefect_api) -> None:
@@ -321,6 +340,40 @@ def test_setup_prefect_creates_each_automation_once_and_the_server_takes_them(pr
     assert pending.trigger.after == {"prefect.flow-run.Pending"}
     assert "prefect.flow-run.Running" in pending.trigger.expect
     assert found["rds-migrations: heartbeats stopped"][0].actions[0].type == "change-flow-run-state"
+    assert "prefect.flow-run.TimedOut" in found["rds-migrations: heartbeats stopped"][0].trigger.expect
+
+
+def test_the_automations_wait_for_every_final_state_prefect_names() -> None:
+    """A run stopped at its budget ends `TimedOut` (type FAILED), not `Failed`: "heartbeats stopped" must take it
+    as the end, or ~600 s later it tries to mark a finished run Crashed (refused: a spurious "action failed")."""
+    alerting = {a.name: a.trigger for a in automations.definitions(uuid4())}
+    final = {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.TimedOut",
+             "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"}
+    assert final <= alerting["rds-migrations: heartbeats stopped"].expect
+    assert final | {"prefect.flow-run.Running"} <= alerting["rds-migrations: pending too long"].expect
+
+
+def test_an_automation_message_repeats_no_parameter_only_the_checked_run_name_and_link() -> None:
+    """"Pending too long" fires before the flow checks its parameters: a secret pasted into git_sha, or a Slack
+    `<!channel>`, must not reach Slack through the template."""
+    from prefect.server.events.actions import SendNotification
+    from prefect.server.schemas.core import Flow, FlowRun
+    from prefect.server.utilities.user_templates import render_user_template_sync
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    SendNotification._register_filters_if_needed()  # what the server does before it renders an action
+    run = FlowRun(id=uuid4(), flow_id=uuid4(), name="production-abc1234",
+                  parameters={"environment": "production <!channel>", "git_sha": CANARY_PASSWORD})
+    context = {"flow": Flow(name="migrate-production"), "flow_run": run}
+    sent = [action for automation in automations.definitions(uuid4()) for action in automation.actions
+            if action.type == "send-notification"]
+    assert len(sent) == 2
+    with temporary_settings({PREFECT_UI_URL: "https://prefect.example"}):
+        shown = [render_user_template_sync(text, context) for action in sent for text in (action.subject, action.body)]
+    bodies = shown[1::2]
+    assert all("migrate-production run production-abc1234" in body for body in bodies)
+    assert all(f"Run: https://prefect.example/runs/flow-run/{run.id}" in body for body in bodies)
+    assert [text for text in shown if CANARY_PASSWORD in text or "<!channel>" in text] == []
 
 
 def test_drift_found_is_an_event_on_the_environment_naming_each_difference(prefect_api) -> None:
@@ -392,9 +445,17 @@ def test_a_run_over_its_budget_stops_itself_reports_and_fails_naming_the_budget(
     state = staging(environment="budget-test", git_sha="abc1234", return_state=True)
 
     assert state.is_failed() and "longer than its budget of 4 s" in (state.message or "")
+    assert f"prefect.flow-run.{state.name}" in automations.TERMINAL  # TimedOut: the automations take it as the end
     assert project.applied() == ["0001.create-users"]  # 0002 was interrupted and rolled back
     with connected(project.database) as conn:
         assert conn.execute("SELECT to_regclass('slow')").fetchone()[0] is None
     message = project.sink.texts()[-1]
     assert "was stopped at its time budget" in message and "`budget-test`" in message
     assert "*Applied (1):* `0001.create-users`" in message and CANARY_PASSWORD not in message
+    # It stopped itself, so it completed as every run does, failed, besides the timed-out report.
+    flow_run_id = state.state_details.flow_run_id
+    found = events_of(flow_run_id, {events.RUN_COMPLETED, events.RUN_ENDED["timed-out"]})
+    [done] = [e for e in found if e.event == events.RUN_COMPLETED]
+    assert done.resource.id == "rds-migrations.environment.budget-test"
+    assert done.resource["rds-migrations.outcome"] == "failed" and done.payload["kind"] == "migration"
+    assert "budget of 4 s" in done.payload["error"] and done.payload["failed_step"] == "migrate"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -344,8 +345,11 @@ def test_refresh_flow_masks_then_migrates_staging_to_head_twice(flow_project: Lo
         assert rows(local.staging, "SELECT count(*) FROM information_schema.columns "
                                    "WHERE table_name = 'users' AND column_name = 'locale'") == [(1,)]
         assert_masked_copy_of_production(local.staging)
-        refresh_messages = [t for t in slack_sink.texts() if "Staging refresh SUCCEEDED" in t]
-        assert len(refresh_messages) == run and "0003.money.sql" in refresh_messages[-1]
+        # ONE message per refresh, saying what was refreshed and what was migrated (not the migration's own too)
+        assert len(slack_sink.messages) == run
+        message = slack_sink.texts()[-1]
+        assert "Staging refresh SUCCEEDED" in message and "0003.money.sql" in message
+        assert "*Migrated:* " + ", ".join(f"`{i}`" for i in summary.applied) in message
     assert fingerprint(local.production) == before  # never migrated, never written
     assert rows(local.production, "SELECT count(*) FROM _yoyo_migration") == [(7,)]
     assert local.databases() == sorted([local.production.dbname, local.staging.dbname])
@@ -374,6 +378,37 @@ def test_a_failed_refresh_notifies_naming_the_deployment_and_parameters(
     assert ("prefect deployment run refresh-staging/staging-refresh --param environment=stage-local "
             "--param git_sha=abc1234 --param trigger=schedule") in message
     assert "no available dump of environment prod-local" in message
+    assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
+
+
+def test_a_migration_failing_after_the_refresh_is_one_message_with_a_refresh_s_way_out(
+    flow_project: Local, slack_sink: SlackSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped migrations and a new one that passes its rehearsal (no rows there) and fails on the masked
+    staging's rows: one message names the refresh, what it migrated and the failure; no restore is offered
+    (the staging snapshot the migration took is of the copy just made; production was never touched)."""
+    from flows.refresh import refresh_staging
+
+    local = flow_project
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT / "migrations", project / "migrations")
+    shutil.copytree(PROJECT / "deployments" / "masking", project / "deployments" / "masking")
+    (project / "migrations" / "0011.divide-by-rows.sql").write_text(
+        "UPDATE users SET display_name = (1 / (id - id))::text;\n")
+    monkeypatch.chdir(project)
+    before = fingerprint(local.production)
+
+    state = refresh_staging(environment="stage-local", git_sha="abc1234", trigger="manual", return_state=True)
+
+    assert state.is_failed()
+    [message] = slack_sink.texts()
+    assert "Staging refresh FAILED at step migrate" in message and "0003.money.sql" in message
+    assert "0011.divide-by-rows" in message and "22012" in message
+    assert "*Migrated:* `0008.index-transactions-category`, `0009.add-users-locale`, " \
+           "`0010.validate-users-locale`" in message
+    assert "not migrated to head" in message and "nothing needs restoring" in message
+    assert "rds-migrations restore" not in message
+    assert fingerprint(local.production) == before
     assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
 
 

@@ -2,9 +2,11 @@
 
     baseline:    fetch-secret → baseline (record what is already applied, keep the schema) → notify
     drift-check: fetch-secret → drift (the live schema against what the applied migrations make) → notify,
-                 only when something drifted (a nightly schedule should not be noise)
+                 only when something drifted or the check itself failed (a nightly schedule should not be noise,
+                 nor fail in silence)
 
-A drifted database ends the check in `DriftFound` (exit 1 on the command line, a Failed flow run).
+A drifted database ends the check in `DriftFound` (exit 1 on the command line, a Failed flow run); a check that
+could not compare ends in its error, after notifying.
 """
 
 from __future__ import annotations
@@ -67,14 +69,29 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
 def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "migrations",
                             project_root: Path | None = None) -> DriftReport:
     """Compare the named environment's live schema with what its applied migrations make; notify and raise
-    `DriftFound` when they differ."""
+    `DriftFound` when they differ. A check that could not compare (the database unreachable, the secret
+    unreadable, the migrations unreadable) notifies too, naming the step, and ends in its error: a nightly check
+    that fails in silence would pass for one that found nothing."""
     environment = one_database_environment(name)
     check_parameters("unknown", "schedule", None, migrations_dir)
-    started = time.monotonic()
-    catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
-    with empty_if_missing(environment, steps.fetch_secret(environment, create=False), steps.log) as connection:
-        drift, source = steps.drift(environment, connection, catalog)
-    steps.log.info("%s (the expected schema: %s)", drift.summary(), source)
+    started, step, drift, source = time.monotonic(), "read-migrations", None, ""
+    with Ended() as ended:
+        catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())
+        step = "fetch-secret"
+        with empty_if_missing(environment, steps.fetch_secret(environment, create=False), steps.log) as connection:
+            step = "drift-check"
+            drift, source = steps.drift(environment, connection, catalog)
+        steps.log.info("%s (the expected schema: %s)", drift.summary(), source)
+    error = ended.error
+    if error is not None:
+        notice = Notice("Drift check", environment.name, environment.tier, "failed", (("failed step", step),),
+                        error=f"{_said(error)}\nThe live schema was not compared with the migrations. Fix the cause "
+                              f"above and run the drift check again (`rds-migrations drift --env {environment.name}` "
+                              "compares it from a terminal).",
+                        duration_seconds=time.monotonic() - started, run_url=steps.run_info().run_url)
+        steps.notify(environment.notify, notice)
+        ended.raise_if_failed()
+    assert drift is not None
     if drift.drifted:
         notice = Notice("Drift check", environment.name, environment.tier, "drifted",
                         (("expected", source), ("found", drift.summary())),
@@ -83,3 +100,10 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
         steps.notify(environment.notify, notice)
         raise DriftFound(environment.name, drift)
     return drift
+
+
+def _said(error: Exception) -> str:
+    """Our errors' words are free of secrets; anything else (a bug, a driver's error) is named by its type."""
+    if isinstance(error, RdsMigrationsError):
+        return str(error)
+    return f"{type(error).__name__} (an unexpected error: the run's log has its details)"

@@ -1,7 +1,8 @@
 """The staging refresh and the restore, as runs:
 
     refresh: fetch-secret → plan-refresh → snapshot (newest of the source, or a fresh one) → refresh
-             (restore, mask, swap) → migrate (the staging run) → notify
+             (restore, mask, swap) → migrate (the staging run, unannounced) → notify (one message: what was
+             refreshed and what was migrated, or where it failed)
     restore: fetch-secret → restore (to a new name, then swap; the old copy kept) → notify
 
 Notify always runs; the run ends in the error when a step failed. Every name a refresh creates, renames or
@@ -13,13 +14,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
-from tasks.engine.environments import ENVIRONMENT_NAME, Environment, load_environment
-from tasks.engine.errors import ConfigError, Interrupted
+from tasks.engine.environments import ENVIRONMENT_NAME, ConsoleNotify, Environment, SlackNotify, load_environment
+from tasks.engine.errors import ConfigError, Interrupted, RdsMigrationsError
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
-from tasks.engine.messages import RefreshSummary, shown_parameters
+from tasks.engine.messages import RefreshSummary, RunSummary, Summary, shown_parameters
 from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.migration import run_migration
 from tasks.engine.runs.parameters import TRIGGER, check_parameters
@@ -73,10 +74,35 @@ def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigge
             outcome.step = "refresh"
             outcome.result = steps.refresh(replacement, snapshot, connection)
             outcome.step = "migrate"
-            outcome.applied = run_migration(env, steps, git_sha=git_sha, dry_run=False, target=None,
-                                            migrations_dir=MIGRATIONS_DIR, trigger=trigger,
-                                            project_root=project_root).applied
+            _migrate(env, steps, outcome, git_sha=git_sha, trigger=trigger, project_root=project_root)
     return _announce("refresh", name, steps, parameters, outcome, ended, time.monotonic() - started)
+
+
+class Unannounced:
+    """The refresh's steps for its migrate step: the refresh announces what it refreshed and what it migrated in
+    one message, so the migration run's own announcement is not made (nor its run.completed event)."""
+
+    def __init__(self, steps: Steps) -> None:
+        self._steps = steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._steps, name)
+
+    def notify(self, target: SlackNotify | ConsoleNotify, summary: Summary) -> bool:
+        return False
+
+
+def _migrate(env: Environment, steps: Steps, outcome: Outcome, *, git_sha: str, trigger: str,
+             project_root: Path | None) -> None:
+    """Migrate the refreshed staging to head; what it applied goes into `outcome`, failed or not."""
+    try:
+        outcome.applied = run_migration(env, cast(Steps, Unannounced(steps)), git_sha=git_sha, dry_run=False,
+                                        target=None, migrations_dir=MIGRATIONS_DIR, trigger=trigger,
+                                        project_root=project_root).applied
+    except RdsMigrationsError as exc:
+        if isinstance(exc.result, RunSummary):
+            outcome.applied = exc.result.applied
+        raise
 
 
 def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str = "unknown") -> RefreshSummary:
@@ -114,10 +140,16 @@ def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
     """Summarize, notify (when the environment is known, so is where to notify), then raise any error."""
     env, error = outcome.environment, ended.error
     info = steps.run_info()
+    said = describe_error(error) if error else None
+    if said and outcome.step == "migrate" and outcome.result is not None:
+        # The refreshed copy is live and production untouched: the way back is the next refresh, not a restore.
+        said += (f"\n{outcome.result.live} is the refreshed, masked copy, not migrated to head (production was "
+                 "not touched; nothing needs restoring): fix the migration, then run the refresh again or the "
+                 "environment's staging migration")
     summary = RefreshSummary(
         action=action, environment=name, tier=env.tier if env else ("staging" if action == "refresh" else "unknown"),
         outcome="failed" if error else "succeeded", failed_step=outcome.step if error else None,
-        error=describe_error(error) if error else None, result=outcome.result, applied=outcome.applied,
+        error=said, result=outcome.result, applied=outcome.applied,
         deployment=info.deployment, flow_name=info.flow_name or FLOW_NAMES[action], parameters=parameters,
         duration_seconds=duration, run_url=info.run_url,
     )
