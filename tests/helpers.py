@@ -220,6 +220,20 @@ def start_run(project: Path, database: Connection, **popen: object) -> subproces
                             **popen)
 
 
+def ctrl_c_once_sleeping(running: subprocess.Popen, database: Connection) -> tuple[str, str]:
+    """Ctrl-C (SIGINT) to `running` once a migration sleeps on `database` (SLEEPING); its (stdout, stderr), the
+    process killed if it does not end. It must exit 130."""
+    try:
+        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == 130, err[-3000:]
+    return out, err
+
+
 def wait_until_seen(database: Connection, query: str, process: subprocess.Popen, what: str,
                     seconds: float = 60) -> None:
     """Until `query` (on `database`) returns a row; `process` must still be running meanwhile."""

@@ -228,7 +228,7 @@ def test_ctrl_c_mid_run_is_one_line_a_notification_and_the_history_as_it_is(tmp_
     """SIGINT while a migration runs on the target: the server rolls that one back, the run says in one line
     what was applied before it (read from the history), notifies as for any failure and exits 130. It used to
     end in a Python traceback, with no notification."""
-    from tests.helpers import start_run, wait_until_seen
+    from tests.helpers import ctrl_c_once_sleeping, start_run
 
     write_migrations(tmp_path, {
         "0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n",
@@ -236,14 +236,7 @@ def test_ctrl_c_mid_run_is_one_line_a_notification_and_the_history_as_it_is(tmp_
                                     "'rdsm\\_%' THEN PERFORM pg_sleep(60); END IF; END $$;\n"),
     })
     running = start_run(tmp_path, database, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
-        running.send_signal(signal.SIGINT)
-        out, err = running.communicate(timeout=60)
-    finally:
-        if running.poll() is None:
-            running.kill()
-    assert running.returncode == 130, err[-3000:]
+    out, err = ctrl_c_once_sleeping(running, database)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert ("rds-migrations: database-url: interrupted (Ctrl-C) at step migrate: 1 migration(s) applied and "
             "recorded before it") in err, err[-3000:]

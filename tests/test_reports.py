@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from tasks.engine.runs.crash import EndedRun, could_have_reused, crash_summary, 
 from tasks.engine.runs.migration import migrate_environment
 from tasks.engine.runs.steps import DirectSteps
 from tasks.engine.snapshots.take import SnapshotNotReady, take_snapshot
-from tests.helpers import POLICY, PROJECT, SLEEPING, cli, dirty_state, url_of, wait_until_seen, write_migrations
+from tests.helpers import POLICY, PROJECT, cli, ctrl_c_once_sleeping, dirty_state, url_of, write_migrations
 from tests.test_snapshot import AVAILABLE_INSTANCE, TEST_LOG, stubbed  # noqa: F401 - a fixture
 
 SHA = "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d"
@@ -183,14 +182,7 @@ def interrupt_run(tmp_path: Path, database: Connection) -> str:
            "RDS_MIGRATIONS_ENVIRONMENTS": str(dumped(tmp_path))}
     running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--env", "mine"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
-        running.send_signal(signal.SIGINT)
-        out, err = running.communicate(timeout=60)
-    finally:
-        if running.poll() is None:
-            running.kill()
-    assert running.returncode == 130, err[-3000:]
+    out, err = ctrl_c_once_sleeping(running, database)
     return out + err
 
 
