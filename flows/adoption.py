@@ -16,7 +16,8 @@ from tasks.engine.runs.adoption import adopt_environment, check_environment_drif
 
 @flow(name="baseline", flow_run_name=run_name, on_crashed=[report_crash], on_cancellation=[report_cancellation])
 def baseline(environment: str, through: str | None = None, tool: str | None = None,
-             migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False) -> BaselineReport:
+             migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
+             history_schema: str | None = None) -> BaselineReport:
     """Record what the environment's database already holds as applied, without running it; keep its schema.
 
     Args:
@@ -26,10 +27,11 @@ def baseline(environment: str, through: str | None = None, tool: str | None = No
         migrations_dir: the migrations directory, relative to the project.
         git_sha: the commit recorded with the adopted migrations.
         dry_run: show the mapping; write nothing.
+        history_schema: with tool: the schema holding that tool's history, when it is in several.
     """
     with within_budget(environment):
         return adopt_environment(environment, PrefectSteps(), through=through, tool=tool, migrations_dir=migrations_dir,
-                                 git_sha=git_sha, dry_run=dry_run)
+                                 git_sha=git_sha, dry_run=dry_run, history_schema=history_schema)
 
 
 @flow(name="drift-check", flow_run_name=run_name)

@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="every migration up to and including VERSION is already applied (0: none)")
     what.add_argument("--from", dest="tool", choices=["knex", "flyway", "golang-migrate"],
                       help="read that tool's history and map it onto the migrations directory")
+    baseline.add_argument("--schema", metavar="SCHEMA",
+                          help="with --from: the schema holding that tool's history, when it is in several")
     baseline.add_argument("--dry-run", action="store_true", help="show the mapping; write nothing")
     baseline.add_argument("--git-sha", default=None, help="the commit recorded (default: git rev-parse HEAD)")
     prefect_option(baseline)

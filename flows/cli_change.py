@@ -44,7 +44,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     environment = environment_of(args)
     code, report = _flow_or_engine(args, environment, "flows.adoption:baseline",
                                    "tasks.engine.runs.adoption:adopt_environment",
-                                   through=args.through, tool=args.tool, migrations_dir=args.migrations,
+                                   through=args.through, tool=args.tool, history_schema=args.schema,
+                                   migrations_dir=args.migrations,
                                    git_sha=args.git_sha or head_sha(), dry_run=args.dry_run)
     emit(args, "baseline", {"environment": environment.name, "exit_code": code,
                             **(report.to_json() if report is not None else {})},

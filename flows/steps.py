@@ -127,9 +127,9 @@ class PrefectSteps:
                              planned=planned)
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
-                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+                 tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
         return baseline_task(environment, connection, catalog, through=through, tool=tool, git_sha=git_sha,
-                             dry_run=dry_run)
+                             dry_run=dry_run, schema=schema)
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
               dry_run: bool = False) -> tuple[DriftReport, str]:

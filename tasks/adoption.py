@@ -19,7 +19,7 @@ from tasks.retries import transient_retries
 @task(name="baseline", task_run_name="baseline-{environment.name}", **transient_retries(retries=2, backoff_factor=5),
       persist_result=False, cache_policy=NO_CACHE)
 def baseline_task(environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
-                  tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+                  tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
     """Record what the database already holds as applied without running it, in one transaction, and keep its
     schema as drift's reference; with `dry_run`, only the mapping.
 
@@ -28,7 +28,7 @@ def baseline_task(environment: Environment, connection: Connection, catalog: Cat
                                dry_run=True)
     """
     return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                    dry_run=dry_run, log=get_run_logger())
+                    dry_run=dry_run, schema=schema, log=get_run_logger())
 
 
 @task(name="drift-check", task_run_name="drift-check-{environment.name}",

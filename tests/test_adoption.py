@@ -139,6 +139,25 @@ def test_a_baseline_says_what_it_would_record_and_nothing_of_it_where_history_is
     assert "recorded as applied" not in again.stderr  # it said "1 migration(s) … recorded", then refused
 
 
+def test_knex_history_in_two_schemas_is_adopted_from_the_one_schema_names(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """The refusal said "name the one to adopt from", and no option named one."""
+    run(database, SCHEMA, "CREATE SCHEMA old_copy", KNEX_DDL.replace('"knex_migrations', '"old_copy"."knex_migrations'),
+        KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)), (KNEX_ROW, ("002_add_phone_number_to_users.js", 1)),
+        (KNEX_ROW, ("003_create_devices.js", 2)))
+    write_migrations(tmp_path, PORTED)
+    refused = cli("baseline", "--env", "adopted", "--from", "knex", "--dry-run", cwd=tmp_path, env=adopted)
+    assert refused.returncode == 1
+    assert "Knex's history is in 2 schemas" in refused.stderr
+    assert "`rds-migrations baseline --from knex --schema old_copy`" in refused.stderr
+    chosen = cli("baseline", "--env", "adopted", "--from", "knex", "--schema", "public", "--json", cwd=tmp_path,
+                 env=adopted)
+    assert chosen.returncode == 0, chosen.stderr[-3000:]
+    assert json.loads(chosen.stdout)["adopted"] == [name[:-4] for name in PORTED]
+    alone = cli("baseline", "--env", "adopted", "--through", "0", "--schema", "public", cwd=tmp_path, env=adopted)
+    assert alone.returncode == 2 and "give it with --from" in alone.stderr
+
+
 def test_a_refused_mapping_is_shown_entry_by_entry_in_json(
         tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
     run(database, SCHEMA, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)), (KNEX_ROW, ("002_seed_admin.js", 1)))

@@ -202,7 +202,9 @@ def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = No
                               f"{TITLES[tool]}'s columns{OTHER_NAMES.get(tool, '')}")
     if len(places) > 1:
         raise AdoptionRefused(f"{TITLES[tool]}'s history is in {len(places)} schemas "
-                              f"({_and([_shown(*p) for p in places])}): name the one to adopt from")
+                              f"({_and([_shown(*p) for p in places])}): name the one to adopt from with "
+                              f"--schema (`rds-migrations baseline --from {tool} --schema {places[0][0]}`; the "
+                              "baseline deployment's history_schema)")
     table, shown = sql.Identifier(*places[0]), _shown(*places[0])
     if tool == "knex":  # knex_migrations_lock holds one row, is_locked = 1 while a Knex run holds it
         lock = sql.Identifier(places[0][0], f"{places[0][1]}_lock")

@@ -65,8 +65,9 @@ class BaselineReport:
 
 def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
              tool: str | None = None, git_sha: str = "unknown", run_id: str | None = None, dry_run: bool = False,
-             log: Log = logger) -> BaselineReport:
-    """Adopt the database `connection` names: see the module's docstring."""
+             schema: str | None = None, log: Log = logger) -> BaselineReport:
+    """Adopt the database `connection` names: see the module's docstring. `schema`: with `tool`, the schema
+    holding that tool's history (needed when it is in several)."""
     if (through is None) == (tool is None):
         raise UsageError("say what to adopt: --through VERSION (0 for nothing) or --from knex|flyway|golang-migrate")
     if catalog.problems:
@@ -80,7 +81,7 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
             adopted_before = bool(history.applied) or ledger.baseline() is not None
             shown: dict[str, Any] | None = None
             if tool is not None:
-                adoption = map_to_catalog(read_applied(conn, tool), catalog, tool)
+                adoption = map_to_catalog(read_applied(conn, tool, schema=schema), catalog, tool)
                 mapping, shown = adoption.to_text(), adoption.to_json()
                 adopted = [m for m in catalog.migrations if m.id in set(adoption.applied)]
             else:

@@ -23,7 +23,7 @@ from tasks.engine.migrations.scratch import empty_if_missing
 from tasks.engine.notices import Notice
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.ended import Ended
-from tasks.engine.runs.parameters import check_parameters
+from tasks.engine.runs.parameters import check_parameters, check_schema
 from tasks.engine.runs.steps import Steps
 
 
@@ -38,10 +38,12 @@ class DriftFound(RdsMigrationsError):
 
 def adopt_environment(name: str, steps: Steps, *, through: str | None = None, tool: str | None = None,
                       migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
-                      project_root: Path | None = None) -> BaselineReport:
-    """Record what the named environment's database already holds as applied, keep its schema, notify."""
+                      history_schema: str | None = None, project_root: Path | None = None) -> BaselineReport:
+    """Record what the named environment's database already holds as applied, keep its schema, notify.
+    `history_schema`: with `tool`, the schema holding that tool's history (when it is in several)."""
     environment = one_database_environment(name)
     check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
+    check_schema(history_schema, tool)
     started, report = time.monotonic(), None
     with Ended() as ended, steps.exclusive(environment.name):
         git_sha = commit_of_run(steps, git_sha, project_root or Path.cwd(), migrations_dir)
@@ -49,7 +51,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
         with empty_if_missing(environment, steps.fetch_secret(environment, create=not dry_run), steps.log,
                               created=not dry_run) as connection:  # a dry run's embedded database: not created
             report = steps.baseline(environment, connection, catalog, through=through, tool=tool,
-                                    git_sha=git_sha, dry_run=dry_run)
+                                    git_sha=git_sha, dry_run=dry_run, schema=history_schema)
     error = ended.error
     outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if report and report.already \
         else "succeeded"

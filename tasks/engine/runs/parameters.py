@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from tasks.engine.connection import Connection
-from tasks.engine.errors import ConfigError, SecretError
+from tasks.engine.errors import ConfigError, SecretError, UsageError
 from tasks.engine.git import GIT_SHA_PARAMETER
 
 TRIGGER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -41,6 +41,19 @@ def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_
         raise ConfigError(f"{target_name} ({len(target)} characters) is not a migration id or version number")
     if Path(migrations_dir).is_absolute() or ".." in Path(migrations_dir).parts:
         raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
+
+
+SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+
+
+def check_schema(schema: str | None, tool: str | None) -> None:
+    """A baseline's `history_schema`: a schema name, and only with a tool whose history is read."""
+    if schema is None:
+        return
+    if tool is None:
+        raise UsageError("--schema (history_schema) names where another tool's history is: give it with --from")
+    if not SCHEMA.match(schema):  # never repeated: it may be a secret pasted into the wrong field
+        raise ConfigError(f"history_schema ({len(schema)} characters) is not a schema name (letters, digits, _, $, -)")
 
 
 def refuse_password_in_parameters(connection: Connection, parameters: dict[str, str | None]) -> None:

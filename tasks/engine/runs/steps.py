@@ -88,7 +88,7 @@ class Steps(Protocol):
         undone, when they are no longer what was `planned` (the plan that was shown)."""
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
-                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+                 tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
         """Record what the database already holds as applied, and keep its schema (migrations/baseline.py)."""
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
@@ -198,11 +198,11 @@ class DirectSteps:
         return report
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
-                 tool: str | None, git_sha: str, dry_run: bool) -> BaselineReport:
+                 tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
         from tasks.engine.migrations.baseline import baseline
 
         return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                        dry_run=dry_run, log=self.log)
+                        dry_run=dry_run, schema=schema, log=self.log)
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
               dry_run: bool = False) -> tuple[DriftReport, str]:
