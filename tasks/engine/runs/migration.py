@@ -253,7 +253,7 @@ def applied_per_history(progress: Progress) -> ApplyReport | None:
     try:
         with session(progress.connection, read_only=True) as conn:
             history = read_history(conn)
-    except psycopg.Error:  # unreachable
+    except (psycopg.Error, DatabaseUnreachable):  # out of reach, or the password refused: not read
         return None
     progress.dirty = history.dirty
     return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied),
