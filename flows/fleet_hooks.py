@@ -73,7 +73,8 @@ def read_fleet(client: SyncPrefectClient, run: Any, ended: EndedRun,
             known = read_target(target, lambda t: target_connection(t, clients.get("secretsmanager", t.environment),
                                                                     create=False), run_id)
             results.append(target_after(target, found, known, run_id, dry_run=dry_run))
-        return fleet_crash_report(ended, environment.tier, tuple(results), unknown)
+        return fleet_crash_report(ended, environment.tier, tuple(results), unknown,
+                                  named_as={t.name: t.named_as for t in targets})
 
     return ended, summarize
 

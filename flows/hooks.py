@@ -35,6 +35,7 @@ from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
 from tasks.engine.notify import deliver
 from tasks.engine.runs.crash import (
+    ROLLBACK_FLOW,
     EndedRun,
     Ending,
     KnownState,
@@ -42,6 +43,7 @@ from tasks.engine.runs.crash import (
     crash_summary,
     describe,
     known_state,
+    undo_listed,
 )
 from tasks.notify import slack_post_for
 
@@ -111,8 +113,9 @@ def read_one_database(client: SyncPrefectClient, run: Any, ended: EndedRun,
                       log: Log) -> tuple[EndedRun, Callable[[Environment], Summary]]:
     """A one-database run: the step that was running and its plan from Prefect; then, for the summary, what its
     database and its snapshots say."""
+    plan = planned_undo if ended.flow_name == ROLLBACK_FLOW else planned
     ended = replace(ended, step=running_step(client, run.id), reached_snapshot=reached_snapshot(client, run.id),
-                    planned=planned(client, run.id, str(run.parameters.get("environment"))))
+                    planned=plan(client, run.id, str(run.parameters.get("environment"))))
     return ended, lambda environment: crash_summary(ended, environment, read_known(environment, ended))
 
 
@@ -164,15 +167,27 @@ def running_step(client: SyncPrefectClient, flow_run_id: UUID) -> str | None:
 
 def planned(client: SyncPrefectClient, flow_run_id: UUID, environment: str) -> tuple[str, ...] | None:
     """What the run's plan table artifact said was pending; None when it never got that far."""
-    found = client.read_artifacts(
-        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[observe.plan_key(environment)])),
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-    )
+    data = published(client, flow_run_id, observe.plan_key(environment))
+    if data is None:
+        return None
+    rows = json.loads(data) if isinstance(data, str) else data
+    return tuple(str(row["migration"]) for row in rows or () if row.get("status") == "pending")
+
+
+def planned_undo(client: SyncPrefectClient, flow_run_id: UUID, environment: str) -> tuple[str, ...] | None:
+    """What a rollback's plan artifact (runs/rollback.py) said it would undo, newest first; None when it never
+    got that far."""
+    data = published(client, flow_run_id, f"rollback-plan-{environment}")
+    return None if data is None else undo_listed(str(data))
+
+
+def published(client: SyncPrefectClient, flow_run_id: UUID, key: str) -> Any:
+    """The data of the run's newest artifact under `key`; None when it published none."""
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                  flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     if not found:
         return None
-    latest = max(found, key=lambda artifact: artifact.created or datetime.min.replace(tzinfo=UTC))
-    rows = json.loads(latest.data) if isinstance(latest.data, str) else latest.data
-    return tuple(str(row["migration"]) for row in rows or () if row.get("status") == "pending")
+    return max(found, key=lambda artifact: artifact.created or datetime.min.replace(tzinfo=UTC)).data
 
 
 def deployment_name(client: SyncPrefectClient, flow_name: str, run: Any) -> str | None:

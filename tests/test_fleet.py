@@ -348,3 +348,25 @@ def test_a_target_that_did_not_start_has_no_pending_count_in_the_table_artifact_
     assert "Failed:    a (--env fleet-a)" in report.console_text()
     url_fleet = report.with_(named_as={"a": "database-url-a"})  # named by its URL: no --env to offer
     assert "Failed:    a\n" in url_fleet.console_text()
+
+
+def test_a_target_that_failed_before_its_plan_has_pending_not_known(tmp_path: Path, pg_server) -> None:
+    """A target whose database cannot be reached fails before its plan: what is pending there was never read, so
+    it is null in JSON and "unknown" in the table, as for a target that did not start (it said [] and 0)."""
+    write_migrations(tmp_path, FIRST)
+    reached = pg_server.ensure_database(f"u_{uuid.uuid4().hex[:8]}")
+    missing = f"u_{uuid.uuid4().hex[:8]}"  # no such database on the server
+    urls = [url_of(reached), url_of(reached).rsplit("/", 1)[0] + "/" + missing]
+    flags = [flag for url in urls for flag in ("--database-url", url)]
+
+    as_json = cli("run", *flags, "--git-sha", "abc1234", "--json", cwd=tmp_path)
+    as_table = cli("run", *flags, "--git-sha", "abc1234", cwd=tmp_path)
+
+    assert as_json.returncode == 1, as_json.stderr[-2000:]
+    by_name = {t["target"]: t for t in json.loads(as_json.stdout)["targets"]}
+    assert by_name[missing]["outcome"] == "failed" and by_name[missing]["failed_step"] == "plan", by_name[missing]
+    assert by_name[missing]["pending"] is None
+    assert by_name[reached.dbname]["pending"] == [] and by_name[reached.dbname]["applied"] == ["0001.create-notes"]
+    row = next(line.split() for line in as_table.stdout.splitlines() if line.startswith(missing))
+    assert row[1:4] == ["failed", "0", "unknown"], as_table.stdout[-2000:]
+    assert CANARY_PASSWORD not in as_json.stdout + as_json.stderr + as_table.stdout + as_table.stderr

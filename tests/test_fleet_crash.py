@@ -16,10 +16,10 @@ import pytest
 
 from tasks.engine.connection import connected
 from tasks.engine.environments import Environment
-from tasks.engine.fleet.crash import TargetSeen, target_after
+from tasks.engine.fleet.crash import TargetSeen, fleet_crash_report, target_after
 from tasks.engine.fleet.targets import fleet_targets
 from tasks.engine.migrations.dirty import DirtyMigration
-from tasks.engine.runs.crash import KnownState
+from tasks.engine.runs.crash import EndedRun, KnownState
 from tests.conftest import CANARY_PASSWORD, SlackSink
 from tests.helpers import PROJECT, applied_ids, url_of, write_migrations
 from tests.test_fleet_prefect import project  # noqa: F401 - the fixture: environments file, Slack block, cwd
@@ -90,14 +90,16 @@ def test_a_fleet_run_killed_mid_target_is_reported_target_by_target(
     assert applied_ids(slow) == ["0001.create-notes"] and applied_ids(unstarted) == []
 
 
+TENANTS = Environment.model_validate({
+    "name": "tenants", "tier": "staging", "credentials": {"kind": "embedded", "database": "t_01"},
+    "snapshot": {"kind": "none"}, "notify": {"kind": "console"},
+    "fleet": {"discover": {"kind": "embedded", "databases": 7, "name_pattern": "t_{n:02d}"}}})
+
+
 def test_a_target_after_a_stopped_fleet_run() -> None:
     """Each way a target can be found: its own flow run still going (distributed), dirty, failed, completed. What
     a row says to do names the target's own environment, never the fleet (whose credentials are a template's)."""
-    fleet = Environment.model_validate({
-        "name": "tenants", "tier": "staging", "credentials": {"kind": "embedded", "database": "t_01"},
-        "snapshot": {"kind": "none"}, "notify": {"kind": "console"},
-        "fleet": {"discover": {"kind": "embedded", "databases": 7, "name_pattern": "t_{n:02d}"}}})
-    a, b, c, d, e, f, g = fleet_targets(fleet)
+    a, b, c, d, e, f, g = fleet_targets(TENANTS)
     nothing = KnownState()
     going = target_after(a, TargetSeen("RUNNING", flow_run_id="f-1", flow_run_state="RUNNING"), nothing, "f-1")
     assert going.outcome == "interrupted" and "Its own flow run f-1 is still running" in (going.error or "")
@@ -121,3 +123,22 @@ def test_a_target_after_a_stopped_fleet_run() -> None:
     assert target_after(g, done, KnownState(("0001.a",)), "f-2").outcome == "succeeded"
     unread = target_after(e, TargetSeen(), KnownState(unknown=("what e's database says (x)",)), "run-1")
     assert unread.outcome == "skipped" and "Not known: what e's database says (x)." in (unread.error or "")
+
+def test_a_stopped_fleet_runs_report_names_failed_and_interrupted_targets_as_commands_take_them() -> None:
+    """As the fleet's own summary does (row 199): `t_02 (--env tenants-t-02)`, the environment a command on
+    that target alone takes, never the bare target name (`--env t_02` finds nothing)."""
+    a, b, c = fleet_targets(TENANTS)[:3]
+    results = (target_after(a, TargetSeen("COMPLETED"), KnownState(("0001.a",)), "run-1"),
+               target_after(b, TargetSeen("FAILED", "target t_02 failed at migrate: boom"), KnownState(), "run-1"),
+               target_after(c, TargetSeen("RUNNING"), KnownState(("0001.a",)), "run-1"))
+    ended = EndedRun(ending="crashed", reason="Process exited with status code: -9", flow_name="migrate-fleet",
+                     flow_run_id="run-1", parameters={"environment": "tenants", "git_sha": "abc1234"}, step="targets")
+
+    text = fleet_crash_report(ended, "staging", results, named_as={t.name: t.named_as for t in (a, b, c)}
+                              ).console_text()
+
+    assert "Failed:    t_02 (--env tenants-t-02)" in text, text
+    assert "Interrupted: t_03 (--env tenants-t-03)" in text
+    assert "- t_02 (--env tenants-t-02): failed; applied by this run: nothing. target t_02 failed" in text
+    assert "- t_03 (--env tenants-t-03): interrupted; applied by this run: 0001.a." in text
+    assert "- t_01: succeeded; applied by this run: 0001.a" in text

@@ -10,9 +10,10 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -21,11 +22,22 @@ from tasks.engine.environments import load_environments
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.results import MigrationError
-from tasks.engine.runs.crash import EndedRun, could_have_reused, crash_summary, known_state
+from tasks.engine.migrations.rollback import RollbackError, roll_back_to
+from tasks.engine.migrations.rollback_plan import RollbackPlan, plan_rollback
+from tasks.engine.runs.crash import EndedRun, could_have_reused, crash_summary, known_state, undo_listed
 from tasks.engine.runs.migration import migrate_environment
 from tasks.engine.runs.steps import DirectSteps
 from tasks.engine.snapshots.take import SnapshotNotReady, take_snapshot
-from tests.helpers import POLICY, PROJECT, cli, ctrl_c_once_sleeping, dirty_state, url_of, write_migrations
+from tests.helpers import (
+    POLICY,
+    PROJECT,
+    applied_ids,
+    cli,
+    ctrl_c_once_sleeping,
+    dirty_state,
+    url_of,
+    write_migrations,
+)
 from tests.test_snapshot import AVAILABLE_INSTANCE, TEST_LOG, stubbed  # noqa: F401 - a fixture
 
 SHA = "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d"
@@ -212,3 +224,87 @@ def test_ctrl_c_in_a_non_transactional_migration_names_it_and_how_to_resolve_it(
     assert "see `rds-migrations resolve`" not in said
     with connected(database) as conn:
         assert conn.execute("SELECT to_regclass('a') IS NOT NULL").fetchone() == (True,)
+
+
+# ---- a rollback that crashed or was cancelled -------------------------------------------------------------------
+
+ROLLBACKS = {
+    "0001.t.sql": "CREATE TABLE t (id bigint, v text);\n",
+    "0001.t.rollback.sql": "DROP TABLE t;\n",
+    "0002.t-index.sql": "-- transactional: false\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n",
+    # Stops halfway: the index is gone, the migration unrecorded and dirty.
+    "0002.t-index.rollback.sql": "DROP INDEX CONCURRENTLY t_v;\nDROP INDEX CONCURRENTLY no_such_index;\n",
+    "0003.u.sql": "CREATE TABLE u (id bigint);\n",
+    "0003.u.rollback.sql": "DROP TABLE u;\n",
+}
+
+
+def test_a_stopped_rollback_reports_what_it_undid_against_its_plan(tmp_path: Path, database: Connection) -> None:
+    """A rollback to 0 (its plan published as the `rollback-plan-<env>` artifact) undid 0003.u and stopped
+    halfway through 0002.t-index's rollback file; then its process died. The report is a rollback's, from what
+    the history says now against that plan: never a migration run's "applied: none", "pending: …"."""
+    environment = load_environments(dumped(tmp_path))["mine"]
+    catalog = read_catalog(write_migrations(tmp_path, ROLLBACKS), tmp_path)
+    apply_pending(database, catalog, POLICY, git_sha=SHA, run_id="run-1")
+    commits = take_snapshot(environment, database, git_sha=SHA, flow_run_id="run-1", trigger="push",
+                            now=datetime.now(UTC) - timedelta(minutes=5), log=TEST_LOG, applied=())
+    plan = plan_rollback(database, catalog, "0", environment="mine")
+    artifact = f"```\n{plan.to_text()}\n```\n"  # as runs/rollback.py publishes it
+    own = take_snapshot(environment, database, git_sha=SHA, flow_run_id="run-2", trigger="manual",
+                        now=datetime.now(UTC), log=TEST_LOG, applied=(), reuse=False)
+    with pytest.raises(RollbackError):
+        roll_back_to(database, catalog, POLICY, "0", git_sha=SHA, run_id="run-2", environment="mine",
+                     planned=plan.undo)
+    assert applied_ids(database) == ["0001.t"] and dirty_state(database) == [("0002.t-index", "failed", 2)]
+    assert undo_listed(artifact) == ("0003.u", "0002.t-index", "0001.t") == plan.undo
+
+    stopped = EndedRun(ending="crashed", reason="Process exited with status code: -9", flow_name="rollback",
+                       flow_run_id="run-2", parameters={"environment": "mine", "git_sha": SHA, "to": "0"},
+                       step="rollback", planned=undo_listed(artifact))
+    text = report(environment, database, stopped)
+
+    assert text.startswith("Rollback FAILED on mine (staging)"), text
+    assert "at step rollback (run crashed): The flow run crashed" in text
+    assert "Schema migrations" not in text and "pending:" not in text and "not known here" not in text, text
+    assert "planned:     0003.u, 0002.t-index, 0001.t" in text
+    assert "rolled back: 0003.u" in text
+    assert "left dirty:  0002.t-index (partly undone" in text
+    assert "still applied: 0001.t" in text
+    assert "Undone, so pending again (the next run applies them): 0003.u." in text
+    assert "finish the rollback by hand" in text
+    assert "`rds-migrations resolve --env mine 0002.t-index --mark-not-applied`" in text
+    assert f"snapshot:    {own.identifier}" in text
+    assert f"rds-migrations restore --env mine --snapshot-id {own.identifier}" in text
+    assert commits.identifier not in text  # a rollback takes its own snapshot, never reuses its commit's
+
+    cancelled = report(environment, database, EndedRun(
+        ending="cancelled", reason="cancelled by jane", flow_name="rollback", flow_run_id="run-3",
+        parameters={"environment": "mine", "git_sha": SHA, "to": "0"}, step="after fetch-secret"))
+    assert "at step after fetch-secret (run cancelled)" in cancelled, cancelled
+    assert "planned:     not known (the run stopped before its plan)" in cancelled
+    assert "`rds-migrations status --env mine` shows what is applied now" in cancelled
+    assert "rds-migrations restore" not in cancelled
+
+
+def test_the_hooks_read_a_rollbacks_plan_from_the_artifact_it_publishes(prefect_api: None) -> None:
+    """The crash hook finds what a rollback was to undo in its `rollback-plan-<env>` artifact (not the migration
+    plan table a rollback never publishes); a run that published none has no plan (None, "not known")."""
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    from flows.hooks import planned_undo
+
+    plan = RollbackPlan("0", undo=("0003.u", "0002.t-index", "0001.t"), non_transactional=("0002.t-index",))
+
+    @flow(name="rollback")
+    def rolling_back() -> str:  # publishes its plan as runs/rollback.py does
+        create_markdown_artifact(markdown=f"```\n{plan.to_text()}\n```\n", key="rollback-plan-mine",
+                                 description="Rollback plan for mine")
+        return str(flow_run.id)
+
+    run_id = rolling_back()
+    with get_client(sync_client=True) as client:
+        assert planned_undo(client, UUID(run_id), "mine") == plan.undo
+        assert planned_undo(client, uuid4(), "mine") is None

@@ -45,10 +45,9 @@ def read_target(target: Target, connect: Callable[[Target], Connection], flow_ru
         return KnownState(unknown=(f"what {target.name}'s database says (its credentials could not be read: "
                                    f"{describe(exc)})",))
     try:
-        applied, dirty = read_database(connection, flow_run_id)
+        return read_database(connection, flow_run_id)
     except Exception as exc:  # noqa: BLE001 - said in the report as not known
         return KnownState(unknown=(f"what {target.name}'s database says (it could not be read: {describe(exc)})",))
-    return KnownState(applied, dirty)
 
 
 def target_after(target: Target, seen: TargetSeen, known: KnownState, run_id: str, *,
@@ -88,8 +87,16 @@ def target_after(target: Target, seen: TargetSeen, known: KnownState, run_id: st
 
 
 def fleet_crash_report(ended: EndedRun, tier: str, results: tuple[TargetResult, ...],
-                       unknown: tuple[str, ...] = ()) -> FleetReport:
-    """The one notification a stopped fleet run would have sent, from what is known of each target."""
+                       unknown: tuple[str, ...] = (), *, named_as: dict[str, str]) -> FleetReport:
+    """The one notification a stopped fleet run would have sent, from what is known of each target. `named_as`:
+    each target's environment name (Target.named_as), so a failed or interrupted one is named as a command takes
+    it, as the fleet's own summary does (FleetReport.called)."""
+    report = FleetReport(
+        environment=ended.parameter("environment"), tier=tier, git_sha=ended.parameter("git_sha"),
+        trigger=ended.parameter("trigger"), results=results,
+        failed_step=f"{ended.step or 'unknown'} (run {ended.ending})", duration_seconds=ended.duration_seconds,
+        run_url=ended.run_url, table_published=False, named_as=named_as,
+    )
     what = {"crashed": "crashed (its process died", "cancelled": "was cancelled (its process was stopped",
             "timed-out": "was stopped at its time budget (from the environment's policy"}[ended.ending]
     lines = [f"The fleet run {what}: {ended.reason.strip()[:300] or 'no reason given'}); it could not report "
@@ -97,14 +104,10 @@ def fleet_crash_report(ended: EndedRun, tier: str, results: tuple[TargetResult, 
     lines += [f"Not known: {item}." for item in unknown]
     for result in results[:LISTED]:
         applied = ", ".join(result.applied) or "nothing"
-        lines.append(f"- {result.target}: {result.outcome}; applied by this run: {applied}"
+        name = report.called(result.target) if result.outcome in ("failed", "interrupted") else result.target
+        lines.append(f"- {name}: {result.outcome}; applied by this run: {applied}"
                      + (f". {result.error.strip()[:200]}" if result.error else ""))
     if len(results) > LISTED:
         lines.append(f"… and {len(results) - LISTED} more targets, not listed here: `rds-migrations status` on "
                      "each says what its history holds")
-    return FleetReport(
-        environment=ended.parameter("environment"), tier=tier, git_sha=ended.parameter("git_sha"),
-        trigger=ended.parameter("trigger"), results=results, error="\n".join(lines),
-        failed_step=f"{ended.step or 'unknown'} (run {ended.ending})", duration_seconds=ended.duration_seconds,
-        run_url=ended.run_url, table_published=False,
-    )
+    return report.with_(error="\n".join(lines))

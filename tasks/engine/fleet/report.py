@@ -15,7 +15,6 @@ from tasks.engine.migrations.hints import where_flag
 
 TargetOutcome = Literal["succeeded", "nothing-to-do", "dry-run", "failed", "skipped", "interrupted"]
 # "interrupted": the run stopped (killed, cancelled) while the target was being migrated (fleet/crash.py)
-NOT_READ: frozenset[str] = frozenset({"skipped", "interrupted"})  # what is pending there was not read: not known
 MAX_NAMED = 20  # failed targets named in a notification before "… and N more"
 ERROR_CHARACTERS = 20000  # of a run's error in its notification (a stopped run's lists 50 targets: crash.py)
 
@@ -25,7 +24,8 @@ class TargetResult:
     target: str
     outcome: TargetOutcome
     applied: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()
+    # None: not read (the target stopped before its plan, did not start, or was stopped): not known, never "none"
+    pending: tuple[str, ...] | None = None
     snapshot: str | None = None
     duration_seconds: float = 0.0
     error: str | None = None  # secret-free; for a skipped target, why it did not start
@@ -35,16 +35,16 @@ class TargetResult:
 
     @property
     def pending_known(self) -> bool:
-        """Whether `pending` was read from the target: a target that did not start (or was stopped) holds an
-        empty tuple that means "not known", not "nothing pending"."""
-        return self.outcome not in NOT_READ
+        """Whether `pending` was read from the target (its plan): one that failed before it (fetch-secret, an
+        unreachable database), did not start or was stopped holds None, which means "not known", not 0."""
+        return self.pending is not None
 
     def to_json(self) -> dict[str, object]:
         return {
             "target": self.target,
             "outcome": self.outcome,
             "applied": list(self.applied),
-            "pending": list(self.pending) if self.pending_known else None,
+            "pending": None if self.pending is None else list(self.pending),
             "snapshot": self.snapshot,
             "duration_seconds": round(self.duration_seconds, 3),
             "error": self.error,
@@ -58,7 +58,7 @@ class TargetResult:
             "target": self.target,
             "outcome": self.outcome,
             "applied": len(self.applied),
-            "pending": len(self.pending) if self.pending_known else "not known",
+            "pending": "not known" if self.pending is None else len(self.pending),
             "snapshot": self.snapshot or "",
             "duration (s)": round(self.duration_seconds, 2),
             "error": (self.error or "")[:300],
@@ -197,7 +197,7 @@ def console_table(report: FleetReport) -> str:
     lines = [header]
     for r in report.results:
         error = one_line(r.error, 80)
-        pending = len(r.pending) if r.pending_known else "unknown"  # never started, or stopped: not read
+        pending = "unknown" if r.pending is None else len(r.pending)  # its plan never read
         lines.append(
             f"{r.target:<24} {r.outcome:<14} {len(r.applied):>7} {pending:>7} "
             f"{r.duration_seconds:>8.2f}  {error}"

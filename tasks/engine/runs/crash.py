@@ -8,7 +8,8 @@ plan the run published) and deliver the summary like any other run's (tasks/engi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, 
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, Ledger
+from tasks.engine.notices import Notice
 from tasks.engine.runs.budget import run_budget_seconds
 from tasks.engine.runs.parameters import TRIGGER
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
@@ -35,12 +37,15 @@ from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
 from tasks.engine.snapshots.rds import CLUSTER, INSTANCE
 from tasks.engine.snapshots.restore import SNAPSHOT_ID
 
+# A rollback's `to`: a version number or a migration id (anything else is not repeated: it may be a secret).
+ROLLBACK_TO = re.compile(r"^\d+([._-][A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 Ending = Literal["crashed", "cancelled", "timed-out"]
 REFRESH_FLOWS = {"refresh-staging": "refresh", "restore-snapshot": "restore"}
 ROLLBACK_FLOW = "rollback"
+UNDO_LINE = re.compile(r"^ +\d+\. (\S+)", re.MULTILINE)  # "  2. 0007.add-index  (non-transactional: …)"
 # The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
 PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,
-              "snapshot_id": SNAPSHOT_ID}
+              "snapshot_id": SNAPSHOT_ID, "to": ROLLBACK_TO}
 APPLIED_BY_RUN_SQL = "SELECT migration_id FROM {history} WHERE flow_run_id = %s ORDER BY applied_at, migration_id"
 # The run's own marks, even while the session it left behind still holds the lock (the server ends a dead
 # client's session only when it next talks to it): the columns of DirtyMigration, in its order.
@@ -59,6 +64,7 @@ class KnownState:
     dirty: tuple[DirtyMigration, ...] = ()  # the database's dirty marks, whichever run left them
     snapshot: Snapshot | None = None  # tagged with the run, else the one taken for its commit
     unknown: tuple[str, ...] = ()  # what could not be read, and why (no secret in it)
+    history: tuple[str, ...] | None = None  # every migration the history says is applied now (None: not read)
 
 
 @dataclass(frozen=True)
@@ -83,20 +89,21 @@ class EndedRun:
         return value if isinstance(value, str) and PARAMETERS[name].match(value) else default
 
 
-def read_database(connection: Connection, flow_run_id: str) -> tuple[tuple[str, ...], tuple[DirtyMigration, ...]]:
-    """This run's history rows, its dirty marks, and those that dead runs before it left."""
+def read_database(connection: Connection, flow_run_id: str) -> KnownState:
+    """This run's history rows, its dirty marks, and those that dead runs before it left; what is applied now."""
     with connected(connection, application_name="rds-migrations crash report") as conn:
         ledger = Ledger.open(conn)
         tables = ledger.exists()
         if not (tables["history"] and tables["dirty"]):
-            return (), ()
+            return KnownState(history=())
         names = {key: sql.Identifier(ledger.schema, table) for key, table in (("history", HISTORY_TABLE),
                                                                               ("dirty", DIRTY_TABLE))}
         applied = tuple(row[0] for row in conn.execute(sql.SQL(APPLIED_BY_RUN_SQL).format(**names), (flow_run_id,)))
         ours = tuple(DirtyMigration(*row) for row in conn.execute(sql.SQL(DIRTY_BY_RUN_SQL).format(**names),
                                                                   (flow_run_id,)))
-        others = tuple(mark for mark in ledger.read().dirty if mark.flow_run_id != flow_run_id)
-        return applied, ours + others
+        history = ledger.read()
+        others = tuple(mark for mark in history.dirty if mark.flow_run_id != flow_run_id)
+        return KnownState(applied, ours + others, history=history.applied)
 
 
 def run_snapshot(environment: Environment, flow_run_id: str, git_sha: str, rds_client: Any = None,
@@ -154,15 +161,14 @@ def known_state(environment: Environment, connection: Connection | Exception, fl
     """Everything that can be read; each part that cannot is named in `unknown` instead of failing the rest.
     `connection` is the error that stopped the credentials being read, when they could not be. `could_reuse`:
     whether the run got as far as its snapshot step (`could_have_reused`; None: not known)."""
-    applied: tuple[str, ...] = ()
-    dirty: tuple[DirtyMigration, ...] = ()
+    database = KnownState()
     snapshot = None
     unknown = []
     if isinstance(connection, Exception):
         unknown.append(f"what the database says (its credentials could not be read: {describe(connection)})")
     else:
         try:
-            applied, dirty = read_database(connection, flow_run_id)
+            database = read_database(connection, flow_run_id)
         except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
             unknown.append(f"what the database says (it could not be read: {describe(exc)})")
     try:
@@ -173,7 +179,7 @@ def known_state(environment: Environment, connection: Connection | Exception, fl
                            f"{commits.identifier}, taken for its commit: restore from it only if it did")
     except Exception as exc:  # noqa: BLE001 - reported as unknown, never raised
         unknown.append(f"whether a snapshot was taken ({describe(exc)})")
-    return KnownState(applied, dirty, snapshot, tuple(unknown))
+    return replace(database, snapshot=snapshot, unknown=tuple(unknown))
 
 
 def describe(exc: BaseException) -> str:
@@ -190,22 +196,28 @@ def explanation(run: EndedRun, environment: str, known: KnownState) -> str:
     ours = [d for d in known.dirty if d.flow_run_id == run.flow_run_id]
     for mark in known.dirty:
         lines.append(f"Dirty: {mark.describe()}. To resolve: {mark.hint(environment)}.")
-    if run.step == "migrate" and not ours:
-        lines.append("The migration that was running, if any, ran in its own transaction: the server rolled it back "
-                     "when the session ended, and the next run applies it again.")
-    if run.planned is None:
-        lines.append("What is still pending is not known here (the run stopped before its plan was published): "
-                     f"`rds-migrations plan {where_flag(environment)}` says.")
+    if run.flow_name == ROLLBACK_FLOW:
+        lines += rollback_lines(run, environment, known, ours)
+    else:
+        if run.step == "migrate" and not ours:
+            lines.append("The migration that was running, if any, ran in its own transaction: the server rolled it "
+                         "back when the session ended, and the next run applies it again.")
+        if run.planned is None:
+            lines.append("What is still pending is not known here (the run stopped before its plan was published): "
+                         f"`rds-migrations plan {where_flag(environment)}` says.")
     lines += [f"Not known: {item}." for item in known.unknown]
     return "\n".join(lines)
 
 
-def crash_summary(run: EndedRun, environment: Environment | None, known: KnownState) -> RunSummary | RefreshSummary:
+def crash_summary(run: EndedRun, environment: Environment | None,
+                  known: KnownState) -> RunSummary | RefreshSummary | Notice:
     """The summary a crashed or cancelled run would have sent, built from what is known."""
     name = run.parameter("environment")
     step = f"{run.step or 'unknown'} (run {run.ending})"
     error = explanation(run, name, known)
     tier = environment.tier if environment else "unknown"
+    if run.flow_name == ROLLBACK_FLOW:
+        return rollback_notice(run, tier, error, known)
     if run.flow_name in REFRESH_FLOWS:
         given = {key: str(value) for key, value in run.parameters.items() if key in PARAMETERS}
         return RefreshSummary(
@@ -232,3 +244,64 @@ def crash_summary(run: EndedRun, environment: Environment | None, known: KnownSt
         duration_seconds=run.duration_seconds, run_url=run.run_url,
     )
 
+
+# ---- a rollback ---------------------------------------------------------------------------------------------
+
+
+def undo_listed(plan_text: str) -> tuple[str, ...]:
+    """What a rollback's plan artifact (`rollback-plan-<env>`: RollbackPlan.to_text) says it will undo, newest
+    first: its numbered lines (a refused plan, or one with nothing to undo, lists none)."""
+    return tuple(match.group(1) for match in UNDO_LINE.finditer(plan_text))
+
+
+def undo_progress(run: EndedRun, known: KnownState) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Of what the rollback's plan was to undo (newest first): (undone, left dirty, still applied), by what the
+    history says now. A migration whose rollback file stopped halfway is unrecorded and dirty: never "undone"."""
+    dirty = {mark.migration_id for mark in known.dirty if mark.flow_run_id == run.flow_run_id}
+    planned, history = run.planned or (), known.history or ()
+    return (tuple(m for m in planned if m not in history and m not in dirty),
+            tuple(m for m in planned if m in dirty), tuple(m for m in planned if m in history))
+
+
+def rollback_lines(run: EndedRun, environment: str, known: KnownState, ours: list[DirtyMigration]) -> list[str]:
+    """What a stopped rollback left, beyond its dirty marks: what was running, what is pending again."""
+    where = where_flag(environment)
+    lines = []
+    if run.step == "rollback" and not ours:
+        lines.append("The rollback file that was running, if any, ran in one transaction with the removal of its "
+                     "history rows: the server rolled it back when the session ended, so that migration stays "
+                     "applied.")
+    if run.planned is None:
+        lines.append("What it was to undo is not known here (the run stopped before its plan was published): "
+                     f"`rds-migrations status {where}` shows what is applied now.")
+    elif known.history is not None:
+        undone, _, still = undo_progress(run, known)
+        if undone:
+            lines.append(f"Undone, so pending again (the next run applies them): {', '.join(undone)}.")
+        if still:
+            then = "once the dirty mark is resolved, " if ours else ""
+            lines.append(f"Still applied: {', '.join(still)}; to undo them, {then}run "
+                         f"`rds-migrations rollback {where} --to {run.parameter('to', 'VERSION')}` again.")
+    return lines
+
+
+def rollback_notice(run: EndedRun, tier: str, error: str, known: KnownState) -> Notice:
+    """The notice a stopped rollback would have sent (as runs/rollback.py words it): what its plan was to undo
+    against what the history says now, and the snapshot it took (its own: a rollback never reuses one)."""
+    name = run.parameter("environment")
+    facts = [("to", run.parameter("to")), ("git SHA", run.parameter("git_sha")),
+             ("planned", "not known (the run stopped before its plan)" if run.planned is None
+              else ", ".join(run.planned) or "nothing to undo")]
+    if run.planned is not None and known.history is None:
+        facts.append(("rolled back", "not known (the database could not be read)"))
+    elif run.planned is not None:
+        undone, dirty, still = undo_progress(run, known)
+        facts += [("rolled back", ", ".join(undone) or "none"),
+                  *([("left dirty", f"{', '.join(dirty)} (partly undone: see Dirty below)")] if dirty else []),
+                  ("still applied", ", ".join(still) or "none of the planned")]
+    snapshot = known.snapshot
+    if snapshot is not None:
+        facts.append(("snapshot", snapshot.identifier))
+    return Notice("Rollback", name, tier, "failed", tuple(facts),
+                  restore_commands(name, snapshot.identifier) if snapshot else (),
+                  f"at step {run.step or 'unknown'} (run {run.ending}): {error}", run.duration_seconds, run.run_url)

@@ -134,7 +134,9 @@ def plan_only(environment: Environment) -> Environment:
 def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> TargetResult:
     """fetch-secret → plan → snapshot → migrate → retention for one target; its failure is its result."""
     environment, started = target.environment, time.monotonic()
-    step, pending, snapshot, applied = "fetch-secret", (), None, None
+    # `pending` is None until the target's plan is read: a target that fails before it says "not known", not 0.
+    step, snapshot, applied = "fetch-secret", None, None
+    pending: tuple[str, ...] | None = None
     try:
         credentials = TargetCredentials(target, parameters_of(run, environment), steps, client, create=not run.dry_run)
         step = "plan"
