@@ -3,6 +3,7 @@ lock-timeout retries, one run at a time."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -180,6 +181,41 @@ def test_lock_timeout_gives_up_after_the_retries_with_database_unchanged(
     with connected(database) as conn:
         columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='busy'")
         assert columns.fetchone()[0] == 1
+
+
+def test_a_lock_timeout_retry_names_who_holds_a_lock_on_the_table_never_their_query(
+    tmp_path: Path, database: Connection
+) -> None:
+    with connected(database) as setup:
+        setup.execute('CREATE TABLE "Busy" (id bigint)')
+    alter = read_catalog(write_migrations(tmp_path / "a", {"0001.alter.sql": 'ALTER TABLE "Busy" ADD c int;\n'}),
+                         tmp_path / "a")
+    drop = read_catalog(write_migrations(tmp_path / "b", {"0001.drop.sql": 'DROP TABLE "Busy";\n'}), tmp_path / "b")
+    policy = POLICY.model_copy(
+        update={"lock_timeout_ms": 50, "lock_timeout_retries": 1, "lock_retry_base_delay_seconds": 0.01}
+    )
+    reader = database.connect(autocommit=False, application_name="billing-report")
+    reader.execute("SELECT * FROM \"Busy\" WHERE id <> 4242 -- card 4111-1111")
+    pid = reader.info.backend_pid
+    log = logging.getLogger("test_lock_holders")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        with pytest.raises(MigrationError):
+            apply_pending(database, alter, policy, log=log)
+        with pytest.raises(MigrationError):  # DROP TABLE: not a statement whose table is read, so how to find it
+            apply_pending(database, drop, policy, log=log)
+    finally:
+        log.removeHandler(handler)
+        reader.close()
+    retried = [line for line in said if "lock_timeout (50 ms)" in line]
+    assert len(retried) == 2, said
+    assert (f"holding a lock on Busy right after: pid {pid} (application_name 'billing-report', "
+            f"user {database.user}, state idle in transaction, transaction open ") in retried[0], retried[0]
+    assert "AccessShareLock)" in retried[0] and "4111" not in retried[0] and "4242" not in retried[0]
+    assert "WHERE pid = ANY(pg_blocking_pids(" in retried[1], retried[1]
 
 
 def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path: Path, database: Connection) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,19 +148,76 @@ def test_a_client_encoding_set_by_one_migration_does_not_reach_the_next(tmp_path
         assert [r[0] for r in conn.execute("SELECT s FROM t ORDER BY s")] == ["café", "check ✓"]
 
 
-def test_an_unexpected_error_while_applying_keeps_what_was_applied_in_the_summary(
-    tmp_path: Path, database: Connection
-) -> None:
-    """A database whose sessions start in LATIN1, and a file with a character LATIN1 cannot carry: the error is
-    not a migration's failure, yet the summary still says what the history holds (0001 applied), not "none"."""
+def test_sessions_that_start_in_latin1_still_send_a_utf8_file_as_written(tmp_path: Path,
+                                                                         database: Connection) -> None:
+    """The database's settings start sessions in LATIN1; the file holds a character LATIN1 cannot carry. The
+    tool's sessions speak UTF8 (the files are read as UTF-8), so it reaches the UTF8 database as written."""
     with connected(database) as conn:
         conn.execute(f"ALTER DATABASE {database.dbname} SET client_encoding = 'LATIN1'")
     write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\n",
                                 "0002.check.sql": "INSERT INTO t VALUES ('check ✓');\n"})
     result = cli("run", "--database-url", url_of(database), cwd=tmp_path)
-    assert result.returncode == 1 and applied_ids(database) == ["0001.t"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert applied_ids(database) == ["0001.t", "0002.check"]
+    with connected(database) as conn:
+        assert conn.execute("SELECT s FROM t").fetchone()[0] == "check ✓"
+
+
+NO_REHEARSAL = """
+[environments.mine]
+tier = "staging"
+aws = { region = "eu-west-1", endpoint_url = "http://127.0.0.1:9" }
+credentials = { kind = "url_env", variable = "DATABASE_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+rehearsal = { kind = "none" }
+policy = { snapshot_required = false, rehearsal_required = false }
+"""
+
+
+def test_an_unexpected_error_while_applying_keeps_what_was_applied_in_the_summary(
+    tmp_path: Path, database: Connection
+) -> None:
+    """0002 leaves the session in a client encoding Python has no codec for (EUC_TW): the error before 0003 is
+    not a migration's failure, yet the summary still says what the history holds (0001 and 0002), not "none"."""
+    (tmp_path / "environments.toml").write_text(NO_REHEARSAL, encoding="utf-8")
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\n",
+                                "0002.euc-tw.sql": "SET client_encoding = 'EUC_TW';\nCREATE TABLE u (s text);\n",
+                                "0003.check.sql": "INSERT INTO t VALUES ('check');\n"})
+    result = cli("run", "--env", "mine", cwd=tmp_path, env={
+        "DATABASE_URL": url_of(database), "RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml")})
     said = result.stdout + result.stderr
+    assert result.returncode == 1 and applied_ids(database) == ["0001.t", "0002.euc-tw"], said[-3000:]
+    assert "FAILED at step migrate" in said and "migration 0003.check failed" not in said, said[-3000:]
+    assert re.search(r"applied: +0001\.t, 0002\.euc-tw\n", said) and "no migration was applied" not in said, said
+
+
+@pytest.fixture
+def latin1_database(database: Connection) -> Iterator[Connection]:
+    """A database whose own encoding is LATIN1, on the test server."""
+    name = f"{database.dbname}_latin1"
+    with connected(database) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        yield database.with_database(name)
+    finally:
+        with connected(database) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_character_a_latin1_database_cannot_store_fails_as_that_migration(tmp_path: Path,
+                                                                           latin1_database: Connection) -> None:
+    """The server converts the UTF-8 text: a character its encoding cannot store is the migration's failure
+    (SQLSTATE 22P05), named, rolled back, with what was applied before it; never a traceback."""
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\nINSERT INTO t VALUES ('café');\n",
+                                "0002.check.sql": "INSERT INTO t VALUES ('check ✓');\n"})
+    result = cli("run", "--database-url", url_of(latin1_database), cwd=tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode == 1 and applied_ids(latin1_database) == ["0001.t"], said[-3000:]
+    assert "migration 0002.check failed (SQLSTATE 22P05)" in said and "Traceback" not in said, said[-3000:]
     assert re.search(r"applied: +0001\.t\n", said) and "no migration was applied" not in said, said
+    with connected(latin1_database) as conn:
+        assert conn.execute("SELECT s FROM t").fetchone()[0] == "café"
 
 
 @pytest.mark.parametrize(("statement", "tag", "fits"), [

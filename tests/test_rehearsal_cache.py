@@ -15,6 +15,7 @@ from tasks.engine.migrations.catalog import Catalog, read_catalog
 from tasks.engine.migrations.plan import plan
 from tasks.engine.migrations.rehearsal import rehearse
 from tasks.engine.migrations.rehearsal_cache import REHEARSAL_CACHE_KEPT, rehearsal_keys
+from tasks.engine.migrations.report import ValidationReport
 from tests.helpers import write_migrations
 
 POLICY = Policy()
@@ -58,8 +59,8 @@ def test_a_new_migration_starts_from_the_cached_database(project: Path, database
     catalog = catalog_of(project)
     second = rehearse(catalog, database, POLICY)
     assert second.failure is None
-    assert second.reused == 3 and second.applied == 4
-    assert "from a cached database holding the first 3 migrations" in second.where
+    assert second.reused == 3 and second.applied == 1
+    assert second.counts() == "started from a cached database holding the first 3 migrations, applied 1 on top"
     assert cached_states(database, catalog) == [4]  # the state was taken, extended, and cached again
     assert plan(database, catalog).pending == catalog.ids  # the target itself was not touched
 
@@ -113,6 +114,38 @@ def test_a_broken_rollback_is_caught_on_a_cache_hit(project: Path, database: Con
     add(project, "0004.d.rollback.sql", "DROP TABLE d;\n")
     fixed = rehearse(catalog_of(project), database, POLICY)
     assert fixed.failure is None and fixed.reused == 4 and fixed.rolled_back == ("0004.d",)
+
+
+def test_every_rendering_says_how_many_came_cached_how_many_were_applied_and_which_failed(
+        project: Path, database: Connection) -> None:
+    """The walk that found it: a new migration whose rollback fails, on top of a cache; then fixed, on top of the
+    cache that failure left (it holds the new migration too)."""
+    rehearse(catalog_of(project), database, POLICY)
+    add(project, "0004.d.sql", "CREATE TABLE d (id bigint PRIMARY KEY);\n")
+    add(project, "0004.d.rollback.sql", "DROP TABLE not_d;\n")
+    catalog = catalog_of(project)
+    broken = ValidationReport("migrations", catalog.ids, rehearsals=(rehearse(catalog, database, POLICY),))
+    said = "started from a cached database holding the first 3 migrations, applied 1 on top"
+    assert f"{said}, rolled back and re-applied 0" in broken.to_text() and "applied 4" not in broken.to_text()
+    assert f"{said}; rolled back and re-applied: none" in broken.to_markdown()
+    assert "from scratch" not in broken.to_markdown() and "rollback of 0004.d" in broken.to_markdown()
+
+    add(project, "0004.d.rollback.sql", "DROP TABLE d;\n")
+    catalog = catalog_of(project)
+    fixed = ValidationReport("migrations", catalog.ids, rehearsals=(rehearse(catalog, database, POLICY),))
+    said = "started from a cached database holding the first 4 migrations, applied 0 on top"
+    assert f"{said}, rolled back and re-applied 1" in fixed.to_text(), fixed.to_text()
+    assert f"{said}; rolled back and re-applied: 0004.d; ok" in fixed.to_markdown(), fixed.to_markdown()
+    assert fixed.to_json()["rehearsals"][0] | {"seconds": 0, "where": ""} == {  # type: ignore[index]
+        "where": "", "reused": 4, "applied": 0, "rolled_back": ["0004.d"], "failure": None, "note": None,
+        "on_target_schema": False, "seconds": 0}
+
+    add(project, "0005.e.sql", "CREATE TABLE e (id bigint PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n")
+    catalog = catalog_of(project)
+    failed = ValidationReport("migrations", catalog.ids, rehearsals=(rehearse(catalog, database, POLICY),))
+    said = "started from a cached database holding the first 4 migrations, applied 0 on top"
+    assert f"{said}, rolled back and re-applied 0" in failed.to_text(), failed.to_text()
+    assert "FAILED: migration 0005.e failed" in failed.to_text()
 
 
 def test_a_non_transactional_failure_is_not_cached(project: Path, database: Connection) -> None:

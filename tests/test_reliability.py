@@ -454,7 +454,7 @@ def test_a_dirty_database_stops_every_run_until_resolved_from_the_command_line(
     second = run_flow(git_sha="3333333")  # refused at the plan: no snapshot, no lock, nothing applied
     assert second.is_failed() and project.manual_snapshots() == snapshots
     message = project.sink.texts()[-1]
-    assert "FAILED at step validate" in message and "0002.users-email (non-transactional) is dirty" in message
+    assert "FAILED at step rehearse-and-plan" in message and "0002.users-email (non-transactional) is dirty" in message
 
     from flows.cli import main
     from tasks.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -493,7 +493,7 @@ def test_an_invalid_index_in_the_way_is_refused_before_the_snapshot(project: Pro
     assert state.is_failed() and project.manual_snapshots() == snapshots
     assert project.applied() == ["0001.create-users"]
     message = project.sink.texts()[-1]
-    assert "FAILED at step validate" in message
+    assert "FAILED at step rehearse-and-plan" in message
     assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_key";' in message
 
 

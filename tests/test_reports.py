@@ -21,6 +21,7 @@ from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import load_environments
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.report import ValidationFailed
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.rollback import RollbackError, roll_back_to
 from tasks.engine.migrations.rollback_plan import RollbackPlan, plan_rollback
@@ -308,3 +309,57 @@ def test_the_hooks_read_a_rollbacks_plan_from_the_artifact_it_publishes(prefect_
     with get_client(sync_client=True) as client:
         assert planned_undo(client, UUID(run_id), "mine") == plan.undo
         assert planned_undo(client, uuid4(), "mine") is None
+
+
+# ---- a first migration rolled back after the snapshot --------------------------------------------------------
+
+
+def test_a_first_migration_rolled_back_after_the_snapshot_offers_no_restore(tmp_path: Path, database: Connection,
+                                                                           monkeypatch) -> None:
+    """Nothing this run did is in the database (its only migration was rolled back by the server): restoring
+    the snapshot would lose every write since it for nothing. The snapshot is still named."""
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(dumped(tmp_path)))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint, email text);\n"})
+    migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
+    with connected(database) as conn:
+        conn.execute("INSERT INTO users VALUES (1, NULL)")  # the rehearsal has no rows: it fails on the target only
+    write_migrations(tmp_path, {"0002.email-required.sql": "UPDATE users SET email = 1 / (id - 1);\n"})
+
+    with pytest.raises(MigrationError) as raised:
+        migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
+
+    summary = raised.value.result  # type: ignore[attr-defined]
+    text = summary.console_text()
+    assert summary.snapshot_id and f"snapshot:   {summary.snapshot_id}" in text, text
+    assert summary.restore_steps == () and "rds-migrations restore" not in text, text
+    assert ("0002.email-required ran in its own transaction and was rolled back, so the database was not changed "
+            "and there is nothing to restore") in text, text
+
+
+# ---- the step that refused -----------------------------------------------------------------------------------
+
+
+def test_a_refusal_of_the_plan_names_its_step_and_a_lint_finding_stays_at_validate(
+        tmp_path: Path, database: Connection, monkeypatch) -> None:
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(environments_file(tmp_path, '{ kind = "none" }')))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+    write_migrations(tmp_path, {"0001.create-users.sql": "CREATE TABLE users (id bigint, email text);\n"})
+    migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
+    with connected(database) as conn:
+        conn.execute("DELETE FROM _rds_migrations_history")  # the history edited by hand
+
+    write_migrations(tmp_path, {"0002.create-devices.sql": "CREATE TABLE devices (id bigint);\n"})
+    with pytest.raises(ValidationFailed) as refused:
+        migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
+    text = refused.value.result.console_text()  # type: ignore[attr-defined]
+    assert "FAILED at step rehearse-and-plan" in text and "checksum row is gone" in text, text
+
+    (tmp_path / "migrations" / "0002.create-devices.sql").unlink()
+    write_migrations(tmp_path, {"0002.email-required.sql": "ALTER TABLE users ALTER COLUMN email SET NOT NULL;\n"})
+    with pytest.raises(ValidationFailed) as linted:
+        migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
+    text = linted.value.result.console_text()  # type: ignore[attr-defined]
+    assert "FAILED at step validate" in text and "adding-not-nullable-field" in text, text

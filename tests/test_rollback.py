@@ -5,6 +5,7 @@ migration, lock-timeout retries, non-transactional rollbacks alone; and `run --t
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -415,6 +416,7 @@ def test_the_command_line_rolls_back_one_below_the_head_and_says_so_in_json(tmp_
     assert document["schema_version"] == 1 and [m["id"] for m in document["rolled_back"]] == ["0003.devices"]
     assert "Rollback SUCCEEDED" in result.stderr
     assert applied_ids(database) == ["0001.users", "0002.accounts"] and "devices" not in tables(database)
+    assert re.search(r"still applied: +2 \(the newest 0002\.accounts\)\n", result.stderr), result.stderr[-3000:]
 
 
 def test_a_failed_command_still_prints_one_json_document_with_what_it_did(tmp_path: Path,

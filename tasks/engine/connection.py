@@ -85,6 +85,9 @@ class Connection(BaseModel):
                 password=password or None,
                 autocommit=autocommit,
                 application_name=application_name,
+                # Migration files are read as UTF-8: the server converts to the database's encoding (a character
+                # it cannot store is the statement's error, 22P05), whatever client_encoding its settings give.
+                client_encoding="UTF8",
                 connect_timeout=10,
                 prepare_threshold=prepare_threshold,
                 **self.tls(),

@@ -101,7 +101,7 @@ class RunSummary:
     git_sha: str
     trigger: str  # "ui", "github", "schedule", "cli", ...
     outcome: Literal["succeeded", "failed", "nothing-to-do", "dry-run"]
-    failed_step: str | None  # "validate" | "fetch-secret" | "snapshot" | "migrate" | None
+    failed_step: str | None  # "validate" | "fetch-secret" | "rehearse-and-plan" | "snapshot" | "migrate" | None
     error: str | None  # already secret-free error text
     applied: tuple[str, ...]  # migration ids applied in this run
     failed_migration: str | None
@@ -143,7 +143,12 @@ def _no_snapshot_note(summary: RunSummary) -> str | None:
     if summary.outcome != "failed" or (summary.snapshot_id and summary.restore_steps):
         return None
     if summary.snapshot_id:  # being created, or nothing this run did needs it
-        if summary.applied or summary.failed_migration:
+        if summary.applied:
+            return None
+        if summary.failed_migration and (summary.failed_outcome or "").startswith("rolled back"):
+            return (f"No migration was applied in this run: {summary.failed_migration} ran in its own transaction "
+                    "and was rolled back, so the database was not changed and there is nothing to restore.")
+        if summary.failed_migration:
             return None
         return "No migration was applied in this run: the database was not changed, so there is nothing to restore."
     if summary.applied:

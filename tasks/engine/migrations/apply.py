@@ -26,6 +26,7 @@ from tasks.engine.migrations.execute import redacted, run_transactional
 from tasks.engine.migrations.hints import resolve_hint
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.indexes import handle_invalid_indexes
+from tasks.engine.migrations.lock_holders import lock_holders
 from tasks.engine.migrations.nontransactional import run_alone
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.resolve import explain_dirty
@@ -182,8 +183,9 @@ def apply_one(conn: psycopg.Connection, ledger: Ledger, migration: Migration, po
         delay = min(policy.lock_retry_max_delay_seconds, policy.lock_retry_base_delay_seconds * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.5)  # jitter: concurrent retries do not line up behind the same lock
         log.warning(
-            "%s: lock_timeout (%d ms) hit waiting for a lock; rolled back, retry %d of %d in %.1fs",
+            "%s: lock_timeout (%d ms) hit waiting for a lock; rolled back, retry %d of %d in %.1fs; %s",
             migration.id, policy.lock_timeout_ms, attempts, policy.lock_timeout_retries, delay,
+            lock_holders(conn, failure.statement),
         )
         time.sleep(delay)
 

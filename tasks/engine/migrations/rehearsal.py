@@ -27,7 +27,7 @@ from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.rehearsal_cache import put_cached, rehearsal_keys, take_cached
 from tasks.engine.migrations.report import RehearsalResult
-from tasks.engine.migrations.results import MigrationError
+from tasks.engine.migrations.results import ApplyReport, MigrationError
 from tasks.engine.migrations.rollback import roll_back
 from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
 from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch, scratch_database
@@ -80,7 +80,7 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     ends in (see "the rehearsal cache" below).
 
     Example:
-        result = rehearse(catalog, server, environment.policy)   # result.reused: migrations not re-applied
+        result = rehearse(catalog, server, environment.policy)   # result.reused: came with a cached database
     """
     started = time.monotonic()
     place = place if isinstance(place, Place) else Place(place)
@@ -92,19 +92,16 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     keys = rehearsal_keys(catalog, server.user) if cache else []
     reused = 0
     rolled_back: list[str] = []
+    first: ApplyReport | None = None  # what the rehearsal applied itself (on top of a cached database's)
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
         reused = take_cached(server, catalog, keys, name, log) if keys else 0
         scratch = server.with_database(name) if reused else create_scratch(place, name, log)
-        where = f"{place.where} (temporary database {name}"
-        where += f", from a cached database holding the first {reused} migrations)" if reused else ")"
         finished = False  # the rehearsal ran to its end or to a migration's failure (not to another exception)
         try:
-            apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
+            first = apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
             tail = _tail(list(catalog.migrations))
-            for migration in tail:
-                roll_back(scratch, migration, rehearsal_policy)
-                rolled_back.append(migration.id)
+            _roll_back_tail(scratch, tail, rehearsal_policy, rolled_back, log)
             if tail:
                 apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
             finished = True
@@ -120,8 +117,8 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
             if keep:
                 put_cached(server, catalog, keys, name, log)  # renamed away: the scratch drop finds nothing
     return RehearsalResult(
-        where=where,
-        applied=len(catalog.migrations),
+        where=f"{place.where} (temporary database {name})",
+        applied=_applied(first, failure),
         rolled_back=tuple(rolled_back),
         failure=_rehearsal_failure(failure),
         duration_seconds=time.monotonic() - started,
@@ -154,25 +151,43 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
             ledger.record_applied([by_id[i] for i in applied if i in by_id], "rehearsal", None,
                                   operation="mark", comment="rds-migrations rehearsal: the target's history")
         last = pending[-1] if pending else None
+        first: ApplyReport | None = None
         try:
-            apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
+            first = apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
             tail = _tail([by_id[i] for i in pending])
-            for migration in tail:
-                roll_back(scratch, migration, rehearsal_policy)
-                rolled_back.append(migration.id)
+            _roll_back_tail(scratch, tail, rehearsal_policy, rolled_back, log)
             if tail:
                 apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
         except MigrationError as exc:
             failure = exc
     return RehearsalResult(
         where=f"{place.where} (temporary database {name}, a copy of the target's schema)",
-        applied=len(pending),
+        applied=_applied(first, failure),
         rolled_back=tuple(rolled_back),
         failure=_rehearsal_failure(failure),
         duration_seconds=time.monotonic() - started,
         note=place.note,
         on_target_schema=True,
     )
+
+
+def _roll_back_tail(scratch: Connection, tail: list[Migration], policy: Policy, rolled_back: list[str],
+                    log: Log) -> None:
+    """Roll back `tail` (last first), each id added to `rolled_back` once undone; the apply that follows
+    applies them again."""
+    if tail:
+        log.info("Rehearsal: rolling back %s (last first; each has a rollback file), then applying again",
+                 ", ".join(m.id for m in tail))
+    for migration in tail:
+        roll_back(scratch, migration, policy)
+        rolled_back.append(migration.id)
+
+
+def _applied(first: ApplyReport | None, failure: MigrationError | None) -> int:
+    """How many migrations the rehearsal applied itself before any rollback: all it was to apply, or those before
+    the one that failed."""
+    report = first if first is not None else failure.report if failure is not None else None
+    return len(report.applied) if report is not None else 0
 
 
 def _rehearsal_failure(failure: MigrationError | None) -> str | None:

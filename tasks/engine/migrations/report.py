@@ -16,13 +16,22 @@ from tasks.engine.migrations.plan import Plan
 @dataclass(frozen=True)
 class RehearsalResult:
     where: str
-    applied: int
+    applied: int  # migrations the rehearsal applied itself (on top of `reused`), before the one that failed if any
     rolled_back: tuple[str, ...] = ()
     failure: str | None = None
     duration_seconds: float = 0.0
     reused: int = 0  # migrations not applied again: they came with a cached rehearsal database
     note: str | None = None  # why it ran where it ran, when not where the environment asked
     on_target_schema: bool = False  # the pending migrations on a copy of the target's schema
+
+    def counts(self) -> str:
+        """Where it started and how many it applied, in the one sentence every rendering uses."""
+        if self.reused:
+            return (f"started from a cached database holding the first {self.reused} migrations, applied "
+                    f"{self.applied} on top")
+        if self.on_target_schema:
+            return f"applied {self.applied} pending on top of it"  # `where` says: a copy of the target's schema
+        return f"applied {self.applied} from scratch"
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,11 @@ class ValidationReport:
             errors.append(f"the live schema has drifted from what the applied migrations make: "
                           f"{self.drift.summary()}: " + "; ".join(d.text for d in self.drift.differences[:10]))
         return errors
+
+    @property
+    def refused_by_files(self) -> bool:
+        """Errors in the files themselves or their lint (not the rehearsal, the plan or drift)."""
+        return bool(self.problems or self.blocking_findings)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +130,7 @@ class ValidationReport:
         for r in self.rehearsals:
             status = f"FAILED: {r.failure}" if r.failure else "ok"
             lines.append(
-                f"  rehearsal on {r.where}: applied {r.applied}, rolled back and re-applied "
+                f"  rehearsal on {r.where}: {r.counts()}, rolled back and re-applied "
                 f"{len(r.rolled_back)} ({r.duration_seconds:.1f}s): {status}"
             )
             if r.note:
@@ -143,8 +157,9 @@ class ValidationReport:
             "findings": [{"file": f.file, "line": f.line, "rule": f.rule, "severity": f.severity,
                           "message": f.message, "blocks": f in blocking_set,
                           "not_blocking_because": self.scope.why_not_blocking(f)} for f in self.findings],
-            "rehearsals": [{"where": r.where, "applied": r.applied, "rolled_back": list(r.rolled_back),
-                            "failure": r.failure, "note": r.note, "on_target_schema": r.on_target_schema,
+            "rehearsals": [{"where": r.where, "reused": r.reused, "applied": r.applied,
+                            "rolled_back": list(r.rolled_back), "failure": r.failure, "note": r.note,
+                            "on_target_schema": r.on_target_schema,
                             "seconds": round(r.duration_seconds, 3)} for r in self.rehearsals],
             "plan": self.plan.to_json() if self.plan else None,
             "drift": {**self.drift.to_json(), "expected_from": self.drift_source} if self.drift else None,
@@ -161,10 +176,9 @@ class ValidationReport:
                     "| file | line | rule | severity | message |", "|---|---|---|---|---|"]
             out += [f"| {f.file} | {f.line} | {f.rule} | {f.severity} | {_md(f.message)} |" for f in self.findings]
         for r in self.rehearsals:
-            how = "on a copy of the target's schema" if r.on_target_schema else "from scratch"
             again = ", ".join(r.rolled_back) or "none (no rollback files at the tail)"
             out += ["", "### Rehearsal", "",
-                    f"On {r.where}: {r.applied} applied {how}; rolled back and re-applied: {again}; "
+                    f"On {r.where}: {r.counts()}; rolled back and re-applied: {again}; "
                     f"{'**failed**: ' + _md(r.failure) if r.failure else 'ok'} ({r.duration_seconds:.1f}s)."]
             out += ["", f"_{_md(r.note)}_"] if r.note else []
         if self.plan:

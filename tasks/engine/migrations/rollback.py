@@ -65,6 +65,10 @@ class RollbackReport:
     def rolled_back_ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.rolled_back)
 
+    def still_applied(self) -> str:
+        """How many migrations stay applied, and the newest of them."""
+        return f"{len(self.applied)} (the newest {self.applied[-1]})" if self.applied else "none"
+
     def to_json(self) -> dict[str, object]:
         """Every field (the failure with its statement, SQLSTATE and outcome flags); JSON-ready."""
         return {**asdict(self), "outcome": None if self.failed is None else _outcome(self.failed)}
@@ -75,7 +79,7 @@ class RollbackReport:
                   for m in self.rolled_back]
         if self.failed is not None:
             lines += [describe(self.failed), f"not undone: {', '.join(self.not_undone)}"]
-        return "\n".join([*lines, f"newest applied now: {self.applied[-1] if self.applied else 'none'}"])
+        return "\n".join([*lines, f"still applied: {self.still_applied()}"])
 
 
 class RollbackRefused(RdsMigrationsError):

@@ -161,6 +161,8 @@ def run_migration(
     error = ended.error
     if isinstance(error, ValidationFailed):
         progress.report = error.report
+        if progress.step == "rehearse-and-plan" and error.report.refused_by_files:
+            progress.step = "validate"  # the files or their lint, which the plan only scopes: still validation
     if isinstance(error, MigrationError):
         progress.applied = error.report
     elif error is not None and progress.step == "migrate" and progress.applied is None:
@@ -194,6 +196,7 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
     progress.step = "validate"
     if target is not None:  # after the credentials: a password pasted here is named as such first
         catalog.named(target, "--target")
+    progress.step = "rehearse-and-plan"
     static = progress.report
     report = progress.report = credentials.run(
         lambda c: steps.rehearse_and_plan(environment, catalog, static, c, target, dry_run=dry_run))
@@ -271,9 +274,10 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
     pending = report.pending if report and report.plan else None  # None: it stopped before its plan
     if applied is not None:
         pending = applied.pending
-    # Restoring undoes every write since the snapshot: offered only when the run changed something.
-    changed = bool(applied and (applied.applied_ids or applied.failed)) or bool(progress.dirty)
-    restorable = snapshot is not None and (changed or not isinstance(error, Interrupted))
+    # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
+    # it applied is not known (a failure while migrating whose history could not be read).
+    unknown = applied is None and progress.step == "migrate" and not isinstance(error, Interrupted)
+    restorable = snapshot is not None and (changed_database(applied) or bool(progress.dirty) or unknown)
     creating = error.snapshot_id if isinstance(error, SnapshotNotReady) else None
     failed = applied.failed if applied else None
     if error is not None:
@@ -303,6 +307,15 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         duration_seconds=duration,
         run_url=steps.run_info().run_url,
     )
+
+
+def changed_database(applied: ApplyReport | None) -> bool:
+    """Whether the run left a change: a migration applied, one whose commit is not known, or a non-transactional
+    one partly applied (dirty). A transactional migration that failed was rolled back by the server."""
+    if applied is None:
+        return False
+    failed = applied.failed
+    return bool(applied.applied_ids) or bool(failed and (failed.dirty or failed.outcome_unknown))
 
 
 def _left(failure: MigrationFailure) -> str:

@@ -104,7 +104,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
         if report is not None:
             report = replace(report, planned=undo)
             facts += [("rolled back", ", ".join(report.rolled_back_ids) or "none"),
-                      ("still applied", report.applied[-1] if report.applied else "none")]
+                      ("still applied", report.still_applied())]
         if snapshot is not None:
             facts.append(("snapshot", snapshot.identifier))
         details = restore_commands(environment.name, snapshot.identifier) if snapshot and error else ()
