@@ -135,7 +135,8 @@ class PrefectSteps:
               dry_run: bool = False) -> tuple[DriftReport, str]:
         drift, source = drift_task(environment, connection, catalog, dry_run=dry_run)
         events.drift_found(environment.name, observe.run_sha(), drift)
-        if not drift.drifted:  # the check's last step, and a clean check notifies nobody: its completion said here
+        if not drift.drifted and self.run_info().flow_name == "drift-check":  # (a rollback checks drift too)
+            # The check's last step, and a clean check notifies nobody: its completion is said here.
             events.run_completed(Notice("Drift check", environment.name, environment.tier, "succeeded",
                                         (("expected", source), ("found", drift.summary()))), observe.run_sha())
         return drift, source

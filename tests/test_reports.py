@@ -363,3 +363,43 @@ def test_a_refusal_of_the_plan_names_its_step_and_a_lint_finding_stays_at_valida
         migrate_environment("mine", "staging", DirectSteps(), git_sha=SHA, project_root=tmp_path)
     text = linted.value.result.console_text()  # type: ignore[attr-defined]
     assert "FAILED at step validate" in text and "adding-not-nullable-field" in text, text
+
+
+def test_a_run_that_never_got_the_lock_claims_nothing_another_run_did(tmp_path: Path, database: Connection) -> None:
+    """Another run holds the migration lock and applies 0001.a while this run waits for it. This run gives up
+    waiting: it applied nothing, and there is nothing of its own to restore. It read the history and claimed 0001.a
+    as its own, with the restore commands of its snapshot, which would undo the other run's work."""
+    import time
+
+    from tasks.engine.migrations.history import Ledger
+    from tasks.engine.migrations.session import ADVISORY_LOCK_KEY
+
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                                "0002.b.sql": "CREATE TABLE b (id bigint);\n"})
+    path = dumped(tmp_path)
+    path.write_text(path.read_text().replace('lock_timeout_ms = 2000', 'lock_timeout_ms = 2000, '
+                                             'migration_lock_wait_seconds = 3'), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(path)}
+    with connected(database, autocommit=True) as other:  # the other run: it holds the lock
+        Ledger.open(other).create_tables()
+        other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        running = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--env", "mine"], cwd=tmp_path,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            snapshots = tmp_path / "snapshots"
+            deadline = time.monotonic() + 60
+            while not (snapshots.is_dir() and any(snapshots.glob("*.dump"))):  # this run is at its migrate step
+                assert running.poll() is None and time.monotonic() < deadline, running.communicate()[1][-3000:]
+                time.sleep(0.05)
+            first = read_catalog(tmp_path / "migrations", tmp_path).get("0001.a")
+            other.execute("CREATE TABLE a (id bigint)")
+            Ledger.open(other).record(first, SHA, "run-a", time.monotonic())  # the other run applies 0001.a
+            out, err = running.communicate(timeout=60)
+        finally:
+            if running.poll() is None:
+                running.kill()
+    said = out + err
+    assert running.returncode == 1 and "another migration run holds the lock" in said, said[-3000:]
+    assert "applied:    none" in said and "rds-migrations restore" not in said, said[-3000:]
+    assert applied_ids(database) == ["0001.a"]  # the other run's, as the history says

@@ -520,6 +520,19 @@ def test_a_migration_applied_between_the_plan_and_the_lock_refuses_the_rollback(
         == ("0003.devices", "0002.accounts")
 
 
+def test_a_rollback_retried_after_undoing_part_of_its_plan_goes_on_with_the_rest(
+    tmp_path: Path, database: Connection
+) -> None:
+    """The rollback task is retried when its connection is lost midway: the retry finds what it undid gone, the
+    rest of its plan still to undo. It was refused as "the history changed after the plan was shown"."""
+    catalog = applied(tmp_path, database, WITH_ROLLBACKS)
+    planned = plan_rollback(database, catalog, "1").undo
+    assert planned == ("0003.devices", "0002.accounts")
+    assert roll_back_to(database, catalog, POLICY, "2").rolled_back_ids == ("0003.devices",)  # the first attempt
+    assert roll_back_to(database, catalog, POLICY, "1", planned=planned).rolled_back_ids == ("0002.accounts",)
+    assert applied_ids(database) == ["0001.users"]
+
+
 def test_a_dry_run_rollback_checks_drift_without_creating_anything_on_the_target_server(
         tmp_path: Path, database: Connection) -> None:
     """policy.drift = warn rebuilds the drift reference before a rollback; in a dry run it is built on the embedded

@@ -132,7 +132,8 @@ def roll_back_to(connection: Connection, catalog: Catalog, policy: Policy, to: s
             current = make_rollback_plan(catalog, history, to, environment=environment)
             if current.problems:
                 raise RollbackRefused(current)
-            if planned is not None and current.undo != planned:
+            # This run's own retry (a connection lost midway) finds what it undid gone: the rest of its plan.
+            if planned is not None and current.undo != planned[max(0, len(planned) - len(current.undo)):]:
                 raise RollbackRefused(replace(current, problems=(_changed(planned, current.undo),)))
             if current.undo:
                 ledger.create_tables()  # a database migrated by plain yoyo has no checksum or dirty table yet

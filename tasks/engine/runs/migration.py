@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from tasks.engine.errors import (
     DatabaseUnreachable,
     Interrupted,
     InvalidIndexFound,
+    LockTimeout,
     SecretError,
 )
 from tasks.engine.fleet.targets import one_database_environment
@@ -134,6 +136,7 @@ class Progress:
     connection: Connection | None = None  # the target's, once read: what an interrupted run applied is read there
     migrations: Path | None = None  # the catalog's directory, for the commands a message suggests
     dirty: tuple[DirtyMigration, ...] = ()  # the marks an interrupted run found in the history
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # a mark older than this is not its own
 
 
 def run_migration(
@@ -165,7 +168,11 @@ def run_migration(
             progress.step = "validate"  # the files or their lint, which the plan only scopes: still validation
     if isinstance(error, MigrationError):
         progress.applied = error.report
-    elif error is not None and progress.step == "migrate" and progress.applied is None:
+    elif isinstance(error, LockTimeout) and progress.report is not None:
+        # Another run holds the migration lock: this one applied nothing; what the history shows is the other's.
+        progress.applied = ApplyReport(applied=(), pending=progress.report.pending)
+    elif error is not None and progress.step == "migrate" and progress.applied is None \
+            and not isinstance(error, Interrupted):  # an interrupted run read it already (or could not)
         # Not a migration's failure (a bug, an encoding): what was applied before it is read from the history.
         progress.applied = applied_per_history(progress)
 
@@ -258,7 +265,9 @@ def applied_per_history(progress: Progress) -> ApplyReport | None:
             history = read_history(conn)
     except (psycopg.Error, DatabaseUnreachable):  # out of reach, or the password refused: not read
         return None
-    progress.dirty = history.dirty
+    # Marks of runs before this one (another run's, still running perhaps) are not this run's doing.
+    progress.dirty = tuple(mark for mark in history.dirty
+                           if mark.started_at is None or mark.started_at >= progress.started_at)
     return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied),
                        pending=tuple(i for i in pending if i not in history.applied))
 
@@ -276,7 +285,7 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         pending = applied.pending
     # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
     # it applied is not known (a failure while migrating whose history could not be read).
-    unknown = applied is None and progress.step == "migrate" and not isinstance(error, Interrupted)
+    unknown = applied is None and progress.step == "migrate"
     restorable = snapshot is not None and (changed_database(applied) or bool(progress.dirty) or unknown)
     creating = error.snapshot_id if isinstance(error, SnapshotNotReady) else None
     failed = applied.failed if applied else None

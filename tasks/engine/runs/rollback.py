@@ -107,7 +107,10 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
                       ("still applied", report.still_applied())]
         if snapshot is not None:
             facts.append(("snapshot", snapshot.identifier))
-        details = restore_commands(environment.name, snapshot.identifier) if snapshot and error else ()
+        # Restoring undoes every write since the snapshot: offered only when the rollback changed something.
+        changed = not isinstance(error, RollbackRefused) and (report is None or bool(report.rolled_back) or bool(
+            report.failed and (report.failed.dirty or report.failed.outcome_unknown)))
+        details = restore_commands(environment.name, snapshot.identifier) if snapshot and error and changed else ()
         notice = Notice("Rollback", environment.name, environment.tier, outcome, tuple(facts), details,
                         (f"at step {step}: {error}" if error else None), time.monotonic() - started,
                         steps.run_info().run_url)
