@@ -87,7 +87,7 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
     error = ended.error
     if error is not None:
         notice = Notice("Drift check", environment.name, environment.tier, "failed", (("failed step", step),),
-                        error=f"{_said(error)}\nThe live schema was not compared with the migrations. Fix the cause "
+                        error=f"{ended.said()}\nThe live schema was not compared with the migrations. Fix the cause "
                               f"above and run the drift check again (`rds-migrations drift --env {environment.name}` "
                               "compares it from a terminal).",
                         duration_seconds=time.monotonic() - started, run_url=steps.run_info().run_url)
@@ -103,9 +103,3 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
         raise DriftFound(environment.name, drift)
     return drift
 
-
-def _said(error: Exception) -> str:
-    """Our errors' words are free of secrets; anything else (a bug, a driver's error) is named by its type."""
-    if isinstance(error, RdsMigrationsError):
-        return str(error)
-    return f"{type(error).__name__} (an unexpected error: the run's log has its details)"

@@ -42,6 +42,13 @@ class Ended:
             return True
         return False
 
+    def said(self) -> str:
+        """The error in words fit for a message: ours are free of secrets; anything else (a bug, a driver's
+        error) is named by its type, its text left to the run's log."""
+        if self.error is None or isinstance(self.error, RdsMigrationsError):
+            return str(self.error or "")
+        return f"{type(self.error).__name__} (an unexpected error: the run's log has its details)"
+
     def raise_if_failed(self, result: object = None) -> None:
         """After the announcement: raise the error kept, carrying `result` (for --json: what was done)."""
         if self.error is None:
