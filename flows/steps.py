@@ -5,6 +5,7 @@ builds credentials."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,11 @@ class PrefectSteps:
                              reuse=reuse, applied=applied)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
-                git_sha: str, environment: str) -> ApplyReport:
+                git_sha: str, environment: str, on_locked: Callable[[], None] | None = None) -> ApplyReport:
         progress = observe.MigrationProgress(environment, git_sha)
         try:
             report = migrate(connection, catalog, policy, target=target, git_sha=git_sha, environment=environment,
-                             observe=progress)
+                             observe=progress, on_locked=on_locked)
         except MigrationError as exc:
             observe.publish_applied(environment, exc.report)
             raise

@@ -212,19 +212,19 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     return result
 
 
-def start_run(project: Path, database: Connection, **popen: object) -> subprocess.Popen:
-    """`rds-migrations run` on `database` (DATABASE_URL), in the background, as a user starts it."""
+def start_run(project: Path, database: Connection, *args: str, environments: Path | None = None,
+              **popen: object) -> subprocess.Popen:
+    """`rds-migrations run [args]` on `database` (DATABASE_URL), in the background, as a user starts it."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "DATABASE_URL": url_of(database),
-           "RDS_MIGRATIONS_ENVIRONMENTS": str(PROJECT / "deployments/environments.toml")}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env,
+           "RDS_MIGRATIONS_ENVIRONMENTS": str(environments or PROJECT / "deployments/environments.toml")}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *args], cwd=project, env=env,
                             **popen)
 
 
-def ctrl_c_once_sleeping(running: subprocess.Popen, database: Connection) -> tuple[str, str]:
-    """Ctrl-C (SIGINT) to `running` once a migration sleeps on `database` (SLEEPING); its (stdout, stderr), the
-    process killed if it does not end. It must exit 130."""
+def ctrl_c(running: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C (SIGINT) to `running`; its (stdout, stderr), the process killed if it does not end. It must exit
+    130."""
     try:
-        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
         running.send_signal(signal.SIGINT)
         out, err = running.communicate(timeout=60)
     finally:
@@ -232,6 +232,16 @@ def ctrl_c_once_sleeping(running: subprocess.Popen, database: Connection) -> tup
             running.kill()
     assert running.returncode == 130, err[-3000:]
     return out, err
+
+
+def ctrl_c_once_sleeping(running: subprocess.Popen, database: Connection) -> tuple[str, str]:
+    """Ctrl-C (SIGINT) to `running` once a migration sleeps on `database` (SLEEPING): `ctrl_c`'s answer."""
+    try:
+        wait_until_seen(database, SLEEPING, running, "the migration on the target never started")
+    except BaseException:
+        running.kill()
+        raise
+    return ctrl_c(running)
 
 
 def wait_until_seen(database: Connection, query: str, process: subprocess.Popen, what: str,

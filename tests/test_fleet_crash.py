@@ -142,3 +142,47 @@ def test_a_stopped_fleet_runs_report_names_failed_and_interrupted_targets_as_com
     assert "- t_02 (--env tenants-t-02): failed; applied by this run: nothing. target t_02 failed" in text
     assert "- t_03 (--env tenants-t-03): interrupted; applied by this run: 0001.a." in text
     assert "- t_01: succeeded; applied by this run: 0001.a" in text
+
+
+SHARDS = """
+[environments.shards]
+tier = "staging"
+credentials = {{ kind = "url_env", variable = "SHARD_A_URL" }}
+snapshot = {{ kind = "none" }}
+notify = {{ kind = "slack", webhook_block = "slack-fleet" }}
+[environments.shards.fleet]
+targets = [{{ name = "shard_a", url_env = "SHARD_A_URL" }}, {{ name = "shard_b", url_env = "SHARD_B_URL" }}]
+"""
+
+
+def test_the_fleet_crash_hook_names_an_interrupted_target_as_a_command_takes_it(
+    project: Path, pg_server, slack_sink: SlackSink, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A fleet of targets named in the file: the crash hook's message names the one that was running (its task
+    run, in Prefect) with the environment a command on it alone takes, `shard_b (--env shards-shard-b)`, as the
+    fleet's own summary does; the bare `shard_b` would send `--env shard_b` nowhere."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    from flows.fleet import migrate_fleet_flow
+    from flows.fleet_hooks import report_fleet_crash
+    from tasks.fleet import fleet_target
+
+    environments = project / "environments.toml"
+    environments.write_text(environments.read_text() + SHARDS.format())
+    for name in ("SHARD_A_URL", "SHARD_B_URL"):
+        monkeypatch.setenv(name, url_of(pg_server.ensure_database(f"s_{uuid.uuid4().hex[:8]}")))
+    with get_client(sync_client=True) as client:  # the fleet run, stopped while shard_b migrated
+        flow_run = client.create_flow_run(migrate_fleet_flow, parameters={"environment": "shards",
+                                                                          "git_sha": "abc1234"}, state=Running())
+        client.create_task_run(fleet_target, flow_run.id, "shard_b", name="target-shard_b", state=Running())
+        client.set_flow_run_state(flow_run.id, Crashed(message="Process exited with status code: -9"), force=True)
+        flow_run = client.read_flow_run(flow_run.id)
+
+    report_fleet_crash(migrate_fleet_flow, flow_run, flow_run.state)
+
+    [message] = slack_sink.texts()
+    assert "2 targets: 1 interrupted, 1 skipped" in message, message
+    assert "shard_b (--env shards-shard-b): interrupted; applied by this run: nothing" in message, message
+    assert "shard_a: skipped" in message, message
+    assert CANARY_PASSWORD not in message and "postgresql://" not in message

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -56,11 +57,13 @@ def apply_pending(
     environment: str | None = None,
     log: Log = logger,
     observe: ApplyObserver | None = None,
+    on_locked: Callable[[], None] | None = None,
 ) -> ApplyReport:
     """Apply what is pending, each migration in its own transaction with its history rows, in order (several
     may share one message when the policy asks for it: together.py). Raises `MigrationError` with the report on failure,
     `HistoryMismatch` (or `DirtyDatabase`, `InvalidIndexFound`) before applying anything when it is unsafe.
-    `observe` is told about each migration as it is applied, or fails."""
+    `observe` is told about each migration as it is applied, or fails; `on_locked` is called once the migration
+    lock is taken (a run stopped before that applied nothing: what the history shows is another run's)."""
     started = time.monotonic()
     application = f"rds-migrations run {run_id}" if run_id else "rds-migrations"
     password = connection.password.get_secret_value()
@@ -70,6 +73,8 @@ def apply_pending(
     with session(connection, policy=policy, application_name=application) as conn:
         start = StartingState.of(conn, policy)
         with migration_lock(conn, policy.migration_lock_wait_seconds):
+            if on_locked is not None:
+                on_locked()
             ledger = Ledger.open(conn)
             ledger.create_tables()
             ledger.prepare_record()

@@ -25,7 +25,6 @@ from tasks.engine.errors import (
     DatabaseUnreachable,
     Interrupted,
     InvalidIndexFound,
-    LockTimeout,
     SecretError,
 )
 from tasks.engine.fleet.targets import one_database_environment
@@ -137,6 +136,10 @@ class Progress:
     migrations: Path | None = None  # the catalog's directory, for the commands a message suggests
     dirty: tuple[DirtyMigration, ...] = ()  # the marks an interrupted run found in the history
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # a mark older than this is not its own
+    locked: bool = False  # the migrate step took the migration lock: before that, the history's changes are others'
+
+    def took_the_lock(self) -> None:
+        self.locked = True
 
 
 def run_migration(
@@ -168,8 +171,9 @@ def run_migration(
             progress.step = "validate"  # the files or their lint, which the plan only scopes: still validation
     if isinstance(error, MigrationError):
         progress.applied = error.report
-    elif isinstance(error, LockTimeout) and progress.report is not None:
-        # Another run holds the migration lock: this one applied nothing; what the history shows is the other's.
+    elif error is not None and progress.step == "migrate" and not progress.locked and progress.report is not None:
+        # It never took the migration lock (another run held it past the wait, or the connection failed first):
+        # it applied nothing; what the history shows is another run's.
         progress.applied = ApplyReport(applied=(), pending=progress.report.pending)
     elif error is not None and progress.step == "migrate" and progress.applied is None \
             and not isinstance(error, Interrupted):  # an interrupted run read it already (or could not)
@@ -221,7 +225,8 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
                                            applied=report.plan.applied if report.plan else None)
     progress.step = "migrate"
     progress.applied = credentials.run(lambda c: steps.migrate(
-        c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name))
+        c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name,
+        on_locked=progress.took_the_lock))
     if report.drift is not None and not report.drift.drifted:
         # No drift before, so the live schema now is what the migrations make: the next check reads it back.
         remember_live_schema(credentials.connection, catalog)
@@ -234,6 +239,9 @@ def interrupted(progress: Progress, environment: str) -> Interrupted:
     said = f"interrupted (Ctrl-C) at step {progress.step}"
     if progress.step != "migrate" or progress.report is None or progress.connection is None:
         return Interrupted(f"{said}: nothing was applied")
+    if not progress.locked:  # another run holds the lock: what the history shows now is that run's doing
+        progress.applied = ApplyReport(applied=(), pending=progress.report.pending)
+        return Interrupted(f"{said}, before it got the migration lock: nothing was applied")
     try:
         progress.applied = applied_per_history(progress)
     except KeyboardInterrupt:  # Ctrl-C again: not read

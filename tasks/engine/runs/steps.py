@@ -66,8 +66,8 @@ class Steps(Protocol):
         environment and wait until it is usable."""
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
-                git_sha: str, environment: str) -> ApplyReport:
-        """Apply the pending migrations under the migration lock."""
+                git_sha: str, environment: str, on_locked: Callable[[], None] | None = None) -> ApplyReport:
+        """Apply the pending migrations under the migration lock (`on_locked`: called once it is taken)."""
 
     def plan_refresh(self, environment: Environment, source: Environment, connection: Connection) -> Replacement:
         """Check everything a refresh can before it creates anything."""
@@ -158,11 +158,11 @@ class DirectSteps:
                              applied=applied)
 
     def migrate(self, connection: Connection, catalog: Catalog, policy: Policy, *, target: str | None,
-                git_sha: str, environment: str) -> ApplyReport:
+                git_sha: str, environment: str, on_locked: Callable[[], None] | None = None) -> ApplyReport:
         from tasks.engine.migrations.apply import apply_pending
 
         report = apply_pending(connection, catalog, policy, target=target, git_sha=git_sha, run_id=None,
-                               environment=environment, log=self.log)
+                               environment=environment, log=self.log, on_locked=on_locked)
         self.log.info("Applied %d migration(s) in %.1fs", len(report.applied), report.duration_seconds)
         return report
 
