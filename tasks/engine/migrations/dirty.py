@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +24,8 @@ class DirtyMigration:
     flow_run_id: str | None = None
     started_at: datetime | None = None
     applied_through: int | None = None  # when known: statements 1..applied_through are applied
+    # "oid name" of each INVALID index there when the mark was written: not left by it (None: not recorded)
+    invalid_before: list[str] | None = field(default=None, hash=False)
 
     def describe(self) -> str:
         k, n = self.statement_number, self.statement_count

@@ -37,6 +37,7 @@ from tasks.engine.migrations.history_sql import (
     FORGET_SQL,
     HISTORY_DDL,
     HOSTNAME,
+    INVALID_BEFORE_SQL,
     LATEST_LOG_SQL,
     MARK_DIRTY_SQL,
     PREPARE_RECORD_SQL,
@@ -110,7 +111,8 @@ class AppliedRecord:
 # ---- the ledger: every read and write, schema-qualified --------------------------------------------------
 
 _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECORD_SQL, "mark": MARK_DIRTY_SQL,
-               "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL, "unrecord": UNRECORD_SQL,
+               "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL,
+               "invalid_before": INVALID_BEFORE_SQL, "unrecord": UNRECORD_SQL,
                "unmark": UNMARK_LOG_SQL, "latest_log": LATEST_LOG_SQL, "forget": FORGET_SQL,
                "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
                "unverified": RECORD_UNVERIFIED_SQL, "marked_checksum": RECORD_MARKED_CHECKSUM_SQL,
@@ -271,6 +273,15 @@ class Ledger:
         update = self.statements["progress"] % tuple(
             _literal(value) for value in (state, number, sqlstate, message, applied_through, migration_id))
         return f"BEGIN; SET LOCAL SESSION AUTHORIZATION DEFAULT; {update}; COMMIT"
+
+    def invalid_before(self, migration_id: str) -> tuple[str, ...]:
+        """The INVALID indexes its dirty mark found when it was written ("oid name"): none of them its leftover. ()
+        when not known (no mark, or it cannot be read): then every one counts."""
+        try:
+            row = self.conn.execute(self.statements["invalid_before"], (migration_id,)).fetchone()
+        except psycopg.Error:
+            return ()
+        return tuple(row[0] or ()) if row else ()
 
     def clear_dirty(self, migration_id: str) -> None:
         self.conn.execute(self.statements["clear"], (migration_id,))

@@ -44,12 +44,17 @@ CREATE TABLE IF NOT EXISTS {dirty} (
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
 -- statements 1..applied_through are applied (a failure inside the migration's own transaction undoes more).
+-- invalid_before: the INVALID indexes ("oid name") there when the mark was written, none of them its leftover.
 -- Added only where it is missing: ALTER TABLE needs the table's owner even when the column is there, and another
 -- login with every right on the tables may run the tool.
 DO $rdsm$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({dirty_name})
                    AND attname = 'applied_through' AND NOT attisdropped) THEN
         ALTER TABLE {dirty} ADD COLUMN applied_through INTEGER;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({dirty_name})
+                   AND attname = 'invalid_before' AND NOT attisdropped) THEN
+        ALTER TABLE {dirty} ADD COLUMN invalid_before TEXT[];
     END IF;
 END $rdsm$;
 -- What `baseline` adopted: the schema as it was (pg_dump --schema-only, custom format) and the migrations it
@@ -108,8 +113,10 @@ PREPARE_RECORD_SQL = "PREPARE rdsm_record AS " + RECORD_SQL % {
 EXECUTE_RECORD_SQL = "EXECUTE rdsm_record ({})".format(", ".join(f"%({name})s" for name in RECORD_PARAMETERS))
 
 MARK_DIRTY_SQL = """
-INSERT INTO {dirty} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
-VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s)
+INSERT INTO {dirty} (migration_id, state, statement_count, checksum, git_sha, flow_run_id, invalid_before)
+VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s, ARRAY(
+    SELECT i.indexrelid::text || ' ' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE NOT i.indisvalid))
 """
 
 PROGRESS_SQL = """
@@ -119,11 +126,12 @@ WHERE migration_id = %s
 """
 
 CLEAR_DIRTY_SQL = "DELETE FROM {dirty} WHERE migration_id = %s"
+INVALID_BEFORE_SQL = "SELECT invalid_before FROM {dirty} WHERE migration_id = %s"
 
 # A mark whose session still holds the migration lock belongs to a run in progress, not to a dead one.
 DIRTY_SQL = """
 SELECT d.migration_id, d.state, d.statement_number, d.statement_count, d.checksum, d.sqlstate, d.message,
-       d.flow_run_id, d.started_at, d.applied_through
+       d.flow_run_id, d.started_at, d.applied_through, d.invalid_before
 FROM {dirty} d
 WHERE NOT EXISTS (
     SELECT 1 FROM pg_locks l

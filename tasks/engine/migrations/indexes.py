@@ -1,6 +1,6 @@
 """INVALID indexes: what a failed `CREATE INDEX CONCURRENTLY` leaves behind, found before a run and dropped
 or refused by policy (`invalid_index`). Its table is found as the migration found it: under the search_path
-its own `SET search_path` statements set before it (leftovers.search_paths)."""
+its own `SET search_path` statements set before it (search_path.search_paths)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tasks.engine.environments import Policy
 from tasks.engine.errors import InvalidIndexFound
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
-from tasks.engine.migrations.leftovers import SearchPath, candidates, search_paths
+from tasks.engine.migrations.search_path import FOUND, SearchPath, lookup_arguments, search_paths
 from tasks.engine.migrations.sqltext import quote_identifier
 from tasks.engine.migrations.statements import concurrent_index, parsed
 
@@ -38,18 +38,15 @@ class InvalidIndex:
                 f"left by a failed CREATE INDEX CONCURRENTLY of {self.migration_id}")
 
 
-# Each statement's table comes as the names the server would try, in order (ranked): the first that exists
-# is the table (a `SET search_path` before the statement decides where an unqualified one is).
-_INDEX_STATES_SQL = """
-WITH tables AS (
-    SELECT DISTINCT ON (t.position) t.position, to_regclass(t.tbl) AS tbl, t.name
-    FROM unnest(%s::int[], %s::int[], %s::text[], %s::text[]) AS t(position, rank, tbl, name)
-    WHERE to_regclass(t.tbl) IS NOT NULL ORDER BY t.position, t.rank)
-SELECT t.position, n.nspname, i.indisvalid OR EXISTS (
+# Each statement's table is found as its file found it (search_path.FOUND), keyed by the statement's position.
+_INDEX_STATES_SQL = f"""
+WITH {FOUND}
+SELECT f.key, n.nspname, i.indisvalid OR EXISTS (
            SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)
-FROM tables t
-JOIN pg_index i ON i.indrelid = t.tbl
-JOIN pg_class c ON c.oid = i.indexrelid AND c.relname = t.name
+FROM found f
+JOIN unnest(%s::int[], %s::text[]) AS named(key, name) ON named.key = f.key
+JOIN pg_index i ON i.indrelid = f.relation
+JOIN pg_class c ON c.oid = i.indexrelid AND c.relname = named.name
 JOIN pg_namespace n ON n.oid = c.relnamespace
 """
 
@@ -58,21 +55,22 @@ def index_states(conn: psycopg.Connection, statements: list[str],
                  paths: Sequence[SearchPath] | None = None) -> list[tuple[str, str, bool | None] | None]:
     """For each statement, (schema, name, valid) of the index its `CREATE INDEX CONCURRENTLY` names (valid is
     None when there is no such index), or None for any other statement. `paths`: each statement's search_path
-    as its file set it (leftovers.search_paths); without it, the session's. One query, whatever the count."""
+    as its file set it (search_path.search_paths); without it, the session's. One query, whatever the count."""
     named = [concurrent_index(statement) for statement in statements]
     paths = paths or [None] * len(statements)
-    # Each row carries its statement's position in `statements` (not among the indexes: a statement before the
+    # Each statement is keyed by its position in `statements` (not among the indexes: a statement before the
     # index, a CREATE TABLE say, must not shift it onto another's).
-    rows: list[tuple[int, int, str, str]] = []
+    wanted: list[tuple[int, str | None, str, SearchPath]] = []
     for position, (pair, path) in enumerate(zip(named, paths, strict=True), 1):
         if pair is not None:
             relation = next(node.relation for node in parsed(statements[position - 1]) or ()
                             if isinstance(node, ast.IndexStmt))
-            rows += [(position, rank, table, pair[0])
-                     for rank, table in enumerate(candidates(relation.schemaname, relation.relname, path))]
+            wanted.append((position, relation.schemaname, relation.relname, path))
     found = {}
-    if rows:
-        found = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, tuple(map(list, zip(*rows, strict=True))))}
+    if wanted:
+        keys = [key for key, *_ in wanted]
+        names = [named[key - 1][0] for key in keys]  # type: ignore[index]
+        found = {row[0]: row[1:] for row in conn.execute(_INDEX_STATES_SQL, (*lookup_arguments(wanted), keys, names))}
     states: list[tuple[str, str, bool | None] | None] = []
     for position, pair in enumerate(named, 1):
         state = found.get(position) if pair is not None else None

@@ -56,7 +56,7 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
             return replace(failure, dirty=True)  # the mark says "running": the next run explains it
         if not _idle(conn):
             quietly(conn.execute, "ROLLBACK")  # its own transaction: undone, so the mark can be written
-        partly, left = partly_done(conn, migration.statements, number)
+        partly, left = partly_done(conn, migration.statements, number, ledger.invalid_before(migration.id))
         if applied_through == 0 and not partly:
             # Nothing before it ran (one statement is atomic, a statement that commits in phases left nothing, a
             # transaction of its own rolled back): the mark goes (an INVALID index that a CREATE INDEX

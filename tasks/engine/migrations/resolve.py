@@ -16,9 +16,10 @@ from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.history import Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
-from tasks.engine.migrations.leftovers import leftovers, search_paths
+from tasks.engine.migrations.leftovers import leftovers
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
+from tasks.engine.migrations.search_path import search_paths
 from tasks.engine.migrations.session import migration_lock, session
 from tasks.engine.migrations.sqltext import quote_identifier, shorten
 from tasks.engine.migrations.statements import without_passwords
@@ -45,6 +46,7 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
                          "what the rollback undid is put back")
         # Applied: what ran before a transaction of the file's own that the failure rolled back.
         through = dirty.statement_number - 1 if dirty.applied_through is None else dirty.applied_through
+        before = dirty.invalid_before or ()  # INVALID indexes that were there before it: not its leftovers
         for number, (statement, path) in enumerate(zip(statements, search_paths(statements), strict=True), 1):
             if dirty.state == "recording" or number <= through:
                 fate = "ran"
@@ -59,7 +61,7 @@ def explain_dirty(conn: psycopg.Connection, catalog: Catalog, dirty: DirtyMigrat
             if index is not None:
                 valid = {True: "valid", False: "INVALID", None: "missing"}[index[2]]
                 note = f" [index {quote_identifier(index[1])}: {valid}]"
-            note += "".join(f" [left: {left}]" for left in leftovers(conn, statement, path) or ())
+            note += "".join(f" [left: {left}]" for left in leftovers(conn, statement, path, before) or ())
             lines.append(f"  {number}. {fate}: {shorten(without_passwords(statement), 120)}{note}")
     if with_hint:
         lines.append(f"  to resolve: {dirty.hint(environment, catalog.directory)}")
@@ -133,7 +135,7 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
                                    "next run builds it")
             ran = (migration.rollback_statements or ()) if dirty[migration_id].rolling_back else migration.statements
             left = [found for statement, path in zip(ran, search_paths(ran), strict=True)
-                    for found in leftovers(conn, statement, path) or ()]
+                    for found in leftovers(conn, statement, path, dirty[migration_id].invalid_before or ()) or ()]
             if left:  # half done: recorded as applied, it would stay so
                 raise ResolveError(f"{migration_id} is half done, so not recorded as applied: {' '.join(left)} "
                                   "then mark it applied")

@@ -234,7 +234,7 @@ def _undo_alone(conn: psycopg.Connection, ledger: Ledger, undo: Migration, start
         failure = failure_from(undo, statement, exc, number)
         try:
             start.restore(conn)
-            partly, left = partly_done(conn, undo.statements, number)
+            partly, left = partly_done(conn, undo.statements, number, ledger.invalid_before(undo.id))
             if number > 1 or partly:  # what ran before it stays undone: unrecorded, and dirty until resolved
                 failure = replace(failure, message=failure.message + left)
                 message = redact(failure.message + (" (it can COMMIT inside: part of it may be undone)"
