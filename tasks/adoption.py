@@ -28,7 +28,7 @@ def baseline_task(environment: Environment, connection: Connection, catalog: Cat
                                dry_run=True)
     """
     return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                    dry_run=dry_run, schema=schema, log=get_run_logger())
+                    dry_run=dry_run, schema=schema, environment=environment.name, log=get_run_logger())
 
 
 @task(name="drift-check", task_run_name="drift-check-{environment.name}",

@@ -149,7 +149,7 @@ def test_knex_history_in_two_schemas_is_adopted_from_the_one_schema_names(
     refused = cli("baseline", "--env", "adopted", "--from", "knex", "--dry-run", cwd=tmp_path, env=adopted)
     assert refused.returncode == 1
     assert "Knex's history is in 2 schemas" in refused.stderr
-    assert "`rds-migrations baseline --from knex --schema old_copy`" in refused.stderr
+    assert "`rds-migrations baseline --env adopted --from knex --schema old_copy`" in refused.stderr
     chosen = cli("baseline", "--env", "adopted", "--from", "knex", "--schema", "public", "--json", cwd=tmp_path,
                  env=adopted)
     assert chosen.returncode == 0, chosen.stderr[-3000:]

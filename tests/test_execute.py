@@ -148,6 +148,19 @@ def test_a_client_encoding_set_by_one_migration_does_not_reach_the_next(tmp_path
         assert [r[0] for r in conn.execute("SELECT s FROM t ORDER BY s")] == ["café", "check ✓"]
 
 
+def test_a_client_encoding_python_has_no_codec_for_is_reset_before_the_next_migration(
+    tmp_path: Path, database: Connection
+) -> None:
+    """`SET client_encoding = 'EUC_TW'` (psycopg has no codec for it): the session is put back to its own
+    encoding by the server's name for it, so the next migration is still sent as written; both are recorded."""
+    files = {"0001.euc-tw.sql": "CREATE TABLE t (s text);\nSET client_encoding = 'EUC_TW';\n",
+             "0002.check.sql": "INSERT INTO t SELECT 'check ✓ ' || current_setting('client_encoding');\n"}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    assert applied_ids(database) == ["0001.euc-tw", "0002.check"]
+    with connected(database) as conn:
+        assert conn.execute("SELECT s FROM t").fetchone()[0] == "check ✓ UTF8"
+
+
 def test_sessions_that_start_in_latin1_still_send_a_utf8_file_as_written(tmp_path: Path,
                                                                          database: Connection) -> None:
     """The database's settings start sessions in LATIN1; the file holds a character LATIN1 cannot carry. The
@@ -178,18 +191,20 @@ policy = { snapshot_required = false, rehearsal_required = false }
 def test_an_unexpected_error_while_applying_keeps_what_was_applied_in_the_summary(
     tmp_path: Path, database: Connection
 ) -> None:
-    """0002 leaves the session in a client encoding Python has no codec for (EUC_TW): the error before 0003 is
-    not a migration's failure, yet the summary still says what the history holds (0001 and 0002), not "none"."""
+    """0003, non-transactional, ends in a client encoding Python has no codec for (EUC_TW): psycopg cannot write
+    its history row in it (the one path settle_encoding does not cover), an error that is not a migration's failure.
+    The summary still says what the history holds (0001 and 0002), not "none"."""
     (tmp_path / "environments.toml").write_text(NO_REHEARSAL, encoding="utf-8")
     write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\n",
-                                "0002.euc-tw.sql": "SET client_encoding = 'EUC_TW';\nCREATE TABLE u (s text);\n",
-                                "0003.check.sql": "INSERT INTO t VALUES ('check');\n"})
+                                "0002.u.sql": "CREATE TABLE u (s text);\n",
+                                "0003.check.sql": "-- transactional: false\nCREATE TABLE w (s text);\n"
+                                                  "SET client_encoding = 'EUC_TW';\n"})
     result = cli("run", "--env", "mine", cwd=tmp_path, env={
         "DATABASE_URL": url_of(database), "RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml")})
     said = result.stdout + result.stderr
-    assert result.returncode == 1 and applied_ids(database) == ["0001.t", "0002.euc-tw"], said[-3000:]
+    assert result.returncode == 1 and applied_ids(database) == ["0001.t", "0002.u"], said[-3000:]
     assert "FAILED at step migrate" in said and "migration 0003.check failed" not in said, said[-3000:]
-    assert re.search(r"applied: +0001\.t, 0002\.euc-tw\n", said) and "no migration was applied" not in said, said
+    assert re.search(r"applied: +0001\.t, 0002\.u\n", said) and "no migration was applied" not in said, said
 
 
 @pytest.fixture

@@ -184,3 +184,53 @@ def test_a_rehearsal_on_the_embedded_server_leaves_no_database_or_server_setting
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(made)))
             conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_list_setting_a_rehearsal_changed_with_alter_system_is_put_back_as_the_same_list(
+        tmp_path: Path, database: Connection, pg_server: LocalServer) -> None:
+    """The embedded server's postgresql.auto.conf already sets search_path (a list whose names the server quotes
+    one by one); a rehearsed migration sets it with ALTER SYSTEM. Afterwards the file and new sessions there
+    hold the same list again, not one name made of the whole list (`"\"\"$user\"\", public"`)."""
+    write_migrations(tmp_path, {"0001.path.sql": (
+        "-- transactional: false\nALTER SYSTEM SET search_path = public;\nSELECT pg_reload_conf();\n")})
+    local = embedded_server()
+    local.start()
+    in_file = "SELECT setting FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' AND name = %s"
+    try:
+        with connected(local.connection()) as conn:
+            conn.execute("ALTER SYSTEM SET search_path = \"$user\", public")
+            conn.execute("SELECT pg_reload_conf()")
+        ran = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "rehearsed on the embedded server" in ran.stderr
+        with connected(local.connection()) as conn:
+            assert conn.execute(in_file, ("search_path",)).fetchall() == [('"$user", public',)]
+        with connected(local.connection()) as conn:  # a new session, after the reload
+            assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+    finally:
+        for server in (pg_server.connection(), local.connection()):
+            with connected(server) as conn:
+                conn.execute("ALTER SYSTEM RESET search_path")
+                conn.execute("SELECT pg_reload_conf()")
+
+
+def test_what_migrations_do_beyond_their_database_is_read_in_one_pass(tmp_path: Path) -> None:
+    """Beyond.of, which choose_place reads once: every statement that reaches the server, named once per
+    migration and kind, whether one alters a database, and the roles, databases and settings made, by name."""
+    from pglast import ast
+
+    from tasks.engine.migrations.beyond import Beyond
+
+    catalog = read_catalog(write_migrations(tmp_path, {
+        "0001.t.sql": "CREATE TABLE t (id bigint);\n",
+        "0002.roles.sql": "CREATE ROLE app_reader NOLOGIN;\nCREATE ROLE app_writer NOLOGIN;\n",
+        "0003.server.sql": ("-- transactional: false\nCREATE DATABASE reports;\nALTER DATABASE reports SET work_mem = "
+                            "'8MB';\nALTER SYSTEM SET Log_Min_Duration_Statement = '5s';\nALTER SYSTEM RESET ALL;\n"),
+    }), tmp_path)
+    beyond = Beyond.of(catalog.migrations)
+    assert beyond.reaching == ("0002.roles (CREATE ROLE)", "0003.server (CREATE DATABASE)",
+                               "0003.server (ALTER DATABASE)", "0003.server (ALTER SYSTEM)")
+    assert beyond.alters_databases
+    assert beyond.made == {ast.CreateRoleStmt: {"app_reader", "app_writer"}, ast.CreatedbStmt: {"reports"},
+                           ast.AlterSystemStmt: {"log_min_duration_statement", "*"}}
+    assert Beyond.of(catalog.migrations[:1]) == Beyond((), False, {kind: frozenset() for kind in beyond.made})

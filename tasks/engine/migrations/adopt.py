@@ -191,9 +191,11 @@ class AppliedEntry:
         return f"version ≤ {self.version}" if self.name == self.version else f"{self.name} (≤ {self.version})"
 
 
-def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = None) -> list[AppliedEntry]:
+def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = None,
+                 where: str = "--env NAME") -> list[AppliedEntry]:
     """What `tool` applied, in its order. Refuses a Knex lock held, a failed Flyway row, a dirty golang-migrate
-    version, and a history found in several schemas when `schema` does not say which. SELECTs only."""
+    version, and a history found in several schemas when `schema` does not say which (`where`: how the command
+    it suggests names the database, hints.where_flag). SELECTs only."""
     check_tool(tool)
     places = [p for p in _tool_tables(conn).get(tool, []) if schema in (None, p[0])]
     if not places:
@@ -203,7 +205,7 @@ def read_applied(conn: psycopg.Connection, tool: str, *, schema: str | None = No
     if len(places) > 1:
         raise AdoptionRefused(f"{TITLES[tool]}'s history is in {len(places)} schemas "
                               f"({_and([_shown(*p) for p in places])}): name the one to adopt from with "
-                              f"--schema (`rds-migrations baseline --from {tool} --schema {places[0][0]}`; the "
+                              f"--schema (`rds-migrations baseline {where} --from {tool} --schema {places[0][0]}`; the "
                               "baseline deployment's history_schema)")
     table, shown = sql.Identifier(*places[0]), _shown(*places[0])
     if tool == "knex":  # knex_migrations_lock holds one row, is_locked = 1 while a Knex run holds it

@@ -25,6 +25,7 @@ from tasks.engine.logs import Log
 from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, ignored_tables, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog
 from tasks.engine.migrations.catalog import Catalog, Migration
+from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.reference import state_key
 from tasks.engine.migrations.schema import read_schema
@@ -65,9 +66,10 @@ class BaselineReport:
 
 def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
              tool: str | None = None, git_sha: str = "unknown", run_id: str | None = None, dry_run: bool = False,
-             schema: str | None = None, log: Log = logger) -> BaselineReport:
+             schema: str | None = None, environment: str | None = None, log: Log = logger) -> BaselineReport:
     """Adopt the database `connection` names: see the module's docstring. `schema`: with `tool`, the schema
-    holding that tool's history (needed when it is in several)."""
+    holding that tool's history (needed when it is in several). `environment`: as the run named it, for the
+    commands its messages suggest."""
     if (through is None) == (tool is None):
         raise UsageError("say what to adopt: --through VERSION (0 for nothing) or --from knex|flyway|golang-migrate")
     if catalog.problems:
@@ -81,7 +83,8 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
             adopted_before = bool(history.applied) or ledger.baseline() is not None
             shown: dict[str, Any] | None = None
             if tool is not None:
-                adoption = map_to_catalog(read_applied(conn, tool, schema=schema), catalog, tool)
+                applied = read_applied(conn, tool, schema=schema, where=where_flag(environment, catalog.directory))
+                adoption = map_to_catalog(applied, catalog, tool)
                 mapping, shown = adoption.to_text(), adoption.to_json()
                 adopted = [m for m in catalog.migrations if m.id in set(adoption.applied)]
             else:

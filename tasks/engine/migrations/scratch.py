@@ -39,8 +39,9 @@ from tasks.engine.embedded import embedded_server
 from tasks.engine.environments import EmbeddedCredentials, Environment
 from tasks.engine.errors import RehearsalUnavailable
 from tasks.engine.logs import Log
+from tasks.engine.migrations.beyond import Beyond
 from tasks.engine.migrations.catalog import Migration
-from tasks.engine.migrations.statements import cluster_wide, named_schemas, parsed
+from tasks.engine.migrations.statements import named_schemas
 
 logger = logging.getLogger(__name__)
 SCRATCH = re.compile(r"^rdsm_rehearsal_(?:(?P<pid>\d+)_)?[0-9a-f]{8,12}$")
@@ -85,17 +86,15 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
                  dry_run: bool, log: Log = logger) -> Place:
     """`asked` is the server the environment names for rehearsals; when it is the target's own server and
     rehearsing there would change that server, the embedded server instead (see the module's docstring)."""
-    migrations = list(migrations)
-    leaves = {"own_databases": frozenset(created(migrations, ast.CreatedbStmt)),
-              "own_settings": frozenset(created(migrations, ast.AlterSystemStmt))}
+    beyond = Beyond.of(migrations)
+    leaves = {"own_databases": beyond.made[ast.CreatedbStmt], "own_settings": beyond.made[ast.AlterSystemStmt]}
     if target is None or (asked.host, asked.port) != (target.host, target.port):
         return Place(asked, **leaves)
     reasons = []
     if dry_run:
         reasons.append("a dry run creates nothing on the target's server")
-    reaching = [f"{m.id} ({what})" for m in migrations for s in m.statements if (what := cluster_wide(s))]
-    if reaching:
-        reasons.append(f"{', '.join(dict.fromkeys(reaching))} would change the target's server itself")
+    if beyond.reaching:
+        reasons.append(f"{', '.join(beyond.reaching)} would change the target's server itself")
     if not reasons:
         return Place(asked, **leaves)
     local = embedded_server()  # looked up only now: finding its binaries takes ~20 ms
@@ -104,10 +103,8 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
     log.info("%s", note)
     local.start()
-    alters = any((cluster_wide(s) or "").startswith("ALTER DATABASE") for m in migrations for s in m.statements)
-    roles = frozenset(created(migrations, ast.CreateRoleStmt))
-    return Place(local.connection(), note, roles_from=target, own_roles=roles,
-                 databases=(target.dbname,) if alters else (), **leaves)
+    return Place(local.connection(), note, roles_from=target, own_roles=beyond.made[ast.CreateRoleStmt],
+                 databases=(target.dbname,) if beyond.alters_databases else (), **leaves)
 
 
 # The role sessions start as (when it is not the login), whether it may create databases, the login's too, and
@@ -276,20 +273,6 @@ def _copy_roles(target: Connection, conn: psycopg.Connection, log: Log, *, skip:
             log.info("Role %s not made on the rehearsal server (%s)", name, exc.diag.message_primary or exc)
 
 
-# What a migration makes beyond its database, and the name it gives it ("*": ALTER SYSTEM RESET ALL).
-_CREATED = {ast.CreateRoleStmt: ("CREATE ROLE", lambda node: node.role),
-            ast.CreatedbStmt: ("CREATE DATABASE", lambda node: node.dbname),
-            ast.AlterSystemStmt: ("ALTER SYSTEM", lambda node: (node.setstmt.name or "*").lower())}
-
-
-def created(migrations: Iterable[Migration], kind: type) -> set[str]:
-    """What of `kind` the migrations make beyond their database, by name: roles (not copied from the target before
-    replaying them), databases, server settings; on a rehearsal's server all are undone afterwards."""
-    words, name = _CREATED[kind]
-    return {name(node) for migration in migrations for statement in migration.statements
-            if cluster_wide(statement) == words for node in parsed(statement) or () if isinstance(node, kind)}
-
-
 # The server's settings written by ALTER SYSTEM (the same query: the file as it is on disk, read after a change).
 AUTO_CONF_SQL = "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf'"
 
@@ -317,10 +300,31 @@ class ServerState:
             return
         names = set(self.settings) | set(now) if "*" in place.own_settings else place.own_settings
         for name in sorted(n for n in names if now.get(n) != self.settings.get(n)):
-            _quietly(conn, sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(
-                self.settings[name])) if name in self.settings else sql.SQL("ALTER SYSTEM RESET {}").format(
+            _quietly(conn, sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), _file_value(
+                name, self.settings[name])) if name in self.settings else sql.SQL("ALTER SYSTEM RESET {}").format(
                 sql.Identifier(name)), log)
         _quietly(conn, sql.SQL("SELECT pg_reload_conf()"), log)
+
+
+# Settings whose value is a list of names the server quotes one by one (GUC_LIST_QUOTE, a flag it does not show:
+# pg_dump keeps the same list). One literal would be written back as ONE quoted name: each is passed on its own.
+LIST_QUOTE = frozenset({"local_preload_libraries", "search_path", "session_preload_libraries",
+                        "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"})
+_LIST_ITEM = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^",]*?))\s*(,|$)')
+
+
+def _file_value(name: str, value: str) -> sql.Composable:
+    """`value` as postgresql.auto.conf holds it, for ALTER SYSTEM SET to write it back the same."""
+    if name not in LIST_QUOTE or not value.strip():
+        return sql.Literal(value)
+    items, at = [], 0
+    while (item := _LIST_ITEM.match(value, at)) is not None:  # as the server splits it (SplitGUCList)
+        quoted, plain, comma = item.groups()
+        items.append(quoted.replace('""', '"') if quoted is not None else plain)
+        if not comma:
+            return sql.SQL(", ").join(sql.Literal(i) for i in items)
+        at = item.end()
+    return sql.Literal(value)  # not a list as the server writes one: as it is
 
 
 def _auto_conf(conn: psycopg.Connection, log: Log) -> dict[str, str] | None:

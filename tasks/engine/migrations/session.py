@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
@@ -103,22 +103,26 @@ class StartingState:
     statement_timeout_ms: int
     role: str = "none"
     connection_check: bool = False  # PostgreSQL 14+: client_connection_check_interval set again after RESET ALL
-    encoding: str = "utf-8"  # the session's client encoding as it began (Python's name for it)
+    encoding: str = "UTF8"  # the session's client encoding as it began (the server's name for it)
 
     @classmethod
     def of(cls, conn: psycopg.Connection, policy: Policy) -> StartingState:
         user, search_path, role = conn.execute(  # type: ignore[misc]
             "SELECT session_user, current_setting('search_path'), current_setting('role')").fetchone()
         return cls(user, search_path, policy.lock_timeout_ms, policy.statement_timeout_ms, role,
-                   conn.info.server_version >= 140000, conn.info.encoding)
+                   conn.info.server_version >= 140000, _client_encoding(conn))
 
     def settle_encoding(self, conn: psycopg.Connection) -> None:
         """Before a migration's message: the client encoding the session began with, when the one before changed
         it (`SET client_encoding`, as pg_dump's output starts). In a round trip of its own: the server reads a
         message in the encoding in force when it arrives, so the RESET ALL inside the message comes too late, and
-        the message is written in the session's own encoding."""
-        if not conn.closed and conn.info.encoding != self.encoding:
-            conn.execute("RESET client_encoding")
+        the message is written in the session's own encoding. Compared by the server's name: psycopg has no
+        codec for some encodings a migration may set (EUC_TW, MULE_INTERNAL), so it cannot name them, nor encode
+        a statement for them: the RESET goes straight through libpq (it is ASCII in every encoding)."""
+        if not conn.closed and _client_encoding(conn) != self.encoding:
+            result = conn.pgconn.exec_(b"RESET client_encoding")
+            if result.status != ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(result, encoding="utf-8")
 
     def statements(self) -> tuple[str, ...]:
         """Plain SQL text (sent inside a migration's message, where no parameter can go): two statements, so a
@@ -154,6 +158,11 @@ class StartingState:
         if conn.info.transaction_status != TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
         conn.execute("; ".join((*self.statements(), *then)), prepare=False)
+
+
+def _client_encoding(conn: psycopg.Connection) -> str:
+    """The session's client encoding as the server names it (reported to libpq whenever it changes)."""
+    return (conn.pgconn.parameter_status(b"client_encoding") or b"").decode("ascii")
 
 
 def _literal(text: str) -> str:

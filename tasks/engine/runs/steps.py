@@ -202,7 +202,7 @@ class DirectSteps:
         from tasks.engine.migrations.baseline import baseline
 
         return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                        dry_run=dry_run, schema=schema, log=self.log)
+                        dry_run=dry_run, schema=schema, environment=environment.name, log=self.log)
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
               dry_run: bool = False) -> tuple[DriftReport, str]:
