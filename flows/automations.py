@@ -25,9 +25,9 @@ from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 from flows.events import RUN_ENDED
+from tasks.engine.runs.kinds import FLOW_KINDS
 
-MIGRATION_FLOWS = ["migrate-staging", "migrate-production", "refresh-staging", "restore-snapshot", "rollback",
-                   "baseline", "drift-check", "migrate-fleet", "migrate-target"]
+MIGRATION_FLOWS = list(FLOW_KINDS)  # every flow of ours
 # Flow run state events name the flow as a related resource; so do the hooks' reports.
 OUR_FLOW_RUNS = {"match": {"prefect.resource.id": "prefect.flow-run.*"},
                  "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": MIGRATION_FLOWS}}

@@ -29,6 +29,7 @@ from tasks.engine.messages import RefreshSummary, RunSummary, Summary
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.results import AppliedMigration, MigrationFailure
 from tasks.engine.notices import Notice
+from tasks.engine.runs.kinds import FLOW_KINDS
 
 PREFIX = "rds-migrations"
 APPLIED = f"{PREFIX}.migration.applied"
@@ -37,10 +38,6 @@ RUN_COMPLETED = f"{PREFIX}.run.completed"
 RUN_ENDED = {"crashed": f"{PREFIX}.run.crashed", "cancelled": f"{PREFIX}.run.cancelled",
              "timed-out": f"{PREFIX}.run.timed-out"}
 DRIFT_FOUND = f"{PREFIX}.drift.found"
-# The kind of run each flow is, for a run.completed said by a hook rather than by the run's notify step.
-FLOW_KINDS = {"migrate-staging": "migration", "migrate-production": "migration", "migrate-target": "migration",
-              "refresh-staging": "refresh", "restore-snapshot": "restore", "rollback": "rollback",
-              "baseline": "baseline", "drift-check": "drift-check", "migrate-fleet": "fleet"}
 LISTED = 50  # ids or differences listed in a payload; the rest are counted
 
 logger = get_logger("rds_migrations.events")
@@ -144,7 +141,7 @@ def run_ended(ending: str, flow_run_id: str, run_name: str, flow_id: str, flow_n
             "prefect.resource.name": flow_name}
     emit(RUN_ENDED[ending], resource, [flow, *related(environment, git_sha)], payload)
     if ending == "timed-out":
-        kind = FLOW_KINDS.get(flow_name, flow_name)
+        kind = FLOW_KINDS.get(flow_name, flow_name)  # said by a hook rather than by the run's notify step
         emit_completed(environment, git_sha, kind, {
             "outcome": "failed", "kind": kind, "environment": environment, "failed_step": payload.get("step"),
             "error": payload.get("reason") or None, "ending": ending, "notified": payload.get("notified")})

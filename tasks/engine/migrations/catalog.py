@@ -181,6 +181,9 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
             except UnicodeDecodeError as exc:
                 problems.append(Problem(path.name, _not_utf8(exc)))
                 continue
+            except OSError as exc:
+                problems.append(Problem(path.name, _unreadable(exc)))
+                continue
             undo = split(text)
             if undo.refusal or all(comment_only(statement) for statement in undo.statements):
                 problems.append(Problem(path.name, undo.refusal or (
@@ -214,12 +217,19 @@ def _not_utf8(exc: UnicodeDecodeError) -> str:
     return f"is not valid UTF-8 (line {line}): save it as UTF-8"
 
 
+def _unreadable(exc: OSError) -> str:
+    return (f"cannot be read ({exc.strerror or type(exc).__name__}): make it a regular file the user running "
+            "rds-migrations can read")
+
+
 def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migration, list[Problem]]:
-    raw = path.read_bytes()
     try:
+        raw = path.read_bytes()
         text = read_text(path)
     except UnicodeDecodeError as exc:
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
+    except OSError as exc:  # a socket or a FIFO named like a migration, a file this user may not read
+        return Migration(migration_id, version, path, "", ()), [Problem(path.name, _unreadable(exc))]
     found = split(text)
     directives, statements = found.directives, found.statements
     problems = [Problem(path.name, found.refusal)] if found.refusal else []

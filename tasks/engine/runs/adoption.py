@@ -60,7 +60,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
         facts += [("recorded", f"{len(report.adopted)} migration(s) as applied, without running them"),
                   ("pending", f"{len(report.pending)}")]
     notice = Notice("Baseline", environment.name, environment.tier, outcome, tuple(facts),
-                    tuple(report.mapping.splitlines()) if report else (), str(error) if error else None,
+                    tuple(report.mapping.splitlines()) if report else (), ended.said() if error else None,
                     time.monotonic() - started, steps.run_info().run_url)
     steps.notify(environment.notify, notice)
     ended.raise_if_failed()

@@ -31,6 +31,7 @@ from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, Ledger
 from tasks.engine.notices import Notice
 from tasks.engine.runs.budget import run_budget_seconds
+from tasks.engine.runs.kinds import flow_of
 from tasks.engine.runs.parameters import TRIGGER
 from tasks.engine.snapshots.dumps import dump_directory, stored_dumps
 from tasks.engine.snapshots.naming import TAG_PREFIX, Snapshot, utc
@@ -40,8 +41,8 @@ from tasks.engine.snapshots.restore import SNAPSHOT_ID
 # A rollback's `to`: a version number or a migration id (anything else is not repeated: it may be a secret).
 ROLLBACK_TO = re.compile(r"^\d+([._-][A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 Ending = Literal["crashed", "cancelled", "timed-out"]
-REFRESH_FLOWS = {"refresh-staging": "refresh", "restore-snapshot": "restore"}
-ROLLBACK_FLOW = "rollback"
+REFRESH_FLOWS = {flow_of("refresh"): "refresh", flow_of("restore"): "restore"}
+ROLLBACK_FLOW = flow_of("rollback")
 UNDO_LINE = re.compile(r"^ +\d+\. (\S+)", re.MULTILINE)  # "  2. 0007.add-index  (non-transactional: …)"
 # The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
 PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,

@@ -16,6 +16,15 @@ from types import TracebackType
 from tasks.engine.errors import RdsMigrationsError, UsageError
 
 
+def said(error: BaseException) -> str:
+    """An error in words fit for a message (a notification, an artifact, an event): ours are written for people
+    and free of secrets; anything else (a bug, a library's error) is named by its type, its text left to the
+    run's log."""
+    if isinstance(error, RdsMigrationsError):
+        return str(error)
+    return f"{type(error).__name__} (an unexpected error: the run's log has its details)"
+
+
 class Ended:
     """What a pipeline's steps ended in (`error`: None when they finished):
     - a usage mistake (`UsageError`: a --target naming no file) goes straight out: said on the command line,
@@ -43,11 +52,8 @@ class Ended:
         return False
 
     def said(self) -> str:
-        """The error in words fit for a message: ours are free of secrets; anything else (a bug, a driver's
-        error) is named by its type, its text left to the run's log."""
-        if self.error is None or isinstance(self.error, RdsMigrationsError):
-            return str(self.error or "")
-        return f"{type(self.error).__name__} (an unexpected error: the run's log has its details)"
+        """The error kept, in words fit for a message (`said`); "" when the steps finished."""
+        return "" if self.error is None else said(self.error)
 
     def raise_if_failed(self, result: object = None) -> None:
         """After the announcement: raise the error kept, carrying `result` (for --json: what was done)."""

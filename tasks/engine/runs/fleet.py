@@ -30,7 +30,7 @@ from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_rehearsal
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.runs.commit import commit_of_run
-from tasks.engine.runs.ended import Ended
+from tasks.engine.runs.ended import Ended, said
 from tasks.engine.runs.migration import Credentials, check_tier
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import DirectSteps, Steps
@@ -176,7 +176,7 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
             pending=applied.pending if applied else pending,
             snapshot=snapshot.identifier if snapshot else None,
             duration_seconds=time.monotonic() - started,
-            error=str(exc),
+            error=said(exc),
             failed_step=step,
             failed_migration=applied.failed.migration_id if applied and applied.failed else None,
         )
@@ -256,7 +256,7 @@ def migrate_fleet(
         trigger,
         tuple(results),
         stopped,
-        error=str(error) if error else None,
+        error=ended.said() if error else None,
         failed_step=step if error else None,
         duration_seconds=time.monotonic() - started,
         run_url=steps.run_info().run_url,

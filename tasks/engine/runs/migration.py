@@ -37,7 +37,7 @@ from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import AppliedMigration, ApplyReport, MigrationError, MigrationFailure
 from tasks.engine.migrations.session import session
 from tasks.engine.runs.commit import commit_of_run
-from tasks.engine.runs.ended import Ended
+from tasks.engine.runs.ended import Ended, said
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.naming import Snapshot
@@ -312,7 +312,7 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         trigger=trigger,
         outcome=outcome,  # type: ignore[arg-type]
         failed_step=progress.step if error is not None else None,
-        error=str(error) if error is not None else None,
+        error=said(error) if error is not None else None,
         applied=applied.applied_ids if applied else (),
         failed_migration=failed.migration_id if failed else progress.dirty[0].migration_id if progress.dirty else None,
         failed_outcome=_left(failed) if failed else DIRTY_LEFT if progress.dirty else None,

@@ -22,6 +22,7 @@ from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, RunSummary, Summary, shown_parameters
 from tasks.engine.runs.ended import Ended
+from tasks.engine.runs.kinds import flow_of
 from tasks.engine.runs.migration import run_migration
 from tasks.engine.runs.parameters import TRIGGER, check_parameters
 from tasks.engine.runs.steps import Steps
@@ -29,7 +30,6 @@ from tasks.engine.snapshots.restore import SNAPSHOT_ID, check_snapshot_id
 from tasks.engine.snapshots.swap import SwapResult, describe_error
 
 MIGRATIONS_DIR = "migrations"
-FLOW_NAMES = {"refresh": "refresh-staging", "restore": "restore-snapshot"}
 
 
 @dataclass
@@ -150,7 +150,7 @@ def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
         action=action, environment=name, tier=env.tier if env else ("staging" if action == "refresh" else "unknown"),
         outcome="failed" if error else "succeeded", failed_step=outcome.step if error else None,
         error=said, result=outcome.result, applied=outcome.applied,
-        deployment=info.deployment, flow_name=info.flow_name or FLOW_NAMES[action], parameters=parameters,
+        deployment=info.deployment, flow_name=info.flow_name or flow_of(action), parameters=parameters,
         duration_seconds=duration, run_url=info.run_url,
     )
     if env is not None:

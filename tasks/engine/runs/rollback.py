@@ -112,7 +112,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             report.failed and (report.failed.dirty or report.failed.outcome_unknown)))
         details = restore_commands(environment.name, snapshot.identifier) if snapshot and error and changed else ()
         notice = Notice("Rollback", environment.name, environment.tier, outcome, tuple(facts), details,
-                        (f"at step {step}: {error}" if error else None), time.monotonic() - started,
+                        (f"at step {step}: {ended.said()}" if error else None), time.monotonic() - started,
                         steps.run_info().run_url)
         steps.notify(environment.notify, notice)
     ended.raise_if_failed(report)  # for --json: what was rolled back before it failed
