@@ -92,7 +92,7 @@ def run_completed(summary: Summary, git_sha: str = "unknown") -> None:
     """Every run's outcome (succeeded, failed, nothing-to-do, dry-run; drifted for a drift check), as its
     notification says it. `git_sha`: the run's commit, for the summaries that do not carry one (a Notice)."""
     details: dict[str, Any] = {}
-    applied: tuple[str, ...] = ()
+    applied: tuple[str, ...] | None = ()  # None: not known (a run whose history could not be read)
     failed_step = getattr(summary, "failed_step", None)
     if isinstance(summary, RunSummary):
         git_sha, kind, applied = summary.git_sha, "migration", summary.applied
@@ -118,7 +118,8 @@ def run_completed(summary: Summary, git_sha: str = "unknown") -> None:
     error = getattr(summary, "error", None)
     emit_completed(summary.environment, git_sha, kind, {
         "outcome": summary.outcome, "kind": kind, "environment": summary.environment, "failed_step": failed_step,
-        "error": (error or "")[:500] or None, "applied": list(applied[:LISTED]), "applied_count": len(applied),
+        "error": (error or "")[:500] or None, "applied": None if applied is None else list(applied[:LISTED]),
+        "applied_count": None if applied is None else len(applied),
         "duration_seconds": round(getattr(summary, "duration_seconds", 0.0), 3), **details,
     })
 

@@ -103,7 +103,7 @@ class RunSummary:
     outcome: Literal["succeeded", "failed", "nothing-to-do", "dry-run"]
     failed_step: str | None  # "validate" | "fetch-secret" | "rehearse-and-plan" | "snapshot" | "migrate" | None
     error: str | None  # already secret-free error text
-    applied: tuple[str, ...]  # migration ids applied in this run
+    applied: tuple[str, ...] | None  # migration ids applied in this run; None: not known (history unreadable)
     failed_migration: str | None
     pending: tuple[str, ...] | None  # still pending after the run; None: not known (it stopped before its plan)
     snapshot_id: str | None
@@ -131,10 +131,21 @@ def _outcome_line(summary: RunSummary) -> str:
     return status
 
 
+NOT_READ = "not known: the history could not be read (`rds-migrations status` reads it)"
+
+
+def _applied(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str]:
+    """(" (count)", the list) of what the run applied; not known when its history could not be read."""
+    if summary.applied is None:
+        return "", NOT_READ
+    return f" ({len(summary.applied)})", _listed(summary.applied, quote)
+
+
 def _pending(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str]:
-    """(" (count)", the list) of what is pending; not known when the run stopped before its plan."""
+    """(" (count)", the list) of what is pending; not known when the run stopped before its plan, or when what it
+    applied is not known."""
     if summary.pending is None:
-        return "", "not known (the run stopped before its plan)"
+        return "", NOT_READ if summary.applied is None else "not known (the run stopped before its plan)"
     return f" ({len(summary.pending)})", _listed(summary.pending, quote)
 
 
@@ -142,6 +153,9 @@ def _no_snapshot_note(summary: RunSummary) -> str | None:
     """On a failure without a snapshot to restore, say what state the database is in, from the fields alone."""
     if summary.outcome != "failed" or (summary.snapshot_id and summary.restore_steps):
         return None
+    if summary.applied is None:  # never "not changed": nobody knows here
+        return ("No snapshot was taken, so there is nothing to restore from; what this run applied is "
+                f"{NOT_READ}.")
     if summary.snapshot_id:  # being created, or nothing this run did needs it
         if summary.applied:
             return None
@@ -192,7 +206,7 @@ def render_message(summary: RunSummary) -> tuple[str, str]:
         f"*Git SHA:* {sha}",
         f"*Trigger:* {m(summary.trigger)}",
         f"*Outcome:* {m(_outcome_line(summary))}",
-        f"*Applied ({len(summary.applied)}):* {_listed(summary.applied, code)}",
+        "*Applied{}:* {}".format(*_applied(summary, code)),
     ]
     if summary.failed_migration:
         lines.append(f"*Failed migration:* {code(summary.failed_migration)}")
@@ -223,7 +237,7 @@ def render_console(summary: RunSummary) -> str:
         f"Schema migrations {_outcome_line(summary)} on {summary.environment} ({summary.tier})",
         f"  git SHA:    {sha}" + (f" ({summary.git_sha})" if sha != summary.git_sha else ""),
         f"  trigger:    {summary.trigger}",
-        f"  applied:    {_listed(summary.applied, str)}",
+        f"  applied:    {_applied(summary, str)[1]}",
     ]
     if summary.failed_migration:
         lines.append(f"  failed:     {summary.failed_migration}")

@@ -291,6 +291,8 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
     pending = report.pending if report and report.plan else None  # None: it stopped before its plan
     if applied is not None:
         pending = applied.pending
+    elif progress.step == "migrate":
+        pending = None  # what it applied is not known, so what is left is not either
     # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
     # it applied is not known (a failure while migrating whose history could not be read).
     unknown = applied is None and progress.step == "migrate"
@@ -313,7 +315,7 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         outcome=outcome,  # type: ignore[arg-type]
         failed_step=progress.step if error is not None else None,
         error=said(error) if error is not None else None,
-        applied=applied.applied_ids if applied else (),
+        applied=None if unknown else applied.applied_ids if applied else (),
         failed_migration=failed.migration_id if failed else progress.dirty[0].migration_id if progress.dirty else None,
         failed_outcome=_left(failed) if failed else DIRTY_LEFT if progress.dirty else None,
         pending=None if pending is None else tuple(pending),

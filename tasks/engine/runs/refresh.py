@@ -101,7 +101,7 @@ def _migrate(env: Environment, steps: Steps, outcome: Outcome, *, git_sha: str, 
                                         project_root=project_root).applied
     except RdsMigrationsError as exc:
         if isinstance(exc.result, RunSummary):
-            outcome.applied = exc.result.applied
+            outcome.applied = exc.result.applied or ()  # not known: said in the migration run's log
         raise
 
 
