@@ -29,6 +29,7 @@ from tasks.engine.environments import AwsSettings, Environment, Policy, load_env
 from tasks.engine.errors import ConfigError, RefreshError
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.snapshots.dumps import stored_dumps
 from tasks.engine.snapshots.naming import Snapshot
 from tasks.engine.snapshots.refresh import newest_snapshot, plan_refresh, refresh_from
 from tasks.engine.snapshots.swap import SwapPlan, SwapResult
@@ -386,7 +387,8 @@ def test_a_migration_failing_after_the_refresh_is_one_message_with_a_refresh_s_w
 ) -> None:
     """The shipped migrations and a new one that passes its rehearsal (no rows there) and fails on the masked
     staging's rows: one message names the refresh, what it migrated and the failure; no restore is offered
-    (the staging snapshot the migration took is of the copy just made; production was never touched)."""
+    (the way back is the refresh, named as a command; its migrate step took no dump of the copy just made;
+    production was never touched)."""
     from flows.refresh import refresh_staging
 
     local = flow_project
@@ -408,6 +410,8 @@ def test_a_migration_failing_after_the_refresh_is_one_message_with_a_refresh_s_w
            "`0010.validate-users-locale`" in message
     assert "not migrated to head" in message and "nothing needs restoring" in message
     assert "rds-migrations restore" not in message
+    assert "or the refresh again: rds-migrations trigger refresh-staging/staging-refresh --env stage-local" in message
+    assert [s for s, record in stored_dumps(local.snapshots) if record.get("environment") == "stage-local"] == []
     assert fingerprint(local.production) == before
     assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
 

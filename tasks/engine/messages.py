@@ -27,6 +27,7 @@ STATUS = {
 TITLES = {"refresh": "Staging refresh", "restore": "Restore"}
 REFUSED = "<refused"
 RESTORE_DEPLOYMENT = "restore-snapshot/restore"
+REFRESH_DEPLOYMENT = "refresh-staging/staging-refresh"
 STILL_CREATING = " (still being created when the run stopped: not usable yet)"
 
 
@@ -51,6 +52,12 @@ def restore_commands(environment: str, snapshot_id: str) -> tuple[str, ...]:
         f"rds-migrations restore --env {shlex.quote(environment)} --snapshot-id {shlex.quote(snapshot_id)}",
         f"# or through Prefect: prefect deployment run {RESTORE_DEPLOYMENT} {parameters}",
     )
+
+
+def refresh_command(environment: str, deployment: str | None = None) -> str:
+    """How to refresh a staging environment again (restore its source's snapshot, mask, migrate): the refresh
+    deployment, from a terminal. Never a restore of the source's snapshot: that would skip the masking."""
+    return f"rds-migrations trigger {shlex.quote(deployment or REFRESH_DEPLOYMENT)} --env {shlex.quote(environment)}"
 
 
 # ---- shared pieces ------------------------------------------------------------------------------------------

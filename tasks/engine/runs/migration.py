@@ -153,9 +153,11 @@ def run_migration(
     trigger: str,
     project_root: Path | None = None,
     approval: bool = False,
+    no_snapshot: str | None = None,
 ) -> RunSummary:
     """Run the steps in order; with `approval` (production's gate) a person approves after the plan,
-    before any write."""
+    before any write. `no_snapshot`: why this run takes no pre-migration snapshot (a refresh's migrate step,
+    whose way back is the refresh itself); None: the environment's snapshot settings decide."""
     check_parameters(git_sha, trigger, target, migrations_dir)
     project_root = project_root or Path.cwd()
     started = time.monotonic()
@@ -163,7 +165,8 @@ def run_migration(
     # Ctrl-C is told like any failure, with what the history says was applied.
     with Ended(on_interrupt=lambda: interrupted(progress, environment.name)) as ended:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
-               migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval)
+               migrations_dir=migrations_dir, trigger=trigger, project_root=project_root, approval=approval,
+               no_snapshot=no_snapshot)
     error = ended.error
     if isinstance(error, ValidationFailed):
         progress.report = error.report
@@ -194,7 +197,8 @@ def run_migration(
 
 
 def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, dry_run: bool,
-           target: str | None, migrations_dir: str, trigger: str, project_root: Path, approval: bool) -> None:
+           target: str | None, migrations_dir: str, trigger: str, project_root: Path, approval: bool,
+           no_snapshot: str | None) -> None:
     git_sha = progress.git_sha = commit_of_run(steps, git_sha, project_root, migrations_dir)
     progress.step = "validate"
     catalog, progress.report = steps.validate(Path(migrations_dir), project_root, environment.policy)
@@ -219,7 +223,9 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
         progress.step = "approval"
         _publish_plan(steps, environment, report)
         steps.log.info("Approved by %s", steps.approve(environment, report))
-    if environment.snapshot.kind != "none":
+    if no_snapshot is not None:
+        steps.log.info("No snapshot of %s before migrating: %s", environment.name, no_snapshot)
+    elif environment.snapshot.kind != "none":
         progress.step = "snapshot"
         progress.snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger,
                                            applied=report.plan.applied if report.plan else None)

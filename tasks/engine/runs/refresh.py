@@ -1,8 +1,9 @@
 """The staging refresh and the restore, as runs:
 
     refresh: fetch-secret → plan-refresh → snapshot (newest of the source, or a fresh one) → refresh
-             (restore, mask, swap) → migrate (the staging run, unannounced) → notify (one message: what was
-             refreshed and what was migrated, or where it failed)
+             (restore, mask, swap) → migrate (the staging run, unannounced, without a snapshot: the copy it
+             would snapshot is the one just made) → notify (one message: what was refreshed and what was
+             migrated, or where it failed)
     restore: fetch-secret → restore (to a new name, then swap; the old copy kept) → notify
 
 Notify always runs; the run ends in the error when a step failed. Every name a refresh creates, renames or
@@ -20,7 +21,7 @@ from tasks.engine.environments import ENVIRONMENT_NAME, ConsoleNotify, Environme
 from tasks.engine.errors import ConfigError, Interrupted, RdsMigrationsError
 from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.git import GIT_SHA_PARAMETER
-from tasks.engine.messages import RefreshSummary, RunSummary, Summary, shown_parameters
+from tasks.engine.messages import RefreshSummary, RunSummary, Summary, refresh_command, shown_parameters
 from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.kinds import flow_of
 from tasks.engine.runs.migration import run_migration
@@ -30,6 +31,10 @@ from tasks.engine.snapshots.restore import SNAPSHOT_ID, check_snapshot_id
 from tasks.engine.snapshots.swap import SwapResult, describe_error
 
 MIGRATIONS_DIR = "migrations"
+# Its way back is the refresh itself (restore, mask): a snapshot of the copy just made would cost minutes and
+# a stored snapshot every night, for nothing.
+NO_SNAPSHOT = "it was just restored from its source's snapshot and masked by this refresh: the way back is to run " \
+              "the refresh again"
 
 
 @dataclass
@@ -98,7 +103,7 @@ def _migrate(env: Environment, steps: Steps, outcome: Outcome, *, git_sha: str, 
     try:
         outcome.applied = run_migration(env, cast(Steps, Unannounced(steps)), git_sha=git_sha, dry_run=False,
                                         target=None, migrations_dir=MIGRATIONS_DIR, trigger=trigger,
-                                        project_root=project_root).applied
+                                        project_root=project_root, no_snapshot=NO_SNAPSHOT).applied
     except RdsMigrationsError as exc:
         if isinstance(exc.result, RunSummary):
             outcome.applied = exc.result.applied or ()  # not known: said in the migration run's log
@@ -142,10 +147,11 @@ def _announce(action: Literal["refresh", "restore"], name: str, steps: Steps,
     info = steps.run_info()
     said = describe_error(error) if error else None
     if said and outcome.step == "migrate" and outcome.result is not None:
-        # The refreshed copy is live and production untouched: the way back is the next refresh, not a restore.
+        # The refreshed copy is live and production untouched: the way back is the next refresh, not a restore
+        # (its migrate step took no snapshot; the source's snapshot restored as is would skip the masking).
         said += (f"\n{outcome.result.live} is the refreshed, masked copy, not migrated to head (production was "
-                 "not touched; nothing needs restoring): fix the migration, then run the refresh again or the "
-                 "environment's staging migration")
+                 "not touched; nothing needs restoring): fix the migration, then run the environment's staging "
+                 f"migration, or the refresh again: {refresh_command(name, info.deployment)}")
     summary = RefreshSummary(
         action=action, environment=name, tier=env.tier if env else ("staging" if action == "refresh" else "unknown"),
         outcome="failed" if error else "succeeded", failed_step=outcome.step if error else None,
