@@ -170,6 +170,32 @@ def test_another_login_with_every_right_on_the_history_may_run_without_owning_it
         assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'b'").fetchone() == (second.user,)
 
 
+
+def test_history_an_earlier_version_made_works_for_a_login_that_may_not_bring_it_up_to_date(
+        tmp_path: Path, database: Connection, login) -> None:
+    """The dirty-mark table lacks the column this version adds (`invalid_before`: made by an earlier one), and the
+    login running now may not add it (not the owner). The plan and the run, dirty mark included, work without it
+    (then every INVALID index counts as a leftover, as before). The plan read the column, so every run failed:
+    "column d.invalid_before does not exist"."""
+    first, second = login("first", "CREATEDB"), login("second", "CREATEDB")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}, {}").format(
+            sql.Identifier(first.user), sql.Identifier(second.user)))
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert run(tmp_path, first).returncode == 0
+    with connected(database) as conn:  # as an earlier version left it
+        conn.execute("ALTER TABLE _rds_migrations_dirty DROP COLUMN invalid_before")
+        conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(second.user)))
+    write_migrations(tmp_path, {
+        "0002.b.sql": "CREATE TABLE b (id bigint);\n",
+        "0003.index.sql": "-- transactional: false\nCREATE INDEX CONCURRENTLY b_id ON b (id);\n"})
+    result = run(tmp_path, second)  # 0003 writes its dirty mark, then its record
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert applied_ids(database) == ["0001.a", "0002.b", "0003.index"] and dirty_state(database) == []
+    with connected(database) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = '_rds_migrations_dirty'::regclass "
+                            "AND attname = 'invalid_before'").fetchone()[0] == 0
+
 def test_a_login_that_may_not_create_databases_is_told_what_to_do(
         tmp_path: Path, database: Connection, login) -> None:
     """The rehearsal's temporary database needs CREATEDB (on RDS the master user has it, a migrator role may

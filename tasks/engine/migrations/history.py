@@ -35,10 +35,12 @@ from tasks.engine.migrations.history_sql import (
     CLEAR_DIRTY_SQL,
     DIRTY_SQL,
     FORGET_SQL,
+    HAS_INVALID_BEFORE_SQL,
     HISTORY_DDL,
     HOSTNAME,
     INVALID_BEFORE_SQL,
     LATEST_LOG_SQL,
+    MARK_DIRTY_PLAIN_SQL,
     MARK_DIRTY_SQL,
     PREPARE_RECORD_SQL,
     PROGRESS_SQL,
@@ -112,7 +114,8 @@ class AppliedRecord:
 
 _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECORD_SQL, "mark": MARK_DIRTY_SQL,
                "progress": PROGRESS_SQL, "clear": CLEAR_DIRTY_SQL, "dirty": DIRTY_SQL,
-               "invalid_before": INVALID_BEFORE_SQL, "unrecord": UNRECORD_SQL,
+               "invalid_before": INVALID_BEFORE_SQL, "has_invalid_before": HAS_INVALID_BEFORE_SQL,
+               "mark_plain": MARK_DIRTY_PLAIN_SQL, "unrecord": UNRECORD_SQL,
                "unmark": UNMARK_LOG_SQL, "latest_log": LATEST_LOG_SQL, "forget": FORGET_SQL,
                "applied": READ_APPLIED_SQL, "checksums": READ_CHECKSUMS_SQL,
                "unverified": RECORD_UNVERIFIED_SQL, "marked_checksum": RECORD_MARKED_CHECKSUM_SQL,
@@ -184,6 +187,8 @@ class Ledger:
         schema): `DatabaseRefused`, saying which grant is missing; nothing has been applied yet."""
         try:
             self.conn.execute(self.statements["ddl"])
+            if not self.conn.execute(self.statements["has_invalid_before"]).fetchone()[0]:  # type: ignore[index]
+                self.statements["mark"] = self.statements["mark_plain"]  # an earlier version's table, not ours
         except psycopg.errors.InsufficientPrivilege as exc:
             user = self.conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
             where = f"in schema {self.schema!r} of database {self.conn.info.dbname!r} as {user}"

@@ -54,7 +54,11 @@ DO $rdsm$ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({dirty_name})
                    AND attname = 'invalid_before' AND NOT attisdropped) THEN
-        ALTER TABLE {dirty} ADD COLUMN invalid_before TEXT[];
+        BEGIN
+            ALTER TABLE {dirty} ADD COLUMN invalid_before TEXT[];
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;  -- not the tables' owner: marks are written without it (every INVALID index counts)
+        END;
     END IF;
 END $rdsm$;
 -- What `baseline` adopted: the schema as it was (pg_dump --schema-only, custom format) and the migrations it
@@ -118,6 +122,15 @@ VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s, ARR
     SELECT i.indexrelid::text || ' ' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     WHERE NOT i.indisvalid))
 """
+# Where the table has no invalid_before column (made by an earlier version, and this login may not add it).
+MARK_DIRTY_PLAIN_SQL = """
+INSERT INTO {dirty} (migration_id, state, statement_count, checksum, git_sha, flow_run_id)
+VALUES (%(id)s, 'running', %(count)s, %(checksum)s, %(git_sha)s, %(run_id)s)
+"""
+HAS_INVALID_BEFORE_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({dirty_name})
+               AND attname = 'invalid_before' AND NOT attisdropped)
+"""
 
 PROGRESS_SQL = """
 UPDATE {dirty} SET state = %s, statement_number = %s, sqlstate = %s, message = %s,
@@ -126,12 +139,13 @@ WHERE migration_id = %s
 """
 
 CLEAR_DIRTY_SQL = "DELETE FROM {dirty} WHERE migration_id = %s"
-INVALID_BEFORE_SQL = "SELECT invalid_before FROM {dirty} WHERE migration_id = %s"
+# Read through to_jsonb: the column may not be there (a table an earlier version made): then NULL.
+INVALID_BEFORE_SQL = "SELECT to_jsonb(d) -> 'invalid_before' FROM {dirty} d WHERE migration_id = %s"
 
 # A mark whose session still holds the migration lock belongs to a run in progress, not to a dead one.
 DIRTY_SQL = """
 SELECT d.migration_id, d.state, d.statement_number, d.statement_count, d.checksum, d.sqlstate, d.message,
-       d.flow_run_id, d.started_at, d.applied_through, d.invalid_before
+       d.flow_run_id, d.started_at, d.applied_through, to_jsonb(d) -> 'invalid_before'
 FROM {dirty} d
 WHERE NOT EXISTS (
     SELECT 1 FROM pg_locks l
