@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -176,6 +177,9 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
         if migration_id not in migrations and not any(p.file == f"{migration_id}.sql" for p in problems):
             problems.append(Problem(path.name, f"rollback file with no migration: {migration_id}.sql does not exist"))
         elif migration_id in migrations:
+            if (why := _not_a_file(path)) is not None:
+                problems.append(Problem(path.name, why))
+                continue
             try:
                 text = read_text(path)
             except UnicodeDecodeError as exc:
@@ -222,7 +226,18 @@ def _unreadable(exc: OSError) -> str:
             "rds-migrations can read")
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` is not read, when it is not a regular file: opening a FIFO would wait for a writer forever."""
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError as exc:
+        return _unreadable(exc)
+    return None if regular else "is not a regular file (a FIFO, a socket or a device): make it a file"
+
+
 def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migration, list[Problem]]:
+    if (why := _not_a_file(path)) is not None:
+        return Migration(migration_id, version, path, "", ()), [Problem(path.name, why)]
     try:
         raw = path.read_bytes()
         text = read_text(path)
