@@ -370,3 +370,37 @@ def test_a_target_that_failed_before_its_plan_has_pending_not_known(tmp_path: Pa
     row = next(line.split() for line in as_table.stdout.splitlines() if line.startswith(missing))
     assert row[1:4] == ["failed", "0", "unknown"], as_table.stdout[-2000:]
     assert CANARY_PASSWORD not in as_json.stdout + as_json.stderr + as_table.stdout + as_table.stderr
+
+
+SHARDS = """
+[environments.shards]
+tier = "staging"
+credentials = { kind = "url_env", variable = "SHARD_A_URL" }
+snapshot = { kind = "none" }
+rehearsal = { kind = "none" }
+notify = { kind = "console" }
+policy = { snapshot_required = false, rehearsal_required = false }
+[environments.shards.fleet]
+targets = [{ name = "shard_a", url_env = "SHARD_A_URL" }]
+"""
+
+
+def test_a_target_failing_while_migrating_but_not_by_a_migration_says_what_its_history_holds(
+        tmp_path: Path, pg_server) -> None:
+    """A target's migrate step ends in an error that is not a migration's failure (here psycopg cannot write the
+    history row of a non-transactional migration that left the session in EUC_TW, which it has no codec for):
+    what the target applied is read from its history, 0001 and 0002, and 0003 is still pending. It said none was
+    applied and all three were pending."""
+    (tmp_path / "environments.toml").write_text(SHARDS, encoding="utf-8")
+    write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (s text);\n", "0002.u.sql": "CREATE TABLE u (s text);\n",
+                                "0003.w.sql": "-- transactional: false\nCREATE TABLE w (s text);\n"
+                                              "SET client_encoding = 'EUC_TW';\n"})
+    shard = pg_server.ensure_database(f"s_{uuid.uuid4().hex[:8]}")
+    env = {"SHARD_A_URL": url_of(shard), "RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml")}
+
+    done = cli("run", "--env", "shards", "--git-sha", "abc1234", "--json", cwd=tmp_path, env=env)
+
+    assert done.returncode == 1 and applied_ids(shard) == ["0001.t", "0002.u"], done.stderr[-3000:]
+    [target] = json.loads(done.stdout)["targets"]
+    assert (target["outcome"], target["failed_step"]) == ("failed", "migrate"), target
+    assert target["applied"] == ["0001.t", "0002.u"] and target["pending"] == ["0003.w"], target

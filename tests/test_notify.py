@@ -226,3 +226,28 @@ def test_notify_task_loads_the_block_and_posts(prefect_api, slack_sink) -> None:
     delivered, missing_delivered = announce(SlackNotify(kind="slack", webhook_block=name))
     assert (delivered, missing_delivered) == (True, False)
     assert slack_sink.texts() == [text_of(SUCCEEDED)]
+
+
+def test_a_refresh_whose_migration_history_could_not_be_read_says_not_known() -> None:
+    """The refresh's migrate step ended without knowing what it applied (its history could not be read): the message
+    says so, never "Migrated: none", which is what a refresh that applied nothing says."""
+    from datetime import UTC, datetime
+
+    from tasks.engine.messages import RefreshSummary
+    from tasks.engine.snapshots.naming import Snapshot
+    from tasks.engine.snapshots.swap import SwapResult
+
+    snapshot = Snapshot("rds_instance", "rdsm-production-abc1234-20261201t000000", "app-production", True,
+                        "arn:aws:rds:eu-west-1:1:snapshot:x", datetime(2026, 12, 1, tzinfo=UTC))
+    result = SwapResult("refresh", "staging", "rds_instance", snapshot, "app-staging", "app-staging-new",
+                        "app-staging-old", True)
+    summary = RefreshSummary("refresh", "staging", "staging", "failed", "migrate", "the history could not be read",
+                             result, None, None, "refresh-staging", (), 1.0, None)
+    for text in (summary.console_text(), summary.slack_message()[1]):
+        assert "not known: the history could not be read" in migrated_line(text), text
+    assert migrated_line(replace(summary, applied=()).console_text()).endswith("none")
+
+
+def migrated_line(text: str) -> str:
+    [line] = [line for line in text.splitlines() if "Migrated" in line]
+    return line

@@ -288,7 +288,7 @@ class RefreshSummary:
     failed_step: str | None  # "parameters", "fetch-secret", "refresh", "restore", "migrate"
     error: str | None
     result: SwapResult | None
-    applied: tuple[str, ...]  # migrations applied to staging after the refresh
+    applied: tuple[str, ...] | None  # migrations applied to staging after the refresh; None: not known
     deployment: str | None  # "<flow>/<deployment>", or None when not run from a deployment
     flow_name: str
     parameters: tuple[tuple[str, str], ...]
@@ -334,7 +334,7 @@ def render_refresh(summary: RefreshSummary, *, slack: bool = False) -> tuple[str
         if result.masking_files:
             lines.append(f"{label('Masked with')} {', '.join(code(f) for f in result.masking_files)}")
     if summary.action == "refresh" and result is not None:
-        applied = ", ".join(code(i) for i in summary.applied) or "none"
+        applied = NOT_READ if summary.applied is None else ", ".join(code(i) for i in summary.applied) or "none"
         lines.append(f"{label('Migrated')} {applied}")
     where = code(summary.deployment) if summary.deployment else f"flow {code(summary.flow_name)} (no deployment)"
     lines.append(f"{label('Deployment')} {where}")

@@ -103,7 +103,7 @@ def fleet_crash_report(ended: EndedRun, tier: str, results: tuple[TargetResult, 
              "itself, so this is what Prefect and the targets' databases say."]
     lines += [f"Not known: {item}." for item in unknown]
     for result in results[:LISTED]:
-        applied = ", ".join(result.applied) or "nothing"
+        applied = "not known" if result.applied is None else ", ".join(result.applied) or "nothing"
         name = report.called(result.target) if result.outcome in ("failed", "interrupted") else result.target
         lines.append(f"- {name}: {result.outcome}; applied by this run: {applied}"
                      + (f". {result.error.strip()[:200]}" if result.error else ""))

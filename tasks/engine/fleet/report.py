@@ -23,7 +23,7 @@ ERROR_CHARACTERS = 20000  # of a run's error in its notification (a stopped run'
 class TargetResult:
     target: str
     outcome: TargetOutcome
-    applied: tuple[str, ...] = ()
+    applied: tuple[str, ...] | None = ()  # None: not known (its history could not be read after a failure)
     # None: not read (the target stopped before its plan, did not start, or was stopped): not known, never "none"
     pending: tuple[str, ...] | None = None
     snapshot: str | None = None
@@ -43,7 +43,7 @@ class TargetResult:
         return {
             "target": self.target,
             "outcome": self.outcome,
-            "applied": list(self.applied),
+            "applied": None if self.applied is None else list(self.applied),
             "pending": None if self.pending is None else list(self.pending),
             "snapshot": self.snapshot,
             "duration_seconds": round(self.duration_seconds, 3),
@@ -57,7 +57,7 @@ class TargetResult:
         return {
             "target": self.target,
             "outcome": self.outcome,
-            "applied": len(self.applied),
+            "applied": "not known" if self.applied is None else len(self.applied),
             "pending": "not known" if self.pending is None else len(self.pending),
             "snapshot": self.snapshot or "",
             "duration (s)": round(self.duration_seconds, 2),
@@ -199,7 +199,7 @@ def console_table(report: FleetReport) -> str:
         error = one_line(r.error, 80)
         pending = "unknown" if r.pending is None else len(r.pending)  # its plan never read
         lines.append(
-            f"{r.target:<24} {r.outcome:<14} {len(r.applied):>7} {pending:>7} "
+            f"{r.target:<24} {r.outcome:<14} {'unknown' if r.applied is None else len(r.applied):>7} {pending:>7} "
             f"{r.duration_seconds:>8.2f}  {error}"
         )
     return "\n".join(lines)

@@ -28,10 +28,10 @@ from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_rehearsal
-from tasks.engine.migrations.results import MigrationError
+from tasks.engine.migrations.results import ApplyReport, MigrationError
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.ended import Ended, said
-from tasks.engine.runs.migration import Credentials, check_tier
+from tasks.engine.runs.migration import Credentials, Progress, applied_per_history, check_tier
 from tasks.engine.runs.parameters import check_parameters, refuse_password_in_parameters
 from tasks.engine.runs.steps import DirectSteps, Steps
 from tasks.engine.snapshots.retention import check_fleet_quota, prune_snapshots
@@ -156,24 +156,32 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
             snapshot = steps.snapshot(environment, credentials.connection, run.git_sha, run.trigger,
                                       applied=report.plan.applied if report.plan else None)
         step = "migrate"
+        progress = Progress("migrate", run.git_sha, report, connection=credentials.connection)
         applied = credentials.run(
             lambda c: steps.migrate(
-                c, run.catalog, environment.policy, target=run.target, git_sha=run.git_sha, environment=environment.name
+                c, run.catalog, environment.policy, target=run.target, git_sha=run.git_sha,
+                environment=environment.name, on_locked=progress.took_the_lock,
             )
         )
         if report.drift is not None and not report.drift.drifted:
             remember_live_schema(credentials.connection, run.catalog)
     except Exception as exc:  # noqa: BLE001 - the target's result; the fleet goes on and fails at its end
+        unknown = False
         if isinstance(exc, MigrationError):
             applied = exc.report
         elif isinstance(exc, ValidationFailed) and exc.report.plan is not None:
             pending = exc.report.pending  # refused at its plan: what it would have applied
+        elif step == "migrate" and pending is not None:  # not a migration's failure (a lost connection, a bug)
+            # Before the lock, nothing was applied (the history's changes are another run's); after it, the
+            # history says what was (not known when it cannot be read: never "none").
+            applied = applied_per_history(progress) if progress.locked else ApplyReport(applied=(), pending=pending)
+            unknown = applied is None
         steps.log.error("Target %s failed at step %s: %s", target.name, step, exc)
         return TargetResult(
             target.name,
             "failed",
-            applied=applied.applied_ids if applied else (),
-            pending=applied.pending if applied else pending,
+            applied=None if unknown else applied.applied_ids if applied else (),
+            pending=None if unknown else applied.pending if applied else pending,
             snapshot=snapshot.identifier if snapshot else None,
             duration_seconds=time.monotonic() - started,
             error=said(exc),

@@ -44,7 +44,7 @@ class Outcome:
     step: str = "parameters"
     environment: Environment | None = None
     result: SwapResult | None = None
-    applied: tuple[str, ...] = ()
+    applied: tuple[str, ...] | None = ()  # None: not known (the history could not be read)
 
 
 def refresh_staging(name: str, steps: Steps, *, git_sha: str = "unknown", trigger: str = "schedule",
@@ -106,7 +106,7 @@ def _migrate(env: Environment, steps: Steps, outcome: Outcome, *, git_sha: str, 
                                         project_root=project_root, no_snapshot=NO_SNAPSHOT).applied
     except RdsMigrationsError as exc:
         if isinstance(exc.result, RunSummary):
-            outcome.applied = exc.result.applied or ()  # not known: said in the migration run's log
+            outcome.applied = exc.result.applied
         raise
 
 
