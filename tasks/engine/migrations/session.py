@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
+from psycopg import generators, sql
 from psycopg.pq import ExecStatus, TransactionStatus
 
 from tasks.engine.connection import Connection
@@ -118,9 +118,12 @@ class StartingState:
         message in the encoding in force when it arrives, so the RESET ALL inside the message comes too late, and
         the message is written in the session's own encoding. Compared by the server's name: psycopg has no
         codec for some encodings a migration may set (EUC_TW, MULE_INTERNAL), so it cannot name them, nor encode
-        a statement for them: the RESET goes straight through libpq (it is ASCII in every encoding)."""
+        a statement for them: the RESET is sent as bytes (ASCII in every encoding), under the connection's lock
+        and through psycopg's wait, which Ctrl-C interrupts."""
         if not conn.closed and _client_encoding(conn) != self.encoding:
-            result = conn.pgconn.exec_(b"RESET client_encoding")
+            with conn.lock:
+                conn.pgconn.send_query(b"RESET client_encoding")
+                result = conn.wait(generators.execute(conn.pgconn))[-1]
             if result.status != ExecStatus.COMMAND_OK:
                 raise psycopg.errors.error_from_result(result, encoding="utf-8")
 
