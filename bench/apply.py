@@ -26,7 +26,7 @@ from tasks.engine.migrations.split import read_text, split_migration
 
 PSQL, OURS, YOYO, KNEX = "psql (floor)", "rds-migrations", "yoyo CLI", "Knex"
 PSQL_ONE = "psql, one message a migration"
-TOGETHER = "rds-migrations, 20 a message (opt-in)"  # policy.migrations_per_message = 20: they share now()
+ALONE = "rds-migrations, one message a migration"  # policy.migrations_per_message = 1 (the default until 12-01)
 CANDIDATE = "candidate engine"
 
 
@@ -109,7 +109,7 @@ def run(server: BenchServer, base: Path, sizes: list[int], repeats: dict[int, di
     else:
         results.knex_version = knex.version(knex_home)
     policy = Policy()
-    together = policy.model_copy(update={"migrations_per_message": 20})
+    alone = policy.model_copy(update={"migrations_per_message": 1})
 
     for n in sizes:
         workload = prepare(base, n, knex_home is not None)
@@ -119,7 +119,7 @@ def run(server: BenchServer, base: Path, sizes: list[int], repeats: dict[int, di
             (PSQL, lambda c, w=workload: run_psql(w, c)),
             (PSQL_ONE, lambda c, w=workload: run_psql(w, c, w.psql_one_message)),
             (OURS, lambda c, w=workload: apply_pending(c, w.catalog, policy, git_sha="bench")),
-            (TOGETHER, lambda c, w=workload: apply_pending(c, w.catalog, together, git_sha="bench")),
+            (ALONE, lambda c, w=workload: apply_pending(c, w.catalog, alone, git_sha="bench")),
             (YOYO, lambda c, w=workload: run_yoyo(w, c)),
         ]
         if candidate is not None:

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apply import CANDIDATE, KNEX, OURS, PSQL, PSQL_ONE, TOGETHER, YOYO
+from bench.apply import ALONE, CANDIDATE, KNEX, OURS, PSQL, PSQL_ONE, YOYO
 
 # The bar (issue 5). Linear in N: the cost of one migration at N = 1,000 is within 25% of its cost at N = 100.
 APPLY_FLOOR_RATIO = 1.0  # issue 15 (round one asked for 1.2)
@@ -60,7 +60,7 @@ def ratio(results: dict, tool: str, reference: str, n: int, *, cpu: bool = False
 
 def apply_table(results: dict) -> str:
     apply = results["apply"]
-    tools = [t for t in (PSQL_ONE, OURS, TOGETHER, CANDIDATE, KNEX, YOYO) if t in apply["times"]]
+    tools = [t for t in (PSQL_ONE, OURS, ALONE, CANDIDATE, KNEX, YOYO) if t in apply["times"]]
     header = (["N", PSQL] + [f"{t} (× floor)" for t in tools]
               + ["yoyo ÷ rds-migrations", "CPU: rds-migrations ÷ psql", "reading the files"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -118,11 +118,10 @@ def _apply_rows(results: dict) -> list[Row]:
         # reset cost (rds-migrations against this).
         out.append(Row(f"apply {big:,}: {PSQL_ONE}, no history", _s(one), f"psql floor {_s(floor)}", _x(one_ratio),
                        f"(reference: rds-migrations is {_x(ours / one)} of it)", None))
-    together, together_ratio = median_time(results, TOGETHER, big), ratio(results, TOGETHER, PSQL, big)
-    if floor and together and together_ratio:
-        out.append(Row(f"apply {big:,}: {TOGETHER}", _s(together), f"psql floor {_s(floor)}", _x(together_ratio),
-                       f"≤ {APPLY_FLOOR_RATIO}× floor, with the opt-in (migrations sent together share now())",
-                       together_ratio <= APPLY_FLOOR_RATIO))
+    alone, alone_ratio = median_time(results, ALONE, big), ratio(results, ALONE, PSQL, big)
+    if floor and alone and alone_ratio:
+        out.append(Row(f"apply {big:,}: {ALONE}", _s(alone), f"psql floor {_s(floor)}", _x(alone_ratio),
+                       "(for information: migrations_per_message = 1, the default until 2026-12-01)", None))
     candidate, candidate_ratio = median_time(results, CANDIDATE, big), ratio(results, CANDIDATE, PSQL, big)
     if floor and candidate and candidate_ratio:
         out.append(Row(f"apply {big:,}, candidate engine", _s(candidate), f"psql floor {_s(floor)}",
@@ -361,7 +360,7 @@ def write_plot(results: dict, path: Path) -> None:
     (apply_axis, stall_axis), (budget_axis, trigger_axis) = axes
 
     sizes = results["apply"]["sizes"] if "apply" in results else []
-    styles = ((PSQL, "k--o"), (PSQL_ONE, "k:."), (OURS, "C0-o"), (TOGETHER, "C0:o"), (CANDIDATE, "C4-d"),
+    styles = ((PSQL, "k--o"), (PSQL_ONE, "k:."), (OURS, "C0-o"), (ALONE, "C0:o"), (CANDIDATE, "C4-d"),
               (KNEX, "C2-s"), (YOYO, "C3-^"))
     for tool, style in styles:
         points = [(n, median_time(results, tool, n)) for n in sizes if median_time(results, tool, n)]

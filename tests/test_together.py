@@ -1,6 +1,7 @@
-"""Several migrations in one message (together.py, opt-in by `policy.migrations_per_message`), on a real
-PostgreSQL: each still in its own transaction with its history rows, the failing one named exactly, none after
-it run, the history as if each had been sent alone; by default, one message a migration."""
+"""Several migrations in one message (together.py, `policy.migrations_per_message`), on a real PostgreSQL: each
+still in its own transaction with its history rows, the failing one named exactly, none after it run, the history
+as if each had been sent alone; by default, after the first of a message only migrations that cannot read the
+clock (clock.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.clock import statement_reads_the_clock
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.statements import travels_alone
@@ -27,7 +29,7 @@ from tests.helpers import (
     write_migrations,
 )
 
-TOGETHER = POLICY.model_copy(update={"migrations_per_message": 20})
+TOGETHER = POLICY.model_copy(update={"migrations_per_message": 20, "shared_now": "accepted"})
 
 # Each migration notes the message it arrived in (statement_timestamp: the message's arrival) and its transaction.
 SEEN = "INSERT INTO seen VALUES ('{id}', statement_timestamp(), txid_current());\n"
@@ -180,7 +182,7 @@ def test_groups_stop_at_a_migration_that_travels_alone_and_at_the_size_limits(tm
     assert next_group(migrations[8:], 150000, 20) == 20
     assert next_group(migrations[20:], 150000, 20) == 9 and not migrations[29].scanned
     assert next_group(migrations[8:], 150000, 5) == 5
-    assert next_group(migrations, 150000, 1) == 1  # the default: one message a migration
+    assert next_group(migrations, 150000, 1) == 1  # migrations_per_message = 1: one message a migration
     assert next_group(migrations, 120000, 20) == 1  # PostgreSQL 12: statement_timeout would cover the whole message
 
 
@@ -214,3 +216,65 @@ def test_a_connection_lost_inside_a_message_is_reported_as_the_history_says(
     assert report.failed is not None and report.failed.migration_id == "0002.slow"
     assert not report.failed.outcome_unknown and "rolled back" in report.failed.outcome()
     assert report.pending == ("0002.slow", "0003.c") and not {"slow", "c"} & tables(database)
+
+
+@pytest.mark.parametrize(("statement", "reads"), [
+    ("CREATE TABLE a (id bigint, at timestamptz DEFAULT now() CHECK (at > '2020-01-01'))", False),  # stored
+    ("CREATE INDEX a_id ON a (id) WHERE id > 0", False),
+    ("ALTER TABLE a ADD COLUMN n int NOT NULL DEFAULT 0, ADD CONSTRAINT n_ok CHECK (n >= 0)", False),
+    ("CREATE VIEW recent AS SELECT * FROM a WHERE at > now() - interval '1 day'", False),  # stored
+    ("CREATE FUNCTION f() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'", False),
+    ("COMMENT ON TABLE a IS 'made today'", False),
+    ("-- only a comment", False),
+    ("ALTER TABLE a ADD COLUMN seen timestamptz DEFAULT now()", True),  # filled in on the rows already there
+    ("ALTER TABLE a ADD COLUMN d date NOT NULL DEFAULT CURRENT_DATE", True),
+    ("ALTER TABLE a ADD COLUMN k text DEFAULT my_default()", True),  # any function: it may call now()
+    ("CREATE TABLE b (at timestamptz DEFAULT 'now'::timestamptz)", True),  # folded in when the table is made
+    ("CREATE TABLE b (d date DEFAULT 'Today')", True),
+    ("CREATE INDEX a_lower ON a (lower(name))", True),
+    ("ALTER TABLE a VALIDATE CONSTRAINT at_past", True),  # a stored CHECK (at <= now()) is evaluated on the rows
+    ("ALTER TABLE a ALTER COLUMN n TYPE bigint", True),  # so are the table's CHECKs, after the rewrite
+    ("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (CURRENT_DATE) TO (MAXVALUE)", True),
+    ("INSERT INTO a (id) VALUES (1)", True),  # a default or a trigger may call now()
+    ("UPDATE a SET n = 1", True),
+    ("SELECT 1", True),
+    ("DO $$ BEGIN PERFORM 1; END $$", True),
+    ("SET lock_timeout = '1s'", True),
+    ("CREATE MATERIALIZED VIEW m AS SELECT now()", True),  # evaluated
+    ("CREATE TABLE broken (", True),  # not read: assumed to
+])
+def test_what_reads_the_clock(statement: str, reads: bool) -> None:
+    assert statement_reads_the_clock(statement) is reads
+
+
+NOTE_DDL = """
+CREATE TABLE ddl_seen (object text, at timestamptz);
+CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ddl_seen SELECT object_identity, now() FROM pg_event_trigger_ddl_commands()
+    WHERE command_tag = 'CREATE TABLE' AND object_identity NOT LIKE '%\\_yoyo%' ESCAPE '\\'
+      AND object_identity NOT LIKE '%\\_rds\\_migrations%' ESCAPE '\\';
+END $$;
+CREATE EVENT TRIGGER note_ddl ON ddl_command_end EXECUTE FUNCTION note_ddl();
+"""
+
+
+def test_by_default_a_migration_that_may_read_the_clock_only_leads_a_message(tmp_path: Path,
+                                                                             database: Connection) -> None:
+    """By default (20 a message, shared_now "never"), DDL that stores its expressions follows the migration before
+    it in one message, and a migration that may read the clock (a seed) starts a message of its own: its now() is
+    the one it would have had alone. An event trigger noting now() at each CREATE TABLE shows the messages (the
+    one thing that can tell: README "Performance")."""
+    with connected(database) as conn:
+        conn.execute(NOTE_DDL)
+    files = {"0001.a.sql": "CREATE TABLE a (id bigint, at timestamptz DEFAULT now());\n",
+             "0002.b.sql": "CREATE TABLE b (id bigint);\n",
+             "0003.seed.sql": "INSERT INTO a (id) VALUES (1);\nSELECT pg_sleep(0.05);\n",
+             "0004.c.sql": "CREATE TABLE c (id bigint);\n"}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    with connected(database) as conn:
+        at = dict(conn.execute("SELECT object, at FROM ddl_seen").fetchall())
+        seeded = conn.execute("SELECT at FROM a").fetchone()[0]
+    assert at["public.a"] == at["public.b"], "0001 and 0002: one message"
+    assert at["public.c"] == seeded > at["public.a"], "0003 leads a message of its own; 0004 follows it"
+    assert POLICY.migrations_per_message == 20 and POLICY.shared_now == "never"  # the defaults this test is about

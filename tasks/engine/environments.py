@@ -193,9 +193,12 @@ class Policy(_Strict):
     lock_retry_max_delay_seconds: float = Field(default=30.0, ge=0, le=600)
     allow_out_of_order: bool = False
     # Up to this many consecutive transactional migrations in one message, each still in its own transaction
-    # (together.py). 1: one message a migration. More saves a round trip a migration, but migrations sent
-    # together share `now()` (the message's arrival), so it is the team's call: see README "Performance".
-    migrations_per_message: int = Field(default=1, ge=1, le=100)
+    # (together.py). 1: one message a migration. Migrations sent together share `now()` (the message's arrival):
+    # with `shared_now = "never"`, after the first of a message only those that cannot read the clock go with it
+    # (clock.py: DDL that stores its expressions), so no migration can tell; "accepted": any may (the team's
+    # call, for migrations that never compare times). See README "Performance".
+    migrations_per_message: int = Field(default=20, ge=1, le=100)
+    shared_now: Literal["never", "accepted"] = "never"
     # An INVALID index left by a failed CREATE INDEX CONCURRENTLY of a pending migration: drop it and build it
     # again, or refuse the run with the DROP command to run.
     invalid_index: Literal["drop_and_retry", "refuse"] = "refuse"

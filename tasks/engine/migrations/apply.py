@@ -144,7 +144,7 @@ def _apply_in_order(conn: psycopg.Connection, connection: Connection, ledger: Le
     while done.position < done.count:
         position = done.position
         size = 1 if position < alone_until else next_group(pending[position:], conn.info.server_version,
-                                                           policy.migrations_per_message)
+                                                           policy.migrations_per_message, policy.shared_now)
         _log_progress(log, pending, position, size)
         first: MigrationFailure | None = None
         if size > 1:

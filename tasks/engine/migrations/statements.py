@@ -304,7 +304,7 @@ def breaks_the_session(statement: str) -> str | None:
     for node in parsed(statement) or ():
         if isinstance(node, ast.DiscardStmt) and node.target == DiscardMode.DISCARD_ALL:
             return "DISCARD ALL releases the migration lock and resets the session"
-        for inner in _walk(node):
+        for inner in walk(node):
             unlocks = isinstance(inner, ast.FuncCall) and inner.funcname[-1].sval == "pg_advisory_unlock_all"
             # A DO block's body is text to this parser: look for the call in it.
             in_block = isinstance(inner, ast.DefElem) and inner.defname == "as" \
@@ -314,7 +314,7 @@ def breaks_the_session(statement: str) -> str | None:
     return None
 
 
-def _walk(node: object) -> list[object]:
+def walk(node: object) -> list[object]:
     """Every node under `node`, itself included."""
     found, stack = [], [node]
     while stack:

@@ -1,7 +1,7 @@
 """Several transactional migrations in ONE message, each still in its own transaction with its history rows.
 
-Opt-in, by the environment's `policy.migrations_per_message` (default 1: one message a migration). Up to that
-many consecutive migrations go in one simple-query message:
+By the environment's `policy.migrations_per_message` (default 20; 1: one message a migration), up to that many
+consecutive migrations go in one simple-query message:
 
     BEGIN; <starting state>; <migration 1>; <history rows 1>; COMMIT; BEGIN; ...; <history rows 2>; COMMIT; ...
 
@@ -11,11 +11,14 @@ is rolled back and named from its answers exactly as when it is sent alone (exec
 after it runs. What it saves is a round trip and a call into psycopg a migration: on the bench's 1,000
 small migrations, 0.8-0.9x the psql floor instead of 1.1x; on RDS a round trip crosses the network.
 
-Why it is not the default: PostgreSQL stamps a transaction's start (`now()`, `current_timestamp`,
+What it must not change: PostgreSQL stamps a transaction's start (`now()`, `current_timestamp`,
 `statement_timestamp()`) with the arrival of the message that began it, so migrations sent together see the
 same `now()`. A migration that compares `now()` with what an earlier one of the same message wrote (`WHERE
-created_at < now()` after a seed, a CHECK that `valid_to > valid_from`) then does something else, and which
-migrations share a message depends on what is pending. Only the team knows whether theirs do that.
+created_at < now()` after a seed, a CHECK that `valid_to > valid_from`) would then do something else, and
+which migrations share a message depends on what is pending. So by default (`shared_now = "never"`) a migration
+that may read the clock (clock.py) goes only FIRST in a message, where its time is the one it would have had
+alone; the ones after it are DDL that stores its expressions, which cannot tell. `shared_now = "accepted"` lets
+any migration travel after another (the team's call).
 
 A migration travels alone when it could change what the rest of a message does: non-transactional, a file
 PostgreSQL's scanner cannot read (a quote left open), read differently as one message, too large, or holding a
@@ -38,6 +41,7 @@ from psycopg import pq
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.catalog import Migration
+from tasks.engine.migrations.clock import reads_the_clock
 from tasks.engine.migrations.execute import (
     FATAL_ERROR,
     MISSING_PREPARED,
@@ -69,14 +73,18 @@ def travels_together(migration: Migration, server_version: int) -> bool:
             and not any(travels_alone(statement) for statement in migration.statements))
 
 
-def next_group(migrations: Sequence[Migration], server_version: int, limit: int) -> int:
-    """How many of `migrations`, from the first, go in one message of at most `limit` (1: the first alone)."""
+def next_group(migrations: Sequence[Migration], server_version: int, limit: int,
+               shared_now: str = "never") -> int:
+    """How many of `migrations`, from the first, go in one message of at most `limit` (1: the first alone).
+    `shared_now` "never": after the first, only migrations that cannot read the clock (clock.py), so none can
+    tell it shares the first one's `now()`; "accepted": any that travels together."""
     if limit <= 1:
         return 1
     count = size = 0
     for migration in migrations[:limit]:
         size += sum(len(statement) for statement in migration.statements)
-        if size > MAX_CHARACTERS or not travels_together(migration, server_version):
+        if size > MAX_CHARACTERS or not travels_together(migration, server_version) or (
+                count and shared_now == "never" and reads_the_clock(migration)):
             break
         count += 1
     return max(count, 1)
