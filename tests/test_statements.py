@@ -114,3 +114,21 @@ def test_the_index_a_concurrent_build_names_is_read_by_the_parser(statement: str
 ])
 def test_the_schemas_a_statement_creates_or_drops_are_read_by_the_parser(statement: str, schemas: set[str]) -> None:
     assert named_schemas(statement) == schemas
+
+
+@pytest.mark.parametrize("text", [
+    "CREATE TABLE café (nom text DEFAULT 'été');\n-- a comment: déjà vu; still a comment\nINSERT INTO café VALUES "
+    "('naïve; not a statement end');\n",
+    "SELECT E'\\é12; still the string', U&'d\\0061t\\+000061 é;'; /* nested /* é; */ é; */ SELECT 1;\n",
+    "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $body$ SELECT 'é; x' $body$;\nSELECT\u00a0f();\n",
+    "SELECT $é$ one; $è$ still one $é$; SELECT 2;\n",  # tags with non-ASCII letters: split as written
+    "SELECT 'plain ascii'; SELECT 2;\n",
+])
+def test_statements_are_split_where_the_scanner_splits_them_whatever_characters_they_hold(text: str) -> None:
+    """Non-ASCII characters are stood in for by ASCII letters before pglast splits (it maps offsets slowly when
+    there are many): the statements found are exactly those PostgreSQL's scanner finds in the text as written."""
+    import pglast
+
+    from tasks.engine.migrations.split import statement_slices
+
+    assert statement_slices(text) == list(pglast.split(text, with_parser=False, only_slices=True))

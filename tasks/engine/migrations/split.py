@@ -73,7 +73,23 @@ def split(text: str) -> SplitText:
 def statement_slices(text: str) -> list[slice]:
     """Where each statement of `text` is, as PostgreSQL's scanner splits it (a `BEGIN ATOMIC` body kept
     whole); `pglast.parser.ParseError` when the scanner cannot read the text (an unclosed quote)."""
-    return _atomic_bodies_kept(text) or list(pglast.split(text, with_parser=False, only_slices=True))
+    return _atomic_bodies_kept(text) or list(pglast.split(_ascii_stand_in(text), with_parser=False,
+                                                          only_slices=True))
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_NON_ASCII_DOLLAR_TAG = re.compile(r"\$[^$\s]*[^\x00-\x7f][^$\s]*\$")
+
+
+def _ascii_stand_in(text: str) -> str:
+    """`text` with each non-ASCII character stood in for by `z`. pglast's split maps its scanner's byte offsets
+    back to characters slowly when there are many (2.4 s for a 10 MB backfill holding 4,902 accented names; 0.3 s
+    without). The scanner reads a non-ASCII character, as it reads `z`, as a letter of the identifier, string or
+    comment it is in (or starts an identifier): one letter for one, so the statements and every offset are the
+    same. Not where a dollar-quote tag may hold one (`$é$` and `$è$` would then read as one tag)."""
+    if text.isascii() or _NON_ASCII_DOLLAR_TAG.search(text):
+        return text
+    return _NON_ASCII.sub(lambda found: "z" * len(found.group()), text)
 
 
 def _atomic_bodies_kept(text: str) -> list[slice] | None:
