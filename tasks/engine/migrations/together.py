@@ -8,8 +8,8 @@ consecutive migrations go in one simple-query message:
 Each migration still commits with its history rows or not at all, and the server runs a message's statements
 in order and stops at the first error: the migrations before it are committed and recorded, the failing one
 is rolled back and named from its answers exactly as when it is sent alone (execute.py's `settle`), none
-after it runs. What it saves is a round trip and a call into psycopg a migration: on the bench's 1,000
-small migrations, 0.8-0.9x the psql floor instead of 1.1x; on RDS a round trip crosses the network.
+after it runs. What it saves is a round trip and a call into psycopg a migration: 5-15% of the bench's small
+migrations on a local socket (BENCHMARKS.md); on RDS a round trip crosses the network.
 
 What it must not change: PostgreSQL stamps a transaction's start (`now()`, `current_timestamp`,
 `statement_timestamp()`) with the arrival of the message that began it, so migrations sent together see the
