@@ -150,17 +150,23 @@ def test_a_noinherit_login_rehearses_in_the_public_schema_of_its_own_scratch_dat
     assert "a" in tables(database)
 
 
+def history_made_by_another_login(project: Path, database: Connection, login) -> Connection:
+    """Two logins with CREATE on the schema; the first applies 0001.a, so it owns the history tables. The second,
+    returned, owns nothing yet."""
+    first, second = login("first", "CREATEDB"), login("second", "CREATEDB")
+    with connected(database) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}, {}").format(
+            sql.Identifier(first.user), sql.Identifier(second.user)))
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
+    assert run(project, first).returncode == 0
+    return second
+
 def test_another_login_with_every_right_on_the_history_may_run_without_owning_it(
         tmp_path: Path, database: Connection, login) -> None:
     """The history tables were made by one login; another, with CREATE on the schema and every right on the
     tables but not their owner, runs the next migration (bringing the tables up to date needs no owner when
     they are up to date)."""
-    first, second = login("first", "CREATEDB"), login("second", "CREATEDB")
-    with connected(database) as conn:
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}, {}").format(
-            sql.Identifier(first.user), sql.Identifier(second.user)))
-    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
-    assert run(tmp_path, first).returncode == 0
+    second = history_made_by_another_login(tmp_path, database, login)
     with connected(database) as conn:
         conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(second.user)))
     write_migrations(tmp_path, {"0002.b.sql": "CREATE TABLE b (id bigint PRIMARY KEY);\n"})
@@ -170,19 +176,13 @@ def test_another_login_with_every_right_on_the_history_may_run_without_owning_it
         assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'b'").fetchone() == (second.user,)
 
 
-
 def test_history_an_earlier_version_made_works_for_a_login_that_may_not_bring_it_up_to_date(
         tmp_path: Path, database: Connection, login) -> None:
     """The dirty-mark table lacks the column this version adds (`invalid_before`: made by an earlier one), and the
     login running now may not add it (not the owner). The plan and the run, dirty mark included, work without it
     (then every INVALID index counts as a leftover, as before). The plan read the column, so every run failed:
     "column d.invalid_before does not exist"."""
-    first, second = login("first", "CREATEDB"), login("second", "CREATEDB")
-    with connected(database) as conn:
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}, {}").format(
-            sql.Identifier(first.user), sql.Identifier(second.user)))
-    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint PRIMARY KEY);\n"})
-    assert run(tmp_path, first).returncode == 0
+    second = history_made_by_another_login(tmp_path, database, login)
     with connected(database) as conn:  # as an earlier version left it
         conn.execute("ALTER TABLE _rds_migrations_dirty DROP COLUMN invalid_before")
         conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(second.user)))

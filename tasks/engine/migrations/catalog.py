@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from tasks.engine.errors import UsageError
-from tasks.engine.migrations.split import read_text, split
+from tasks.engine.migrations.split import read_text, split, text_of
 from tasks.engine.migrations.sqltext import after_comments, comment_only
 from tasks.engine.migrations.statements import breaks_the_session, copies_with_the_client, ends_transaction
 
@@ -240,7 +240,7 @@ def _read_migration(path: Path, migration_id: str, version: int) -> tuple[Migrat
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, why)]
     try:
         raw = path.read_bytes()
-        text = read_text(path)
+        text = text_of(raw)
     except UnicodeDecodeError as exc:
         return Migration(migration_id, version, path, "", ()), [Problem(path.name, _not_utf8(exc))]
     except OSError as exc:  # a socket or a FIFO named like a migration, a file this user may not read

@@ -37,7 +37,12 @@ class SplitText:
 
 def read_text(path: Path) -> str:
     """A migration file's text as yoyo reads it (UTF-8), without a byte order mark."""
-    return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    return text_of(path.read_bytes())
+
+
+def text_of(raw: bytes) -> str:
+    """`read_text` of bytes already read (the catalog keeps them for the checksum)."""
+    return raw.decode("utf-8").removeprefix("\ufeff")
 
 
 def split_migration(text: str) -> tuple[dict[str, str], list[str]]:

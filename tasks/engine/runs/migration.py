@@ -245,8 +245,7 @@ def interrupted(progress: Progress, environment: str) -> Interrupted:
     said = f"interrupted (Ctrl-C) at step {progress.step}"
     if progress.step != "migrate" or progress.report is None or progress.connection is None:
         return Interrupted(f"{said}: nothing was applied")
-    if not progress.locked:  # another run holds the lock: what the history shows now is that run's doing
-        progress.applied = ApplyReport(applied=(), pending=progress.report.pending)
+    if not progress.locked:  # what the history shows now is another run's doing (run_migration says so)
         return Interrupted(f"{said}, before it got the migration lock: nothing was applied")
     try:
         progress.applied = applied_per_history(progress)
@@ -294,14 +293,11 @@ def _publish_plan(steps: Steps, environment: Environment, report: ValidationRepo
 def summarize(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, trigger: str,
               dry_run: bool, error: Exception | None, duration: float) -> RunSummary:
     report, applied, snapshot = progress.report, progress.applied, progress.snapshot
-    pending = report.pending if report and report.plan else None  # None: it stopped before its plan
-    if applied is not None:
-        pending = applied.pending
-    elif progress.step == "migrate":
-        pending = None  # what it applied is not known, so what is left is not either
-    # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
-    # it applied is not known (a failure while migrating whose history could not be read).
+    # What it applied is not known (a failure while migrating whose history could not be read): nor what is left.
     unknown = applied is None and progress.step == "migrate"
+    pending = None if unknown else applied.pending if applied else report.pending if report and report.plan else None
+    # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
+    # it applied is not known.
     restorable = snapshot is not None and (changed_database(applied) or bool(progress.dirty) or unknown)
     creating = error.snapshot_id if isinstance(error, SnapshotNotReady) else None
     failed = applied.failed if applied else None
