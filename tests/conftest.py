@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 from pydantic import SecretStr
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -22,7 +23,7 @@ os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
 # before any test adds a handler or pytest's log capture, so that no test loses them halfway.
 import prefect.main  # noqa: E402, F401
 
-from tasks.engine.connection import Connection  # noqa: E402
+from tasks.engine.connection import Connection, connected  # noqa: E402
 from tasks.engine.embedded import LocalServer  # noqa: E402
 
 # The canary: a password no log line, result, artifact, Slack message or exception may ever contain.
@@ -78,6 +79,36 @@ def fresh_database(server: LocalServer) -> Iterator[Connection]:
 def database(pg_server: LocalServer) -> Iterator[Connection]:
     """A fresh, empty database on the test server, dropped afterwards."""
     yield from fresh_database(pg_server)
+
+
+@pytest.fixture
+def login(database: Connection):
+    """A login role with a password and nothing else (a factory: `login(name_suffix)`); dropped afterwards
+    with everything it owns."""
+    made: list[str] = []
+
+    def make(suffix: str, attributes: str = "") -> Connection:
+        name, password = f"{suffix}_{database.dbname}", uuid.uuid4().hex
+        with connected(database) as conn:
+            conn.execute(sql.SQL(f"CREATE ROLE {{}} LOGIN {attributes} PASSWORD {{}}").format(
+                sql.Identifier(name), sql.Literal(password)))
+        made.append(name)
+        return database.model_copy(update={"user": name, "password": SecretStr(password)})
+
+    yield make
+    drop_roles(database, made)
+
+
+def drop_roles(database: Connection, roles: list[str]) -> None:
+    """The roles, what they own in the test's database, and the databases they own (cached rehearsals)."""
+    with connected(database.with_database("postgres")) as conn:
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datdba IN (SELECT oid FROM pg_roles "
+                                    "WHERE rolname = ANY(%s))", (roles,)).fetchall():
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with connected(database) as conn:
+        for role in roles:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 # ---- AWS API emulator ------------------------------------------------------------------------------------

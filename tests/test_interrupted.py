@@ -86,6 +86,7 @@ def test_ctrl_c_when_the_history_cannot_be_read_says_so_and_offers_the_restore(t
     assert "rds-migrations restore --env mine --snapshot-id rdsm-mine-" in said, said[-3000:]
     assert "nothing to restore" not in said, said[-3000:]
     # The summary does not make up what it could not read: neither "applied: none" nor the plan as still pending.
-    assert "  applied:    not known: the history could not be read (`rds-migrations status` reads it)" in said, said
+    assert ("  applied:    not known: the history could not be read (`rds-migrations status --env mine` reads it)"
+            in said), said[-3000:]
     assert "  pending:    not known: the history could not be read" in said, said[-3000:]
     assert applied_ids(database) == ["0001.a"]  # 0002.slow was rolled back by the server

@@ -245,6 +245,7 @@ def test_a_refresh_whose_migration_history_could_not_be_read_says_not_known() ->
                              result, None, None, "refresh-staging", (), 1.0, None)
     for text in (summary.console_text(), summary.slack_message()[1]):
         assert "not known: the history could not be read" in migrated_line(text), text
+        assert "rds-migrations status --env staging" in migrated_line(text), text  # the database it could not read
     assert migrated_line(replace(summary, applied=()).console_text()).endswith("none")
 
 

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.results import MigrationError
+from tests.conftest import drop_roles
 from tests.helpers import (
     applied_ids,
     cli,
@@ -27,36 +28,6 @@ from tests.helpers import (
 
 def run(project: Path, database: Connection, *extra: str):
     return cli("run", "--database-url", url_of(database), "--git-sha", "abcdef1", *extra, cwd=project)
-
-
-@pytest.fixture
-def login(database: Connection):
-    """A login role with a password and nothing else (a factory: `login(name_suffix)`); dropped afterwards
-    with everything it owns."""
-    made: list[str] = []
-
-    def make(suffix: str, attributes: str = "") -> Connection:
-        name, password = f"{suffix}_{database.dbname}", uuid.uuid4().hex
-        with connected(database) as conn:
-            conn.execute(sql.SQL(f"CREATE ROLE {{}} LOGIN {attributes} PASSWORD {{}}").format(
-                sql.Identifier(name), sql.Literal(password)))
-        made.append(name)
-        return database.model_copy(update={"user": name, "password": SecretStr(password)})
-
-    yield make
-    drop_roles(database, made)
-
-
-def drop_roles(database: Connection, roles: list[str]) -> None:
-    """The roles, what they own in the test's database, and the databases they own (cached rehearsals)."""
-    with connected(database.with_database("postgres")) as conn:
-        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datdba IN (SELECT oid FROM pg_roles "
-                                    "WHERE rolname = ANY(%s))", (roles,)).fetchall():
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-    with connected(database) as conn:
-        for role in roles:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 # ---- the role a login starts with (ALTER ROLE ... SET role) is where every migration starts ------------------

@@ -159,3 +159,43 @@ def test_a_reindex_schema_that_made_no_copy_leaves_no_mark_beside_an_old_leftove
     assert "lock timeout" in str(raised.value) and quoted(old) not in str(raised.value)
     assert dirty_state(database) == []
     assert applied_ids(database) == ["0001.base"] and invalid_copies(database) == [old]
+
+
+def test_a_toast_copy_only_a_superuser_may_drop_does_not_stop_a_login_marking_the_migration(
+    tmp_path: Path, database: Connection, login
+) -> None:
+    """A login that is not a superuser (RDS's master user is not) may not use the pg_toast schema, so it cannot
+    drop the copy of a TOAST index a failed REINDEX left there: --mark-applied refused for good, naming a DROP
+    that login could never run. The copy is named with who may drop it, and marking goes ahead."""
+    migrator = login("owner")
+    with connected(database) as conn:
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{migrator.user}"')
+    catalog, message = failed_reindex(tmp_path, migrator, "CREATE TABLE t (id int, body text);\n",
+                                      "REINDEX TABLE CONCURRENTLY t;", "t")
+    [left] = invalid_copies(database)
+    assert left.startswith("pg_toast.pg_toast_") and "only a superuser may drop it" in message, message
+    with connected(migrator) as conn, pytest.raises(Exception, match="permission denied for schema pg_toast"):
+        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted(left)}")  # what the message used to ask for
+    outcome = resolve_dirty(migrator, catalog, "0002.reindex", mark_applied=True, policy=POLICY)
+    assert "still there" in outcome and quoted(left) in outcome, outcome
+    assert applied_ids(database) == ["0001.base", "0002.reindex"] and dirty_state(database) == []
+
+
+def test_mark_not_applied_refuses_while_what_the_migration_left_would_outlive_its_next_run(
+    tmp_path: Path, database: Connection
+) -> None:
+    """--mark-not-applied did not look at what the migration left: the next run's REINDEX skips an INVALID TOAST
+    index, so the copy stayed for good behind a history that said applied. It refuses, naming the DROP, until
+    the copy is gone; then the next run applies the migration in full."""
+    catalog, _ = failed_reindex(tmp_path, database, "CREATE TABLE t (id int, body text);\n",
+                                "REINDEX TABLE CONCURRENTLY t;", "t")
+    [left] = invalid_copies(database)
+    drop = f"DROP INDEX CONCURRENTLY IF EXISTS {quoted(left)};"
+    with pytest.raises(ResolveError, match="half done, so not recorded as not applied") as refused:
+        resolve_dirty(database, catalog, "0002.reindex", mark_applied=False, policy=POLICY)
+    assert drop in str(refused.value) and dirty_state(database) == [("0002.reindex", "failed", 1)]
+    with connected(database) as conn:
+        conn.execute(drop)
+    resolve_dirty(database, catalog, "0002.reindex", mark_applied=False, policy=POLICY)
+    apply_pending(database, catalog, POLICY)
+    assert applied_ids(database) == ["0001.base", "0002.reindex"] and invalid_copies(database) == []

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from tasks.engine.migrations.hints import where_flag
 from tasks.engine.snapshots.swap import SwapResult
 
 MAX_LISTED = 10  # migration ids shown per list before "… and N more"
@@ -138,13 +139,15 @@ def _outcome_line(summary: RunSummary) -> str:
     return status
 
 
-NOT_READ = "not known: the history could not be read (`rds-migrations status` reads it)"
+def not_read(environment: str) -> str:
+    """What a message says of a history that could not be read, with the command that reads it."""
+    return f"not known: the history could not be read (`rds-migrations status {where_flag(environment)}` reads it)"
 
 
 def _applied(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str]:
     """(" (count)", the list) of what the run applied; not known when its history could not be read."""
     if summary.applied is None:
-        return "", NOT_READ
+        return "", not_read(summary.environment)
     return f" ({len(summary.applied)})", _listed(summary.applied, quote)
 
 
@@ -152,7 +155,8 @@ def _pending(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str
     """(" (count)", the list) of what is pending; not known when the run stopped before its plan, or when what it
     applied is not known."""
     if summary.pending is None:
-        return "", NOT_READ if summary.applied is None else "not known (the run stopped before its plan)"
+        return "", not_read(summary.environment) if summary.applied is None \
+            else "not known (the run stopped before its plan)"
     return f" ({len(summary.pending)})", _listed(summary.pending, quote)
 
 
@@ -162,7 +166,7 @@ def _no_snapshot_note(summary: RunSummary) -> str | None:
         return None
     if summary.applied is None:  # never "not changed": nobody knows here
         return ("No snapshot was taken, so there is nothing to restore from; what this run applied is "
-                f"{NOT_READ}.")
+                f"{not_read(summary.environment)}.")
     if summary.snapshot_id:  # being created, or nothing this run did needs it
         if summary.applied:
             return None
@@ -334,7 +338,8 @@ def render_refresh(summary: RefreshSummary, *, slack: bool = False) -> tuple[str
         if result.masking_files:
             lines.append(f"{label('Masked with')} {', '.join(code(f) for f in result.masking_files)}")
     if summary.action == "refresh" and result is not None:
-        applied = NOT_READ if summary.applied is None else ", ".join(code(i) for i in summary.applied) or "none"
+        applied = not_read(summary.environment) if summary.applied is None \
+            else ", ".join(code(i) for i in summary.applied) or "none"
         lines.append(f"{label('Migrated')} {applied}")
     where = code(summary.deployment) if summary.deployment else f"flow {code(summary.flow_name)} (no deployment)"
     lines.append(f"{label('Deployment')} {where}")

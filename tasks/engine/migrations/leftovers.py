@@ -1,11 +1,17 @@
 """What a failed statement that commits in phases leaves behind (statements.commits_in_phases): the INVALID index
 of a `DROP INDEX CONCURRENTLY` or a `REINDEX ... CONCURRENTLY`, the partition a `DETACH PARTITION ...
 CONCURRENTLY` left pending detach, each named with the command that finishes or clears it. Names are found
-as the migration's own statements found them (search_path.py)."""
+as the migration's own statements found them (search_path.py).
+
+A REINDEX copy of a TOAST index is made in `pg_toast`, a schema only a superuser may use: the RDS master user
+is not one, so nobody the operator can be may drop it there. Such a copy is named with who can drop it and
+does not stand in the way of marking the migration (`Leftover.blocks`): it holds nothing the table needs (the
+table's own TOAST index is valid beside it), and PostgreSQL's REINDEX skips an INVALID TOAST index."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
 from pglast import ast
@@ -16,8 +22,8 @@ from tasks.engine.migrations.sqltext import quote_identifier
 from tasks.engine.migrations.statements import commits_in_phases, commits_inside, parsed
 
 _INDEX = """
-SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, c.relname, has_schema_privilege(n.oid, 'USAGE')
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 """
 _HALF_DROPPED = _INDEX + "WHERE i.indexrelid = %s AND NOT i.indisvalid"
 # REINDEX CONCURRENTLY names its copy <index>_ccnew (then _ccnew1, ...), and the old index <index>_ccold after
@@ -46,8 +52,20 @@ WHERE h.inhrelid = %s AND h.inhdetachpending
 """
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something a statement left half done, in words with the command that finishes or clears it; `blocks`:
+    whether it stands in the way of marking its migration (False: only a superuser could clear it)."""
+
+    said: str
+    blocks: bool = True
+
+    def __str__(self) -> str:
+        return self.said
+
+
 def leftovers(conn: psycopg.Connection, statement: str, path: SearchPath = None,
-              before: Sequence[str] = ()) -> tuple[str, ...] | None:
+              before: Sequence[str] = ()) -> tuple[Leftover, ...] | None:
     """What `statement` (one that commits in phases) left half done in the database, each with the command that
     finishes or clears it; () when nothing is left (none of its phases committed). None for any other statement,
     or when the catalog could not be read: then nobody knows. `before`: the INVALID indexes there when its
@@ -61,14 +79,15 @@ def leftovers(conn: psycopg.Connection, statement: str, path: SearchPath = None,
         return None
 
 
-def _left_by(conn: psycopg.Connection, node: ast.Node, path: SearchPath, before: Sequence[str]) -> list[str]:
+def _left_by(conn: psycopg.Connection, node: ast.Node, path: SearchPath, before: Sequence[str]) -> list[Leftover]:
     if isinstance(node, ast.DropStmt) and node.concurrent:
         found = []
         for parts in node.objects or ():
             names = [part.sval for part in parts if isinstance(part, ast.String)]
             oid = first_found(conn, names[-2] if len(names) > 1 else None, names[-1], path)
-            found += [f"INVALID index {name}, half dropped: finish it with DROP INDEX CONCURRENTLY IF EXISTS {name};"
-                      for name in _names(conn.execute(_HALF_DROPPED, (oid,)).fetchall())] if oid else []
+            found += [Leftover(f"INVALID index {name}, half dropped: finish it with DROP INDEX CONCURRENTLY IF "
+                               f"EXISTS {name};") for name, _ in _names(conn.execute(_HALF_DROPPED, (oid,)).fetchall())
+                      ] if oid else []
         return found
     if isinstance(node, ast.ReindexStmt):
         kind, relation, args = ReindexObjectType(node.kind), node.relation, [list(before)]
@@ -80,8 +99,8 @@ def _left_by(conn: psycopg.Connection, node: ast.Node, path: SearchPath, before:
         elif kind == ReindexObjectType.REINDEX_OBJECT_SCHEMA:
             args.append(node.name)
         scope = f" AND i.indrelid IN ({_MADE_ON[kind]})" if kind in _MADE_ON else ""  # DATABASE, SYSTEM: all
-        return [f"INVALID index {name}, left by REINDEX CONCURRENTLY: drop it with DROP INDEX CONCURRENTLY IF "
-                f"EXISTS {name};" for name in _names(conn.execute(_REINDEX_LEFT + scope, args).fetchall())]
+        rows = conn.execute(_REINDEX_LEFT + scope, args).fetchall()
+        return [_reindex_copy(name, usable) for name, usable in _names(rows)]
     if isinstance(node, ast.AlterTableStmt):
         found = []
         for command in node.cmds or ():
@@ -89,15 +108,26 @@ def _left_by(conn: psycopg.Connection, node: ast.Node, path: SearchPath, before:
                 part = command.def_.name
                 oid = first_found(conn, part.schemaname, part.relname, path)
                 for row in conn.execute(_PENDING_DETACH, (oid,)).fetchall() if oid else ():
-                    parent, child = _names([row[:2], row[2:]])
-                    found.append(f"partition {child} is pending detach from {parent}: finish it with ALTER TABLE "
-                                 f"{parent} DETACH PARTITION {child} FINALIZE;")
+                    (parent, _), (child, _) = _names([(*row[:2], True), (*row[2:], True)])
+                    found.append(Leftover(f"partition {child} is pending detach from {parent}: finish it with ALTER "
+                                          f"TABLE {parent} DETACH PARTITION {child} FINALIZE;"))
         return found
     return []
 
 
-def _names(rows: Sequence[Sequence[str]]) -> list[str]:
-    return [f"{quote_identifier(schema)}.{quote_identifier(name)}" for schema, name in rows]
+def _reindex_copy(name: str, usable: bool) -> Leftover:
+    drop = f"DROP INDEX CONCURRENTLY IF EXISTS {name};"
+    if usable:
+        return Leftover(f"INVALID index {name}, left by REINDEX CONCURRENTLY: drop it with {drop}")
+    return Leftover(f"INVALID index {name}, left by REINDEX CONCURRENTLY in a schema this login may not use: only a "
+                    f"superuser may drop it ({drop}); it holds nothing the table needs and does not stop the "
+                    "migration being marked", blocks=False)
+
+
+def _names(rows: Sequence[Sequence[object]]) -> list[tuple[str, bool]]:
+    """(schema.name quoted, whether this session may use the schema) of each (schema, name, usable) row."""
+    return [(f"{quote_identifier(str(schema))}.{quote_identifier(str(name))}", bool(usable))
+            for schema, name, usable in rows]
 
 
 def partly_done(conn: psycopg.Connection, statements: Sequence[str], number: int,
@@ -112,4 +142,4 @@ def partly_done(conn: psycopg.Connection, statements: Sequence[str], number: int
     left = leftovers(conn, statement, search_paths(statements)[number - 1], before)
     if left == ():
         return False, ""
-    return True, "; it left " + "; ".join(left) if left else ""
+    return True, "; it left " + "; ".join(map(str, left)) if left else ""

@@ -12,11 +12,11 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
 from tasks.engine.errors import ResolveError
 from tasks.engine.logs import Log
-from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.history import Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
-from tasks.engine.migrations.leftovers import leftovers
+from tasks.engine.migrations.leftovers import Leftover, leftovers
 from tasks.engine.migrations.plan import make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
 from tasks.engine.migrations.search_path import search_paths
@@ -103,6 +103,15 @@ def explain_state(connection: Connection, catalog: Catalog, *, environment: str 
     return not history.dirty, "\n".join(texts)
 
 
+def _left(conn: psycopg.Connection, migration: Migration | None, dirty: DirtyMigration) -> list[Leftover]:
+    """What the statements that ran (the rollback file's, when it left the mark) left half done."""
+    if migration is None:
+        return []
+    ran = (migration.rollback_statements or ()) if dirty.rolling_back else migration.statements
+    return [found for statement, path in zip(ran, search_paths(ran), strict=True)
+            for found in leftovers(conn, statement, path, dirty.invalid_before or ()) or ()]
+
+
 def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *, mark_applied: bool,
                   policy: Policy, log: Log = logger) -> str:
     """An operator finished (`mark_applied`) or undid a dirty migration by hand: record that, under the lock."""
@@ -121,6 +130,9 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
             others = f" (dirty: {', '.join(dirty)})" if dirty else " (nothing is dirty)"
             raise ResolveError(f"{migration_id} is not marked dirty on {connection.describe()}{others}")
         migration = catalog.get(migration_id)
+        left = _left(conn, migration, dirty[migration_id])
+        stays = "".join(f"; still there: {found}" for found in left if not found.blocks)
+        blocking = " ".join(str(found) for found in left if found.blocks)
         if mark_applied:
             if migration is None:
                 raise ResolveError(f"{migration_id}: its file is not in {catalog.directory.name}/; restore it first "
@@ -133,21 +145,22 @@ def resolve_dirty(connection: Connection, catalog: Catalog, migration_id: str, *
                                    f"used, never unique, never built again). Drop it ({invalid[0].drop_command}) "
                                    "and build it by hand, then mark it applied; or mark it not applied, and the "
                                    "next run builds it")
-            ran = (migration.rollback_statements or ()) if dirty[migration_id].rolling_back else migration.statements
-            left = [found for statement, path in zip(ran, search_paths(ran), strict=True)
-                    for found in leftovers(conn, statement, path, dirty[migration_id].invalid_before or ()) or ()]
-            if left:  # half done: recorded as applied, it would stay so
-                raise ResolveError(f"{migration_id} is half done, so not recorded as applied: {' '.join(left)} "
-                                  "then mark it applied")
+            if blocking:  # half done: recorded as applied, it would stay so
+                raise ResolveError(f"{migration_id} is half done, so not recorded as applied: {blocking} "
+                                   "then mark it applied")
             with conn.transaction():
                 ledger.record(migration, "resolved", None, time.monotonic(), operation="mark",
                               comment="rds-migrations resolve --mark-applied")
                 ledger.clear_dirty(migration_id)
-            outcome = f"{migration_id} is recorded as applied and no longer dirty"
+            outcome = f"{migration_id} is recorded as applied and no longer dirty{stays}"
         else:
+            if blocking:  # pending again, the next run would run it on top of what it left half done
+                raise ResolveError(f"{migration_id} is half done, so not recorded as not applied (the next run would "
+                                   f"run it again on top of what it left): {blocking} then mark it not applied once "
+                                   "what it did is undone, or applied if that finished it")
             with conn.transaction():
                 ledger.clear_dirty(migration_id)
                 ledger.record_unmarked(migration_id)
-            outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it"
+            outcome = f"{migration_id} is no longer dirty and is pending again: the next run applies it{stays}"
     log.warning("Resolved by an operator: %s", outcome)
     return outcome
