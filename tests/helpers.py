@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+import pytest
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Policy
@@ -264,3 +265,19 @@ def stop_process_group(process: subprocess.Popen | None) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def a_bug_when_applying(monkeypatch: pytest.MonkeyPatch, migration_id: str) -> None:
+    """The engine fails with an error that is not ours (a RuntimeError, as a bug would) when it comes to the
+    non-transactional `migration_id`, before sending it. Injected: every real trigger of such an error is a
+    defect that gets mended, and what is tested here is what the run says afterwards, not the engine."""
+    from tasks.engine.migrations import apply
+
+    real = apply.run_alone
+
+    def run_alone(conn, ledger, migration, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if migration.id == migration_id:
+            raise RuntimeError(f"a bug in the engine at {migration_id}")
+        return real(conn, ledger, migration, *args, **kwargs)
+
+    monkeypatch.setattr(apply, "run_alone", run_alone)

@@ -299,6 +299,20 @@ def test_a_non_transactional_rollback_runs_alone(tmp_path: Path, database: Conne
     assert dirty_state(database) == [] and log_rows(database)[-1] == ("0002.t-index", "rollback")
 
 
+def test_a_non_transactional_rollback_that_sets_an_encoding_python_has_no_codec_for_is_undone(
+    tmp_path: Path, database: Connection
+) -> None:
+    """After its `SET client_encoding = 'EUC_TW'` psycopg could not write the next statement's dirty-mark move: the
+    rollback failed with 'codec not available' and stayed dirty. The session's encoding is put back first."""
+    files = {"0001.t.sql": "CREATE TABLE t (v int);\n",
+             "0002.t-index.sql": "-- transactional: false\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n",
+             "0002.t-index.rollback.sql": "-- transactional: false\nSET client_encoding = 'EUC_TW';\n"
+                                          "DROP INDEX CONCURRENTLY t_v;\nSET client_encoding = 'EUC_TW';\n"}
+    catalog = applied(tmp_path, database, files)
+    assert roll_back_to(database, catalog, POLICY, "1").rolled_back_ids == ("0002.t-index",)
+    assert not index_exists(database, "t_v") and applied_ids(database) == ["0001.t"] and dirty_state(database) == []
+
+
 def test_a_non_transactional_rollback_stopped_halfway_is_dirty_until_resolved(
     tmp_path: Path, database: Connection
 ) -> None:

@@ -32,13 +32,19 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
 
     Round trips: one message sets the starting state and writes the mark, one moves it before each later
     statement, one sets the starting state again, and one writes "recording", then the record in its own
-    transaction (each transaction committed before the next begins, as when they were sent one by one)."""
+    transaction (each transaction committed before the next begins, as when they were sent one by one).
+
+    A statement may set the client encoding (`SET client_encoding`, as pg_dump's output starts): it is put back
+    before each statement and before the record, as before each message of a transactional migration, so every
+    statement reaches the server as written (UTF-8, as the file was read), also in an encoding psycopg has no
+    codec for (EUC_TW)."""
     password = conn.info.password or ""
     start.restore(conn, ledger.mark_statement(migration, git_sha, run_id),
                   ledger.progress_statements(migration.id, "running", 1, applied_through=0))
     statement, number, applied_through = "", 0, 0
     try:
         for number, statement in enumerate(migration.statements, 1):
+            start.settle_encoding(conn)
             if _idle(conn):
                 applied_through = number - 1
                 if number > 1:
@@ -56,6 +62,7 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
             return replace(failure, dirty=True)  # the mark says "running": the next run explains it
         if not _idle(conn):
             quietly(conn.execute, "ROLLBACK")  # its own transaction: undone, so the mark can be written
+        quietly(start.settle_encoding, conn)
         partly, left = partly_done(conn, migration.statements, number, ledger.invalid_before(migration.id))
         if applied_through == 0 and not partly:
             # Nothing before it ran (one statement is atomic, a statement that commits in phases left nothing, a
@@ -70,11 +77,12 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
         quietly(ledger.mark_progress, migration.id, "failed", number, failure.sqlstate, message, applied_through)
         return failure
     count = len(migration.statements)
-    record = ledger.record_statement(migration, git_sha, run_id, prepared=False,
-                                     duration_ms=int((time.monotonic() - started) * 1000))
+    duration_ms = int((time.monotonic() - started) * 1000)
     try:
         # The session as it began first, in a message of its own: the migration may have made the next
         # transaction read-only (`SET default_transaction_read_only`), and a message's transaction is as it begins.
+        start.settle_encoding(conn)  # before the record is written out: psycopg writes it in the session's encoding
+        record = ledger.record_statement(migration, git_sha, run_id, prepared=False, duration_ms=duration_ms)
         start.restore(conn)
         conn.execute("; ".join((
             ledger.progress_statements(migration.id, "recording", count, applied_through=count),

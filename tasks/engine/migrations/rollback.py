@@ -228,11 +228,13 @@ def _undo_alone(conn: psycopg.Connection, ledger: Ledger, undo: Migration, start
     statement, number = "", 0
     try:
         for number, statement in enumerate(undo.statements, 1):
+            start.settle_encoding(conn)  # a statement may have set one psycopg cannot write in (nontransactional.py)
             ledger.mark_progress(undo.id, "running", number, None, rolling_back(undo), number - 1)
             conn.execute(statement, prepare=False)
     except psycopg.Error as exc:
         failure = failure_from(undo, statement, exc, number)
         try:
+            start.settle_encoding(conn)
             start.restore(conn)
             partly, left = partly_done(conn, undo.statements, number, ledger.invalid_before(undo.id))
             if number > 1 or partly:  # what ran before it stays undone: unrecorded, and dirty until resolved
@@ -252,6 +254,7 @@ def _undo_alone(conn: psycopg.Connection, ledger: Ledger, undo: Migration, start
         except psycopg.Error:
             return replace(failure, dirty=True)  # the connection is gone: the mark says "running"
     try:
+        start.settle_encoding(conn)
         start.restore(conn)
         ledger.clear_dirty(undo.id)
     except psycopg.Error as exc:
