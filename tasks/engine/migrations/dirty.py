@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +25,11 @@ class DirtyMigration:
     started_at: datetime | None = None
     applied_through: int | None = None  # when known: statements 1..applied_through are applied
     # "oid name" of each INVALID index there when the mark was written: not left by it (None: not recorded)
-    invalid_before: list[str] | None = field(default=None, hash=False)
+    invalid_before: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:  # read from a JSON array: a list
+        if self.invalid_before is not None and not isinstance(self.invalid_before, tuple):
+            object.__setattr__(self, "invalid_before", tuple(self.invalid_before))
 
     def describe(self) -> str:
         k, n = self.statement_number, self.statement_count

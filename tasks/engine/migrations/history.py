@@ -186,8 +186,12 @@ class Ledger:
         """yoyo's tables and ours, when missing (idempotent). Refused (a migrator that may not create in the
         schema): `DatabaseRefused`, saying which grant is missing; nothing has been applied yet."""
         try:
-            self.conn.execute(self.statements["ddl"])
-            if not self.conn.execute(self.statements["has_invalid_before"]).fetchone()[0]:  # type: ignore[index]
+            # One message: the tables, then whether the dirty-mark table has the column (its last answer).
+            cursor = self.conn.execute(f"{self.statements['ddl'].rstrip().rstrip(';')};\n"
+                                       f"{self.statements['has_invalid_before']}")
+            while cursor.nextset():
+                pass
+            if not cursor.fetchone()[0]:  # type: ignore[index]
                 self.statements["mark"] = self.statements["mark_plain"]  # an earlier version's table, not ours
         except psycopg.errors.InsufficientPrivilege as exc:
             user = self.conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]

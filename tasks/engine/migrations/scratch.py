@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-from pglast import ast
 from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
@@ -87,7 +86,7 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     """`asked` is the server the environment names for rehearsals; when it is the target's own server and
     rehearsing there would change that server, the embedded server instead (see the module's docstring)."""
     beyond = Beyond.of(migrations)
-    leaves = {"own_databases": beyond.made[ast.CreatedbStmt], "own_settings": beyond.made[ast.AlterSystemStmt]}
+    leaves = {"own_databases": beyond.databases, "own_settings": beyond.settings}
     if target is None or (asked.host, asked.port) != (target.host, target.port):
         return Place(asked, **leaves)
     reasons = []
@@ -103,7 +102,7 @@ def choose_place(asked: Connection, target: Connection | None, migrations: Itera
     note = f"rehearsed on the embedded server, not the target's: {'; '.join(reasons)}"
     log.info("%s", note)
     local.start()
-    return Place(local.connection(), note, roles_from=target, own_roles=beyond.made[ast.CreateRoleStmt],
+    return Place(local.connection(), note, roles_from=target, own_roles=beyond.roles,
                  databases=(target.dbname,) if beyond.alters_databases else (), **leaves)
 
 
