@@ -19,24 +19,30 @@ from flows.hooks import report_over_budget
 from tasks.engine.errors import RdsMigrationsError
 from tasks.engine.fleet.targets import environment_named
 from tasks.engine.runs.budget import run_budget_seconds
+from tasks.engine.runs.kinds import RunKind
 
 
 class RunOverBudget(TimeoutError):
     """The run took longer than its environment's budget and was stopped."""
 
 
-def budget_of(environment: str) -> int | None:
-    """The environment's run budget; None when it cannot be read (the run itself says why, naming it)."""
+def budget_of(environment: str, kind: RunKind = "migration") -> int | None:
+    """The budget of a run of `kind` of the environment (a refresh's counts its source's snapshot wait); None
+    when it cannot be read (the run itself says why, naming it)."""
     try:
-        return run_budget_seconds(environment_named(environment))
+        named = environment_named(environment)
+        source = environment_named(named.refresh.source_environment) \
+            if kind == "refresh" and named.refresh is not None else None
+        return run_budget_seconds(named, kind, source)
     except RdsMigrationsError:
         return None
 
 
 @contextmanager
-def within_budget(environment: str) -> Iterator[None]:
-    """Around a flow's body: stop it at the budget, report what it had done, fail naming the budget."""
-    seconds = budget_of(environment)
+def within_budget(environment: str, kind: RunKind = "migration") -> Iterator[None]:
+    """Around a flow's body: stop it at the budget of a run of `kind`, report what it had done, fail naming the
+    budget."""
+    seconds = budget_of(environment, kind)
     if seconds is None:
         yield
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.budget import within_budget
 from flows.hooks import report_cancellation, report_crash
 from flows.observe import run_name
 from flows.steps import PrefectSteps
@@ -28,4 +29,5 @@ def refresh_staging(
         git_sha: the commit whose migrations/ directory staging is migrated to afterwards.
         trigger: who asked for this run ("schedule", "manual", "cli").
     """
-    return run_refresh(environment, PrefectSteps(), git_sha=git_sha, trigger=trigger)
+    with within_budget(environment, "refresh"):
+        return run_refresh(environment, PrefectSteps(), git_sha=git_sha, trigger=trigger)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.budget import within_budget
 from flows.hooks import report_cancellation, report_crash
 from flows.observe import run_name
 from flows.steps import PrefectSteps
@@ -27,4 +28,5 @@ def restore_snapshot(environment: str, snapshot_id: str, git_sha: str = "unknown
             a dump's name in its snapshots directory, without `.dump`.
         git_sha: the commit the restored database should match, for the record.
     """
-    return run_restore(environment, snapshot_id, PrefectSteps(), git_sha=git_sha)
+    with within_budget(environment, "restore"):
+        return run_restore(environment, snapshot_id, PrefectSteps(), git_sha=git_sha)

@@ -19,9 +19,10 @@ for late logs after the run ends. It
    is still going and NOT cancelling it; 2 on a usage or configuration error (an unknown deployment, an API
    that cannot be reached or refuses the key, a refused parameter): one line, no traceback.
 
-The deadline (`--timeout`, else `watch_timeout(environment)` from the environment's policy; a fleet needs
-`--timeout`) counts from the command's start, except the time the run waits for its deployment's concurrency
-slot behind another run of it (up to one more deadline). Nothing secret is printed: the API key never, the API
+The deadline (`--timeout`, else `watch_timeout(environment, kind)` from the environment's policy and the kind of
+run the deployment's flow is: a refresh or a restore waits for RDS too; a fleet needs `--timeout`) counts from
+the command's start, except the time the run waits for its deployment's concurrency slot behind another run of
+it (up to one more deadline). Nothing secret is printed: the API key never, the API
 URL without user info, parameters only after the credential check, and a refused value is never repeated. In
 GitHub Actions the flow run's log lines are printed between `::stop-commands::` markers, so a log line cannot
 act as a workflow command.
@@ -100,9 +101,12 @@ def _known(api: Api, until: float) -> str:
     return f" (it has: {shown})" if names else " (it has none)"
 
 
-def _default_timeout(parameters: dict[str, Any], deployment: dict[str, Any]) -> tuple[float, str]:
+def _default_timeout(parameters: dict[str, Any], deployment: dict[str, Any], flow: str = "") -> tuple[float, str]:
+    """The deadline of a run of the deployment (of the flow `flow`: a refresh's or a restore's adds its waits
+    for RDS), from the policy of the environment it is given."""
     from tasks.engine.environments import load_environment
     from tasks.engine.runs.budget import deadline_parts
+    from tasks.engine.runs.kinds import FLOW_KINDS
 
     name = parameters.get("environment", (deployment.get("parameters") or {}).get("environment"))
     if not isinstance(name, str):
@@ -111,7 +115,10 @@ def _default_timeout(parameters: dict[str, Any], deployment: dict[str, Any]) -> 
     if environment.fleet is not None:
         raise UsageError(f"environment {name!r} is a fleet: how long its run takes depends on its targets and "
                          "waves, so give --timeout")
-    parts = deadline_parts(environment)
+    kind = FLOW_KINDS.get(flow, "migration")
+    source = load_environment(environment.refresh.source_environment) \
+        if kind == "refresh" and environment.refresh is not None else None
+    parts = deadline_parts(environment, kind, source)
     explained = " + ".join(f"{label} {seconds}" for label, seconds in parts.items())
     return float(sum(parts.values())), f"from environment {name!r}'s policy: {explained}"
 
@@ -145,7 +152,7 @@ def trigger(deployment: str, parameters: dict[str, Any], *, timeout: float | Non
             found = _resolve(api, deployment, start_until)
             typed = typed_parameters(parameters, found)
             if timeout is None:
-                timeout, why = _default_timeout(typed, found)
+                timeout, why = _default_timeout(typed, found, deployment.partition("/")[0])
             else:
                 why = "from --timeout"
             deadline = started + timeout

@@ -66,6 +66,14 @@ snapshot = {{ kind = "pg_dump", directory = "{snapshots}" }}
 notify = {{ kind = "slack", webhook_block = "slack-refresh-test" }}
 refresh = {{ source_environment = "prod-local" }}
 
+[environments.stage-local-budget]
+tier = "staging"
+credentials = {{ kind = "url_env", variable = "RDSM_TEST_STAGING_URL" }}
+snapshot = {{ kind = "pg_dump", directory = "{snapshots}" }}
+notify = {{ kind = "slack", webhook_block = "slack-refresh-test" }}
+refresh = {{ source_environment = "prod-local" }}
+policy = {{ run_budget_seconds = 6 }}
+
 [environments.stage-local-keep]
 tier = "staging"
 credentials = {{ kind = "url_env", variable = "RDSM_TEST_STAGING_URL" }}
@@ -413,6 +421,27 @@ def test_a_migration_failing_after_the_refresh_is_one_message_with_a_refresh_s_w
     assert "or the refresh again: rds-migrations trigger refresh-staging/staging-refresh --env stage-local" in message
     assert [s for s, record in stored_dumps(local.snapshots) if record.get("environment") == "stage-local"] == []
     assert fingerprint(local.production) == before
+    assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
+
+
+def test_a_refresh_over_its_budget_stops_itself_and_fails_naming_the_budget(
+    flow_project: Local, slack_sink: SlackSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh had no budget: a migration that never ends kept the refresh (and the GitHub check following it)
+    going until the worker died. It stops itself at its budget, the waits of its restore and swap (none for a
+    dump) plus the migration's (`policy.run_budget_seconds` here), and the team is told."""
+    from flows.refresh import refresh_staging
+
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT / "migrations", project / "migrations")
+    shutil.copytree(PROJECT / "deployments" / "masking", project / "deployments" / "masking")
+    (project / "migrations" / "0011.slow.sql").write_text("SELECT pg_sleep(20);\n")
+    monkeypatch.chdir(project)
+
+    state = refresh_staging(environment="stage-local-budget", git_sha="abc1234", trigger="manual", return_state=True)
+
+    assert state.is_failed() and "longer than its budget of 6 s" in (state.message or ""), state.message
+    assert any("was stopped at its time budget" in text for text in slack_sink.texts()), slack_sink.texts()
     assert CANARY_PASSWORD not in json.dumps(slack_sink.messages)
 
 

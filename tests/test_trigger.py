@@ -331,6 +331,33 @@ def test_the_deadline_adds_up_the_policy() -> None:
     assert deadline_parts(environments["local"])["snapshot wait"] == 0  # pg_dump: no wait of its own
 
 
+def test_a_refresh_or_a_restore_adds_its_waits_for_rds_to_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check following `rds-migrations trigger refresh-staging/...` (the command a refresh's failure names)
+    had a migration's deadline, 78 minutes for staging, where the refresh may wait hours for RDS: it went red
+    while the refresh went on. A refresh's deadline adds each wait of its restore and swap (and a fresh snapshot
+    of its source) to the migration's, without the migration's snapshot wait; a restore's, its waits."""
+    from flows.trigger import _default_timeout
+
+    environments = load_environments(PROJECT / "deployments/environments.toml")
+    staging, production = environments["staging"], environments["production"]
+    wait = staging.refresh.max_wait_seconds
+    refresh = deadline_parts(staging, "refresh", production)
+    assert refresh["restore and swap waits"] == 5 * wait and refresh["fresh snapshot wait"] == 0
+    assert refresh["snapshot wait"] == 0 and refresh["migration lock wait"] == 120 and refresh["start margin"] == 300
+    fresh = staging.model_copy(update={"refresh": staging.refresh.model_copy(update={"use_fresh_snapshot": True})})
+    assert deadline_parts(fresh, "refresh", production)["fresh snapshot wait"] == 3600  # production's snapshot wait
+    assert deadline_parts(production, "restore") == {"fresh snapshot wait": 0, "restore and swap waits": 5 * 4 * 3600,
+                                                     "rest of the run": 600, "start margin": 300}
+    assert deadline_parts(environments["local"], "restore")["restore and swap waits"] == 0  # a dump: no RDS wait
+    assert run_budget_seconds(staging, "refresh", production) == watch_timeout(staging, "refresh", production) - 300
+
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(PROJECT / "deployments/environments.toml"))
+    seconds, why = _default_timeout({"environment": "staging"}, {}, "refresh-staging")
+    assert seconds == watch_timeout(staging, "refresh", production) > watch_timeout(staging), why
+    assert f"restore and swap waits {5 * wait}" in why, why
+    assert _default_timeout({"environment": "staging"}, {}, "migrate-staging")[0] == watch_timeout(staging)
+
+
 def test_the_api_comes_from_the_environment_or_the_active_profile(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles.toml"
     profiles.write_text('active = "cloud"\n[profiles.cloud]\n'

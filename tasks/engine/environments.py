@@ -225,6 +225,9 @@ class Policy(_Strict):
 # ---- staging refresh ---------------------------------------------------------------------------------------
 
 
+RESTORE_WAIT_SECONDS = 4 * 3600  # each wait of a restore and swap (a restore of a large instance takes hours)
+
+
 class Refresh(_Strict):
     """Refresh this staging environment from a snapshot of `source_environment` (production), masked first.
 
@@ -238,7 +241,7 @@ class Refresh(_Strict):
     keep_old: bool = False  # keep the replaced copy (renamed <id>-old-<time>) instead of deleting it
     masking_dir: Path = Path("deployments/masking")  # *.sql run in name order, in one transaction
     use_fresh_snapshot: bool = False  # snapshot the source now instead of using its newest snapshot
-    max_wait_seconds: int = Field(default=4 * 3600, ge=60, le=24 * 3600)  # per restore / rename wait
+    max_wait_seconds: int = Field(default=RESTORE_WAIT_SECONDS, ge=60, le=24 * 3600)  # per restore / rename wait
 
     @field_validator("identifier_pattern")
     @classmethod

@@ -22,7 +22,13 @@ import psycopg
 
 from tasks.engine.connection import Connection
 from tasks.engine.credentials import read_url_from_env
-from tasks.engine.environments import EmbeddedCredentials, Environment, PgDumpSnapshot, UrlFromEnvCredentials
+from tasks.engine.environments import (
+    RESTORE_WAIT_SECONDS,
+    EmbeddedCredentials,
+    Environment,
+    PgDumpSnapshot,
+    UrlFromEnvCredentials,
+)
 from tasks.engine.errors import DatabaseUnreachable, RefreshError
 from tasks.engine.logs import Log
 from tasks.engine.snapshots.backends import make_backend
@@ -34,7 +40,7 @@ from tasks.engine.snapshots.swap import Backend, LiveCopy, SwapPlan, SwapResult,
 logger = logging.getLogger(__name__)
 
 CONNECT_ATTEMPTS, CONNECT_RETRY_SECONDS = 20, 15  # a restored instance may refuse connections for a while
-DEFAULT_WAIT_SECONDS = 4 * 3600  # a restore of a large instance takes hours
+DEFAULT_WAIT_SECONDS = RESTORE_WAIT_SECONDS  # a restore of an environment without [refresh]
 
 
 @dataclass(frozen=True)
