@@ -179,6 +179,27 @@ def test_a_non_transactional_migration_that_sets_an_encoding_python_has_no_codec
         assert [r[0] for r in conn.execute("SELECT s FROM t ORDER BY s")] == ["between ✓", "check ✓ UTF8"]
 
 
+def test_a_transaction_left_open_after_setting_an_encoding_python_has_no_codec_for_is_rolled_back(
+    tmp_path: Path, database: Connection
+) -> None:
+    """A non-transactional file opens a transaction, sets EUC_TW and ends without COMMIT: the run says it was rolled
+    back, but psycopg could not write that ROLLBACK in EUC_TW, so the transaction stayed open and the mark's
+    removal was written inside it."""
+    files = {"0001.open.sql": "-- transactional: false\nBEGIN;\nCREATE TABLE t (s text);\n"
+                              "SET client_encoding = 'EUC_TW';\n"}
+    catalog = read_catalog(write_migrations(tmp_path, files), tmp_path)
+    with pytest.raises(MigrationError) as raised:
+        apply_pending(database, catalog, POLICY)
+    assert "it was rolled back: end it with COMMIT" in str(raised.value), str(raised.value)
+    assert "t" not in tables(database) and applied_ids(database) == [] and dirty_state(database) == []
+    apply_pending(database, read_catalog(write_migrations(tmp_path, {
+        "0001.open.sql": "-- transactional: false\nBEGIN;\nCREATE TABLE t (s text);\nSET client_encoding = 'EUC_TW';\n"
+                         "COMMIT;\n"}), tmp_path), POLICY)
+    assert applied_ids(database) == ["0001.open"] and "t" in tables(database)
+    with connected(database) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
 def test_sessions_that_start_in_latin1_still_send_a_utf8_file_as_written(tmp_path: Path,
                                                                          database: Connection) -> None:
     """The database's settings start sessions in LATIN1; the file holds a character LATIN1 cannot carry. The

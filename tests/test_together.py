@@ -278,3 +278,27 @@ def test_by_default_a_migration_that_may_read_the_clock_only_leads_a_message(tmp
     assert at["public.a"] == at["public.b"], "0001 and 0002: one message"
     assert at["public.c"] == seeded > at["public.a"], "0003 leads a message of its own; 0004 follows it"
     assert POLICY.migrations_per_message == 20 and POLICY.shared_now == "never"  # the defaults this test is about
+
+
+# An expression nested 700 deep (`'a' || 'a' || ...` parses left-deep): PostgreSQL reads it, and so did the walk
+# over pglast's nodes; Python's json module stops at 1,000 levels of nesting, and clock.py raised its RecursionError.
+DEEP = " || ".join(["'a'"] * 700)
+
+
+@pytest.mark.parametrize(("statement", "reads"), [
+    (f"CREATE VIEW v AS SELECT {DEEP} AS s", True),  # not read to the end: assumed to, as one pglast cannot read
+    (f"INSERT INTO t VALUES ({DEEP})", True),
+])
+def test_a_deeply_nested_expression_is_read_not_a_crash(statement: str, reads: bool) -> None:
+    assert statement_reads_the_clock(statement) is reads
+
+
+def test_a_migration_with_a_deeply_nested_expression_after_another_is_applied(
+    tmp_path: Path, database: Connection
+) -> None:
+    """Its clock is asked about because it follows another migration in a message: the run ended in a
+    RecursionError traceback with nothing after 0001 applied."""
+    files = {"0001.t.sql": "CREATE TABLE t (s text);\n", "0002.v.sql": f"CREATE VIEW v AS SELECT {DEEP} AS s;\n",
+             "0003.u.sql": f"INSERT INTO t VALUES ({DEEP});\n"}
+    apply_pending(database, read_catalog(write_migrations(tmp_path, files), tmp_path), POLICY)
+    assert applied_ids(database) == ["0001.t", "0002.v", "0003.u"]

@@ -76,7 +76,7 @@ def statement_reads_the_clock(statement: str) -> bool:
     """`reads_the_clock` for one statement of a file (None of the parser: it cannot read it, so it may)."""
     try:
         statements = json.loads(parse_sql_json(statement)).get("stmts", [])
-    except ParseError:
+    except (ParseError, RecursionError):  # RecursionError: nested past json's 1,000 levels (`'a' || 'a' || ...`)
         return True
     for raw in statements:
         ((kind, fields),) = raw["stmt"].items()

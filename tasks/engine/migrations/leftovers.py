@@ -4,9 +4,10 @@ CONCURRENTLY` left pending detach, each named with the command that finishes or 
 as the migration's own statements found them (search_path.py).
 
 A REINDEX copy of a TOAST index is made in `pg_toast`, a schema only a superuser may use: the RDS master user
-is not one, so nobody the operator can be may drop it there. Such a copy is named with who can drop it and
-does not stand in the way of marking the migration (`Leftover.blocks`): it holds nothing the table needs (the
-table's own TOAST index is valid beside it), and PostgreSQL's REINDEX skips an INVALID TOAST index."""
+is not one, so nobody the operator can be may drop it there (VACUUM FULL, a column's rewrite and TRUNCATE leave
+it: measured on PostgreSQL 15). Such a copy is named with who can drop it and does not stand in the way of
+marking the migration (`Leftover.blocks`): it holds nothing the table needs (the table's own TOAST index is
+valid beside it), and PostgreSQL's REINDEX skips an INVALID TOAST index."""
 
 from __future__ import annotations
 
@@ -119,9 +120,10 @@ def _reindex_copy(name: str, usable: bool) -> Leftover:
     drop = f"DROP INDEX CONCURRENTLY IF EXISTS {name};"
     if usable:
         return Leftover(f"INVALID index {name}, left by REINDEX CONCURRENTLY: drop it with {drop}")
-    return Leftover(f"INVALID index {name}, left by REINDEX CONCURRENTLY in a schema this login may not use: only a "
-                    f"superuser may drop it ({drop}); it holds nothing the table needs and does not stop the "
-                    "migration being marked", blocks=False)
+    return Leftover(f"INVALID index {name}, left by REINDEX CONCURRENTLY in a schema this login may not use, so it "
+                    f"cannot drop it: only a superuser may ({drop}; RDS has none, and nothing short of dropping the "
+                    "table removes it); it holds nothing the table needs and does not stop the migration being "
+                    "marked", blocks=False)
 
 
 def _names(rows: Sequence[Sequence[object]]) -> list[tuple[str, bool]]:

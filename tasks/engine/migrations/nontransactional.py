@@ -60,6 +60,7 @@ def run_alone(conn: psycopg.Connection, ledger: Ledger, migration: Migration, st
             failure = failure_from(migration, statement, exc, number)
         if conn.broken:
             return replace(failure, dirty=True)  # the mark says "running": the next run explains it
+        quietly(start.settle_encoding, conn)  # psycopg writes even its ROLLBACK in the session's encoding
         if not _idle(conn):
             quietly(conn.execute, "ROLLBACK")  # its own transaction: undone, so the mark can be written
         quietly(start.settle_encoding, conn)
