@@ -76,9 +76,14 @@ def test_prefect_yaml_policies() -> None:
     assert schedule["cron"] and schedule["timezone"]
     assert "git_clone" in json.dumps(PREFECT_YAML["pull"])
     # What writes to a database runs one at a time per deployment; a read-only check needs no slot.
-    for name in ("staging", "production", "staging-refresh", "restore", "rollback", "baseline"):
-        assert DEPLOYMENTS[name]["concurrency_limit"]["limit"] == 1, name
-    assert DEPLOYMENTS["baseline"]["parameters"]["dry_run"] is True  # adopting is tried before it is done
+    writers = {n for n in DEPLOYMENTS if n in ("staging", "production", "staging-refresh")
+               or n.startswith(("restore-", "rollback-", "baseline-"))}
+    assert len(writers) == 9, writers
+    for name in DEPLOYMENTS:
+        if name in writers:
+            assert DEPLOYMENTS[name]["concurrency_limit"]["limit"] == 1, name
+        if name.startswith("baseline-"):
+            assert DEPLOYMENTS[name]["parameters"]["dry_run"] is True  # adopting is tried before it is done
     assert DEPLOYMENTS["production-drift-check"]["schedules"][0]["cron"]
 
 
@@ -132,6 +137,48 @@ def test_the_ecs_file_deploys_the_same_deployments_on_the_ecs_pool() -> None:
         role = pool["job_variables"]["task_role_arn"].removeprefix("{{ $RDS_MIGRATIONS_ROLES }}")
         assert (PROJECT / "deployments/iam" / f"{role}.json").is_file(), name
     assert ECS_YAML["pull"] == PREFECT_YAML["pull"]
+
+
+def allowed_resources(role: str) -> list[str]:
+    return [resource for s in policy(f"{role}.json")["Statement"] if s["Effect"] == "Allow"
+            for resource in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+
+
+@pytest.mark.parametrize("name", sorted(d["name"] for d in ECS_YAML["deployments"]))
+def test_a_deployment_that_takes_an_environment_pins_it_and_runs_with_that_environments_role(name: str) -> None:
+    """A role made for one environment (`<what>-<environment>`, deployments/iam/) serves only a deployment pinned
+    to that environment: a rollback of staging with production's role would read production's secret and be
+    refused staging's. The flow refuses a run for another environment than its deployment's
+    (tests/test_pinned_environment.py). A fleet's role (`migrate-fleet`) is the fleet environments'."""
+    from tasks.engine.environments import load_environments
+
+    deployment = {d["name"]: d for d in ECS_YAML["deployments"]}[name]
+    role = deployment["work_pool"]["job_variables"]["task_role_arn"].removeprefix("{{ $RDS_MIGRATIONS_ROLES }}")
+    environments = load_environments(PROJECT / "deployments/environments.toml")
+    made_for = role.rsplit("-", 1)[1]
+    if made_for not in environments:
+        assert role == "migrate-fleet" and "fleet" in deployment["tags"], (name, role)
+        return
+    if "environment" in flow_of(deployment["entrypoint"]).parameters.properties:
+        assert deployment.get("parameters", {}).get("environment") == made_for, \
+            f"{name} runs with {role}, {made_for}'s role, so it must pin environment = {made_for}"
+    # ...and the role reaches that environment's database alone, never another's.
+    reached = {m for resource in allowed_resources(role) for m in re.findall(r"app-([a-z]+)", resource)}
+    assert reached == {made_for}, (role, reached)
+    assert environments[made_for].snapshot.instance_id == f"app-{made_for}"
+
+
+def test_the_restore_command_names_each_environments_own_restore_deployment() -> None:
+    """What a failure notification tells an operator to run (tasks/engine/messages.py) exists, pinned."""
+    from tasks.engine.messages import restore_commands
+
+    for config in (PREFECT_YAML, ECS_YAML):
+        deployments = {d["name"]: d for d in config["deployments"]}
+        for environment in ("staging", "production"):
+            words = restore_commands(environment, "rdsm-x")[1].split()
+            flow_name, deployment = words[words.index("run") + 1].split("/")
+            assert flow_of(deployments[deployment]["entrypoint"]).name == flow_name
+            assert deployments[deployment]["parameters"]["environment"] == environment
 
 
 def test_the_ecs_build_and_push_steps_build_the_dockerfile_and_name_the_image(

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.engine.aws import aws_client
 from tasks.engine.credentials import read_secrets_manager
@@ -99,3 +100,67 @@ def test_the_refresh_role_allows_every_call_a_refresh_and_its_staging_migration_
     assert refused("refresh-staging", {"rds:CreateDBSnapshot"}) == {"rds:CreateDBSnapshot"}
     # A secret under a customer-managed key is decrypted through Secrets Manager, as the staging run's role does.
     assert {"kms:Decrypt"} <= set(allowed_actions("refresh-staging")) & set(allowed_actions("migrate-staging"))
+
+
+def out_of_scope(role: str, calls: list[tuple[str, dict]]) -> set[str]:
+    """The calls of a restore whose resource (`db:NAME`, `snapshot:NAME`) no Allow statement of `role` lists for
+    that action: what IAM would refuse (the emulator does not)."""
+    statements = [s for s in json.loads((PROJECT / "deployments/iam" / f"{role}.json").read_text())["Statement"]
+                  if s["Effect"] == "Allow"]
+    refused_calls = set()
+    for action, params in calls:
+        operation = action.split(":")[1]
+        if operation == "RestoreDBInstanceFromDBSnapshot":
+            touched = [f"db:{params['DBInstanceIdentifier']}", f"snapshot:{params['DBSnapshotIdentifier']}"]
+        elif operation in ("ModifyDBInstance", "DeleteDBInstance"):
+            touched = [f"db:{params['DBInstanceIdentifier']}"]
+        elif operation == "AddTagsToResource":
+            touched = [params["ResourceName"].split(":", 5)[5]]  # arn:aws:rds:REGION:ACCOUNT:db:NAME
+        else:
+            continue  # describe and list: Resource "*"
+        for resource in touched:
+            if not any(fnmatchcase(action, a) and fnmatchcase(resource, r.split(":", 5)[5])
+                       for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+                       for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])):
+                refused_calls.add(f"{action} on {resource}")
+    return refused_calls
+
+
+ECS_RESTORES = [d for d in yaml.safe_load((PROJECT / "deployments/prefect.ecs.yaml").read_text())["deployments"]
+                if d["entrypoint"] == "flows/restore.py:restore_snapshot"]
+
+
+@pytest.mark.parametrize("deployment", ECS_RESTORES, ids=[d["name"] for d in ECS_RESTORES])
+def test_each_restore_deployments_role_allows_a_restore_of_its_environment_and_not_of_another(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deployment: dict) -> None:
+    """The restore deployment's pinned environment restored with its role: every call's action and resource
+    allowed. The other environment's restore role would be refused it: a deployment must carry its own."""
+    environment = deployment.get("parameters", {}).get("environment")
+    assert environment in ("staging", "production"), f"{deployment['name']} pins no environment, yet has one's role"
+    role = deployment["work_pool"]["job_variables"]["task_role_arn"].removeprefix("{{ $RDS_MIGRATIONS_ROLES }}")
+    other = {"staging": "production", "production": "staging"}[environment]
+    (tmp_path / "environments.toml").write_text("".join(f"""
+[environments.{name}]
+tier = "{name}"
+aws = {{ region = "eu-west-1", endpoint_url = "{aws.endpoint}" }}
+credentials = {{ kind = "secrets_manager", secret_id = "rds/app-{name}" }}
+snapshot = {{ kind = "rds_instance", instance_id = "app-{name}" }}
+notify = {{ kind = "console" }}
+""" for name in ("staging", "production")))
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    snapshot = f"rdsm-{environment}-ccccccc-20261125t010000"
+    aws.rds.create_db_snapshot(DBSnapshotIdentifier=snapshot, DBInstanceIdentifier=f"app-{environment}")
+    calls: list[tuple[str, dict]] = []
+
+    def client(service, settings):
+        made = aws_client(service, settings)
+        made.meta.events.register(f"before-parameter-build.{service}.*", lambda model, params, **kwargs: calls.append(
+            (f"{made.meta.service_model.signing_name}:{model.name}", dict(params))))
+        return made
+
+    summary = restore_snapshot(environment, snapshot, DirectSteps(make_client=client), git_sha="abc1234")
+
+    assert summary.outcome == "succeeded" and summary.result.live == f"app-{environment}"
+    assert refused(role, {action for action, _ in calls}) == set(), calls
+    assert out_of_scope(role, calls) == set(), calls
+    assert out_of_scope(f"restore-{other}", calls), f"restore-{other} would have been allowed {environment}'s restore"

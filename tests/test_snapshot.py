@@ -570,8 +570,10 @@ def test_the_restore_commands_name_the_environment_and_the_snapshot_and_no_secre
     line or through Prefect; tests/test_restore.py runs the command it names."""
     cli, prefect = restore_commands(environment, snapshot_id)
     assert shlex.split(cli) == ["rds-migrations", "restore", "--env", environment, "--snapshot-id", snapshot_id]
-    words = shlex.split(prefect.removeprefix("# or through Prefect: "))
-    assert words[:4] == ["prefect", "deployment", "run", "restore-snapshot/restore"]
+    words = shlex.split(prefect.removeprefix("# or through Prefect, where the environment has its own restore "
+                                             "deployment: "))
+    # The environment's own restore deployment: it has that environment's role (tests/test_deploy_config.py).
+    assert words[:4] == ["prefect", "deployment", "run", f"restore-snapshot/restore-{environment}"]
     assert words[4:] == ["--param", f"environment={environment}", "--param", f"snapshot_id={snapshot_id}"]
     assert CANARY_PASSWORD not in cli + prefect and "password" not in (cli + prefect).lower()
 

@@ -27,7 +27,7 @@ STATUS = {
 }
 TITLES = {"refresh": "Staging refresh", "restore": "Restore"}
 REFUSED = "<refused"
-RESTORE_DEPLOYMENT = "restore-snapshot/restore"
+RESTORE_DEPLOYMENT = "restore-snapshot/restore-{environment}"  # one per environment, each with its own role
 REFRESH_DEPLOYMENT = "refresh-staging/staging-refresh"
 STILL_CREATING = " (still being created when the run stopped: not usable yet)"
 
@@ -47,11 +47,14 @@ class Summary(Protocol):
 
 def restore_commands(environment: str, snapshot_id: str) -> tuple[str, ...]:
     """How to bring the database back from a pre-migration snapshot: the restore flow, which restores it to
-    a NEW name and swaps names (never onto the live one), from the command line or through Prefect."""
+    a NEW name and swaps names (never onto the live one), from the command line or through Prefect (the
+    environment's own restore deployment: it runs with that environment's AWS role, and that environment only)."""
     parameters = f"--param environment={shlex.quote(environment)} --param snapshot_id={shlex.quote(snapshot_id)}"
+    deployment = shlex.quote(RESTORE_DEPLOYMENT.format(environment=environment))
     return (
         f"rds-migrations restore --env {shlex.quote(environment)} --snapshot-id {shlex.quote(snapshot_id)}",
-        f"# or through Prefect: prefect deployment run {RESTORE_DEPLOYMENT} {parameters}",
+        f"# or through Prefect, where the environment has its own restore deployment: prefect deployment run "
+        f"{deployment} {parameters}",
     )
 
 

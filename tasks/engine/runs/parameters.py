@@ -10,6 +10,7 @@ from pathlib import Path
 from tasks.engine.connection import Connection
 from tasks.engine.errors import ConfigError, SecretError, UsageError
 from tasks.engine.git import GIT_SHA_PARAMETER
+from tasks.engine.runs.steps import RunInfo
 
 TRIGGER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -41,6 +42,20 @@ def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_
         raise ConfigError(f"{target_name} ({len(target)} characters) is not a migration id or version number")
     if Path(migrations_dir).is_absolute() or ".." in Path(migrations_dir).parts:
         raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
+
+
+def check_deployment_environment(environment: str, run: RunInfo) -> None:
+    """A deployment that sets `environment` runs with that environment's AWS role (deployments/prefect.ecs.yaml):
+    a run of it for another environment would read and snapshot with the wrong role. Refused before anything.
+    `environment` is a name the environments file knows (checked first), so it may be repeated."""
+    pinned = run.deployment_environment
+    if pinned is None or environment == pinned:
+        return
+    raise ConfigError(
+        f"deployment {run.deployment} runs environment {pinned} only (it has {pinned}'s AWS role); this run asked for "
+        f"{environment}: nothing was done. Run {environment}'s own deployment of this flow, or the rds-migrations "
+        f"command with --env {environment} from a terminal"
+    )
 
 
 SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")

@@ -25,7 +25,7 @@ from tasks.engine.messages import RefreshSummary, RunSummary, Summary, refresh_c
 from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.kinds import flow_of
 from tasks.engine.runs.migration import run_migration
-from tasks.engine.runs.parameters import TRIGGER, check_parameters
+from tasks.engine.runs.parameters import TRIGGER, check_deployment_environment, check_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.restore import SNAPSHOT_ID, check_snapshot_id
 from tasks.engine.snapshots.swap import SwapResult, describe_error
@@ -120,6 +120,7 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
         env = outcome.environment = one_database_environment(name)
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
+        check_deployment_environment(env.name, steps.run_info())
         with steps.exclusive(env.name):
             # The RDS kinds restore and rename through the RDS API alone: the database's secret is read (and the
             # restore role may read it) only for the local kind, which restores into the database's server.

@@ -30,7 +30,7 @@ from tasks.engine.runs.adoption import DriftFound
 from tasks.engine.runs.commit import commit_of_run
 from tasks.engine.runs.ended import Ended
 from tasks.engine.runs.migration import Credentials, check_tier
-from tasks.engine.runs.parameters import check_parameters
+from tasks.engine.runs.parameters import check_deployment_environment, check_parameters
 from tasks.engine.runs.steps import Steps
 from tasks.engine.snapshots.naming import Snapshot
 
@@ -43,6 +43,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     environment = one_database_environment(name)
     check_tier(environment, environment.tier)
     check_parameters(git_sha, trigger, to, migrations_dir, target_name="to")
+    check_deployment_environment(environment.name, steps.run_info())
     started, step = time.monotonic(), "checkout"
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None

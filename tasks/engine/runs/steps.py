@@ -35,6 +35,9 @@ class RunInfo:
     run_url: str | None = None
     flow_name: str | None = None
     deployment: str | None = None  # "<flow>/<deployment>" when it was started from a deployment
+    # The `environment` its deployment sets (the deployment's own record, which a run cannot change): the one
+    # environment that deployment's AWS role is for. None: no deployment, or one that pins no environment.
+    deployment_environment: str | None = None
 
 
 class Steps(Protocol):
