@@ -44,7 +44,9 @@ from tasks.engine.runs.crash import (
     describe,
     known_state,
     undo_listed,
+    undo_planned,
 )
+from tasks.engine.runs.rollback import undo_key
 from tasks.notify import slack_post_for
 
 # What a hook reads of a stopped run beyond what `announce` does: (the run, completed; its summary, once the
@@ -175,8 +177,11 @@ def planned(client: SyncPrefectClient, flow_run_id: UUID, environment: str) -> t
 
 
 def planned_undo(client: SyncPrefectClient, flow_run_id: UUID, environment: str) -> tuple[str, ...] | None:
-    """What a rollback's plan artifact (runs/rollback.py) said it would undo, newest first; None when it never
-    got that far."""
+    """What a rollback's undo table (runs/rollback.py) said it would undo, newest first; None when it never got
+    that far. A run started before that table was published: the numbered lines of its plan's text."""
+    rows = published(client, flow_run_id, undo_key(environment))
+    if rows is not None:
+        return undo_planned(json.loads(rows) if isinstance(rows, str) else rows)
     data = published(client, flow_run_id, f"rollback-plan-{environment}")
     return None if data is None else undo_listed(str(data))
 

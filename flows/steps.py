@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
@@ -168,6 +168,12 @@ class PrefectSteps:
 
     def publish(self, key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+    def publish_table(self, key: str, rows: list[dict[str, object]], description: str) -> None:
+        try:
+            create_table_artifact(rows, key=key, description=description)
+        except Exception as exc:  # noqa: BLE001 - a report never changes a run (a crash report then says less)
+            self.log.warning("Table artifact %s not published (%s)", key, type(exc).__name__)
 
     def exclusive(self, environment: str) -> AbstractContextManager[None]:
         return one_run_per_environment(environment)

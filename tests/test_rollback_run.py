@@ -90,3 +90,29 @@ def test_a_rollback_refused_under_its_lock_offers_no_restore(
     said = caplog.text
     assert "Rollback FAILED" in said and "snapshot:" in said, said[-3000:]
     assert "rds-migrations restore" not in said and "restore-snapshot" not in said, said[-3000:]
+
+
+def test_the_crash_hook_reads_what_a_rollback_will_undo_from_its_table_not_from_its_text(
+        project: Path, database: Connection, prefect_api: None) -> None:
+    """The rollback flow (a dry run: nothing undone) publishes what it will undo as a table beside its plan's text;
+    the crash hook reads the ids from the table, so no wording of the text (here: no text left at all) changes
+    them. It parsed the text's numbered lines: without them, it did not know what the rollback was to undo."""
+    from prefect.client.orchestration import get_client
+
+    from flows.hooks import planned_undo
+    from flows.rollback import rollback
+    from tests.test_observe import artifacts_of, table
+
+    state = rollback(environment="rolled", to="0", git_sha="abc1234", dry_run=True, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert applied_ids(database) == ["0001.users", "0002.accounts"]
+    flow_run_id = state.state_details.flow_run_id
+    artifacts = artifacts_of(flow_run_id)
+    with get_client(sync_client=True) as client:
+        for text in artifacts["rollback-plan-rolled"]:  # the plan as people read it: whatever it says, not read
+            client.delete_artifact(text.id)
+        assert planned_undo(client, flow_run_id, "rolled") == ("0002.accounts", "0001.users")
+    [undo] = artifacts["rollback-undo-rolled"]
+    assert [(row["order"], row["migration"], row["transactional"]) for row in table(undo)] == [
+        (1, "0002.accounts", True), (2, "0001.users", True)]

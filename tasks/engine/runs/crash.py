@@ -43,7 +43,8 @@ ROLLBACK_TO = re.compile(r"^\d+([._-][A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 Ending = Literal["crashed", "cancelled", "timed-out"]
 REFRESH_FLOWS = {flow_of("refresh"): "refresh", flow_of("restore"): "restore"}
 ROLLBACK_FLOW = flow_of("rollback")
-UNDO_LINE = re.compile(r"^ +\d+\. (\S+)", re.MULTILINE)  # "  2. 0007.add-index  (non-transactional: …)"
+# A plan's numbered line, as runs before the undo table published it: "  2. 0007.add-index  (non-transactional: …)".
+UNDO_LINE = re.compile(r"^ +\d+\. (\S+)", re.MULTILINE)
 # The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
 PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,
               "snapshot_id": SNAPSHOT_ID, "to": ROLLBACK_TO}
@@ -249,9 +250,15 @@ def crash_summary(run: EndedRun, environment: Environment | None,
 # ---- a rollback ---------------------------------------------------------------------------------------------
 
 
+def undo_planned(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """What a rollback's undo table (`rollback-undo-<env>`: runs/rollback.py undo_rows) says it will undo, newest
+    first (a refused plan, or one with nothing to undo, has no row)."""
+    return tuple(str(row["migration"]) for row in sorted(rows, key=lambda row: int(row["order"])))
+
+
 def undo_listed(plan_text: str) -> tuple[str, ...]:
-    """What a rollback's plan artifact (`rollback-plan-<env>`: RollbackPlan.to_text) says it will undo, newest
-    first: its numbered lines (a refused plan, or one with nothing to undo, lists none)."""
+    """What the plan artifact (`rollback-plan-<env>`) of a rollback started before the undo table existed says it
+    will undo: the numbered lines of RollbackPlan.to_text as it was then, a format no new run is read by."""
     return tuple(match.group(1) for match in UNDO_LINE.finditer(plan_text))
 
 

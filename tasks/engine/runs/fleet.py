@@ -156,7 +156,8 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
             snapshot = steps.snapshot(environment, credentials.connection, run.git_sha, run.trigger,
                                       applied=report.plan.applied if report.plan else None)
         step = "migrate"
-        progress = Progress("migrate", run.git_sha, report, connection=credentials.connection)
+        progress = Progress("migrate", run.git_sha, report, connection=credentials.connection,
+                            run_id=steps.run_info().run_id)
         applied = credentials.run(
             lambda c: steps.migrate(
                 c, run.catalog, environment.policy, target=run.target, git_sha=run.git_sha,

@@ -31,7 +31,7 @@ from tasks.engine.fleet.targets import one_database_environment
 from tasks.engine.messages import RunSummary, restore_commands
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.hints import where_flag
-from tasks.engine.migrations.history import read_history
+from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport
 from tasks.engine.migrations.results import AppliedMigration, ApplyReport, MigrationError, MigrationFailure
@@ -136,7 +136,11 @@ class Progress:
     migrations: Path | None = None  # the catalog's directory, for the commands a message suggests
     dirty: tuple[DirtyMigration, ...] = ()  # the marks an interrupted run found in the history
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # a mark older than this is not its own
-    locked: bool = False  # the migrate step took the migration lock: before that, the history's changes are others'
+    # An attempt of the migrate step took the migration lock: before that, the history's changes are others'.
+    locked: bool = False
+    # The Prefect run's id, which its history rows and dirty marks carry: a retried step's earlier attempt may have
+    # held the lock and another run applied migrations before the last one, so only what names this run is its own.
+    run_id: str | None = None
 
     def took_the_lock(self) -> None:
         self.locked = True
@@ -161,7 +165,7 @@ def run_migration(
     check_parameters(git_sha, trigger, target, migrations_dir)
     project_root = project_root or Path.cwd()
     started = time.monotonic()
-    progress = Progress(step="checkout", git_sha=git_sha)
+    progress = Progress(step="checkout", git_sha=git_sha, run_id=steps.run_info().run_id)
     # Ctrl-C is told like any failure, with what the history says was applied.
     with Ended(on_interrupt=lambda: interrupted(progress, environment.name)) as ended:
         _steps(environment, steps, progress, git_sha=git_sha, dry_run=dry_run, target=target,
@@ -268,20 +272,25 @@ def interrupted(progress: Progress, environment: str) -> Interrupted:
 
 
 def applied_per_history(progress: Progress) -> ApplyReport | None:
-    """Which of the pending migrations the target's history holds now, its dirty marks kept in `progress`
-    (None: it cannot be read)."""
+    """Which of the pending migrations the target's history holds now as this run's, its dirty marks kept in
+    `progress` (None: it cannot be read). With a run id, the rows and marks that name it; without one (no
+    Prefect, so no retried attempt), what the history holds since the run started."""
     if progress.report is None or progress.connection is None:
         return None
     pending = progress.report.pending
     try:
         with session(progress.connection, read_only=True) as conn:
-            history = read_history(conn)
+            ledger = Ledger.open(conn)
+            history = ledger.read()
+            ours = set(history.applied) if progress.run_id is None else {
+                record.migration_id for record in ledger.applied_records() if record.flow_run_id == progress.run_id}
     except (psycopg.Error, DatabaseUnreachable):  # out of reach, or the password refused: not read
         return None
     # Marks of runs before this one (another run's, still running perhaps) are not this run's doing.
     progress.dirty = tuple(mark for mark in history.dirty
-                           if mark.started_at is None or mark.started_at >= progress.started_at)
-    return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied),
+                           if (mark.started_at is None or mark.started_at >= progress.started_at)
+                           and (progress.run_id is None or mark.flow_run_id == progress.run_id))
+    return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied and i in ours),
                        pending=tuple(i for i in pending if i not in history.applied))
 
 

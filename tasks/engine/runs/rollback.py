@@ -67,6 +67,9 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
             step = "plan"
             plan = credentials.run(lambda c: _plan(environment, c, catalog, to, steps.log))
             undo = plan.undo
+            # The ids as data, for the crash hook (flows/hooks.py), which never reads the text below (for people).
+            steps.publish_table(undo_key(environment.name), undo_rows(plan),
+                                f"Migrations the rollback of {environment.name} will undo, newest first")
             steps.publish(f"rollback-plan-{environment.name}", f"```\n{plan.to_text()}\n```\n",
                           f"Rollback plan for {environment.name}")
             steps.log.info("Rollback plan:\n%s", plan.to_text())
@@ -118,6 +121,18 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
         steps.notify(environment.notify, notice)
     ended.raise_if_failed(report)  # for --json: what was rolled back before it failed
     return report
+
+
+def undo_key(environment: str) -> str:
+    """The key of the table a rollback publishes of what it will undo (crash.undo_planned reads its rows)."""
+    return f"rollback-undo-{environment}"
+
+
+def undo_rows(plan: RollbackPlan) -> list[dict[str, object]]:
+    """One row per migration the plan undoes, in the order it undoes them (none: refused, or nothing to undo)."""
+    return [{"order": position, "migration": migration_id,
+             "transactional": migration_id not in plan.non_transactional}
+            for position, migration_id in enumerate(plan.undo, 1)]
 
 
 def _plan(environment: Environment, connection: Connection, catalog: Catalog, to: str, log: Log) -> RollbackPlan:

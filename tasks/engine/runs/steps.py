@@ -105,6 +105,10 @@ class Steps(Protocol):
     def publish(self, key: str, markdown: str, description: str) -> None:
         """Keep a report where people look for it (a Prefect artifact; nowhere outside Prefect)."""
 
+    def publish_table(self, key: str, rows: list[dict[str, object]], description: str) -> None:
+        """Keep rows that a program reads back, as a run's crash hook does (a Prefect table artifact; nowhere
+        outside Prefect)."""
+
     def exclusive(self, environment: str) -> AbstractContextManager[None]:
         """Hold the environment's one-run-at-a-time slot (a Prefect global concurrency limit under a
         deployment); the database's migration lock guards every run besides."""
@@ -218,6 +222,9 @@ class DirectSteps:
 
     def publish(self, key: str, markdown: str, description: str) -> None:
         """Outside Prefect the report is in the log already."""
+
+    def publish_table(self, key: str, rows: list[dict[str, object]], description: str) -> None:
+        """Outside Prefect no hook reads it back."""
 
     def exclusive(self, environment: str) -> AbstractContextManager[None]:
         return nullcontext()

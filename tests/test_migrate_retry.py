@@ -1,0 +1,130 @@
+"""What a run whose migrate step Prefect retried claims: only what it did. Its first attempt took the migration
+lock and failed, transiently, before applying anything; another run then took the lock and applied a migration;
+the retry waited for the lock past its wait. And what it did is still claimed: the history rows that carry its
+flow run's id. Real PostgreSQL, a real second session, the real flow and its task retries (only their delay set
+to none)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.engine.connection import Connection, connected
+from tasks.engine.migrations.catalog import read_catalog
+from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.session import ADVISORY_LOCK_KEY
+from tests.helpers import applied_ids, url_of, write_migrations
+from tests.test_observe import artifacts_of
+
+ENVIRONMENTS = """
+[environments.retried]
+tier = "staging"
+credentials = { kind = "url_env", variable = "DATABASE_URL" }
+snapshot = { kind = "none" }
+rehearsal = { kind = "none" }
+notify = { kind = "console" }
+
+[environments.retried.policy]
+snapshot_required = false
+rehearsal_required = false
+lock_timeout_ms = 200
+migration_lock_wait_seconds = 5
+"""
+# A session of this flow run holding the migration lock; and one polling for it.
+LOCK_HELD = ("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
+             "AND l.granted AND a.application_name LIKE 'rds-migrations run %'")
+POLLING_FOR_THE_LOCK = ("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'rds-migrations run %' "
+                        "AND datname = current_database() AND query LIKE 'SELECT pg\\_try\\_advisory\\_lock(%'")
+
+
+def seen(watcher, query: str, ended: threading.Event) -> bool:
+    """Whether `query` returned a row before the flow run ended."""
+    while not watcher.execute(query).fetchone():
+        if ended.is_set():
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_retried_migrate_step_claims_nothing_another_run_applied_between_its_attempts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, prefect_api: None) -> None:
+    """Attempt 1 takes the lock, then waits past lock_timeout behind a session holding yoyo's version table
+    (the history tables' set-up: 55P03, transient, so Prefect retries the task); it applied nothing. Another run
+    takes the lock as it is freed and applies 0001.a; the retry waits for the lock past its wait and fails. The
+    run applied nothing: it claimed 0001.a as its own, from the history, because attempt 1 had taken the lock."""
+    from flows.staging import staging
+    from tasks.migrate import migrate
+
+    (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(migrate, "retry_delay_seconds", 0)  # the retries still run, without the wait
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
+    first = read_catalog(tmp_path / "migrations", tmp_path).get("0001.a")
+    done: list[str] = []
+    ended = threading.Event()
+
+    def other_run(holder, other) -> None:
+        with connected(database) as watcher:
+            if not seen(watcher, LOCK_HELD, ended):
+                return
+            other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))  # granted as attempt 1 frees it
+            holder.rollback()
+            other.execute("CREATE TABLE a (id bigint)")
+            Ledger.open(other).record(first, "0ther00", "run-a", time.monotonic())  # the other run applies 0001.a
+            done.append("applied")
+            if seen(watcher, POLLING_FOR_THE_LOCK, ended):
+                done.append("the retry waited after it")
+
+    with connected(database, autocommit=False) as holder, connected(database) as other:
+        Ledger.open(other).create_tables()
+        holder.execute("LOCK TABLE _yoyo_version IN EXCLUSIVE MODE")  # reads go on; the set-up's insert waits
+        thread = threading.Thread(target=other_run, args=(holder, other))
+        thread.start()
+        try:
+            state = staging(environment="retried", git_sha="abc1234", return_state=True)
+        finally:
+            ended.set()
+            thread.join(timeout=120)
+        other.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+    assert done == ["applied", "the retry waited after it"], done
+    assert state.is_failed()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert [t.run_count for t in task_runs if t.name.startswith("migrate-")] == [2]  # retried once
+    [result] = artifacts_of(flow_run_id)["migration-result-retried"]
+    assert "another migration run holds the lock" in result.data, result.data
+    assert "applied:    none" in result.data and "applied in this run" not in result.data, result.data
+    assert applied_ids(database) == ["0001.a"]  # the other run's, as the history says
+
+
+def test_a_flow_run_failing_under_the_lock_by_no_migration_claims_the_rows_that_name_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, prefect_api: None) -> None:
+    """The counterpart, through Prefect: a bug at 0002 (injected: a_bug_when_applying) after 0001.a was applied.
+    What this run applied is read from the history rows that carry its flow run's id: 0001.a, never "none"."""
+    from flows.staging import staging
+    from tests.helpers import a_bug_when_applying
+
+    (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                                "0002.b.sql": "-- transactional: false\nCREATE TABLE b (id bigint);\n"})
+    a_bug_when_applying(monkeypatch, "0002.b")
+
+    state = staging(environment="retried", git_sha="abc1234", return_state=True)
+
+    assert state.is_failed()
+    [result] = artifacts_of(state.state_details.flow_run_id)["migration-result-retried"]
+    assert "applied:    0001.a\n" in result.data and "pending:    0002.b\n" in result.data, result.data
+    assert applied_ids(database) == ["0001.a"]
