@@ -187,8 +187,8 @@ class Ledger:
         schema): `DatabaseRefused`, saying which grant is missing; nothing has been applied yet."""
         try:
             # One message: the tables, then whether the dirty-mark table has the column (its last answer).
-            cursor = self.conn.execute(f"{self.statements['ddl'].rstrip().rstrip(';')};\n"
-                                       f"{self.statements['has_invalid_before']}")
+            # The newline then `;`: a last line of the DDL that is a comment cannot swallow the separator.
+            cursor = self.conn.execute(f"{self.statements['ddl']}\n;\n{self.statements['has_invalid_before']}")
             while cursor.nextset():
                 pass
             if not cursor.fetchone()[0]:  # type: ignore[index]
