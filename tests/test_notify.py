@@ -252,3 +252,19 @@ def test_a_refresh_whose_migration_history_could_not_be_read_says_not_known() ->
 def migrated_line(text: str) -> str:
     [line] = [line for line in text.splitlines() if "Migrated" in line]
     return line
+
+
+def test_a_run_refused_for_its_parameters_offers_no_run_again() -> None:
+    """A restore asked of a deployment for another environment than the one it runs is refused at step parameters:
+    the message offered to run it again with the same parameters, which are refused the same way."""
+    from tasks.engine.messages import RefreshSummary
+
+    refused = RefreshSummary("restore", "staging", "staging", "failed", "parameters",
+                             "deployment restore-snapshot/restore-production runs environment production only",
+                             None, None, "restore-snapshot/restore-production", "restore-snapshot",
+                             (("environment", "staging"), ("snapshot_id", "rdsm-staging-x")), 1.0, None)
+    assert refused.rerun_command() is None and "Run again" not in refused.console_text()
+    failed_later = replace(refused, failed_step="restore", error="the restore failed")
+    assert failed_later.rerun_command() == ("prefect deployment run restore-snapshot/restore-production "
+                                            "--param environment=staging --param snapshot_id=rdsm-staging-x")
+    assert "Run again" in failed_later.console_text()

@@ -309,7 +309,10 @@ class RefreshSummary:
         return "\n".join(render_refresh(self))
 
     def rerun_command(self) -> str | None:
-        if not self.deployment or any(value.startswith(REFUSED) for _, value in self.parameters):
+        """The same run again; None when that cannot help: a parameter was refused (a value, or an environment its
+        deployment does not run), so the same parameters would be refused again."""
+        if not self.deployment or self.failed_step == "parameters" or any(
+                value.startswith(REFUSED) for _, value in self.parameters):
             return None
         params = " ".join(f"--param {shlex.quote(f'{k}={v}')}" for k, v in self.parameters)
         return f"prefect deployment run {shlex.quote(self.deployment)} {params}".strip()
