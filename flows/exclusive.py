@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment
 
 from tasks.engine.errors import ConfigError
@@ -60,4 +61,14 @@ def limit_exists(name: str) -> bool:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             return False
+    return True
+
+
+def ensure_limit(client: SyncPrefectClient, name: str, limit: int) -> bool:
+    """The global concurrency limit `name` exists: made with `limit` slots when missing (True), else left as it is
+    (False)."""
+    try:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+    except ObjectAlreadyExists:
+        return False
     return True

@@ -20,12 +20,10 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectAlreadyExists
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.exclusive import slot
+from flows.exclusive import ensure_limit, slot
 from flows.fleet_hooks import report_fleet_cancellation, report_fleet_crash
 from flows.fleet_target import FLEET_LIMIT
 from flows.observe import ProgressArtifact, run_name
@@ -47,11 +45,8 @@ TARGET_DEPLOYMENT = "migrate-target/target"
 def ensure_fleet_limit(log: Any, limit: int = DEFAULT_FLEET_LIMIT) -> int:
     """The global limit exists (made with `limit` when missing, never changed); its size."""
     with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLEET_LIMIT, limit=limit))
+        if ensure_limit(client, FLEET_LIMIT, limit):
             log.info("Global concurrency limit %s created with %d slots", FLEET_LIMIT, limit)
-        except ObjectAlreadyExists:
-            pass
         return client.read_global_concurrency_limit_by_name(FLEET_LIMIT).limit
 
 

@@ -8,11 +8,11 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows import automations
-from flows.exclusive import limit_name
+from flows.exclusive import ensure_limit, limit_name
 from flows.fleet_target import FLEET_LIMIT
 from tasks.engine.environments import SlackNotify
 from tasks.engine.errors import ConfigError
@@ -62,18 +62,10 @@ def setup_prefect(environments: list[str], work_pool: str = "rds-migrations", po
                 command["default"] = flow_run_command  # only this: the operator's other defaults stay
                 client.update_work_pool(work_pool, WorkPoolUpdate(base_job_template=existing))
                 done.append(f"work pool {work_pool}: flow runs start with `{flow_run_command}`")
-        for environment in environments:
-            name = limit_name(environment)
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-                done.append(f"concurrency limit {name} (1) created")
-            except ObjectAlreadyExists:
-                done.append(f"concurrency limit {name} exists")
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLEET_LIMIT, limit=fleet_limit))
-            done.append(f"concurrency limit {FLEET_LIMIT} ({fleet_limit}) created")
-        except ObjectAlreadyExists:
-            done.append(f"concurrency limit {FLEET_LIMIT} exists")
+        limits = [(limit_name(environment), 1) for environment in environments] + [(FLEET_LIMIT, fleet_limit)]
+        for name, slots in limits:
+            made = ensure_limit(client, name, slots)
+            done.append(f"concurrency limit {name} ({slots}) created" if made else f"concurrency limit {name} exists")
         alerts: list[str] = []
         block_id = alerts_block_id(client, alerts_block or slack_block(environments), alerts)
         alerts += automations.ensure(client, automations.definitions(

@@ -54,7 +54,6 @@ class PrefectSteps:
     def __init__(self) -> None:
         self.log = get_run_logger()
         self.clients = AwsClients(aws_client)  # from the environment's AwsCredentials block
-        self._deployment_parameters: dict[str, Any] | None = None
 
     def client(self, service: str, environment: Environment) -> Any:
         return self.clients.get(service, environment)
@@ -62,28 +61,24 @@ class PrefectSteps:
     def run_info(self) -> RunInfo:
         url = current_flow_run.ui_url  # None-prefixed when no UI is configured (the ephemeral API)
         flow_name = current_flow_run.flow_name
-        pinned = self.deployment_parameters().get("environment")
         return RunInfo(
             run_id=current_flow_run.id,
             run_url=url if url and url.startswith("http") else None,
             flow_name=flow_name,
             deployment=f"{flow_name}/{current_deployment.name}" if current_deployment.name else None,
-            deployment_environment=pinned if isinstance(pinned, str) else None,
         )
 
-    def deployment_parameters(self) -> dict[str, Any]:
-        """The parameters the run's deployment itself sets (not the run's, which a run may override); {} when
-        it was not started from a deployment. Read once."""
-        if self._deployment_parameters is None:
-            self._deployment_parameters = {}
-            if deployment_id := current_deployment.id:
-                try:
-                    with get_client(sync_client=True) as client:
-                        self._deployment_parameters = dict(client.read_deployment(UUID(deployment_id)).parameters)
-                except Exception as exc:  # noqa: BLE001 - the API went away: the role stays the boundary, said
-                    self.log.warning("The deployment's own parameters could not be read (%s): its environment is "
-                                     "not checked against this run's", type(exc).__name__)
-        return self._deployment_parameters
+    def pinned_environment(self) -> str | None:
+        if not (deployment_id := current_deployment.id):
+            return None
+        try:
+            with get_client(sync_client=True) as client:
+                pinned = client.read_deployment(UUID(deployment_id)).parameters.get("environment")
+        except Exception as exc:  # noqa: BLE001 - the API went away: the role stays the boundary, said
+            self.log.warning("The deployment's own parameters could not be read (%s): its environment is not "
+                             "checked against this run's", type(exc).__name__)
+            return None
+        return pinned if isinstance(pinned, str) else None
 
     def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
         try:

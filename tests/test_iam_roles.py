@@ -36,29 +36,38 @@ def refused(role: str, actions: set[str]) -> set[str]:
     return {action for action in actions if not any(fnmatchcase(action, pattern) for pattern in allowed)}
 
 
-def recorded(client, actions: set[str]):
-    """`client`, recording the IAM action of every call it makes (`rds:RestoreDBInstanceFromDBSnapshot`)."""
+def recorded(client, actions: set[str], calls: list[tuple[str, dict]] | None = None):
+    """`client`, recording the IAM action of every call it makes (`rds:RestoreDBInstanceFromDBSnapshot`), and into
+    `calls` each with its parameters."""
     prefix = client.meta.service_model.signing_name
 
-    def record(model, **kwargs: object) -> None:
+    def record(model, params: dict, **kwargs: object) -> None:
         actions.add(f"{prefix}:{model.name}")
+        if calls is not None:
+            calls.append((f"{prefix}:{model.name}", dict(params)))
 
     client.meta.events.register(f"before-parameter-build.{client.meta.service_model.service_name}.*", record)
     return client
 
 
+def environments_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, *names: str) -> None:
+    """An environments file naming the emulator's instance `app-<name>` and its secret, for each of `names` (each
+    its own tier: staging or production)."""
+    (tmp_path / "environments.toml").write_text("".join(f"""
+[environments.{name}]
+tier = "{name}"
+aws = {{ region = "eu-west-1", endpoint_url = "{endpoint}" }}
+credentials = {{ kind = "secrets_manager", secret_id = "rds/app-{name}" }}
+snapshot = {{ kind = "rds_instance", instance_id = "app-{name}" }}
+notify = {{ kind = "console" }}
+""" for name in names))
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+
+
 @pytest.fixture
 def production(aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An environments file naming the emulator's production instance, with its secret."""
-    (tmp_path / "environments.toml").write_text(f"""
-[environments.production]
-tier = "production"
-aws = {{ region = "eu-west-1", endpoint_url = "{aws.endpoint}" }}
-credentials = {{ kind = "secrets_manager", secret_id = "rds/app-production" }}
-snapshot = {{ kind = "rds_instance", instance_id = "app-production" }}
-notify = {{ kind = "console" }}
-""")
-    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    environments_file(tmp_path, monkeypatch, aws.endpoint, "production")
 
 
 def test_the_restore_role_allows_every_call_a_restore_of_production_makes(aws: Aws, production: None,
@@ -139,28 +148,18 @@ def test_each_restore_deployments_role_allows_a_restore_of_its_environment_and_n
     assert environment in ("staging", "production"), f"{deployment['name']} pins no environment, yet has one's role"
     role = deployment["work_pool"]["job_variables"]["task_role_arn"].removeprefix("{{ $RDS_MIGRATIONS_ROLES }}")
     other = {"staging": "production", "production": "staging"}[environment]
-    (tmp_path / "environments.toml").write_text("".join(f"""
-[environments.{name}]
-tier = "{name}"
-aws = {{ region = "eu-west-1", endpoint_url = "{aws.endpoint}" }}
-credentials = {{ kind = "secrets_manager", secret_id = "rds/app-{name}" }}
-snapshot = {{ kind = "rds_instance", instance_id = "app-{name}" }}
-notify = {{ kind = "console" }}
-""" for name in ("staging", "production")))
-    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    environments_file(tmp_path, monkeypatch, aws.endpoint, "staging", "production")
     snapshot = f"rdsm-{environment}-ccccccc-20261125t010000"
     aws.rds.create_db_snapshot(DBSnapshotIdentifier=snapshot, DBInstanceIdentifier=f"app-{environment}")
+    actions: set[str] = set()
     calls: list[tuple[str, dict]] = []
 
     def client(service, settings):
-        made = aws_client(service, settings)
-        made.meta.events.register(f"before-parameter-build.{service}.*", lambda model, params, **kwargs: calls.append(
-            (f"{made.meta.service_model.signing_name}:{model.name}", dict(params))))
-        return made
+        return recorded(aws_client(service, settings), actions, calls)
 
     summary = restore_snapshot(environment, snapshot, DirectSteps(make_client=client), git_sha="abc1234")
 
     assert summary.outcome == "succeeded" and summary.result.live == f"app-{environment}"
-    assert refused(role, {action for action, _ in calls}) == set(), calls
+    assert refused(role, actions) == set(), calls
     assert out_of_scope(role, calls) == set(), calls
     assert out_of_scope(f"restore-{other}", calls), f"restore-{other} would have been allowed {environment}'s restore"

@@ -16,7 +16,7 @@ from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.catalog import read_catalog
 from tasks.engine.migrations.history import Ledger
 from tasks.engine.migrations.session import ADVISORY_LOCK_KEY
-from tests.helpers import applied_ids, url_of, write_migrations
+from tests.helpers import a_bug_when_applying, applied_ids, url_of, write_migrations
 from tests.test_observe import artifacts_of
 
 ENVIRONMENTS = """
@@ -49,8 +49,18 @@ def seen(watcher, query: str, ended: threading.Event) -> bool:
     return True
 
 
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, prefect_api: None) -> Path:
+    """A project whose environment `retried` names the test's database, run from its directory."""
+    (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
+    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
+    monkeypatch.setenv("DATABASE_URL", url_of(database))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def test_a_retried_migrate_step_claims_nothing_another_run_applied_between_its_attempts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, prefect_api: None) -> None:
+        project: Path, monkeypatch: pytest.MonkeyPatch, database: Connection) -> None:
     """Attempt 1 takes the lock, then waits past lock_timeout behind a session holding yoyo's version table
     (the history tables' set-up: 55P03, transient, so Prefect retries the task); it applied nothing. Another run
     takes the lock as it is freed and applies 0001.a; the retry waits for the lock past its wait and fails. The
@@ -58,13 +68,9 @@ def test_a_retried_migrate_step_claims_nothing_another_run_applied_between_its_a
     from flows.staging import staging
     from tasks.migrate import migrate
 
-    (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
-    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
-    monkeypatch.setenv("DATABASE_URL", url_of(database))
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(migrate, "retry_delay_seconds", 0)  # the retries still run, without the wait
-    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
-    first = read_catalog(tmp_path / "migrations", tmp_path).get("0001.a")
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
+    first = read_catalog(project / "migrations", project).get("0001.a")
     done: list[str] = []
     ended = threading.Event()
 
@@ -108,17 +114,12 @@ def test_a_retried_migrate_step_claims_nothing_another_run_applied_between_its_a
 
 
 def test_a_flow_run_failing_under_the_lock_by_no_migration_claims_the_rows_that_name_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, prefect_api: None) -> None:
+        project: Path, monkeypatch: pytest.MonkeyPatch, database: Connection) -> None:
     """The counterpart, through Prefect: a bug at 0002 (injected: a_bug_when_applying) after 0001.a was applied.
     What this run applied is read from the history rows that carry its flow run's id: 0001.a, never "none"."""
     from flows.staging import staging
-    from tests.helpers import a_bug_when_applying
 
-    (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
-    monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
-    monkeypatch.setenv("DATABASE_URL", url_of(database))
-    monkeypatch.chdir(tmp_path)
-    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
                                 "0002.b.sql": "-- transactional: false\nCREATE TABLE b (id bigint);\n"})
     a_bug_when_applying(monkeypatch, "0002.b")
 

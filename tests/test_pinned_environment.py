@@ -34,8 +34,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connectio
     """Both environments name the same empty database (whatever a refused run did would show in it), each with
     its concurrency limit: nothing but the pin stops a run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
+
+    from flows.exclusive import ensure_limit, limit_name
 
     (tmp_path / "environments.toml").write_text(ENVIRONMENTS)
     monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(tmp_path / "environments.toml"))
@@ -45,11 +45,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: Connectio
     write_migrations(tmp_path, {"0001.create-notes.sql": "CREATE TABLE notes (id bigint PRIMARY KEY);\n"})
     with get_client(sync_client=True) as client:  # what `rds-migrations setup-prefect pinned other` makes
         for environment in ("pinned", "other"):
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"db-migrate-{environment}",
-                                                                                    limit=1))
-            except ObjectAlreadyExists:
-                pass
+            ensure_limit(client, limit_name(environment), 1)
     return tmp_path
 
 

@@ -44,6 +44,7 @@ from tasks.engine.migrations.history_sql import (
     MARK_DIRTY_SQL,
     PREPARE_RECORD_SQL,
     PROGRESS_SQL,
+    READ_APPLIED_BY_RUN_SQL,
     READ_APPLIED_SQL,
     READ_BASELINE_SQL,
     READ_CHECKSUMS_SQL,
@@ -121,7 +122,8 @@ _STATEMENTS = {"ddl": HISTORY_DDL, "record": RECORD_SQL, "prepare": PREPARE_RECO
                "unverified": RECORD_UNVERIFIED_SQL, "marked_checksum": RECORD_MARKED_CHECKSUM_SQL,
                "baseline": BASELINE_SQL, "read_baseline": READ_BASELINE_SQL,
                "remember": REMEMBER_SCHEMA_SQL, "read_schema": READ_SCHEMA_SQL, "recorded": READ_RECORDED_SQL,
-               "recorded_no_log": READ_RECORDED_NO_LOG_SQL, "history_rows": READ_HISTORY_ROWS_SQL}
+               "recorded_no_log": READ_RECORDED_NO_LOG_SQL, "history_rows": READ_HISTORY_ROWS_SQL,
+               "applied_by_run": READ_APPLIED_BY_RUN_SQL}
 
 
 @dataclass
@@ -181,6 +183,13 @@ class Ledger:
         return tuple(AppliedRecord(migration_id, applied_at and applied_at.replace(tzinfo=UTC), *logged,
                                    *ours.get(migration_id, ()))
                      for migration_id, applied_at, *logged in rows)
+
+    def applied_by(self, flow_run_id: str) -> tuple[str, ...]:
+        """The migrations the flow run `flow_run_id` recorded as applied, in order (read-only; () without our
+        history table)."""
+        if not self.exists()["history"]:
+            return ()
+        return tuple(row[0] for row in self.conn.execute(self.statements["applied_by_run"], (flow_run_id,)))
 
     def create_tables(self) -> None:
         """yoyo's tables and ours, when missing (idempotent). Refused (a migrator that may not create in the

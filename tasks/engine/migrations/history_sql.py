@@ -236,3 +236,5 @@ READ_RECORDED_NO_LOG_SQL = """
 SELECT migration_id, applied_at_utc, NULL, NULL, NULL, NULL FROM {migration} ORDER BY applied_at_utc, migration_id
 """
 READ_HISTORY_ROWS_SQL = "SELECT migration_id, checksum, git_sha, flow_run_id, duration_ms, transactional FROM {history}"
+# What one run recorded as applied (its flow run's id on our history rows), in the order it applied them.
+READ_APPLIED_BY_RUN_SQL = "SELECT migration_id FROM {history} WHERE flow_run_id = %s ORDER BY applied_at, migration_id"

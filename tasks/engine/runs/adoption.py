@@ -43,7 +43,7 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
     `history_schema`: with `tool`, the schema holding that tool's history (when it is in several)."""
     environment = one_database_environment(name)
     check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
-    check_deployment_environment(environment.name, steps.run_info())
+    check_deployment_environment(environment.name, steps)
     check_schema(history_schema, tool)
     started, report = time.monotonic(), None
     with Ended() as ended, steps.exclusive(environment.name):
@@ -77,7 +77,7 @@ def check_environment_drift(name: str, steps: Steps, *, migrations_dir: str = "m
     that fails in silence would pass for one that found nothing."""
     environment = one_database_environment(name)
     check_parameters("unknown", "schedule", None, migrations_dir)
-    check_deployment_environment(environment.name, steps.run_info())
+    check_deployment_environment(environment.name, steps)
     started, step, drift, source = time.monotonic(), "read-migrations", None, ""
     with Ended() as ended:
         catalog = read_catalog(Path(migrations_dir), project_root or Path.cwd())

@@ -28,7 +28,7 @@ from tasks.engine.git import GIT_SHA, GIT_SHA_PARAMETER
 from tasks.engine.messages import RefreshSummary, RunSummary, restore_commands, shown_parameters
 from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.hints import where_flag
-from tasks.engine.migrations.history import DIRTY_TABLE, HISTORY_TABLE, Ledger
+from tasks.engine.migrations.history import DIRTY_TABLE, Ledger
 from tasks.engine.notices import Notice
 from tasks.engine.runs.budget import run_budget_seconds
 from tasks.engine.runs.kinds import flow_of
@@ -48,7 +48,6 @@ UNDO_LINE = re.compile(r"^ +\d+\. (\S+)", re.MULTILINE)
 # The parameters a report repeats, each only when its allow-list takes it (a run's parameters are untrusted).
 PARAMETERS = {"environment": ENVIRONMENT_NAME, "git_sha": GIT_SHA_PARAMETER, "trigger": TRIGGER,
               "snapshot_id": SNAPSHOT_ID, "to": ROLLBACK_TO}
-APPLIED_BY_RUN_SQL = "SELECT migration_id FROM {history} WHERE flow_run_id = %s ORDER BY applied_at, migration_id"
 # The run's own marks, even while the session it left behind still holds the lock (the server ends a dead
 # client's session only when it next talks to it): the columns of DirtyMigration, in its order.
 DIRTY_BY_RUN_SQL = """
@@ -98,10 +97,9 @@ def read_database(connection: Connection, flow_run_id: str) -> KnownState:
         tables = ledger.exists()
         if not (tables["history"] and tables["dirty"]):
             return KnownState(history=())
-        names = {key: sql.Identifier(ledger.schema, table) for key, table in (("history", HISTORY_TABLE),
-                                                                              ("dirty", DIRTY_TABLE))}
-        applied = tuple(row[0] for row in conn.execute(sql.SQL(APPLIED_BY_RUN_SQL).format(**names), (flow_run_id,)))
-        ours = tuple(DirtyMigration(*row) for row in conn.execute(sql.SQL(DIRTY_BY_RUN_SQL).format(**names),
+        dirty = sql.Identifier(ledger.schema, DIRTY_TABLE)
+        applied = ledger.applied_by(flow_run_id)
+        ours = tuple(DirtyMigration(*row) for row in conn.execute(sql.SQL(DIRTY_BY_RUN_SQL).format(dirty=dirty),
                                                                   (flow_run_id,)))
         history = ledger.read()
         others = tuple(mark for mark in history.dirty if mark.flow_run_id != flow_run_id)

@@ -282,15 +282,14 @@ def applied_per_history(progress: Progress) -> ApplyReport | None:
         with session(progress.connection, read_only=True) as conn:
             ledger = Ledger.open(conn)
             history = ledger.read()
-            ours = set(history.applied) if progress.run_id is None else {
-                record.migration_id for record in ledger.applied_records() if record.flow_run_id == progress.run_id}
+            ours = set(history.applied if progress.run_id is None else ledger.applied_by(progress.run_id))
     except (psycopg.Error, DatabaseUnreachable):  # out of reach, or the password refused: not read
         return None
     # Marks of runs before this one (another run's, still running perhaps) are not this run's doing.
     progress.dirty = tuple(mark for mark in history.dirty
                            if (mark.started_at is None or mark.started_at >= progress.started_at)
                            and (progress.run_id is None or mark.flow_run_id == progress.run_id))
-    return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in history.applied and i in ours),
+    return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in ours),
                        pending=tuple(i for i in pending if i not in history.applied))
 
 

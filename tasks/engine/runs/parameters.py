@@ -10,7 +10,7 @@ from pathlib import Path
 from tasks.engine.connection import Connection
 from tasks.engine.errors import ConfigError, SecretError, UsageError
 from tasks.engine.git import GIT_SHA_PARAMETER
-from tasks.engine.runs.steps import RunInfo
+from tasks.engine.runs.steps import Steps
 
 TRIGGER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -44,17 +44,17 @@ def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_
         raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
 
 
-def check_deployment_environment(environment: str, run: RunInfo) -> None:
+def check_deployment_environment(environment: str, steps: Steps) -> None:
     """A deployment that sets `environment` runs with that environment's AWS role (deployments/prefect.ecs.yaml):
     a run of it for another environment would read and snapshot with the wrong role. Refused before anything.
     `environment` is a name the environments file knows (checked first), so it may be repeated."""
-    pinned = run.deployment_environment
+    pinned = steps.pinned_environment()
     if pinned is None or environment == pinned:
         return
     raise ConfigError(
-        f"deployment {run.deployment} runs environment {pinned} only (it has {pinned}'s AWS role); this run asked for "
-        f"{environment}: nothing was done. Run {environment}'s own deployment of this flow, or the rds-migrations "
-        f"command with --env {environment} from a terminal"
+        f"deployment {steps.run_info().deployment} runs environment {pinned} only (it has {pinned}'s AWS role); "
+        f"this run asked for {environment}: nothing was done. Run {environment}'s own deployment of this flow, or "
+        f"the rds-migrations command with --env {environment} from a terminal"
     )
 
 

@@ -120,7 +120,7 @@ def restore_snapshot(name: str, snapshot_id: str, steps: Steps, *, git_sha: str 
         env = outcome.environment = one_database_environment(name)
         check_parameters(git_sha, "manual", None, MIGRATIONS_DIR)
         check_snapshot_id(snapshot_id)
-        check_deployment_environment(env.name, steps.run_info())
+        check_deployment_environment(env.name, steps)
         with steps.exclusive(env.name):
             # The RDS kinds restore and rename through the RDS API alone: the database's secret is read (and the
             # restore role may read it) only for the local kind, which restores into the database's server.

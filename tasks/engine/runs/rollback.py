@@ -43,7 +43,7 @@ def roll_back_environment(name: str, steps: Steps, *, to: str, git_sha: str = "u
     environment = one_database_environment(name)
     check_tier(environment, environment.tier)
     check_parameters(git_sha, trigger, to, migrations_dir, target_name="to")
-    check_deployment_environment(environment.name, steps.run_info())
+    check_deployment_environment(environment.name, steps)
     started, step = time.monotonic(), "checkout"
     report: RollbackReport | None = None
     snapshot: Snapshot | None = None

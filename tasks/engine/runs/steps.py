@@ -35,9 +35,6 @@ class RunInfo:
     run_url: str | None = None
     flow_name: str | None = None
     deployment: str | None = None  # "<flow>/<deployment>" when it was started from a deployment
-    # The `environment` its deployment sets (the deployment's own record, which a run cannot change): the one
-    # environment that deployment's AWS role is for. None: no deployment, or one that pins no environment.
-    deployment_environment: str | None = None
 
 
 class Steps(Protocol):
@@ -47,6 +44,11 @@ class Steps(Protocol):
 
     def run_info(self) -> RunInfo:
         """This run's id and links (empty outside Prefect)."""
+
+    def pinned_environment(self) -> str | None:
+        """The `environment` the run's deployment itself sets (its own record, which a run cannot change): the one
+        environment that deployment's AWS role is for. None: no deployment, or one that pins none. Read only by
+        the flows that check it (parameters.check_deployment_environment): it costs a call to the Prefect API."""
 
     def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
         """Static checks and lint; `ValidationFailed` on errors."""
@@ -131,6 +133,9 @@ class DirectSteps:
 
     def run_info(self) -> RunInfo:
         return RunInfo()
+
+    def pinned_environment(self) -> str | None:
+        return None
 
     def validate(self, migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
         from tasks.engine.migrations.validation import validate
