@@ -182,6 +182,29 @@ def prepare_project(base: Path) -> tuple[Path, list[Path], float]:
     return project, paths, time.monotonic() - started
 
 
+# The same environment as the shipped `database-url`, with the rehearsal turned off, as a user may say outright:
+# what a first run costs without it (for information: the default keeps it).
+UNREHEARSED_ENVIRONMENTS = """[environments.database-url]
+tier = "staging"
+credentials = { kind = "url_env", variable = "DATABASE_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+rehearsal = { kind = "none" }
+policy = { snapshot_required = false, rehearsal_required = false, lint_blocks_on = "error" }
+"""
+
+
+def prepare_unrehearsed(base: Path, paths: list[Path]) -> Path:
+    """A second project with the same migrations, whose `database-url` environment does not rehearse."""
+    project = base / "realistic-unrehearsed"
+    (project / "deployments").mkdir(parents=True)
+    (project / "deployments" / "environments.toml").write_text(UNREHEARSED_ENVIRONMENTS, encoding="utf-8")
+    (project / "migrations").mkdir()
+    for path in paths:
+        shutil.copyfile(path, project / "migrations" / path.name)
+    return project
+
+
 def describe_corpus(directory: Path, paths: list[Path]) -> dict:
     files = sorted(directory.iterdir())
     return {
@@ -197,11 +220,13 @@ def describe_corpus(directory: Path, paths: list[Path]) -> dict:
 
 
 def first_and_incremental(server: BenchServer, project: Path, paths: list[Path], cli: Cli,
-                          log: Callable[[str], None]) -> dict:
-    """Rounds of: the psql floor, and the CLI's first run then one new migration on top; in a rotating order."""
+                          log: Callable[[str], None], unrehearsed: Cli | None = None) -> dict:
+    """Rounds of: the psql floor, the CLI's first run then one new migration on top, and (with `unrehearsed`)
+    a first run that does not rehearse; in a rotating order."""
     directory = project / "migrations"
     floor_script = psql_script(paths, project / "floor.sql")
-    times: dict[str, list] = {"floor": [], "first_run": [], "incremental": [], "incremental_floor": []}
+    times: dict[str, list] = {"floor": [], "first_run": [], "incremental": [], "incremental_floor": [],
+                              "first_run_unrehearsed": []}
     cpu: dict[str, list[tuple[float, float]]] = {"floor": [], "first_run": []}  # (client, server) CPU seconds
     first_phases: list[dict[str, float] | None] = []
     incremental_phases: list[dict[str, float] | None] = []
@@ -246,9 +271,18 @@ def first_and_incremental(server: BenchServer, project: Path, paths: list[Path],
                 leftover.unlink()
         server.drop(connection)
 
-    steps = [floor, ours]
+    def without_rehearsal() -> None:
+        connection = server.fresh_database("real_unrehearsed")
+        seconds, _ = unrehearsed(connection)
+        if applied_count(connection) != COUNT:
+            raise RuntimeError(f"the run without rehearsal applied {applied_count(connection)} of {COUNT}")
+        times["first_run_unrehearsed"].append(seconds)
+        log(f"  first run, no rehearsal (opt-out)       {seconds:7.2f} s")
+        server.drop(connection)
+
+    steps = [floor, ours] + ([without_rehearsal] if unrehearsed is not None else [])
     for round_number in range(ROUNDS):
-        for step in steps[round_number % 2:] + steps[:round_number % 2]:
+        for step in steps[round_number % len(steps):] + steps[:round_number % len(steps)]:
             step()
     return {**{f"{k}_seconds": v for k, v in times.items()}, "cpu": cpu, "new_migration": new_migration,
             "first_run_phases": first_phases, "incremental_phases": incremental_phases}
@@ -357,7 +391,8 @@ def run(server: BenchServer, base: Path, env: dict[str, str], log: Callable[[str
     warm = server.fresh_database("real_warm")
     cli(warm, "--dry-run")
     server.drop(warm)
-    results.update(first_and_incremental(server, project, paths, cli, log))
+    unrehearsed = Cli(prepare_unrehearsed(base, paths), cli.env)
+    results.update(first_and_incremental(server, project, paths, cli, log, unrehearsed))
     results["breakdown"] = breakdown(project, cli, log)
     drop_rehearsal_cache(server)
     results.update(large_inputs(base, log))

@@ -7,16 +7,21 @@ clients and hands them to the tasks (tasks never build credentials).
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect_aws import AwsClientParameters, AwsCredentials
+from typing import TYPE_CHECKING, Any
 
 from tasks.engine.aws import BOTOCORE_RETRIES
 from tasks.engine.environments import AwsSettings
 from tasks.engine.errors import ConfigError
 
+if TYPE_CHECKING:
+    from prefect_aws import AwsCredentials
+
 
 def aws_credentials(aws: AwsSettings) -> AwsCredentials:
+    # Imported here: prefect-aws takes 0.5 s to import (aiobotocore, aiohttp), which every flow run would pay
+    # while loading its flow, a run against a database URL or an embedded server included (the GitHub check).
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
     parameters = AwsClientParameters(endpoint_url=aws.endpoint_url, config=BOTOCORE_RETRIES)
     if aws.credentials_block:
         try:
