@@ -2,8 +2,8 @@
 
 `compare` takes two `SchemaSnapshot`s (schema.py) and names every difference by object: missing from the live
 database, there but made by no migration, or changed (with both definitions). Children of a missing or
-unexpected table (its columns, constraints, indexes, triggers, owned sequences) are folded into the table's
-line. Pure: no database, no I/O.
+unexpected table or view (its columns, constraints, indexes, statistics, triggers, rules, owned sequences)
+are folded into its line. Pure: no database, no I/O.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ Status = Literal["missing", "unexpected", "changed"]
 
 STATUS_TEXT = {"missing": "missing (dropped by hand?)", "unexpected": "not made by any migration (added by hand?)"}
 LABELS = {"not_null": "NOT NULL", "owned_by": "owned by", "partition_key": "partition key",
-          "partition_bound": "partition bound", "row_security": "row security", "state_type": "state type"}
+          "partition_bound": "partition bound", "row_security": "row security", "state_type": "state type",
+          "replica_identity": "replica identity", "target": "statistics target", "rule": "rules",
+          "statistics": "extended statistics"}
+# Fields whose absence is PostgreSQL's default, printed as such rather than as "none".
+DEFAULTED = ("replica_identity", "target")
+# What children fold into: their line is the container's when it is missing or unexpected.
+CONTAINERS = ("table", "view", "materialized view")
 # What to do about drift, wherever it is reported: the pending migration then accounts for it (explained_by_pending).
 WAY_OUT = ("write what was changed by hand as a migration that does the same (IF NOT EXISTS / IF EXISTS: here it "
            "then changes nothing), or undo it by hand")
@@ -44,6 +50,8 @@ class FieldChange:
             return f"{label}: {_list_change(self.expected, self.live)}"
         if _long(self.expected) or _long(self.live):
             return f"{label} differs{_first_difference(str(self.expected or ''), str(self.live or ''))}"
+        if self.field in DEFAULTED:
+            return f"{label}: expected {_show(self.expected, 'default')}, live {_show(self.live, 'default')}"
         return f"{label}: expected {_show(self.expected)}, live {_show(self.live)}"
 
     def to_json(self) -> dict[str, Any]:
@@ -117,11 +125,12 @@ class DriftReport:
 def compare(expected: SchemaSnapshot, live: SchemaSnapshot) -> DriftReport:
     """Every object that differs between `expected` (what the applied migrations make, e.g. read from a
     rehearsal database) and `live` (the target database)."""
-    want, have = expected.by_key(), live.by_key()
+    unread = tuple(dict.fromkeys((*expected.unread(), *live.unread())))
+    want, have = _read_by_both(expected, unread), _read_by_both(live, unread)
     missing = {key for key in want if key not in have}
     unexpected = {key for key in have if key not in want}
-    # A table that is missing (or unexpected) says it for its columns, constraints, indexes and triggers.
-    folded = {status: {name for kind, name in keys if kind == "table"}
+    # A table (or view) that is missing (or unexpected) says it for its columns, indexes, triggers, rules...
+    folded = {status: {name for kind, name in keys if kind in CONTAINERS}
               for status, keys in (("missing", missing), ("unexpected", unexpected))}
     orders = _column_orders(want), _column_orders(have)
     differences: list[Difference] = []
@@ -141,7 +150,7 @@ def compare(expected: SchemaSnapshot, live: SchemaSnapshot) -> DriftReport:
             differences.append(Difference(kind, name, "changed", tuple(changes), want[key].definition,
                                           have[key].definition))
     return DriftReport(differences=tuple(differences), compared=len(want.keys() | have.keys()),
-                       notes=_version_notes(expected.server_version, live.server_version))
+                       notes=_version_notes(expected.server_version, live.server_version) + _unread_note(unread))
 
 
 def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: SchemaSnapshot) -> DriftReport:
@@ -155,7 +164,7 @@ def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: Schema
 
     def accounted_for(difference: Difference) -> bool:
         keys = {(difference.kind, difference.name)}
-        if difference.kind == "table" and difference.status != "changed":  # its columns, indexes, ... folded in
+        if difference.kind in CONTAINERS and difference.status != "changed":  # its columns, ... folded in
             keys |= {key for key, obj in (want | have).items() if obj.parent == difference.name}
         return all(key not in still and _definition(want.get(key)) == _definition(have.get(key)) for key in keys)
 
@@ -169,6 +178,20 @@ def explained_by_pending(drift: DriftReport, after: SchemaSnapshot, live: Schema
 
 def _definition(obj: SchemaObject | None) -> dict[str, Any] | None:
     return obj.definition if obj is not None else None
+
+
+def _read_by_both(snapshot: SchemaSnapshot, unread: tuple[str, ...]) -> dict[tuple[str, str], SchemaObject]:
+    """`snapshot`'s objects by key, without the kinds and table fields in `unread` (one side did not read them)."""
+    return {obj.key: replace(obj, definition={k: v for k, v in obj.definition.items() if k not in unread})
+            for obj in snapshot.objects if obj.kind not in unread}
+
+
+def _unread_note(unread: tuple[str, ...]) -> tuple[str, ...]:
+    """A schema remembered by an older rds-migrations did not read everything: what was left out is said."""
+    if not unread:
+        return ()
+    return (f"a schema was read by an older rds-migrations, without {', '.join(LABELS.get(u, u) for u in unread)}: "
+            "they are not compared until the next migration is applied (its schema is then read afresh)",)
 
 
 def _version_notes(expected: str, live: str) -> tuple[str, ...]:
@@ -215,8 +238,8 @@ def _null(not_null: Any) -> str:
     return "NOT NULL" if not_null else "nullable"
 
 
-def _show(value: Any) -> str:
-    return "none" if value is None else str(value)
+def _show(value: Any, absent: str = "none") -> str:
+    return absent if value is None else str(value)
 
 
 def _long(value: Any) -> bool:

@@ -9,8 +9,8 @@ One set-based query per kind of object reads the whole schema, never one query p
 
 Left out: system schemas, what an extension owns (pg_depend 'e': the extension itself is compared), objects
 made implicitly with another (a range type's constructors), and the migration tools' own tables with
-everything hanging off them (`ignore`). Not read at all: owners, privileges, comments, statistics objects,
-rules, event triggers, operators, casts, collations, publications, foreign servers."""
+everything hanging off them (`ignore`). Not read at all: owners, privileges, comments, event triggers,
+operators, casts, collations, publications, foreign servers. The queries are in schema_queries.py."""
 
 from __future__ import annotations
 
@@ -26,8 +26,25 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from tasks.engine.errors import RdsMigrationsError
+from tasks.engine.migrations.schema_queries import (
+    COLUMNS,
+    CONSTRAINTS,
+    EXTENSIONS,
+    INDEXES,
+    POLICIES,
+    RELATIONS,
+    ROUTINES,
+    RULES,
+    SCHEMAS,
+    STATISTICS,
+    TRIGGERS,
+    TYPES,
+)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+# What a snapshot of an older format did not read (kinds, and fields of a table's definition). A reference
+# remembered by an older rds-migrations is still read; drift leaves these out when either side lacks them.
+NOT_READ_BEFORE = {2: ("rule", "statistics", "replica_identity")}
 
 # Patterns (fnmatch, case-sensitive) on a table's name, or on `schema.table` when the pattern has a dot.
 TOOL_TABLES = (
@@ -40,8 +57,8 @@ TOOL_TABLES = (
 
 # The order objects are listed in: containers first, then what lives in them.
 KINDS = ("schema", "extension", "enum", "domain", "composite type", "range type", "sequence", "table", "column",
-         "constraint", "index", "view", "materialized view", "function", "procedure", "aggregate", "trigger",
-         "policy")
+         "constraint", "index", "statistics", "view", "materialized view", "function", "procedure", "aggregate",
+         "trigger", "rule", "policy")
 KIND_ORDER = {kind: position for position, kind in enumerate(KINDS)}
 
 # What the deparsers' output depends on, pinned for the reading transaction.
@@ -67,7 +84,8 @@ class SchemaObject:
     kind: str  # one of KINDS
     name: str  # stable and schema-qualified, quoted as PostgreSQL quotes: public.users, public.users.email
     definition: dict[str, Any]
-    parent: str | None = None  # the table a column, constraint, index, trigger or owned sequence belongs to
+    parent: str | None = None  # the table (or view) a column, constraint, index, trigger, rule, statistics
+    # object or owned sequence belongs to
     info: dict[str, Any] = field(default_factory=dict)  # extension version, column position
 
     @property
@@ -83,21 +101,27 @@ class SchemaSnapshot:
     """The user schema of one database, objects sorted by kind (`KINDS`) then name.
 
     Compared: schemas, extensions (their schema; the version is info), tables (kind, persistence, partitioning,
-    inheritance, row security, storage options), columns, constraints, indexes (definition, validity, owning
-    constraint), sequences, views, materialized views, functions, procedures, aggregates, triggers (with their
-    enabled state), row security policies, enums, domains, composite and range types. Equality ignores
-    `server_version`.
+    inheritance, row security, storage options, replica identity), columns, constraints, indexes (definition,
+    validity, owning constraint), extended statistics (definition, target), sequences, views, materialized
+    views, functions, procedures, aggregates, triggers and rules (with their enabled state), row security
+    policies, enums, domains, composite and range types. Equality ignores `server_version`; `version` is the
+    format it was read in (an older one read less: `unread`).
     """
 
     objects: tuple[SchemaObject, ...]
     server_version: str = field(default="", compare=False)
-    version: int = SNAPSHOT_VERSION
+    version: int = field(default=SNAPSHOT_VERSION, compare=False)  # the format it was read in
 
     def by_key(self) -> dict[tuple[str, str], SchemaObject]:
         return {obj.key: obj for obj in self.objects}
 
     def with_objects(self, more: Iterable[SchemaObject]) -> SchemaSnapshot:
-        return SchemaSnapshot(objects=_sorted((*self.objects, *more)), server_version=self.server_version)
+        return SchemaSnapshot(objects=_sorted((*self.objects, *more)), server_version=self.server_version,
+                              version=self.version)
+
+    def unread(self) -> tuple[str, ...]:
+        """The kinds and table fields its format did not read yet (NOT_READ_BEFORE)."""
+        return tuple(item for since, items in NOT_READ_BEFORE.items() if self.version < since for item in items)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "server_version": self.server_version,
@@ -107,13 +131,14 @@ class SchemaSnapshot:
     def from_json(cls, data: Mapping[str, Any] | str) -> SchemaSnapshot:
         try:
             loaded = json.loads(data) if isinstance(data, str) else data
-            if not isinstance(loaded, Mapping) or loaded.get("version") != SNAPSHOT_VERSION:
-                found = loaded.get("version") if isinstance(loaded, Mapping) else type(loaded).__name__
-                raise SchemaSnapshotError(f"schema snapshot format {found!r} is not {SNAPSHOT_VERSION}: read it "
-                                          "again from the database with this version of rds-migrations")
+            version = loaded.get("version") if isinstance(loaded, Mapping) else type(loaded).__name__
+            if version not in range(1, SNAPSHOT_VERSION + 1):
+                raise SchemaSnapshotError(f"schema snapshot format {version!r} is not 1 to {SNAPSHOT_VERSION}: "
+                                          "read it again from the database with this version of rds-migrations")
             objects = [SchemaObject(o["kind"], o["name"], dict(o["definition"]), o.get("parent"),
                                     dict(o.get("info") or {})) for o in loaded["objects"]]
-            return cls(objects=_sorted(objects), server_version=str(loaded.get("server_version", "")))
+            return cls(objects=_sorted(objects), server_version=str(loaded.get("server_version", "")),
+                       version=version)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SchemaSnapshotError(f"schema snapshot is malformed: {type(exc).__name__}: {exc}") from None
 
@@ -125,8 +150,8 @@ def is_ignored(schema: str | None, table: str, patterns: Iterable[str] = TOOL_TA
 
 def read_schema(conn: psycopg.Connection, *, ignore: Iterable[str] = TOOL_TABLES) -> SchemaSnapshot:
     """The user schema of `conn`'s database. Tables matching a pattern of `ignore` (see TOOL_TABLES) are left
-    out with their columns, constraints, indexes, triggers and owned sequences. Reads only; the session's
-    settings are as they were afterwards."""
+    out with their columns, constraints, indexes, statistics, triggers, rules and owned sequences. Reads only;
+    the session's settings are as they were afterwards."""
     patterns = (ignore,) if isinstance(ignore, str) else tuple(ignore)
 
     def ignored(schema: str | None, table: str | None) -> bool:
@@ -169,133 +194,26 @@ def _compact(definition: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in definition.items() if value is not None and value != []}
 
 
-# ---- the queries: each row starts with the (schema, table) that `ignore` is matched against --------------
-
-USER_SCHEMA = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
-
-
-def _not_member(catalog: str, oid: str) -> str:
-    """Not an object an extension created (its members are left out: the extension is compared instead)."""
-    return (f"NOT EXISTS (SELECT 1 FROM pg_depend x WHERE x.classid = '{catalog}'::regclass AND x.objid = {oid} "
-            "AND x.deptype = 'e')")
-
-
-def _of_tables(joins: str = "", where: str = "") -> str:
-    """FROM user tables (`c`, in schema `n`) and what `joins` hangs off them."""
-    return (f"FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace {joins}\n"
-            f"WHERE {USER_SCHEMA} AND {_not_member('pg_class', 'c.oid')} {where}")
-
-
-def _collation(oid: str) -> str:
-    return (f"(SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co "
-            f"JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = {oid})")
-
-
-SCHEMAS = f"""
-SELECT NULL, NULL, quote_ident(n.nspname) FROM pg_namespace n
-WHERE {USER_SCHEMA} AND {_not_member('pg_namespace', 'n.oid')}"""
-
-EXTENSIONS = """
-SELECT NULL, NULL, quote_ident(e.extname), quote_ident(n.nspname), e.extversion
-FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"""
-
-# A sequence's owner: the column of a serial or identity column (or of ALTER SEQUENCE ... OWNED BY).
-SEQUENCE_OWNER = """LEFT JOIN pg_sequence s ON s.seqrelid = c.oid
-LEFT JOIN LATERAL (
-    SELECT t.oid, t.relname, tn.nspname, a.attname FROM pg_depend d
-    JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
-    JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-    WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
-      AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
-) owner ON true"""
-
-COLUMN_JOINS = """JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum"""
-
-RELATIONS = f"""
-SELECT coalesce(owner.nspname, n.nspname), coalesce(owner.relname, c.relname),
-       c.oid::regclass::text, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
-       coalesce(c.reloptions, '{{}}'),
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
-       CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END,
-       ARRAY(SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid ORDER BY i.inhseqno),
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
-       format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle,
-       owner.oid::regclass::text, quote_ident(owner.attname)
-{_of_tables(SEQUENCE_OWNER, "AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')")}"""
-
-COLUMNS = f"""
-SELECT n.nspname, c.relname, c.oid::regclass::text, quote_ident(a.attname),
-       row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
-       format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid),
-       a.attidentity, a.attgenerated,
-       CASE WHEN a.attcollation <> t.typcollation THEN {_collation("a.attcollation")} END
-{_of_tables(COLUMN_JOINS, "AND c.relkind IN ('r', 'p', 'f')")}"""
-
-CONSTRAINTS = f"""
-SELECT n.nspname, c.relname, c.oid::regclass::text, quote_ident(k.conname), pg_get_constraintdef(k.oid)
-{_of_tables("JOIN pg_constraint k ON k.conrelid = c.oid", "AND k.contype <> 'n'")}"""
-
-INDEXES = f"""
-SELECT n.nspname, c.relname, c.oid::regclass::text, x.indexrelid::regclass::text, pg_get_indexdef(x.indexrelid),
-       x.indisvalid, (SELECT quote_ident(k.conname) FROM pg_constraint k WHERE k.conindid = x.indexrelid
-                      AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u', 'x'))
-{_of_tables("JOIN pg_index x ON x.indrelid = c.oid")}"""
-
-TRIGGERS = f"""
-SELECT n.nspname, c.relname, c.oid::regclass::text, quote_ident(g.tgname), pg_get_triggerdef(g.oid), g.tgenabled
-{_of_tables("JOIN pg_trigger g ON g.tgrelid = c.oid", "AND NOT g.tgisinternal")}"""
-
-POLICIES = f"""
-SELECT n.nspname, c.relname, c.oid::regclass::text, quote_ident(pol.polname), pol.polcmd, pol.polpermissive,
-       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE quote_ident(pg_get_userbyid(r)) END
-             FROM unnest(pol.polroles) r),  -- sorted in Python: ORDER BY here would follow the database's collation
-       pg_get_expr(pol.polqual, pol.polrelid), pg_get_expr(pol.polwithcheck, pol.polrelid)
-{_of_tables("JOIN pg_policy pol ON pol.polrelid = c.oid")}"""
-
-ROUTINES = f"""
-SELECT NULL, NULL, p.oid::regprocedure::text, p.prokind,
-       CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END, pg_get_function_result(p.oid),
-       g.aggtransfn::oid::regprocedure::text, format_type(g.aggtranstype, NULL),
-       nullif(g.aggfinalfn::oid, 0)::regprocedure::text, g.agginitval
-FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace LEFT JOIN pg_aggregate g ON g.aggfnoid = p.oid
-WHERE {USER_SCHEMA} AND {_not_member('pg_proc', 'p.oid')}
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
-                  AND d.deptype = 'i')  -- made with another object (a range type's constructors)"""
-
-TYPES = f"""
-SELECT NULL, NULL, format_type(t.oid, NULL), t.typtype,
-       ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder),
-       format_type(t.typbasetype, t.typtypmod), t.typnotnull, pg_get_expr(t.typdefaultbin, 0),
-       CASE WHEN t.typcollation <> b.typcollation THEN {_collation("t.typcollation")} END,
-       ARRAY(SELECT quote_ident(k.conname) || ' ' || pg_get_constraintdef(k.oid) FROM pg_constraint k
-             WHERE k.contypid = t.oid AND k.contype <> 'n' ORDER BY k.conname),
-       ARRAY(SELECT quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-             WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-       format_type(r.rngsubtype, NULL)
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-LEFT JOIN pg_type b ON b.oid = t.typbasetype LEFT JOIN pg_range r ON r.rngtypid = t.oid
-WHERE {USER_SCHEMA} AND {_not_member('pg_type', 't.oid')} AND (t.typtype IN ('e', 'd', 'r')
-      OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))"""
-
-
 # ---- rows into objects: one object a row --------------------------------------------------------------
 
 TABLE_KINDS = {"r": "ordinary", "p": "partitioned", "f": "foreign"}
-TRIGGER_STATES = {"O": "enabled", "D": "disabled", "R": "replica", "A": "always"}
+TRIGGER_STATES = {"O": "enabled", "D": "disabled", "R": "replica", "A": "always"}  # a rule's too
+REPLICA_IDENTITIES = {"d": None, "n": "nothing", "f": "full"}  # None: the default (the primary key)
 POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
 
 
 def _relation(name: str, relkind: str, persistence: str, rls: bool, force_rls: bool, options: list[str],
               partition_key: str | None, bound: str | None, inherits: list[str], view: str | None,
               seq_type: str | None, start: int, increment: int, minimum: int, maximum: int, cache: int,
-              cycle: bool, owner_table: str | None, owner_column: str | None) -> SchemaObject:
+              cycle: bool, owner_table: str | None, owner_column: str | None, replica_identity: str,
+              replica_index: str | None) -> SchemaObject:
     if relkind in TABLE_KINDS:
         return SchemaObject("table", name, _compact({
             "kind": TABLE_KINDS[relkind], "persistence": "unlogged" if persistence == "u" else "permanent",
             "partition_key": partition_key, "partition_bound": bound, "inherits": inherits,
             "row_security": "forced" if force_rls and rls else "enabled" if rls else None,
-            "options": sorted(options)}))
+            "options": sorted(options), "replica_identity": REPLICA_IDENTITIES.get(
+                replica_identity, f"index {replica_index}" if replica_index else "nothing (its index was dropped)")}))
     if relkind in ("v", "m"):
         kind = "view" if relkind == "v" else "materialized view"
         return SchemaObject(kind, name, _compact({"definition": view, "options": sorted(options)}))
@@ -344,7 +262,11 @@ _READERS: tuple[tuple[str, Callable[..., SchemaObject]], ...] = (
                                                                {"definition": definition}, parent=table)),
     (INDEXES, lambda table, name, definition, valid, constraint: SchemaObject("index", name, _compact({
         "definition": definition, "valid": valid, "constraint": constraint}), parent=table)),
+    (STATISTICS, lambda table, name, definition, target: SchemaObject("statistics", name, _compact({
+        "definition": definition, "target": target}), parent=table)),
     (TRIGGERS, lambda table, name, definition, enabled: SchemaObject("trigger", f"{table}.{name}", {
+        "definition": definition, "enabled": TRIGGER_STATES.get(enabled, enabled)}, parent=table)),
+    (RULES, lambda table, name, definition, enabled: SchemaObject("rule", f"{table}.{name}", {
         "definition": definition, "enabled": TRIGGER_STATES.get(enabled, enabled)}, parent=table)),
     (POLICIES, lambda table, name, command, permissive, roles, using, check: SchemaObject(
         "policy", f"{table}.{name}", _compact({
