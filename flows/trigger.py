@@ -6,7 +6,9 @@ What `prefect deployment run --watch` does, without its cost: no `import prefect
 module imports the standard library, then httpx and our own small modules when called) and no fixed 3 s wait
 for late logs after the run ends. It
 1. refuses a parameter that looks like a credential before anything is sent (the API stores parameters in
-   plain text), types each `--param` by the deployment's parameter schema, and refuses unknown names;
+   plain text), types each `--param` by the deployment's parameter schema, and refuses unknown names; refuses
+   a rollback, restore, baseline or drift check for another environment than its deployment sets, naming the
+   deployment that runs it (the flow would refuse it too);
 2. creates the flow run (`POST /deployments/{id}/create_flow_run`, with an idempotency key, so a retried
    request never makes a second run), prints its id, parameters and UI link;
 3. follows it: its state (`GET /flow_runs/{id}`) and its logs (`POST /logs/filter` by flow run id and a
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -101,6 +104,36 @@ def _known(api: Api, until: float) -> str:
     return f" (it has: {shown})" if names else " (it has none)"
 
 
+def _refuse_other_environment(api: Api, deployment: str, found: dict[str, Any], parameters: dict[str, Any],
+                              until: float) -> None:
+    """The flow of a rollback, restore, baseline or drift check refuses a run for another environment than its
+    deployment sets (parameters.PINNED_KINDS): refused here with the flow's words, before a flow run exists,
+    naming the deployment of the flow that runs the environment asked for."""
+    from tasks.engine.runs.kinds import FLOW_KINDS
+    from tasks.engine.runs.parameters import PINNED_KINDS, refuse_other_environment
+
+    flow = deployment.partition("/")[0]
+    pinned = (found.get("parameters") or {}).get("environment")
+    asked = parameters.get("environment", pinned)
+    if FLOW_KINDS.get(flow) not in PINNED_KINDS or not isinstance(pinned, str) or asked == pinned:
+        return
+    from tasks.engine.environments import ENVIRONMENT_NAME
+
+    if not isinstance(asked, str) or not ENVIRONMENT_NAME.match(asked):  # never repeated: it may be a secret
+        raise UsageError(f"deployment {deployment} runs environment {pinned} only; the environment asked for "
+                         f"({len(str(asked))} characters) is not an environment name: no flow run was created")
+    try:
+        others = api.call("POST", "/deployments/filter", {"flows": {"name": {"any_": [flow]}}, "limit": LOG_PAGE},
+                          until=until)
+    except (ApiUnavailable, NotFound):
+        others = []
+    own = sorted(d["name"] for d in others if (d.get("parameters") or {}).get("environment") == asked)
+    instead = (f"Run rds-migrations trigger {shlex.quote(f'{flow}/{own[0]}')} --env {asked} instead" if own else
+               f"No deployment of {flow} runs {asked}: run the rds-migrations command with --env {asked} from a "
+               "terminal")
+    refuse_other_environment(deployment, pinned, asked, instead=f"{instead}; no flow run was created")
+
+
 def _default_timeout(parameters: dict[str, Any], deployment: dict[str, Any], flow: str = "") -> tuple[float, str]:
     """The deadline of a run of the deployment (of the flow `flow`: a refresh's or a restore's adds its waits
     for RDS), from the policy of the environment it is given."""
@@ -151,6 +184,7 @@ def trigger(deployment: str, parameters: dict[str, Any], *, timeout: float | Non
         try:
             found = _resolve(api, deployment, start_until)
             typed = typed_parameters(parameters, found)
+            _refuse_other_environment(api, deployment, found, typed, start_until)
             if timeout is None:
                 timeout, why = _default_timeout(typed, found, deployment.partition("/")[0])
             else:

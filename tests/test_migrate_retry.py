@@ -14,7 +14,7 @@ import pytest
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.migrations.catalog import read_catalog
-from tasks.engine.migrations.history import Ledger
+from tasks.engine.migrations.history import DIRTY_TABLE, Ledger
 from tasks.engine.migrations.session import ADVISORY_LOCK_KEY
 from tests.helpers import a_bug_when_applying, applied_ids, url_of, write_migrations
 from tests.test_observe import artifacts_of
@@ -129,3 +129,62 @@ def test_a_flow_run_failing_under_the_lock_by_no_migration_claims_the_rows_that_
     [result] = artifacts_of(state.state_details.flow_run_id)["migration-result-retried"]
     assert "applied:    0001.a\n" in result.data and "pending:    0002.b\n" in result.data, result.data
     assert applied_ids(database) == ["0001.a"]
+
+
+@pytest.mark.parametrize("between", ["nothing", "another run applies 0002.b", "0002.b fails"])
+def test_a_retried_migrate_step_reports_what_every_attempt_applied(
+        project: Path, monkeypatch: pytest.MonkeyPatch, database: Connection, between: str) -> None:
+    """Attempt 1 takes the lock, applies and records 0001.a, then its dirty mark for the non-transactional 0002.b
+    waits past lock_timeout behind a session holding the mark table (55P03 from the tool's own statement:
+    transient, so Prefect retries the task). Attempt 2 applies 0002.b. The success report (the result artifact,
+    which is the notification's text) names both as applied in this run: the history rows carry its id. When
+    another run took the lock between the attempts and applied 0002.b, the report names 0001.a only; when 0002.b
+    fails in attempt 2, the failure report still names 0001.a as applied."""
+    from flows.staging import staging
+    from tasks.migrate import migrate
+
+    monkeypatch.setattr(migrate, "retry_delay_seconds", 0)  # the retries still run, without the wait
+    second_sql = "CREATE TABLE a (id bigint)" if between == "0002.b fails" else "CREATE TABLE b (id bigint)"
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                                "0002.b.sql": f"-- transactional: false\n{second_sql};\n"})
+    second = read_catalog(project / "migrations", project).get("0002.b")
+    done: list[str] = []
+    ended = threading.Event()
+
+    def between_attempts(holder, other) -> None:
+        with connected(database) as watcher:
+            if not seen(watcher, LOCK_HELD, ended):
+                return
+            other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))  # granted as attempt 1 frees it
+            holder.rollback()  # the mark can be written now
+            done.append("attempt 1 ended")
+            if between == "another run applies 0002.b":
+                other.execute("CREATE TABLE b (id bigint)")
+                Ledger.open(other).record(second, "0ther00", "run-a", time.monotonic())
+            other.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+    with connected(database, autocommit=False) as holder, connected(database) as other:
+        Ledger.open(other).create_tables()
+        holder.execute(f"LOCK TABLE {DIRTY_TABLE} IN EXCLUSIVE MODE")  # reads go on; the mark's insert waits
+        thread = threading.Thread(target=between_attempts, args=(holder, other))
+        thread.start()
+        try:
+            state = staging(environment="retried", git_sha="abc1234", return_state=True)
+        finally:
+            ended.set()
+            thread.join(timeout=120)
+
+    assert done == ["attempt 1 ended"], done
+    assert state.is_failed() if between == "0002.b fails" else state.is_completed(), state
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert [t.run_count for t in task_runs if t.name.startswith("migrate-")] == [2]  # retried once
+    [result] = artifacts_of(flow_run_id)["migration-result-retried"]
+    ours = "0001.a, 0002.b" if between == "nothing" else "0001.a"
+    outcome = "failed" if between == "0002.b fails" else "succeeded"
+    assert f"## Result: {outcome}" in result.data and f"applied:    {ours}\n" in result.data, result.data
+    assert applied_ids(database) == (["0001.a"] if between == "0002.b fails" else ["0001.a", "0002.b"])

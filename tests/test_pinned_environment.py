@@ -92,3 +92,11 @@ def test_a_run_for_its_deployments_own_environment_runs(project: Path, database:
 
     assert state.is_completed(), state.message
     assert tables(database) != set()  # recorded: the pin lets its own environment through
+
+
+def test_the_kinds_rds_migrations_trigger_refuses_first_are_the_flows_that_refuse() -> None:
+    """`rds-migrations trigger` refuses another environment before creating a run of these kinds only
+    (parameters.PINNED_KINDS): exactly the flows refusing it above."""
+    from tasks.engine.runs.parameters import PINNED_KINDS
+
+    assert set(flows()) == PINNED_KINDS

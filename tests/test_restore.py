@@ -325,6 +325,36 @@ def test_an_aurora_restore_adds_a_writer_and_swaps_cluster_names(aws: Aws) -> No
     ]
 
 
+@pytest.mark.parametrize("kind", ["rds_instance", "aurora_cluster"])
+def test_a_restore_s_budget_counts_exactly_the_waits_it_makes(aws: Aws, monkeypatch: pytest.MonkeyPatch,
+                                                             kind: str) -> None:
+    """A restore's run budget counted a refresh's waits (5 for an instance, 6 for a cluster), though a restore
+    sets no password and deletes nothing: it counts each wait for RDS the restore really makes, every one of
+    them at most the environment's wait (RDS's own waiters against the emulator, counted as they are made)."""
+    from tasks.engine.environments import RESTORE_WAIT_SECONDS
+    from tasks.engine.runs.budget import deadline_parts
+
+    snapshot = None
+    if kind == "aurora_cluster":
+        aws.rds.create_db_cluster(DBClusterIdentifier="app-production", Engine="aurora-postgresql",
+                                  MasterUsername="app", MasterUserPassword="production-PW-1")
+        aws.rds.create_db_instance(DBInstanceIdentifier="app-production-1", DBClusterIdentifier="app-production",
+                                   Engine="aurora-postgresql", DBInstanceClass="db.r6g.xlarge")
+        aws.rds.create_db_cluster_snapshot(DBClusterSnapshotIdentifier=SNAPSHOT, DBClusterIdentifier="app-production")
+        snapshot = {"kind": "aurora_cluster", "cluster_id": "app-production"}
+    waits: list[str] = []
+    get_waiter = aws.rds.get_waiter
+    monkeypatch.setattr(aws.rds, "get_waiter", lambda name: waits.append(name) or get_waiter(name))
+
+    restore(aws, SNAPSHOT, snapshot)
+
+    assert waits == (["db_instance_available"] * 3 if kind == "rds_instance" else
+                     ["db_cluster_available", "db_instance_available", "db_cluster_available",
+                      "db_cluster_available"]), waits
+    budget = deadline_parts(production_environment(aws.endpoint, snapshot), "restore")
+    assert budget["restore and swap waits"] == len(waits) * RESTORE_WAIT_SECONDS
+
+
 def test_a_snapshot_of_another_instance_is_refused_before_any_write(aws: Aws) -> None:
     aws.rds.create_db_snapshot(DBSnapshotIdentifier="rdsm-staging-aaaaaaa-20261123t010000",
                                DBInstanceIdentifier="app-staging")

@@ -300,6 +300,44 @@ def test_an_unreachable_api_or_none_at_all_exits_2_with_one_line(monkeypatch: py
         assert "PREFECT_API_URL" in err.getvalue() and malformed not in err.getvalue()
 
 
+def test_a_pinned_deployment_asked_for_another_environment_is_refused_before_a_flow_run_is_created(
+        prefect_api: None) -> None:
+    """A rollback's deployment runs its own environment only (the flow refuses another: test_pinned_environment).
+    The check refused nothing: it created the flow run, which failed. It is refused here, exit 2, one line naming
+    the deployment, both environments and the other environment's deployment; no flow run of it exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.rollback import rollback
+
+    schema = parameter_schema(rollback).model_dump()  # what `prefect deploy` sends: the flow's parameters
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(rollback)
+        staging = client.create_deployment(flow_id=flow_id, name="rollback-staging", parameter_openapi_schema=schema,
+                                           parameters={"environment": "staging", "trigger": "ui"})
+        client.create_deployment(flow_id=flow_id, name="rollback-production", parameter_openapi_schema=schema,
+                                 parameters={"environment": "production"})
+    out, err = io.StringIO(), io.StringIO()
+
+    code = trigger("rollback/rollback-staging", {"environment": "production", "to": "0"}, timeout=60,
+                   api_url=PREFECT_API_URL.value(), api_key=None, out=out, err=err, environ={})
+
+    assert code == 2 and out.getvalue() == "", out.getvalue()
+    [line] = err.getvalue().splitlines()
+    assert line == ("rds-migrations: deployment rollback/rollback-staging runs environment staging only (it has "
+                    "staging's AWS role); this run asked for production: nothing was done. Run rds-migrations trigger "
+                    "rollback/rollback-production --env production instead; no flow run was created"), line
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[staging])))
+    assert runs == []
+    # Its own environment, or none given (the deployment's): not refused here (the run is created).
+    assert trigger_module._refuse_other_environment(None, "rollback/rollback-staging",  # type: ignore[arg-type]
+                                                    {"parameters": {"environment": "staging"}},
+                                                    {"environment": "staging"}, 0) is None
+
+
 def test_the_command_starts_without_importing_prefect() -> None:
     code = ("import sys, flows.trigger as t; t.api_settings(); t.refuse_credentials({'a': 'b'}, None); "
             "heavy = {'prefect', 'psycopg', 'pydantic'} & set(sys.modules); assert not heavy, heavy")
@@ -342,11 +380,12 @@ def test_a_refresh_or_a_restore_adds_its_waits_for_rds_to_the_deadline(monkeypat
     staging, production = environments["staging"], environments["production"]
     wait = staging.refresh.max_wait_seconds
     refresh = deadline_parts(staging, "refresh", production)
-    assert refresh["restore and swap waits"] == 5 * wait and refresh["fresh snapshot wait"] == 0
+    # An instance's refresh: the restore, the password, the two renames (budget.SWAP_WAITS); a restore: no password.
+    assert refresh["restore and swap waits"] == 4 * wait and refresh["fresh snapshot wait"] == 0
     assert refresh["snapshot wait"] == 0 and refresh["migration lock wait"] == 120 and refresh["start margin"] == 300
     fresh = staging.model_copy(update={"refresh": staging.refresh.model_copy(update={"use_fresh_snapshot": True})})
     assert deadline_parts(fresh, "refresh", production)["fresh snapshot wait"] == 3600  # production's snapshot wait
-    assert deadline_parts(production, "restore") == {"fresh snapshot wait": 0, "restore and swap waits": 5 * 4 * 3600,
+    assert deadline_parts(production, "restore") == {"fresh snapshot wait": 0, "restore and swap waits": 3 * 4 * 3600,
                                                      "rest of the run": 600, "start margin": 300}
     assert deadline_parts(environments["local"], "restore")["restore and swap waits"] == 0  # a dump: no RDS wait
     assert run_budget_seconds(staging, "refresh", production) == watch_timeout(staging, "refresh", production) - 300
@@ -354,7 +393,7 @@ def test_a_refresh_or_a_restore_adds_its_waits_for_rds_to_the_deadline(monkeypat
     monkeypatch.setenv("RDS_MIGRATIONS_ENVIRONMENTS", str(PROJECT / "deployments/environments.toml"))
     seconds, why = _default_timeout({"environment": "staging"}, {}, "refresh-staging")
     assert seconds == watch_timeout(staging, "refresh", production) > watch_timeout(staging), why
-    assert f"restore and swap waits {5 * wait}" in why, why
+    assert f"restore and swap waits {4 * wait}" in why, why
     assert _default_timeout({"environment": "staging"}, {}, "migrate-staging")[0] == watch_timeout(staging)
 
 

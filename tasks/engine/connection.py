@@ -35,6 +35,7 @@ TLS_SETTINGS = {
     "sslcrl": "PGSSLCRL",
     "sslnegotiation": "PGSSLNEGOTIATION",
 }
+QUOTE_PASSWORD = "a password with @, :, /, ? or # must be URL-quoted (/ is %2F, @ is %40)"
 
 
 class Connection(BaseModel):
@@ -198,13 +199,15 @@ def connection_from_url(url: str, source: str = "url") -> Connection:
             given = conninfo_to_dict(base)
         except psycopg.ProgrammingError:  # not read apart from its query: the URL as a whole was, and stands
             given = {}
+        if "@" in base.partition("://")[2].partition("/")[2]:  # a password's unquoted "/" ended the host early:
+            # its tail (and the real host) would be read as the database name, and printed as one
+            raise SecretError(f"{source}: the URL's database name holds an @: {QUOTE_PASSWORD}")
         again = sorted({key for key, _ in parse_qsl(query, keep_blank_values=True) if given.get(key)})
         if again:
             raise SecretError(f"{source}: the URL's query string names {', '.join(again)}, which the URL itself "
                               "gives already (postgresql://user:password@host:port/dbname): write each once")
     if "@" in str(params.get("host") or ""):
-        raise SecretError(f"{source}: the URL's host holds an @: a password with @, :, /, ? or # must be "
-                          "URL-quoted (@ is %40)")
+        raise SecretError(f"{source}: the URL's host holds an @: {QUOTE_PASSWORD}")
     port = str(params.get("port") or 5432)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise SecretError(f"{source}: the port must be a number from 1 to 65535")

@@ -1,7 +1,7 @@
 """How long a run of an environment may take, from its policy: the flows' timeout and the GitHub check's
 deadline (`rds-migrations trigger`) come from the same numbers, so the check can never go red while the run
-goes on, nor wait forever. A refresh or a restore waits for RDS as well (a restore, renames, a deletion), each
-wait as long as `refresh.max_wait_seconds`: their budget adds those waits up."""
+goes on, nor wait forever. A refresh or a restore waits for RDS as well (a restore, renames; a refresh's password
+and deletion), each wait as long as `refresh.max_wait_seconds`: their budget adds those waits up."""
 
 from __future__ import annotations
 
@@ -15,9 +15,19 @@ if TYPE_CHECKING:
 
 FIXED_RUN_SECONDS = 600  # validation, rehearsal, plan, the other migrations, notification
 START_MARGIN_SECONDS = 300  # the command's start to the flow's first state: a worker's poll, its process start
-# The waits of a restore and swap (snapshots/backends.py), by snapshot kind: the restore (a cluster's, then its
-# writer's), the master password (a refresh), the two renames, the replaced copy's deletion (a refresh).
-SWAP_WAITS = {"rds_instance": 5, "aurora_cluster": 6}
+# The waits for RDS of a restore-and-swap (snapshots/swap.py, backends.py), each at most the environment's
+# refresh.max_wait_seconds, by run kind and snapshot kind:
+# - restore, rds_instance (3): the restored instance available; live → old renamed; new → live renamed.
+# - restore, aurora_cluster (4): the restored cluster available; its new writer instance available; the two renames.
+#   A restore keeps the replaced copy and keeps the snapshot's master password: no deletion, no password wait.
+# - refresh, rds_instance (4): the restored instance; its master password reset applied; the two renames (the
+#   replaced instance's deletion is asked for, not waited for).
+# - refresh, aurora_cluster (6): the restored cluster; its writer; the password; the two renames; the replaced
+#   cluster's instances deleted (one wait: they are deleted together), unless refresh.keep_old.
+SWAP_WAITS: dict[tuple[RunKind, str], int] = {
+    ("restore", "rds_instance"): 3, ("restore", "aurora_cluster"): 4,
+    ("refresh", "rds_instance"): 4, ("refresh", "aurora_cluster"): 6,
+}
 
 
 def deadline_parts(environment: Environment, kind: RunKind = "migration",
@@ -57,7 +67,7 @@ def swap_parts(environment: Environment, kind: RunKind, source: Environment | No
     environment without [refresh]: RESTORE_WAIT_SECONDS). The local kind (a dump) waits for nothing."""
     refresh = environment.refresh
     wait = refresh.max_wait_seconds if refresh is not None else RESTORE_WAIT_SECONDS
-    waits = SWAP_WAITS.get(environment.snapshot.kind, 0)
+    waits = SWAP_WAITS.get((kind, environment.snapshot.kind), 0)
     fresh = kind == "refresh" and refresh is not None and refresh.use_fresh_snapshot and source is not None
     return {"fresh snapshot wait": int(getattr(source.snapshot, "max_wait_seconds", 0)) if fresh else 0,
             "restore and swap waits": waits * wait}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -138,12 +138,16 @@ class Progress:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # a mark older than this is not its own
     # An attempt of the migrate step took the migration lock: before that, the history's changes are others'.
     locked: bool = False
+    # How many attempts took it: above one, an earlier attempt of a retried step may have applied and recorded
+    # migrations that the last attempt's report does not hold.
+    times_locked: int = 0
     # The Prefect run's id, which its history rows and dirty marks carry: a retried step's earlier attempt may have
     # held the lock and another run applied migrations before the last one, so only what names this run is its own.
     run_id: str | None = None
 
     def took_the_lock(self) -> None:
         self.locked = True
+        self.times_locked += 1
 
 
 def run_migration(
@@ -177,7 +181,7 @@ def run_migration(
         if progress.step == "rehearse-and-plan" and error.report.refused_by_files:
             progress.step = "validate"  # the files or their lint, which the plan only scopes: still validation
     if isinstance(error, MigrationError):
-        progress.applied = error.report
+        progress.applied = with_earlier_attempts(progress, error.report, steps)
     elif error is not None and progress.step == "migrate" and not progress.locked and progress.report is not None:
         # It never took the migration lock (another run held it past the wait, or the connection failed first):
         # it applied nothing; what the history shows is another run's.
@@ -234,9 +238,9 @@ def _steps(environment: Environment, steps: Steps, progress: Progress, *, git_sh
         progress.snapshot = steps.snapshot(environment, credentials.connection, git_sha, trigger,
                                            applied=report.plan.applied if report.plan else None)
     progress.step = "migrate"
-    progress.applied = credentials.run(lambda c: steps.migrate(
+    progress.applied = with_earlier_attempts(progress, credentials.run(lambda c: steps.migrate(
         c, catalog, environment.policy, target=target, git_sha=git_sha, environment=environment.name,
-        on_locked=progress.took_the_lock))
+        on_locked=progress.took_the_lock)), steps)
     if report.drift is not None and not report.drift.drifted:
         # No drift before, so the live schema now is what the migrations make: the next check reads it back.
         remember_live_schema(credentials.connection, catalog)
@@ -291,6 +295,26 @@ def applied_per_history(progress: Progress) -> ApplyReport | None:
                            and (progress.run_id is None or mark.flow_run_id == progress.run_id))
     return ApplyReport(applied=tuple(AppliedMigration(i, 0.0) for i in pending if i in ours),
                        pending=tuple(i for i in pending if i not in history.applied))
+
+
+def with_earlier_attempts(progress: Progress, last: ApplyReport, steps: Steps) -> ApplyReport:
+    """`last`, the report of the migrate step's last attempt, with what its earlier attempts applied and recorded
+    under the lock before failing transiently (Prefect retried the step): the pending migrations whose history
+    rows carry this run's id. Another run's rows are not this run's doing. When the history cannot be read, the
+    last attempt's report, said to be incomplete in the log."""
+    if progress.times_locked < 2 or progress.run_id is None or progress.connection is None \
+            or progress.report is None:
+        return last
+    try:
+        with session(progress.connection, read_only=True) as conn:
+            ours = Ledger.open(conn).applied_by(progress.run_id)
+    except (psycopg.Error, DatabaseUnreachable):
+        steps.log.warning("The migrate step was retried and the history could not be read again: what its earlier "
+                          "attempts applied is not in this report (`rds-migrations status` reads it)")
+        return last
+    latest = set(last.applied_ids)
+    earlier = tuple(AppliedMigration(i, 0.0) for i in ours if i in progress.report.pending and i not in latest)
+    return replace(last, applied=earlier + last.applied)
 
 
 def _publish_plan(steps: Steps, environment: Environment, report: ValidationReport) -> None:

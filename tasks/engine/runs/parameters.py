@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tasks.engine.connection import Connection
 from tasks.engine.errors import ConfigError, SecretError, UsageError
 from tasks.engine.git import GIT_SHA_PARAMETER
-from tasks.engine.runs.steps import Steps
+
+if TYPE_CHECKING:  # only named here: `rds-migrations trigger` reads the pin check without psycopg or pydantic
+    from tasks.engine.connection import Connection
+    from tasks.engine.runs.kinds import RunKind
+    from tasks.engine.runs.steps import Steps
 
 TRIGGER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -44,6 +48,12 @@ def check_parameters(git_sha: str, trigger: str, target: str | None, migrations_
         raise ConfigError("migrations_dir must be a relative path inside the project (no '..')")
 
 
+# The kinds of run whose flow runs only the environment its deployment sets (check_deployment_environment): one
+# deployment per environment, each with that environment's AWS role. A migration's flow checks the tier instead;
+# a refresh and a fleet take their environment as a parameter.
+PINNED_KINDS: frozenset[RunKind] = frozenset({"rollback", "baseline", "drift-check", "restore"})
+
+
 def check_deployment_environment(environment: str, steps: Steps) -> None:
     """A deployment that sets `environment` runs with that environment's AWS role (deployments/prefect.ecs.yaml):
     a run of it for another environment would read and snapshot with the wrong role. Refused before anything.
@@ -51,11 +61,19 @@ def check_deployment_environment(environment: str, steps: Steps) -> None:
     pinned = steps.pinned_environment()
     if pinned is None or environment == pinned:
         return
-    raise ConfigError(
-        f"deployment {steps.run_info().deployment} runs environment {pinned} only (it has {pinned}'s AWS role); "
-        f"this run asked for {environment}: nothing was done. Run {environment}'s own deployment of this flow, or "
-        f"the rds-migrations command with --env {environment} from a terminal"
-    )
+    refuse_other_environment(steps.run_info().deployment, pinned, environment, instead=(
+        f"Run {environment}'s own deployment of this flow, or the rds-migrations command with --env {environment} "
+        "from a terminal"))
+
+
+def refuse_other_environment(deployment: str | None, pinned: str | None, environment: str, *, instead: str) -> None:
+    """`ConfigError` when `deployment`, which runs `pinned` only, is asked for another `environment` (a name,
+    checked by the caller); `instead`: what to run. The flow's check, and `rds-migrations trigger`'s before it
+    creates a flow run."""
+    if pinned is None or environment == pinned:
+        return
+    raise ConfigError(f"deployment {deployment} runs environment {pinned} only (it has {pinned}'s AWS role); this "
+                      f"run asked for {environment}: nothing was done. {instead}")
 
 
 SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
