@@ -279,6 +279,23 @@ def test_run_over_several_urls_prints_one_json_document_and_never_the_password(t
     assert "Look at:   the per-target table below" in out and "artifacts" not in out
 
 
+
+def test_each_targets_log_lines_name_it(tmp_path: Path, pg_server) -> None:
+    """Targets run side by side: a line such as "Applying 0001... (1 of 2)" says whose it is."""
+    write_migrations(tmp_path, NEXT)
+    databases = [pg_server.ensure_database(f"n_{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    urls = [arg for d in databases for arg in ("--database-url", url_of(d))]
+    done = cli("run", *urls, "--concurrency", "2", "--git-sha", "abc1234", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = tuple(f"{d.dbname}: " for d in databases)
+    lines = [line.split(" | ", 2)[2] for line in done.stderr.splitlines() if line.count(" | ") >= 2]
+    lines = lines[next(i for i, line in enumerate(lines) if "Plan:" in line):]  # after the fleet's one rehearsal
+    per_target = [line for line in lines if any(word in line for word in ("Applying ", "Applied ", "Plan:"))]
+    assert len(per_target) >= 2 * len(databases), done.stderr[-3000:]
+    assert all(line.startswith(names) for line in per_target), per_target
+    for name in names:  # each target's own lines, not one target's twice
+        assert any(line.startswith(name + "Applied ") for line in per_target), per_target
+
 # ---- names a person can type back, and what is not known ---------------------------------------------------------
 
 NAMED_FLEET = """

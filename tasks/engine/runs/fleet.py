@@ -11,6 +11,7 @@ says how targets are spread: threads here (`DirectFleetSteps`), Prefect in flows
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from tasks.engine.fleet.config import Fleet
 from tasks.engine.fleet.report import FleetFailed, FleetReport, TargetResult
 from tasks.engine.fleet.runner import MapWave, run_waves, thread_pool
 from tasks.engine.fleet.targets import Target, fleet_target, fleet_targets, target_connection
-from tasks.engine.logs import Log
+from tasks.engine.logs import Log, Named
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.reference import remember_live_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_rehearsal
@@ -131,9 +132,17 @@ def plan_only(environment: Environment) -> Environment:
     return environment.model_copy(update={"rehearsal": Rehearsal(kind="none")})
 
 
+def naming(steps: Steps, name: str) -> Steps:
+    """`steps` whose log lines start with the target's `name` (a copy: the targets running at once share `steps`)."""
+    twin = copy.copy(steps)
+    twin.log = Named(steps.log, name)
+    return twin
+
+
 def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> TargetResult:
     """fetch-secret → plan → snapshot → migrate → retention for one target; its failure is its result."""
     environment, started = target.environment, time.monotonic()
+    steps = naming(steps, target.name)
     # `pending` is None until the target's plan is read: a target that fails before it says "not known", not 0.
     step, snapshot, applied = "fetch-secret", None, None
     pending: tuple[str, ...] | None = None
@@ -177,7 +186,7 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
             # history says what was (not known when it cannot be read: never "none").
             applied = applied_per_history(progress) if progress.locked else ApplyReport(applied=(), pending=pending)
             unknown = applied is None
-        steps.log.error("Target %s failed at step %s: %s", target.name, step, exc)
+        steps.log.error("failed at step %s: %s", step, exc)
         return TargetResult(
             target.name,
             "failed",
@@ -193,7 +202,7 @@ def run_target(target: Target, steps: Steps, run: FleetRun, client: Client) -> T
         try:
             prune_snapshots(environment, run.keep_snapshots, client("rds", environment), steps.log)
         except Exception as exc:  # noqa: BLE001 - retention never changes a migrated target's outcome
-            steps.log.warning("Target %s: old snapshots not pruned (%s: %s)", target.name, type(exc).__name__, exc)
+            steps.log.warning("old snapshots not pruned (%s: %s)", type(exc).__name__, exc)
     return TargetResult(
         target.name,
         "succeeded",
