@@ -49,6 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.engine.migrations.plan import plan
+    from tasks.engine.migrations.status import read_status
 
     environment = environment_of(args)
     catalog = catalog_of(args)
@@ -56,15 +57,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
         emit(args, "plan", {"environment": environment.name, "problems": [str(p) for p in catalog.problems]},
              "\n".join(f"ERROR {p}" for p in catalog.problems))
         return EXIT_FAILED
+    policy = environment.policy
     with connection_of(environment) as connection:
-        current = plan(connection, catalog, allow_out_of_order=environment.policy.allow_out_of_order,
-                       environment=environment.name)
+        current = plan(connection, catalog, allow_out_of_order=policy.allow_out_of_order, environment=environment.name)
+        # Drift as `status` reads it (against the schema remembered after the last run: cheap), which the run checks.
+        drift = read_status(connection, catalog, environment=environment.name,
+                            allow_out_of_order=policy.allow_out_of_order) if policy.drift != "ignore" else None
     lines = [f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending"]
     lines += [f"  pending {migration_id}" for migration_id in current.pending]
     lines += [f"  WARNING {index}: the run will {index_action(environment)}" for index in current.invalid_indexes]
     lines += [f"  ERROR {problem}" for problem in current.problems]
-    emit(args, "plan", {"environment": environment.name, **current.to_json()}, "\n".join(lines))
-    return EXIT_FAILED if current.problems else EXIT_OK
+    refused = bool(drift and drift.drifted and policy.drift == "block" and not current.pending)
+    if drift and drift.drifted:
+        then = ("the run will refuse" if refused else "the run will refuse unless a pending migration makes the "
+                "same change" if policy.drift == "block" else "the run will warn and go on")
+        lines.append(f"  {'ERROR' if refused else 'WARNING'} drift: {drift.drift} (policy.drift = {policy.drift}: "
+                     f"{then})")
+    found = {"drift": drift.to_json()["drift"]} if drift else {}
+    emit(args, "plan", {"environment": environment.name, **current.to_json(), **found}, "\n".join(lines))
+    return EXIT_FAILED if current.problems or refused else EXIT_OK
 
 
 def index_action(environment: Environment) -> str:
@@ -101,6 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     environment = environment_of(args)
     with connection_of(environment) as connection:
         status = read_status(connection, catalog_of(args), environment=environment.name,
-                             allow_out_of_order=environment.policy.allow_out_of_order)
+                             allow_out_of_order=environment.policy.allow_out_of_order,
+                             drift_blocks=environment.policy.drift == "block")
     emit(args, "status", status.to_json(), status.to_text(color=sys.stdout.isatty()))
     return EXIT_OK

@@ -275,3 +275,46 @@ def test_the_drift_command_status_suggests_names_the_database(project: Path, dat
     assert "`rds-migrations drift --env staging --migrations db/migrations`" in status.drift
     assert "`rds-migrations drift --database-url URL`" in read_status(database, read_catalog(
         write_migrations(project, FILES), project), environment="database-url").drift
+
+
+BLOCKING = """
+[environments.blocky]
+tier = "staging"
+credentials = { kind = "url_env", variable = "BLOCKY_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+rehearsal = { kind = "target_server" }
+policy = { snapshot_required = false, drift = "block" }
+"""
+
+
+def test_plan_and_status_say_the_next_run_refuses_a_drifted_schema_under_drift_block(
+        project: Path, database: Connection) -> None:
+    """What the run's drift check will refuse, `plan` and `status` say first (against the schema remembered after
+    the last run); with a migration pending, that migration may account for it, so they say "unless"."""
+    write_migrations(project, dict(list(FILES.items())[:2]))
+    (project / "environments.toml").write_text(BLOCKING)
+    env = {"BLOCKY_URL": url_of(database), "RDS_MIGRATIONS_ENVIRONMENTS": str(project / "environments.toml")}
+    ran = cli("run", "--env", "blocky", cwd=project, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    clean = cli("plan", "--env", "blocky", "--json", cwd=project, env=env)
+    assert clean.returncode == 0 and json.loads(clean.stdout)["drift"]["drifted"] is False, clean.stdout + clean.stderr
+
+    with connected(database) as conn:
+        conn.execute("ALTER TABLE users ALTER COLUMN nickname TYPE varchar(10)")
+    planned = cli("plan", "--env", "blocky", cwd=project, env=env)
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert "ERROR drift: drift: 1 difference (1 changed)" in planned.stdout, planned.stdout
+    assert "(policy.drift = block: the run will refuse)" in planned.stdout, planned.stdout
+    status = cli("status", "--env", "blocky", "--json", cwd=project, env=env)
+    problems = json.loads(status.stdout)["problems"]
+    assert any(p.startswith("the live schema has drifted from what the applied migrations make, and policy.drift "
+                            "= block; `rds-migrations drift --env blocky` names each difference") for p in problems)
+    refused = cli("run", "--env", "blocky", cwd=project, env=env)  # what they said
+    assert refused.returncode != 0 and "drifted" in refused.stdout + refused.stderr, refused.stderr[-3000:]
+
+    write_migrations(project, {"0003.widen-nickname.sql": "ALTER TABLE users ALTER COLUMN nickname TYPE text;\n"})
+    pending = cli("plan", "--env", "blocky", cwd=project, env=env)
+    assert pending.returncode == 0, pending.stdout + pending.stderr
+    assert "WARNING drift:" in pending.stdout and "the run will refuse unless a pending migration makes the same " \
+        "change" in pending.stdout, pending.stdout

@@ -23,7 +23,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census, ignored_tables
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.dirty import DirtyMigration
-from tasks.engine.migrations.drift import compare
+from tasks.engine.migrations.drift import WAY_OUT, compare
 from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import AppliedRecord, Ledger
 from tasks.engine.migrations.indexes import find_invalid_indexes
@@ -220,9 +220,10 @@ def _took(ms: int | None) -> str:
 
 
 def read_status(connection: Connection, catalog: Catalog, *, environment: str | None = None,
-                allow_out_of_order: bool = False, ui_url: str | None = None) -> Status:
+                allow_out_of_order: bool = False, drift_blocks: bool = False, ui_url: str | None = None) -> Status:
     """Everything `status` shows, in one read-only session. `ui_url` (default: PREFECT_UI_URL) makes each flow
-    run id a link; `allow_out_of_order` is the environment's policy, for what the next run would refuse."""
+    run id a link; `allow_out_of_order` and `drift_blocks` (policy.drift = "block") are the environment's
+    policy, for what the next run would refuse."""
     ui = (ui_url if ui_url is not None else os.environ.get("PREFECT_UI_URL", "")).rstrip("/") or None
     # A read-only session never waits long behind a migration's locks (session.READ_TIMEOUTS): reading the
     # schema's definitions waits for them.
@@ -241,14 +242,19 @@ def read_status(connection: Connection, catalog: Catalog, *, environment: str | 
         drift, drifted = _drift(conn, ledger, catalog, environment) if has_history else (
             not_checked(environment, catalog.directory), None)
         lock = _lock_holder(conn)
-        invalid = tuple(f"{index}: with policy.invalid_index = refuse (the default) the next run refuses; with "
-                        f"drop_and_retry it drops it and builds it again; by hand: {index.drop_command}"
-                        for index in find_invalid_indexes(conn, catalog, plan.pending))
+        refusals = tuple(f"{index}: with policy.invalid_index = refuse (the default) the next run refuses; with "
+                         f"drop_and_retry it drops it and builds it again; by hand: {index.drop_command}"
+                         for index in find_invalid_indexes(conn, catalog, plan.pending))
+    if drifted and drift_blocks:  # as the run's check would: drift explained by a pending migration is let through
+        unless = ", unless a pending migration makes the same change" if plan.pending else ""
+        refusals += (f"the live schema has drifted from what the applied migrations make, and policy.drift = block"
+                    f"{unless}; `rds-migrations drift {where_flag(environment, catalog.directory)}` names each "
+                    f"difference: {WAY_OUT}",)
     by_id = {m.id: m for m in catalog.migrations}
     applied = tuple(_applied(record, by_id.get(record.migration_id), ui) for record in records)
     return Status(database=connection.describe(), environment=environment, history_schema=ledger.schema,
                   has_history=has_history, applied=applied, pending=plan.pending, dirty=history.dirty, lock=lock,
-                  drift=drift, drifted=drifted, problems=(*map(str, catalog.problems), *plan.problems, *invalid),
+                  drift=drift, drifted=drifted, problems=(*map(str, catalog.problems), *plan.problems, *refusals),
                   note=note, migrations=catalog.directory)
 
 
