@@ -330,3 +330,79 @@ def test_a_rollback_on_a_drifted_database_is_refused_as_a_run_is(
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert "column public.users.nickname: not made by any migration" in refused.stderr
     assert applied_ids(database) == ["0001.users", "0002.devices"]
+
+
+PGBENCH_ACCOUNTS = ("CREATE TABLE pgbench_accounts (aid integer NOT NULL PRIMARY KEY, bid integer, abalance integer, "
+                    "filler character(84))")
+WIDGETS_THEN_ACCOUNTS = {
+    "0001.create-widgets.sql": "CREATE TABLE widgets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);\n",
+    "0002.accounts-note.sql": "-- depends: 0001.create-widgets\nALTER TABLE pgbench_accounts ADD COLUMN note text;\n",
+}
+
+
+def test_an_adopted_database_is_rehearsed_on_a_copy_of_its_schema_with_the_shipped_database_url_environment(
+        tmp_path: Path, database: Connection) -> None:
+    """README's path for a database no tool migrated (`baseline --through 0`, then `run --database-url`): the
+    shipped `database-url` environment leaves `rehearsal.start` unset, and a rehearsal from nothing failed with
+    `relation "pgbench_accounts" does not exist`. An adopted target is rehearsed on a copy of its schema, and the
+    run says why, on this run and the next."""
+    run(database, PGBENCH_ACCOUNTS, "INSERT INTO pgbench_accounts VALUES (1, 1, 0, '')")
+    write_migrations(tmp_path, WIDGETS_THEN_ACCOUNTS)
+    url = ("--database-url", url_of(database))
+    adopt = cli("baseline", *url, "--through", "0", cwd=tmp_path)
+    assert adopt.returncode == 0, adopt.stdout + adopt.stderr[-3000:]
+
+    result = cli("run", *url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("(rehearsed on a copy of the target's schema: it was adopted with a baseline, so the migrations alone "
+            "do not build it)") in result.stderr
+    assert "Rehearsing on a copy of the target's schema, not from an empty database" in result.stderr
+    assert applied_ids(database) == ["0001.create-widgets", "0002.accounts-note"]
+
+    write_migrations(tmp_path, {"0003.accounts-flag.sql": "ALTER TABLE pgbench_accounts ADD COLUMN flag boolean;\n"})
+    again = cli("run", *url, cwd=tmp_path)  # history now, and still adopted: still on a copy of its schema
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "it was adopted with a baseline" in again.stderr and "from scratch" not in again.stderr
+    with connected(database) as conn:
+        assert conn.execute("SELECT note, flag FROM pgbench_accounts").fetchall() == [(None, None)]
+
+
+def test_a_rehearsal_asked_to_start_empty_fails_on_an_adopted_table_and_names_the_setting_that_fixes_it(
+        tmp_path: Path, database: Connection) -> None:
+    """`start = "empty"` written in the environment is obeyed (the directory must build a database on its own):
+    the failure on a table the target holds and no migration makes names `start = "target_schema"`."""
+    (tmp_path / "environments.toml").write_text(
+        ADOPTED.replace("[environments.adopted]", "[environments.from-nothing]")
+        .replace('start = "target_schema"', 'start = "empty"').replace('drift = "block"', 'drift = "ignore"'))
+    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(database)}
+    run(database, PGBENCH_ACCOUNTS)
+    write_migrations(tmp_path, WIDGETS_THEN_ACCOUNTS)
+    assert cli("baseline", "--env", "from-nothing", "--through", "0", cwd=tmp_path, env=env).returncode == 0
+
+    result = cli("run", "--env", "from-nothing", cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert 'relation "pgbench_accounts" does not exist' in result.stderr
+    assert ("pgbench_accounts is on the target, but no migration makes it and this rehearsal started from an empty "
+            'database: set `rehearsal = { start = "target_schema" }` in [environments.from-nothing]') in result.stderr
+    assert "it was adopted with a baseline" not in result.stderr and applied_ids(database) == []
+
+    write_migrations(tmp_path, {"0002.accounts-note.sql": "-- depends: 0001.create-widgets\n"
+                                                          "ALTER TABLE no_such_table ADD COLUMN note text;\n"})
+    missing = cli("run", "--env", "from-nothing", cwd=tmp_path, env=env)  # on no table the target holds: no hint
+    assert missing.returncode == 1 and 'relation "no_such_table" does not exist' in missing.stderr
+    assert "target_schema" not in missing.stderr
+
+
+def test_an_empty_database_with_no_history_is_still_rehearsed_from_nothing_with_the_cache(
+        tmp_path: Path, database: Connection) -> None:
+    """A pull request's CI (an empty services database, no history) and an ordinary target: the rehearsal starts
+    from nothing, and the next run takes the cached rehearsal database."""
+    url = ("--database-url", url_of(database))
+    write_migrations(tmp_path, {"0001.users.sql": "CREATE TABLE users (id bigint PRIMARY KEY);\n"})
+    first = cli("run", *url, cwd=tmp_path)
+    assert first.returncode == 0 and "applied 1 from scratch" in first.stderr, first.stderr[-3000:]
+    write_migrations(tmp_path, {"0002.devices.sql": "CREATE TABLE devices (id bigint PRIMARY KEY);\n"})
+    second = cli("run", *url, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "started from a cached database holding the first 1 migrations, applied 1 on top" in second.stderr
+    assert "a copy of the target's schema" not in first.stderr + second.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,26 @@ def test_readmes_command_list_names_every_option_each_command_has_and_no_other()
         listed.setdefault(str(command), set()).update(re.findall(r"--[a-z][a-z-]*", line.split("  #")[0]))
     assert {name: sorted(has[name] ^ listed.get(name, set())) for name in has
             if has[name] != listed.get(name, set())} == {}
+
+
+def test_run_to_a_target_says_what_is_pending_after_it_on_the_first_run_and_every_run_after(
+        project: Path, database: Connection) -> None:
+    """The first `run --target 0001` said `pending: 0002.b, 0003.c`; the same command again said `pending: none`
+    (its plan counts only up to the target) while `status` said 2 pending. Both say the same now, as does a dry
+    run, with what the target holds back named as such."""
+    write_migrations(project, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                               "0002.b.sql": "-- depends: 0001.a\nALTER TABLE a ADD COLUMN b text;\n",
+                               "0003.c.sql": "-- depends: 0002.b\nALTER TABLE a ADD COLUMN c text;\n"})
+    url = ("--database-url", url_of(database))
+    said = "  pending:    0002.b, 0003.c (after the target 0001)"
+    first = cli("run", *url, "--target", "0001", cwd=project)
+    assert first.returncode == 0 and said in first.stderr.splitlines(), first.stderr[-3000:]
+    again = cli("run", *url, "--target", "0001", cwd=project)
+    assert again.returncode == 0 and "NOTHING TO DO" in again.stderr, again.stderr[-3000:]
+    assert said in again.stderr.splitlines() and "pending:    none" not in again.stderr
+    document = json.loads(cli("run", *url, "--target", "0001", "--json", cwd=project).stdout)
+    assert (document["pending"], document["beyond_target"]) == (["0002.b", "0003.c"], ["0002.b", "0003.c"])
+    dry = cli("run", *url, "--target", "0002", "--dry-run", cwd=project)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "  would apply: 0002.b; still pending: 0003.c (after the target 0002)" in dry.stderr.splitlines()
+    assert "1 applied, 2 pending" in cli("status", *url, cwd=project).stdout

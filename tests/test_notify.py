@@ -134,6 +134,15 @@ def test_console_rendering_is_plain_text_with_the_same_facts() -> None:
         assert expected in text
 
 
+
+def test_what_a_target_holds_back_is_named_apart_in_slack_and_on_the_console() -> None:
+    """A failed `run --target 0009`: the failed migration is pending, the one after the target too, said apart."""
+    failed = replace(FAILED, target="0009", beyond_target=("0010.drop-legacy-flag",))
+    body = render_message(failed)[1]
+    assert "*Pending (2):* `0009.orders-status-enum`; `0010.drop-legacy-flag` (after the target `0009`)" in body
+    assert ("  pending:    0009.orders-status-enum; 0010.drop-legacy-flag (after the target 0009)"
+            in render_console(failed).splitlines())
+
 @pytest.mark.parametrize(
     ("outcome", "on_noop", "expected"),
     [

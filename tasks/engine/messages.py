@@ -124,6 +124,8 @@ class RunSummary:
     run_url: str | None  # Prefect UI link to the flow run
     failed_outcome: str | None = None  # what the failed migration left (MigrationFailure.outcome), when known
     snapshot_state: str | None = None  # "creating": the run stopped while its snapshot was being taken
+    target: str | None = None  # `run --target`: the migration the run was to stop at
+    beyond_target: tuple[str, ...] = ()  # of `pending`, those after the target: held back by it
 
     def slack_message(self) -> tuple[str, str]:
         return render_message(self)
@@ -155,12 +157,21 @@ def _applied(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str
 
 
 def _pending(summary: RunSummary, quote: Callable[[str], str]) -> tuple[str, str]:
-    """(" (count)", the list) of what is pending; not known when the run stopped before its plan, or when what it
-    applied is not known."""
+    """(" (count)", the list) of what is pending (in a dry run: what it would apply); not known when the run
+    stopped before its plan, or when what it applied is not known. Those after `--target` are said apart, the
+    same on the run that reached the target and on every run after it."""
     if summary.pending is None:
         return "", not_read(summary.environment) if summary.applied is None \
             else "not known (the run stopped before its plan)"
-    return f" ({len(summary.pending)})", _listed(summary.pending, quote)
+    beyond = set(summary.beyond_target)
+    if not beyond:
+        return f" ({len(summary.pending)})", _listed(summary.pending, quote)
+    within = [i for i in summary.pending if i not in beyond]
+    after = [i for i in summary.pending if i in beyond]
+    held = f"{_listed(after, quote)} (after the target {quote(summary.target or '?')})"
+    if summary.outcome == "dry-run":
+        return f" ({len(within)})", f"{_listed(within, quote)}; still pending: {held}"
+    return f" ({len(summary.pending)})", f"{_listed(within, quote)}; {held}" if within else held
 
 
 def _no_snapshot_note(summary: RunSummary) -> str | None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import psycopg
+from psycopg import sql
+
 from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.hints import where_flag
-from tasks.engine.migrations.history import History, read_history
+from tasks.engine.migrations.history import TABLES, History, Ledger
 from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
 from tasks.engine.migrations.session import session
 
@@ -24,6 +27,7 @@ class Plan:
     unverified: tuple[str, ...] = ()  # applied before checksums were kept (e.g. by plain yoyo)
     beyond_target: tuple[str, ...] = ()  # pending, but after the requested target
     invalid_indexes: tuple[InvalidIndex, ...] = ()  # dropped or refused by policy.invalid_index
+    adopted: bool = False  # `baseline` adopted the target: the migrations alone do not build it
 
     def to_json(self) -> dict[str, object]:
         return {"applied": list(self.applied), "pending": list(self.pending), "problems": list(self.problems),
@@ -112,12 +116,22 @@ def plan(connection: Connection, catalog: Catalog, *, target: str | None = None,
          allow_out_of_order: bool = False, environment: str | None = None) -> Plan:
     """Read-only: connect, read the history, compare with the files. Takes no lock, writes nothing."""
     with session(connection, read_only=True) as conn:
-        history = read_history(conn)
+        ledger = Ledger.open(conn)
+        history = ledger.read()
         current = make_plan(catalog, history, target=target, allow_out_of_order=allow_out_of_order,
                             environment=environment)
+        current = replace(current, adopted=_adopted(conn, ledger))
         if not history.applied:
             # A database holding things no migration of ours made, with no history: adopt it first.
             refusal = census(conn).refusal()
             if refusal:
                 return replace(current, problems=(refusal, *current.problems))
         return replace(current, invalid_indexes=find_invalid_indexes(conn, catalog, current.pending))
+
+
+def _adopted(conn: psycopg.Connection, ledger: Ledger) -> bool:
+    """Whether a baseline was recorded here (a row in its table; the dump it holds is not read)."""
+    if not ledger.exists()["baseline"]:
+        return False
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(ledger.schema, TABLES["baseline"]))
+    return bool(conn.execute(query).fetchone()[0])  # type: ignore[index]

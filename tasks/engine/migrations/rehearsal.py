@@ -16,11 +16,13 @@ import logging
 import os
 import time
 
+import psycopg
+
 from tasks.engine.connection import Connection, connection_from_url
 from tasks.engine.credentials import with_environment_tls
 from tasks.engine.embedded import embedded_server
 from tasks.engine.environments import Environment, Policy
-from tasks.engine.errors import ConfigError
+from tasks.engine.errors import ConfigError, DatabaseUnreachable
 from tasks.engine.logs import Log
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
@@ -34,6 +36,12 @@ from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch
 from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
+
+UNDEFINED_TABLE = "42P01"
+HOLDS_SQL = """
+SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname = %(relation)s AND CASE WHEN %(schema)s::text IS NULL THEN pg_table_is_visible(c.oid)
+                                                      ELSE n.nspname = %(schema)s END)"""
 
 
 def rehearsal_server(environment: Environment, target: Connection | None) -> Connection | None:
@@ -70,7 +78,8 @@ def _tail(migrations: list[Migration]) -> list[Migration]:
 
 
 def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
-             log: Log = logger, *, cache: bool = True) -> RehearsalResult:
+             log: Log = logger, *, cache: bool = True, target: Connection | None = None,
+             environment: str | None = None) -> RehearsalResult:
     """Apply everything on a new database, roll back the tail that has rollback files, re-apply; drop it.
 
     With `cache` (the default), the database is not built from nothing when a database holding the first k
@@ -78,6 +87,9 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     and only the rest is applied. The tail is rolled back and re-applied as without the cache, so the checks
     are the same; only the starting point differs. Afterwards the database is cached again under the state it
     ends in (see "the rehearsal cache" below).
+
+    `target` (of the `environment` so named): when a migration fails on a relation that does not exist and the
+    target holds it, the failure names the way out, a rehearsal on a copy of the target's schema.
 
     Example:
         result = rehearse(catalog, server, environment.policy)   # result.reused: came with a cached database
@@ -120,7 +132,7 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
         where=f"{place.where} (temporary database {name})",
         applied=_applied(first, failure),
         rolled_back=tuple(rolled_back),
-        failure=_rehearsal_failure(failure),
+        failure=_rehearsal_failure(failure, _from_nothing_way_out(failure, target, environment)),
         duration_seconds=time.monotonic() - started,
         reused=reused,
         note=place.note,
@@ -128,9 +140,11 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
 
 
 def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target: Connection,
-                              place: Place | Connection, policy: Policy, log: Log = logger) -> RehearsalResult:
+                              place: Place | Connection, policy: Policy, log: Log = logger, *,
+                              why: str | None = None) -> RehearsalResult:
     """Copy the target's schema and history to a scratch database (read-only on the target), apply only the
-    `pending` migrations on top, roll back and apply again those at the end with rollback files."""
+    `pending` migrations on top, roll back and apply again those at the end with rollback files. `why`: the
+    reason it runs here when the environment did not ask for it, shown with the result."""
     started = time.monotonic()
     place = place if isinstance(place, Place) else Place(place)
     rehearsal_policy = _policy(policy)
@@ -166,7 +180,7 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
         rolled_back=tuple(rolled_back),
         failure=_rehearsal_failure(failure),
         duration_seconds=time.monotonic() - started,
-        note=place.note,
+        note="; ".join(n for n in (why, place.note) if n) or None,
         on_target_schema=True,
     )
 
@@ -190,11 +204,46 @@ def _applied(first: ApplyReport | None, failure: MigrationError | None) -> int:
     return len(report.applied) if report is not None else 0
 
 
-def _rehearsal_failure(failure: MigrationError | None) -> str | None:
+def _rehearsal_failure(failure: MigrationError | None, way_out: str = "") -> str | None:
     """What failed in the rehearsal, without what it left in the scratch database (dropped with it) or how to
-    resolve that: the target was not touched."""
+    resolve that: the target was not touched. `way_out`: a line more, when the failure has one of its own."""
     if failure is None:
         return None
     lines = str(failure).split("\n")  # the migration's (or its rollback file's) failure, then what it left
     ends = next((n for n, line in enumerate(lines) if line.startswith("  statement")), len(lines) - 1)
-    return "\n".join(lines[: ends + 1])
+    return "\n".join(lines[: ends + 1] + ([way_out] if way_out else []))
+
+
+def _from_nothing_way_out(failure: MigrationError | None, target: Connection | None, environment: str | None) -> str:
+    """When a migration rehearsed from nothing failed on a relation that does not exist and the target holds
+    it (adopted, or made by hand), no migration makes it: rehearsing on a copy of the target's schema is the way
+    out. Read-only on the target, and only after such a failure."""
+    failed = failure.report.failed if failure is not None else None
+    if failed is None or failed.sqlstate != UNDEFINED_TABLE or target is None:
+        return ""
+    name = _missing_relation(failed.message)
+    if name is None or not _holds(target, name):
+        return ""
+    where = f"[environments.{environment}]" if environment else "the environment"
+    return (f"  {name} is on the target, but no migration makes it and this rehearsal started from an empty "
+            f"database: set `rehearsal = {{ start = \"target_schema\" }}` in {where} (deployments/environments.toml) "
+            "to rehearse the pending migrations on a copy of the target's schema")
+
+
+def _missing_relation(message: str) -> str | None:
+    """The name in the server's `relation "NAME" does not exist` (its words, not SQL), as the migration wrote
+    it; None for any other wording."""
+    _, quote, rest = message.partition('"')
+    name, said, _ = rest.partition('" does not exist')
+    return name if quote and said and name else None
+
+
+def _holds(target: Connection, name: str) -> bool:
+    """Whether the target holds relation `name` (schema-qualified, or found on its own search_path)."""
+    schema, _, relation = name.rpartition(".")
+    try:
+        with session(target, read_only=True) as conn:
+            row = conn.execute(HOLDS_SQL, {"schema": schema or None, "relation": relation}).fetchone()
+    except (psycopg.Error, DatabaseUnreachable):  # out of reach now: the failure is told without the way out
+        return False
+    return bool(row and row[0])

@@ -18,13 +18,16 @@ from tasks.engine.environments import Environment, Policy
 from tasks.engine.logs import Log
 from tasks.engine.migrations.catalog import Catalog, read_catalog
 from tasks.engine.migrations.lint import LintFinding, lint_files
-from tasks.engine.migrations.plan import plan
+from tasks.engine.migrations.plan import Plan, plan
 from tasks.engine.migrations.reference import check_drift
 from tasks.engine.migrations.rehearsal import rehearsal_server, rehearse, rehearse_on_target_schema
 from tasks.engine.migrations.report import ValidationFailed, ValidationReport, with_drift, with_plan, with_rehearsal
 from tasks.engine.migrations.scratch import choose_place, empty_if_missing
 
 logger = logging.getLogger(__name__)
+
+ADOPTED = ("rehearsed on a copy of the target's schema: it was adopted with a baseline, so the migrations alone do "
+           "not build it")
 
 
 def check_migrations(migrations_dir: Path, project_root: Path, policy: Policy) -> tuple[Catalog, ValidationReport]:
@@ -92,15 +95,33 @@ def _rehearse_and_plan(environment: Environment, catalog: Catalog, report: Valid
         report = with_drift(report, drift, source, environment.policy.drift)
     server = rehearsal_server(environment, connection) if current.pending and report.ok else None
     if server is not None:
-        start = getattr(environment.rehearsal, "start", "empty")
+        start, why = rehearsal_start(environment, current, log)
         pending_ids = set(current.pending)
         pending = [m for m in catalog.migrations if m.id in pending_ids]
         if start in ("target_schema", "both"):
             place = choose_place(server, connection, pending, dry_run=dry_run, log=log)
             report = with_rehearsal(report, rehearse_on_target_schema(
-                catalog, current.pending, connection, place, environment.policy, log))
+                catalog, current.pending, connection, place, environment.policy, log, why=why))
         if start in ("empty", "both"):
             place = choose_place(server, connection, catalog.migrations, dry_run=dry_run, log=log)
             report = with_rehearsal(report, rehearse(catalog, place, environment.policy, log,
-                                                     cache=environment.rehearsal.cache))
+                                                     cache=environment.rehearsal.cache, target=connection,
+                                                     environment=environment.name))
     return report
+
+
+def rehearsal_start(environment: Environment, current: Plan, log: Log = logger) -> tuple[str, str | None]:
+    """Where the rehearsal starts (`rehearsal.start`), and why when that is not what the environment says.
+
+    Left unset, `start` is "empty", unless the target was adopted with a baseline: the directory alone does not
+    build it (tables no migration made), so the pending migrations are rehearsed on a copy of its schema. A
+    `start` written in the environment file is obeyed: a rehearsal from nothing proves the directory builds a
+    database on its own, and a team that asked for that is told, when it fails on a table the target holds, how
+    to ask for the other."""
+    rehearsal = environment.rehearsal
+    if rehearsal.start == "empty" and "start" not in rehearsal.model_fields_set and current.adopted:
+        log.info("Rehearsing on a copy of the target's schema, not from an empty database: it was adopted with a "
+                 "baseline, so the migrations alone do not build it (rehearsal.start is not set for %s)",
+                 environment.name)
+        return "target_schema", ADOPTED
+    return rehearsal.start, None

@@ -194,7 +194,7 @@ def run_migration(
     if progress.report is not None:
         _publish_plan(steps, environment, progress.report)
     summary = summarize(environment, steps, progress, git_sha=progress.git_sha, trigger=trigger, dry_run=dry_run,
-                        error=error, duration=time.monotonic() - started)
+                        error=error, duration=time.monotonic() - started, target=target)
     delivered = steps.notify(environment.notify, summary)
     steps.log.info("Notification %s", "sent" if delivered else "not sent")
     steps.publish(f"migration-result-{environment.name}",
@@ -323,11 +323,17 @@ def _publish_plan(steps: Steps, environment: Environment, report: ValidationRepo
 
 
 def summarize(environment: Environment, steps: Steps, progress: Progress, *, git_sha: str, trigger: str,
-              dry_run: bool, error: Exception | None, duration: float) -> RunSummary:
+              dry_run: bool, error: Exception | None, duration: float, target: str | None = None) -> RunSummary:
     report, applied, snapshot = progress.report, progress.applied, progress.snapshot
     # What it applied is not known (a failure while migrating whose history could not be read): nor what is left.
     unknown = applied is None and progress.step == "migrate"
     pending = None if unknown else applied.pending if applied else report.pending if report and report.plan else None
+    # What the target holds back is pending too, as `status` says: on the run that applied up to it and after.
+    held_back = report.plan.beyond_target if report and report.plan else ()
+    if pending is not None and held_back:
+        already = set(pending)
+        pending = (*pending, *(i for i in held_back if i not in already))
+    beyond = set(held_back)
     # Restoring undoes every write since the snapshot: offered only when the run changed something, or when what
     # it applied is not known.
     restorable = snapshot is not None and (changed_database(applied) or bool(progress.dirty) or unknown)
@@ -353,6 +359,8 @@ def summarize(environment: Environment, steps: Steps, progress: Progress, *, git
         failed_migration=failed.migration_id if failed else progress.dirty[0].migration_id if progress.dirty else None,
         failed_outcome=_left(failed) if failed else DIRTY_LEFT if progress.dirty else None,
         pending=None if pending is None else tuple(pending),
+        target=target,
+        beyond_target=tuple(i for i in pending or () if i in beyond),
         snapshot_id=snapshot.identifier if snapshot else creating,
         snapshot_location=snapshot.location if snapshot else None,
         snapshot_state="creating" if creating else None,
