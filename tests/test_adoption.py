@@ -139,6 +139,35 @@ def test_a_baseline_says_what_it_would_record_and_nothing_of_it_where_history_is
     assert "recorded as applied" not in again.stderr  # it said "1 migration(s) … recorded", then refused
 
 
+def test_a_dry_run_baseline_says_it_would_record_not_that_it_recorded(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """A dry run's notification said `recorded: 2 migration(s) as applied`, of a database it wrote nothing to."""
+    run(database, SCHEMA)
+    write_migrations(tmp_path, PORTED)
+    shown = cli("baseline", "--env", "adopted", "--through", "0002", "--dry-run", cwd=tmp_path, env=adopted)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "would record: 2 migration(s) as applied, without running them" in shown.stderr, shown.stderr
+    assert "recorded:" not in shown.stderr and applied_ids(database) == []
+    done = cli("baseline", "--env", "adopted", "--through", "0002", cwd=tmp_path, env=adopted)
+    assert done.returncode == 0 and "recorded:" in done.stderr and "would record" not in done.stderr, done.stderr
+
+
+def test_a_refused_mapping_says_so_not_that_nothing_is_pending(
+        tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
+    """A refused Knex mapping ended `dry run: nothing was written; 0 pending` (and, not a dry run, `adopted: 0
+    migration(s) recorded as applied`): nothing was worked out, and it says that."""
+    run(database, SCHEMA, KNEX_DDL, (KNEX_ROW, ("001_create_users.js", 1)), (KNEX_ROW, ("002_seed_admin.js", 1)))
+    write_migrations(tmp_path, PORTED)
+    for dry_run in (("--dry-run",), ()):
+        result = cli("baseline", "--env", "adopted", "--from", "knex", *dry_run, cwd=tmp_path, env=adopted)
+        assert result.returncode == 1, result.stderr[-3000:]
+        last = result.stdout.strip().splitlines()[-1]
+        assert "the mapping was refused (above): nothing was written, nothing is worked out as adopted or " \
+               "pending" in last, result.stdout
+        assert "0 pending" not in result.stdout and "recorded as applied" not in result.stdout
+    assert applied_ids(database) == []
+
+
 def test_knex_history_in_two_schemas_is_adopted_from_the_one_schema_names(
         tmp_path: Path, database: Connection, adopted: dict[str, str]) -> None:
     """The refusal said "name the one to adopt from", and no option named one."""

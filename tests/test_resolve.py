@@ -383,6 +383,30 @@ def test_history_rows_deleted_by_hand_are_refused_and_put_back_by_resolve(tmp_pa
     assert planned.returncode == 0 and json.loads(planned.stdout)["unverified"] == ["0003.c"], planned.stdout
 
 
+def test_resolve_names_history_edited_by_hand_instead_of_saying_clean(tmp_path: Path, database: Connection) -> None:
+    """`plan` refused a history edited by hand (a yoyo row or a checksum row deleted) and named `resolve` as the
+    way out, while `resolve` alone said "clean (no dirty migration, ...)" and exited 0. It names each with the
+    command that mends it, and exits 1 as for a dirty migration; once mended, it is clean again."""
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                                "0002.b.sql": "-- depends: 0001.a\nCREATE TABLE b (id bigint);\n"})
+    url = ("--database-url", url_of(database))
+    assert cli("run", *url, cwd=tmp_path).returncode == 0
+    with connected(database) as conn:
+        conn.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0001.a'")
+        conn.execute("DELETE FROM _rds_migrations_history WHERE migration_id = '0002.b'")
+    assert cli("plan", *url, cwd=tmp_path).returncode == 1
+    said = cli("resolve", *url, cwd=tmp_path)
+    assert said.returncode == 1 and "clean" not in said.stdout, said.stdout + said.stderr
+    assert "0001.a: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row" in said.stdout
+    assert "`rds-migrations resolve --database-url URL 0001.a --mark-not-applied`" in said.stdout
+    assert "0002.b.sql: applied by rds-migrations (yoyo's log says so), but its checksum row is gone" in said.stdout
+    assert "`rds-migrations resolve --database-url URL 0002.b --mark-applied`" in said.stdout
+    for migration in ("0001.a", "0002.b"):
+        assert cli("resolve", *url, migration, "--mark-applied", cwd=tmp_path).returncode == 0
+    clean = cli("resolve", *url, cwd=tmp_path)
+    assert clean.returncode == 0 and "clean" in clean.stdout, clean.stdout + clean.stderr
+
+
 def test_an_invalid_index_is_named_by_status_and_never_marked_applied(tmp_path: Path, database: Connection) -> None:
     """`resolve --mark-applied` used to record a migration whose unique index was left INVALID (never used, never
     unique, never built again), and `status` never named the index; only `drift` did."""

@@ -17,7 +17,7 @@ from tasks.engine.aws import aws_client
 from tasks.engine.connection import connected, connection_from_url, parse_rds_secret
 from tasks.engine.credentials import read_secrets_manager, read_url_from_env
 from tasks.engine.environments import AwsSettings, SecretsManagerCredentials, UrlFromEnvCredentials
-from tasks.engine.errors import DatabaseUnreachable, SecretError
+from tasks.engine.errors import ConfigError, DatabaseUnreachable, SecretError
 from tasks.engine.server_binaries import free_port
 from tests.conftest import CANARY_PASSWORD
 
@@ -100,8 +100,29 @@ def test_url_from_env_keeps_the_password_out_of_everything(monkeypatch: pytest.M
     assert connection.password.get_secret_value() == CANARY_PASSWORD
     assert (connection.host, connection.port) == ("db", 5433)
     assert CANARY_PASSWORD not in repr(connection)
-    with pytest.raises(SecretError, match="APP_DB_MISSING is not set"):
+    with pytest.raises(ConfigError, match="APP_DB_MISSING is not set"):
         read_url_from_env(UrlFromEnvCredentials(kind="url_env", variable="APP_DB_MISSING"))
+
+
+def test_an_unset_url_variable_is_a_configuration_error_with_the_next_step(tmp_path: Path) -> None:
+    """An environment whose `url_env` variable is not set ended `environment variable MINE_URL is not set`, exit 1
+    (a failed run): it is configuration (exit 2), named with its environment and what to do next."""
+    from tests.helpers import PROJECT, cli, write_migrations
+
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
+    environments = tmp_path / "environments.toml"
+    environments.write_text((PROJECT / "deployments/environments.toml").read_text() + """
+[environments.mine]
+tier = "staging"
+credentials = { kind = "url_env", variable = "MINE_URL" }
+snapshot = { kind = "none" }
+notify = { kind = "console" }
+""")
+    env = {key: value for key, value in os.environ.items() if key != "MINE_URL"}
+    planned = cli("plan", "--env", "mine", cwd=tmp_path, env={**env, "RDS_MIGRATIONS_ENVIRONMENTS": str(environments)})
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "environment mine: MINE_URL is not set" in planned.stderr
+    assert "export MINE_URL=postgresql://" in planned.stderr and "--database-url URL" in planned.stderr
 
 
 def test_a_bad_url_is_refused_without_echoing_it() -> None:

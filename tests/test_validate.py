@@ -35,6 +35,39 @@ def test_duplicate_versions_fail_and_name_both_files(tmp_path: Path) -> None:
     assert "version 2 is used by 2 files: 0002.a.sql, 0002.b.sql" in joined
 
 
+def test_golang_migrate_files_are_refused_with_the_names_to_give_them(tmp_path: Path) -> None:
+    """golang-migrate's `000001_create_a.up.sql` and `000001_create_a.down.sql` used to be read as two migrations
+    of one version ("give each migration its own version number"), and following that advice ran each down file
+    forward as a migration of its own. Each file is named with the name it takes here: the up file
+    NNNN.slug.sql, the down file its rollback file; renamed so, they read as migrations with rollbacks."""
+    golang = {"000001_create_a.up.sql": "CREATE TABLE a (id bigint);\n",
+              "000001_create_a.down.sql": "DROP TABLE a;\n",
+              "000002_AddUsers.up.sql": "CREATE TABLE users (id bigint);\n",
+              "000002_AddUsers.down.sql": "DROP TABLE users;\n"}
+    problems = "\n".join(problems_of(tmp_path, golang))
+    assert "version 1 is used by" not in problems and "own version number" not in problems, problems
+    assert "000001_create_a.up.sql: golang-migrate's up file" in problems
+    assert "rename it 000001.create-a.sql" in problems and "rename it 000001.create-a.rollback.sql" in problems
+    assert "rename it 000002.add-users.sql" in problems and "rename it 000002.add-users.rollback.sql" in problems
+    assert len(problems.splitlines()) == 4, problems
+
+    # As the old advice had it: each down file under a version of its own. Still a down file, never run forward.
+    renumbered = tmp_path / "renumbered"
+    problems = "\n".join(problems_of(renumbered, {"000001_create_a.up.sql": golang["000001_create_a.up.sql"],
+                                                  "000003_create_a.down.sql": "DROP TABLE a;\n"}))
+    assert "000003_create_a.down.sql: golang-migrate's down file" in problems, problems
+    assert "rename it 000003.create-a.rollback.sql" in problems
+
+    renamed = tmp_path / "renamed"
+    write_migrations(renamed, {"000001.create-a.sql": golang["000001_create_a.up.sql"],
+                               "000001.create-a.rollback.sql": golang["000001_create_a.down.sql"],
+                               "000002.add-users.sql": golang["000002_AddUsers.up.sql"],
+                               "000002.add-users.rollback.sql": golang["000002_AddUsers.down.sql"]})
+    catalog = read_catalog(Path("migrations"), renamed)
+    assert catalog.problems == () and catalog.ids == ("000001.create-a", "000002.add-users")
+    assert [m.version for m in catalog.migrations] == [1, 2] and all(m.has_rollback for m in catalog.migrations)
+
+
 def test_unknown_depends_orphan_rollback_and_bad_names(tmp_path: Path) -> None:
     problems = "\n".join(problems_of(tmp_path, {
         "0001.a.sql": "-- depends: 0000.nothing\nCREATE TABLE a (id bigint);\n",
@@ -200,6 +233,25 @@ def test_rehearsal_applies_rolls_back_and_reapplies(tmp_path: Path, database: Co
     assert result.failure is None
     assert result.rolled_back == ("0003.c", "0002.b")
     assert plan(database, catalog).pending == catalog.ids  # the target itself was not touched
+
+
+def test_the_rehearsals_log_lines_are_told_from_the_runs(tmp_path: Path, database: Connection) -> None:
+    """The rehearsal logged `Applying 0001.a (1 of 2)` as the real apply does, so a run's log read as if it had
+    applied everything twice. Its lines say `Rehearsal: applying`; the real apply's are as they were (make bench
+    reads them)."""
+    from tests.helpers import cli, url_of
+
+    write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n",
+                                "0002.b.sql": "CREATE TABLE b (id bigint);\n",
+                                "0002.b.rollback.sql": "DROP TABLE b;\n"})
+    ran = cli("run", "--database-url", url_of(database), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    said = [line.split(" | ", 2)[-1] for line in ran.stderr.splitlines() if " | " in line]
+    real = [line for line in said if line.startswith("Applying ")]
+    rehearsed = [line for line in said if line.startswith("Rehearsal: applying ")]
+    assert real == ["Applying 0001.a to 0002.b (1-2 of 2, each in its own transaction)"] or \
+        real == ["Applying 0001.a (1 of 2)", "Applying 0002.b (2 of 2)"], said
+    assert len(rehearsed) >= 2 and any("0002.b" in line for line in rehearsed[1:]), said  # applied again
 
 
 def test_rehearsal_catches_a_broken_rollback(tmp_path: Path, database: Connection) -> None:

@@ -40,11 +40,15 @@ def read_secrets_manager(credentials: SecretsManagerCredentials, secrets_manager
     return parse_rds_secret(value, f"secretsmanager:{credentials.secret_id}")
 
 
-def read_url_from_env(credentials: UrlFromEnvCredentials) -> Connection:
-    source = f"env:{credentials.variable}"
-    url = os.environ.get(credentials.variable)
+def read_url_from_env(credentials: UrlFromEnvCredentials, environment: str | None = None) -> Connection:
+    """The URL in the variable `credentials` names. Unset, it is configuration to mend before anything runs."""
+    source, variable = f"env:{credentials.variable}", credentials.variable
+    url = os.environ.get(variable)
     if not url:
-        raise SecretError(f"{source}: environment variable {credentials.variable} is not set")
+        where = f"environment {environment}" if environment else source
+        raise ConfigError(f"{where}: {variable} is not set (its credentials are read from it): set it where the "
+                          f"command runs (`export {variable}=postgresql://USER@HOST:5432/DBNAME`), or name the "
+                          "database with --database-url URL instead")
     return connection_from_url(url, source)
 
 
@@ -115,5 +119,5 @@ def _read_connection(environment: Environment, secrets_manager: Any, create: boo
             raise SecretError(f"secretsmanager:{credentials.secret_id} in {environment.aws.region}: "
                               f"{secret_refusal(exc)}") from None
     if isinstance(credentials, UrlFromEnvCredentials):
-        return read_url_from_env(credentials)
+        return read_url_from_env(credentials, environment.name)
     return read_embedded(credentials, create=create)

@@ -47,9 +47,13 @@ class BaselineReport:
     mapping: str  # the mapping, as shown before anything was written
     already: bool = False  # the same migrations were recorded before: nothing was written
     dry_run: bool = False
+    refused: bool = False  # the mapping was refused: nothing was worked out (adopted and pending are empty)
     adoption: dict[str, Any] | None = None  # --from: the mapping, entry by entry (adopt_mapping.Adoption.to_json)
 
     def to_text(self) -> str:
+        if self.refused:
+            return (f"{self.mapping}\n{self.database}: the mapping was refused (above): nothing was written, nothing "
+                    "is worked out as adopted or pending")
         if self.already:
             state = "already adopted: the same migrations are recorded; nothing was written"
         elif self.dry_run:
@@ -61,7 +65,7 @@ class BaselineReport:
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "tool": self.tool, "through": self.through,
                 "adopted": list(self.adopted), "pending": list(self.pending), "already": self.already,
-                "dry_run": self.dry_run, "mapping": self.adoption}
+                "dry_run": self.dry_run, "refused": self.refused, "mapping": self.adoption}
 
 
 def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
@@ -111,7 +115,7 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
                 try:
                     adoption.check()
                 except AdoptionRefused as refused:  # --json still shows the mapping that was refused
-                    refused.result = replace(report, through="0", adopted=(), pending=())
+                    refused.result = replace(report, through="0", adopted=(), pending=(), refused=True)
                     raise
             if dry_run:
                 return report

@@ -26,6 +26,8 @@ MIGRATION_NAME = re.compile(
     r"^(?P<id>(?P<version>\d+)[._-](?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*?))(?P<rollback>\.rollback)?\.(?P<ext>sql)$"
 )
 VERSIONED = re.compile(r"^(?P<version>\d+)[._-]")
+# golang-migrate's pair, {version}_{title}.up.sql and .down.sql: its down file is our rollback file.
+GOLANG_MIGRATE = re.compile(r"^(?P<version>\d+)_(?P<title>.*)\.(?P<direction>up|down)\.sql$")
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the migrations, named by file (relative to the migrations directory)."""
@@ -127,9 +129,17 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
     migrations: dict[str, Migration] = {}
     rollbacks: dict[str, Path] = {}
     by_version: dict[int, list[str]] = {}
-    for path in sorted(resolved.iterdir()):
+    paths = sorted(resolved.iterdir())
+    # A down file is golang-migrate's wherever it is (read as ours, it would run forward); an up file is read as
+    # golang-migrate's beside one, and as a migration of ours (`0005_warm.up`) otherwise, as it always was.
+    golang_migrate = any((found := GOLANG_MIGRATE.match(path.name)) and found["direction"] == "down"
+                         for path in paths)
+    for path in paths:
         name = path.name
         if name.startswith(".") or path.is_dir():
+            continue
+        if golang_migrate and (found := GOLANG_MIGRATE.match(name)):
+            problems.append(Problem(name, _golang_migrate_name(found)))
             continue
         if path.is_symlink() and not path.exists():
             problems.append(Problem(name, f"is a symbolic link to {path.readlink()}, which does not exist: point it "
@@ -214,6 +224,17 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
     if not migrations and not problems:
         problems.append(Problem(str(directory), "the migrations directory holds no migrations (NNNN.slug.sql)"))
     return Catalog(resolved, tuple(ordered), tuple(problems))
+
+
+def _golang_migrate_name(found: re.Match[str]) -> str:
+    """The name a golang-migrate file takes here: the up file NNNN.slug.sql, the down file its rollback file."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", found["title"])  # AddUsers: add-users
+    migration_id = f"{found['version']}.{re.sub(r'[^a-z0-9]+', '-', words.lower()).strip('-') or 'migration'}"
+    if found["direction"] == "up":
+        return (f"golang-migrate's up file: rds-migrations reads NNNN.slug.sql (its down file as "
+                f"NNNN.slug.rollback.sql); rename it {migration_id}.sql")
+    return (f"golang-migrate's down file, which would be read as a migration of its own and run forward: rename "
+            f"it {migration_id}.rollback.sql (the rollback file of {migration_id}.sql)")
 
 
 def _not_utf8(exc: UnicodeDecodeError) -> str:

@@ -55,11 +55,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 "(deleted or renamed); restore the file under its original name"
             )
         elif migration_id in history.checksum_lost:
-            problems.append(
-                f"{migration.path.name}: applied by rds-migrations (yoyo's log says so), but its checksum row is gone "
-                "from _rds_migrations_history: the history tables were edited by hand, so whether this file is the "
-                "one applied cannot be told. Check it against the database, then record it again: "
-                f"`rds-migrations resolve {where_flag(environment, catalog.directory)} {migration_id} --mark-applied`")
+            problems.append(_checksum_lost(catalog, migration_id, environment))
         elif migration_id not in history.checksums:
             unverified.append(migration_id)
         elif history.checksums[migration_id] != migration.checksum:
@@ -68,13 +64,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 f"{history.checksums[migration_id][:12]} applied, {migration.checksum[:12]} now); restore the "
                 "applied version and put the change in a new migration"
             )
-    for migration_id in history.yoyo_row_lost:
-        where = where_flag(environment, catalog.directory)
-        problems.append(
-            f"{migration_id}: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row for "
-            "it is gone with no rollback in yoyo's log: the history tables were edited by hand. If what it makes is "
-            f"there: `rds-migrations resolve {where} {migration_id} --mark-applied`; if not: `rds-migrations "
-            f"resolve {where} {migration_id} --mark-not-applied`")
+    problems += [_yoyo_row_lost(catalog, migration_id, environment) for migration_id in history.yoyo_row_lost]
     pending = [m for m in catalog.migrations if m.id not in applied]
     known_applied = [position[i] for i in applied if i in position]
     if pending and known_applied and not allow_out_of_order:
@@ -102,6 +92,31 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
         unverified=tuple(unverified),
         beyond_target=tuple(beyond),
     )
+
+
+def edited_by_hand(catalog: Catalog, history: History, environment: str | None = None) -> list[str]:
+    """The problems above that `resolve MIGRATION_ID --mark-applied/--mark-not-applied` mends: history rows
+    deleted by hand (a checksum row of a file that is here, a yoyo row), each with its command."""
+    lost = [_checksum_lost(catalog, migration_id, environment) for migration_id in history.checksum_lost
+            if catalog.get(migration_id) is not None]
+    return lost + [_yoyo_row_lost(catalog, migration_id, environment) for migration_id in history.yoyo_row_lost]
+
+
+def _checksum_lost(catalog: Catalog, migration_id: str, environment: str | None) -> str:
+    migration = catalog.get(migration_id)
+    assert migration is not None
+    return (f"{migration.path.name}: applied by rds-migrations (yoyo's log says so), but its checksum row is gone "
+            "from _rds_migrations_history: the history tables were edited by hand, so whether this file is the "
+            "one applied cannot be told. Check it against the database, then record it again: "
+            f"`rds-migrations resolve {where_flag(environment, catalog.directory)} {migration_id} --mark-applied`")
+
+
+def _yoyo_row_lost(catalog: Catalog, migration_id: str, environment: str | None) -> str:
+    where = where_flag(environment, catalog.directory)
+    return (f"{migration_id}: rds-migrations recorded it as applied (its checksum row is there), but yoyo's row for "
+            "it is gone with no rollback in yoyo's log: the history tables were edited by hand. If what it makes is "
+            f"there: `rds-migrations resolve {where} {migration_id} --mark-applied`; if not: `rds-migrations "
+            f"resolve {where} {migration_id} --mark-not-applied`")
 
 
 def _below_head(catalog: Catalog, target: str, head: int, environment: str | None) -> str:

@@ -23,7 +23,7 @@ from tasks.engine.credentials import with_environment_tls
 from tasks.engine.embedded import embedded_server
 from tasks.engine.environments import Environment, Policy
 from tasks.engine.errors import ConfigError, DatabaseUnreachable
-from tasks.engine.logs import Log
+from tasks.engine.logs import Log, Named
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.history import Ledger
@@ -104,6 +104,7 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
     keys = rehearsal_keys(catalog, server.user) if cache else []
     reused = 0
     rolled_back: list[str] = []
+    rehearsing = Named(log, "Rehearsal", sentence=True)  # its lines told from the run's own
     first: ApplyReport | None = None  # what the rehearsal applied itself (on top of a cached database's)
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
@@ -111,11 +112,11 @@ def rehearse(catalog: Catalog, place: Place | Connection, policy: Policy,
         scratch = server.with_database(name) if reused else create_scratch(place, name, log)
         finished = False  # the rehearsal ran to its end or to a migration's failure (not to another exception)
         try:
-            first = apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
+            first = apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=rehearsing)
             tail = _tail(list(catalog.migrations))
             _roll_back_tail(scratch, tail, rehearsal_policy, rolled_back, log)
             if tail:
-                apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=log)
+                apply_pending(scratch, catalog, rehearsal_policy, git_sha="rehearsal", log=rehearsing)
             finished = True
         except MigrationError as exc:
             failure, finished = exc, True
@@ -154,6 +155,7 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
         start = StartingPoint.of(conn)
     by_id = {m.id: m for m in catalog.migrations}
     rolled_back: list[str] = []
+    rehearsing = Named(log, "Rehearsal", sentence=True)  # its lines told from the run's own
     failure: MigrationError | None = None
     with scratch_database(place, log) as name:
         scratch = create_scratch(place, name, log)
@@ -167,11 +169,11 @@ def rehearse_on_target_schema(catalog: Catalog, pending: tuple[str, ...], target
         last = pending[-1] if pending else None
         first: ApplyReport | None = None
         try:
-            first = apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
+            first = apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=rehearsing)
             tail = _tail([by_id[i] for i in pending])
             _roll_back_tail(scratch, tail, rehearsal_policy, rolled_back, log)
             if tail:
-                apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=log)
+                apply_pending(scratch, catalog, rehearsal_policy, target=last, git_sha="rehearsal", log=rehearsing)
         except MigrationError as exc:
             failure = exc
     return RehearsalResult(

@@ -17,7 +17,7 @@ from tasks.engine.migrations.dirty import DirtyMigration
 from tasks.engine.migrations.history import Ledger, read_history
 from tasks.engine.migrations.indexes import find_invalid_indexes, index_state
 from tasks.engine.migrations.leftovers import Leftover, leftovers
-from tasks.engine.migrations.plan import make_plan
+from tasks.engine.migrations.plan import edited_by_hand, make_plan
 from tasks.engine.migrations.rollback_plan import rollback_file, rolling_back
 from tasks.engine.migrations.search_path import search_paths
 from tasks.engine.migrations.session import migration_lock, session
@@ -91,16 +91,20 @@ def _mend(ledger: Ledger, catalog: Catalog, migration_id: str, *, mark_applied: 
 
 
 def explain_state(connection: Connection, catalog: Catalog, *, environment: str | None = None) -> tuple[bool, str]:
-    """Read-only, for operators: (clean, explanation) of dirty marks and INVALID indexes in the way."""
+    """Read-only, for operators: (clean, explanation) of dirty marks, history rows edited by hand (both refuse
+    every run until resolved) and INVALID indexes in the way."""
     with session(connection, read_only=True) as conn:
         history = read_history(conn)
         texts = [explain_dirty(conn, catalog, dirty, environment) for dirty in history.dirty]
+        edited = edited_by_hand(catalog, history, environment)
+        texts += edited
         pending = make_plan(catalog, history).pending
         texts += [f"{index}: dropped on the next run by policy drop_and_retry, else drop it: {index.drop_command}"
                   for index in find_invalid_indexes(conn, catalog, pending)]
     if not texts:
-        return True, f"{connection.describe()}: clean (no dirty migration, no INVALID index in the way)"
-    return not history.dirty, "\n".join(texts)
+        return True, f"{connection.describe()}: clean (no dirty migration, no history edited by hand, no INVALID " \
+                     "index in the way)"
+    return not (history.dirty or edited), "\n".join(texts)
 
 
 def _left(conn: psycopg.Connection, migration: Migration | None, dirty: DirtyMigration) -> list[Leftover]:

@@ -58,7 +58,8 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
         else "succeeded"
     facts = [("adopting", f"--from {tool}" if tool else f"--through {through}")]
     if report is not None:
-        facts += [("recorded", f"{len(report.adopted)} migration(s) as applied, without running them"),
+        facts += [("would record" if dry_run else "recorded",
+                   f"{len(report.adopted)} migration(s) as applied, without running them"),
                   ("pending", f"{len(report.pending)}")]
     notice = Notice("Baseline", environment.name, environment.tier, outcome, tuple(facts),
                     tuple(report.mapping.splitlines()) if report else (), ended.said() if error else None,
