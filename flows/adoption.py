@@ -17,7 +17,7 @@ from tasks.engine.runs.adoption import adopt_environment, check_environment_drif
 @flow(name="baseline", flow_run_name=run_name, on_crashed=[report_crash], on_cancellation=[report_cancellation])
 def baseline(environment: str, through: str | None = None, tool: str | None = None,
              migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
-             history_schema: str | None = None) -> BaselineReport:
+             history_schema: str | None = None, accept_differences: bool = False) -> BaselineReport:
     """Record what the environment's database already holds as applied, without running it; keep its schema.
 
     Args:
@@ -28,10 +28,13 @@ def baseline(environment: str, through: str | None = None, tool: str | None = No
         git_sha: the commit recorded with the adopted migrations.
         dry_run: show the mapping; write nothing.
         history_schema: with tool: the schema holding that tool's history, when it is in several.
+        accept_differences: adopt even where the migrations recorded, replayed on a scratch database, do not
+            build the database's schema (`policy.drift = "block"` would refuse): the differences become a warning.
     """
     with within_budget(environment):
         return adopt_environment(environment, PrefectSteps(), through=through, tool=tool, migrations_dir=migrations_dir,
-                                 git_sha=git_sha, dry_run=dry_run, history_schema=history_schema)
+                                 git_sha=git_sha, dry_run=dry_run, history_schema=history_schema,
+                                 accept_differences=accept_differences)
 
 
 @flow(name="drift-check", flow_run_name=run_name)

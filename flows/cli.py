@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     baseline.add_argument("--schema", metavar="SCHEMA",
                           help="with --from: the schema holding that tool's history, when it is in several")
     baseline.add_argument("--dry-run", action="store_true", help="show the mapping; write nothing")
+    baseline.add_argument("--accept-differences", action="store_true",
+                          help="adopt even where the migrations recorded do not build the database's schema (replayed "
+                               "on a scratch database): the differences are recorded as a warning, not a refusal")
     baseline.add_argument("--git-sha", default=None, help="the commit recorded (default: git rev-parse HEAD)")
     prefect_option(baseline)
     json_option(baseline)

@@ -46,7 +46,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                                    "tasks.engine.runs.adoption:adopt_environment",
                                    through=args.through, tool=args.tool, history_schema=args.schema,
                                    migrations_dir=args.migrations,
-                                   git_sha=args.git_sha or head_sha(), dry_run=args.dry_run)
+                                   git_sha=args.git_sha or head_sha(), dry_run=args.dry_run,
+                                   accept_differences=args.accept_differences)
     emit(args, "baseline", {"environment": environment.name, "exit_code": code,
                             **(report.to_json() if report is not None else {})},
          report.to_text() if report is not None else None)

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment
 from tasks.engine.migrations.baseline import BaselineReport, baseline
+from tasks.engine.migrations.baseline_replay import replay_place
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.runs.steps import environment_drift
@@ -21,14 +22,18 @@ from tasks.retries import transient_retries
 def baseline_task(environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                   tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
     """Record what the database already holds as applied without running it, in one transaction, and keep its
-    schema as drift's reference; with `dry_run`, only the mapping.
+    schema as drift's reference, once the migrations recorded, replayed on a scratch database where the
+    environment rehearses, are found to build that schema (as `policy.drift` says); with `dry_run`, only the
+    mapping and that comparison.
 
     Example:
         report = baseline_task(environment, connection, catalog, through=None, tool="knex", git_sha=sha,
                                dry_run=True)
     """
+    log = get_run_logger()
     return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                    dry_run=dry_run, schema=schema, environment=environment.name, log=get_run_logger())
+                    dry_run=dry_run, schema=schema, environment=environment.name, log=log,
+                    place=replay_place(environment, connection, dry_run=dry_run, log=log))
 
 
 @task(name="drift-check", task_run_name="drift-check-{environment.name}",

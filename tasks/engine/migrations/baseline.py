@@ -8,6 +8,11 @@ that tool's history onto the directory (adopt.py) and refuses, writing nothing, 
 
 Under the migration lock, idempotent (the same migrations recorded again: nothing to do), refused when other
 history is already there. The other tool's tables are left as they are. A dry run reads only.
+
+Before anything is written, the migrations to be recorded are replayed on a scratch database and what they build
+is compared with the live schema (baseline_replay.py), as `policy.drift` says: `block` refuses on a difference,
+`warn` and `ignore` record and report it (an adoption happens once: it is always checked). A dry run shows
+the same.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, ignored_tables, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog
+from tasks.engine.migrations.baseline_replay import PlaceFor, ReplayCheck, refusal, replay_recorded
 from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import Ledger
@@ -47,33 +53,45 @@ class BaselineReport:
     mapping: str  # the mapping, as shown before anything was written
     already: bool = False  # the same migrations were recorded before: nothing was written
     dry_run: bool = False
-    refused: bool = False  # the mapping was refused: nothing was worked out (adopted and pending are empty)
+    # Nothing was written and nothing is worked out as adopted or pending (both empty): the mapping was refused
+    # (`replay` None), or the replay found differences that the policy blocks.
+    refused: bool = False
     adoption: dict[str, Any] | None = None  # --from: the mapping, entry by entry (adopt_mapping.Adoption.to_json)
+    replay: ReplayCheck | None = None  # what the migrations recorded build, held against the live schema
 
     def to_text(self) -> str:
+        warning = ""
+        if self.replay is not None:
+            warning = "\n" + ("warning: " if self.replay.differs and not self.refused else "") + "\n".join(
+                self.replay.lines())
         if self.refused:
-            return (f"{self.mapping}\n{self.database}: the mapping was refused (above): nothing was written, nothing "
-                    "is worked out as adopted or pending")
+            why = "refused: the migrations do not build its schema" if self.replay is not None \
+                else "the mapping was refused"
+            return (f"{self.mapping}{warning}\n{self.database}: {why} (above): nothing was written, nothing is "
+                    "worked out as adopted or pending")
         if self.already:
             state = "already adopted: the same migrations are recorded; nothing was written"
         elif self.dry_run:
             state = "dry run: nothing was written"
         else:
             state = f"adopted: {len(self.adopted)} migration(s) recorded as applied, the schema kept for drift"
-        return f"{self.mapping}\n{self.database}: {state}; {len(self.pending)} pending"
+        return f"{self.mapping}{warning}\n{self.database}: {state}; {len(self.pending)} pending"
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "tool": self.tool, "through": self.through,
                 "adopted": list(self.adopted), "pending": list(self.pending), "already": self.already,
-                "dry_run": self.dry_run, "refused": self.refused, "mapping": self.adoption}
+                "dry_run": self.dry_run, "refused": self.refused, "mapping": self.adoption,
+                "replay": self.replay.to_json() if self.replay else None}
 
 
 def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, through: str | None = None,
              tool: str | None = None, git_sha: str = "unknown", run_id: str | None = None, dry_run: bool = False,
-             schema: str | None = None, environment: str | None = None, log: Log = logger) -> BaselineReport:
+             schema: str | None = None, environment: str | None = None, place: PlaceFor | None = None,
+             log: Log = logger) -> BaselineReport:
     """Adopt the database `connection` names: see the module's docstring. `schema`: with `tool`, the schema
     holding that tool's history (needed when it is in several). `environment`: as the run named it, for the
-    commands its messages suggest."""
+    commands its messages suggest. `place`: where the migrations recorded are replayed (baseline_replay.py);
+    None: not replayed."""
     if (through is None) == (tool is None):
         raise UsageError("say what to adopt: --through VERSION (0 for nothing) or --from knex|flyway|golang-migrate")
     if catalog.problems:
@@ -117,6 +135,15 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
                 except AdoptionRefused as refused:  # --json still shows the mapping that was refused
                     refused.result = replace(report, through="0", adopted=(), pending=(), refused=True)
                     raise
+            if adopted and place is not None:
+                check = replay_recorded(conn, catalog.directory, adopted, place(adopted), policy,
+                                        "whole" if tool is not None else "made", log)
+                report = replace(report, replay=check)
+                if check.differs and policy.drift == "block":
+                    refused = refusal(connection.describe(), check)
+                    refused.result = replace(report, through="0", adopted=(), pending=(), refused=True)
+                    raise refused
+                (log.warning if check.differs else log.info)("%s", "\n".join(check.lines()))
             if dry_run:
                 return report
             dump = dump_schema(connection)

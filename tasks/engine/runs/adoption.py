@@ -38,10 +38,16 @@ class DriftFound(RdsMigrationsError):
 
 def adopt_environment(name: str, steps: Steps, *, through: str | None = None, tool: str | None = None,
                       migrations_dir: str = "migrations", git_sha: str = "unknown", dry_run: bool = False,
-                      history_schema: str | None = None, project_root: Path | None = None) -> BaselineReport:
+                      history_schema: str | None = None, project_root: Path | None = None,
+                      accept_differences: bool = False) -> BaselineReport:
     """Record what the named environment's database already holds as applied, keep its schema, notify.
-    `history_schema`: with `tool`, the schema holding that tool's history (when it is in several)."""
+    `history_schema`: with `tool`, the schema holding that tool's history (when it is in several).
+    `accept_differences`: what the migrations recorded build differs from the schema: a warning, whatever
+    `policy.drift` says."""
     environment = one_database_environment(name)
+    if accept_differences and environment.policy.drift == "block":  # for this adoption only: runs still block
+        environment = environment.model_copy(update={"policy": environment.policy.model_copy(
+            update={"drift": "warn"})})
     check_parameters(git_sha, "manual", through, migrations_dir, target_name="through")
     check_deployment_environment(environment.name, steps)
     check_schema(history_schema, tool)
@@ -56,13 +62,17 @@ def adopt_environment(name: str, steps: Steps, *, through: str | None = None, to
     error = ended.error
     outcome = "failed" if error else "dry-run" if dry_run else "nothing-to-do" if report and report.already \
         else "succeeded"
-    facts = [("adopting", f"--from {tool}" if tool else f"--through {through}")]
+    facts, details = [("adopting", f"--from {tool}" if tool else f"--through {through}")], []
     if report is not None:
         facts += [("would record" if dry_run else "recorded",
                    f"{len(report.adopted)} migration(s) as applied, without running them"),
                   ("pending", f"{len(report.pending)}")]
+        details = report.mapping.splitlines()
+        if report.replay is not None and report.replay.differs:  # recorded all the same (policy.drift is not "block")
+            facts.append(("warning", report.replay.summary()))
+            details += report.replay.lines()[1:]
     notice = Notice("Baseline", environment.name, environment.tier, outcome, tuple(facts),
-                    tuple(report.mapping.splitlines()) if report else (), ended.said() if error else None,
+                    tuple(details), ended.said() if error else None,
                     time.monotonic() - started, steps.run_info().run_url)
     steps.notify(environment.notify, notice)
     ended.raise_if_failed()

@@ -212,9 +212,11 @@ class DirectSteps:
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
         from tasks.engine.migrations.baseline import baseline
+        from tasks.engine.migrations.baseline_replay import replay_place
 
         return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                        dry_run=dry_run, schema=schema, environment=environment.name, log=self.log)
+                        dry_run=dry_run, schema=schema, environment=environment.name, log=self.log,
+                        place=replay_place(environment, connection, dry_run=dry_run, log=self.log))
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
               dry_run: bool = False) -> tuple[DriftReport, str]:
