@@ -120,6 +120,7 @@ def test_a_port_that_forgot_an_index_is_recorded_with_a_warning_under_warn(
     assert document["replay"]["differs"] is True and document["refused"] is False
     assert {d["text"] for d in document["replay"]["drift"]["differences"]} == {MISSING_INDEX, WRONG_TYPE}
     assert "WARNING | the 2 migration(s) recorded, replayed from nothing" in result.stderr  # the log
+    assert "| Replay: applying 0001.create-customers" in result.stderr and "| Applying" not in result.stderr
     assert "  warning:     the 2 migration(s) recorded" in result.stderr  # the notification
     assert MISSING_INDEX in result.stderr.split("Baseline SUCCEEDED")[1]
     assert applied_ids(database) == ["0001.create-customers", "0002.create-orders"]

@@ -26,7 +26,7 @@ import psycopg
 from tasks.engine.connection import Connection, connected
 from tasks.engine.environments import Environment, Policy
 from tasks.engine.errors import HistoryMismatch
-from tasks.engine.logs import Log
+from tasks.engine.logs import Log, Named
 from tasks.engine.migrations.adopt import ignored_tables
 from tasks.engine.migrations.apply import apply_pending
 from tasks.engine.migrations.catalog import Catalog, Migration
@@ -116,7 +116,8 @@ def replay_recorded(conn: psycopg.Connection, directory: Path, recorded: Sequenc
         scratch = create_scratch(place, name, log)
         start.prepare(scratch, recorded, log)
         try:
-            apply_pending(scratch, Catalog(directory, tuple(recorded)), replay_policy, git_sha="baseline", log=log)
+            apply_pending(scratch, Catalog(directory, tuple(recorded)), replay_policy, git_sha="baseline",
+                          log=Named(log, "Replay", sentence=True))  # its lines are not the database's
         except MigrationError as exc:  # the scratch database's, not the target's: said as the port's
             return ReplayCheck(len(recorded), place.where, scope, failure=_failure(exc))
         with connected(scratch) as scratch_conn:
