@@ -34,9 +34,14 @@ def test_the_shipped_file_parses_and_holds_no_secret() -> None:
     assert "password" not in text and "postgresql://" not in text
 
 
-def test_unknown_key_names_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"environments\.toml: environments\.x\.colour: Extra inputs"):
+def test_unknown_key_names_the_field_and_the_setting_it_is_nearest_to(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"environments\.toml: environments\.x\.colour: not a setting here$"):
         load_environments(write(tmp_path, BASE + 'colour = "blue"\n'))
+    with pytest.raises(ConfigError) as raised:
+        load_environments(write(tmp_path, BASE + 'policy = { lint_block_on = "error", snapshot_reuse_minute = 5 }\n'))
+    assert str(raised.value).endswith(
+        "environments.x.policy.lint_block_on: not a setting here (did you mean lint_blocks_on?); "
+        "environments.x.policy.snapshot_reuse_minute: not a setting here (did you mean snapshot_reuse_minutes?)")
 
 
 def test_bad_values_name_the_field(tmp_path: Path) -> None:
@@ -67,8 +72,10 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_unknown_and_hostile_environment_names(tmp_path: Path) -> None:
     path = write(tmp_path, BASE)
-    with pytest.raises(ConfigError, match="no environment named 'y'.*known: x"):
+    with pytest.raises(ConfigError, match=r"no environment named 'y' \(known: x\)"):
         load_environment("y", path)
+    with pytest.raises(ConfigError, match=r"no environment named 'stagin' \(did you mean staging\? known: "):
+        load_environment("stagin", PROJECT / "deployments" / "environments.toml")
     with pytest.raises(ConfigError, match="not valid") as raised:
         load_environment("x'; DROP TABLE users; --", path)
     assert "DROP TABLE" not in str(raised.value)

@@ -467,7 +467,8 @@ BASE = {"name": "stage", "tier": "staging", "credentials": {"kind": "embedded", 
     ({"refresh": {"source_environment": "prod", "masking_dir": "../x"}}, "relative path inside the project"),
     ({"credentials": {"kind": "embedded", "database": "app_production"}}, "does not match it"),
     ({"snapshot": {"kind": "none"}}, "says nothing to refresh"),
-    ({"refresh": {"source_environment": "prod", "keep_olds": True}}, "Extra inputs"),
+    ({"refresh": {"source_environment": "prod", "keep_olds": True}},
+     r"keep_olds: not a setting here \(did you mean keep_old\?\)"),
 ])
 def test_bad_refresh_settings_are_refused(tmp_path: Path, changes: dict, error: str) -> None:
     settings = {**BASE, "refresh": {"source_environment": "prod"}, **changes}

@@ -7,11 +7,12 @@ environment variable holding a URL, or from the embedded local server.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -347,10 +348,32 @@ def load_environments(path: Path) -> dict[str, Environment]:
     try:
         return EnvironmentsFile.model_validate(raw).environments
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {_said(err)}"
+                             for err in exc.errors(include_input=False))
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def _said(error: dict) -> str:
+    """pydantic's words, but a key no model has is named as a setting with the nearest known one."""
+    if error["type"] != "extra_forbidden":
+        return str(error["msg"])
+    near = difflib.get_close_matches(str(error["loc"][-1]), sorted(_settings(EnvironmentsFile)), n=1, cutoff=0.75)
+    return "not a setting here" + (f" (did you mean {near[0]}?)" if near else "")
+
+
+def _settings(model: type[BaseModel], found: set[str] | None = None) -> set[str]:
+    """Every key of the environments file: the fields of `model` and of the models they hold."""
+    found = set() if found is None else found
+    for name, field in model.model_fields.items():
+        found.add(field.alias or name)
+        pending = [field.annotation]
+        while pending:
+            kind = pending.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and kind.__name__ not in found:
+                found.add(kind.__name__)  # visited (a class name is never a key: they are CamelCase)
+                _settings(kind, found)
+            pending += get_args(kind)
+    return found
 
 
 def load_environment(name: str, path: Path | None = None) -> Environment:
@@ -362,5 +385,7 @@ def load_environment(name: str, path: Path | None = None) -> Environment:
         )
     environments = load_environments(path)
     if name not in environments:
-        raise ConfigError(f"{path}: no environment named {name!r} (known: {', '.join(sorted(environments))})")
+        near = difflib.get_close_matches(name, sorted(environments), n=1, cutoff=0.75)
+        guess = f"did you mean {near[0]}? " if near else ""
+        raise ConfigError(f"{path}: no environment named {name!r} ({guess}known: {', '.join(sorted(environments))})")
     return environments[name]
