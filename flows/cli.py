@@ -13,13 +13,21 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 # Before Prefect is imported: no telemetry, and time for the ephemeral API to start on a busy laptop.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from flows import trigger as trigger_command  # noqa: E402
-from tasks.engine.errors import EXIT_FAILED, EXIT_OK, DatabaseRefused, RdsMigrationsError, UsageError  # noqa: E402
+from tasks.engine.errors import (  # noqa: E402
+    EXIT_FAILED,
+    EXIT_OK,
+    DatabaseRefused,
+    RdsMigrationsError,
+    UsageError,
+    redact,
+)
 
 
 def version() -> str:
@@ -32,16 +40,41 @@ def version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with its usage errors never repeating a URL's password (argparse quotes a value it
+    refuses: a URL pasted into the wrong place), and kept: under --json, main() prints them as the one JSON
+    document a script reads from stdout (argparse prints them on stderr and exits 2)."""
+
+    said: str | None = None
+    argv: list[str] = []
+
+    def error(self, message: str):  # type: ignore[override] - argparse's NoReturn: it exits
+        passwords = [password for word in _Parser.argv if "://" in word
+                     for password in _passwords(word.partition("=")[2] if word.startswith("-") else word)]
+        _Parser.said = f"{self.prog}: {redact(message, *passwords)}"
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {redact(message, *passwords)}\n")
+
+
+def _passwords(url: str) -> tuple[str, ...]:
+    """A URL's password as written (URL-quoted) and as it is."""
+    try:
+        password = urlsplit(url).password or ""
+    except ValueError:  # not a URL after all (an unclosed "[" of an IPv6 host): nothing to take from it
+        return ()
+    return password, unquote(password)
+
+
 def _parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: `rds-migrations trigger` (the GitHub check) starts without them.
     from flows import cli_fleet, completion
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rds-migrations",
         description="Safe, observable PostgreSQL schema migrations for AWS RDS, orchestrated by Prefect.",
     )
     parser.add_argument("--version", action="version", version=f"rds-migrations {version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     demo = commands.add_parser("demo", help="run staging then production on an embedded local PostgreSQL")
     demo.add_argument("--reset", action="store_true", help="start from empty databases (drops the demo data)")
@@ -234,7 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["trigger"]:  # the GitHub check starts fast: the standard library and httpx, no Prefect
         return trigger_command.main(argv[1:])
-    args = _parser().parse_args(argv)
+    _Parser.said, _Parser.argv = None, argv
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # a usage error (exit 2), --help or --version (exit 0)
+        if stop.code == 2 and "--json" in argv and _Parser.said:
+            from flows.cli_common import emit_failure, forget_emitted
+
+            forget_emitted()
+            command = next((word for word in argv if not word.startswith("-")), None)
+            emit_failure(argparse.Namespace(command=command, json=True), _Parser.said, 2)
+        raise
     common = sys.modules.get("flows.cli_common")  # not imported for nothing: completion runs at each TAB
     if common is not None:
         common.forget_emitted()  # one JSON document per command run, also when main() runs again in one process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -338,3 +339,30 @@ def test_run_to_a_target_says_what_is_pending_after_it_on_the_first_run_and_ever
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "  would apply: 0002.b; still pending: 0003.c (after the target 0002)" in dry.stderr.splitlines()
     assert "1 applied, 2 pending" in cli("status", *url, cwd=project).stdout
+
+
+def test_a_usage_error_under_json_still_prints_one_json_document_and_never_a_urls_password(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse refuses before any command runs (exit 2): a script reading stdout still gets its document, and a
+    URL pasted where argparse quotes what it refuses is repeated without its password, on stderr too."""
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["baseline", "--database-url", "postgresql://app@127.0.0.1:1/app", "--json"])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2 and json.loads(out) == {
+        "schema_version": 1, "command": "baseline", "exit_code": 2,
+        "error": "rds-migrations baseline: one of the arguments --through --from is required"}, out + err
+    assert "one of the arguments --through --from is required" in err
+
+    password = quote(CANARY_PASSWORD, safe="")
+    with pytest.raises(SystemExit):
+        main(["status", f"postgresql://app:{password}@127.0.0.1:1/app", "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"] == "rds-migrations: unrecognized arguments: postgresql://app:**********@127.0.0.1:1/app"
+    assert CANARY_PASSWORD not in out + err and password not in out + err and "unrecognized arguments" in err
+
+    with pytest.raises(SystemExit) as stopped:  # without --json: stderr only, as argparse does
+        main(["baseline", "--database-url", "postgresql://app@127.0.0.1:1/app"])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2 and out == "" and "--through --from is required" in err
