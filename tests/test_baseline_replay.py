@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from tasks.engine.connection import Connection, connected
 from tasks.engine.embedded import embedded_server
@@ -217,3 +218,37 @@ def test_through_compares_only_what_the_migrations_make(tmp_path: Path, database
                                      "does not exist [ALTER TABLE legacy ADD COLUMN IF NOT EXISTS note text]")
         assert "could not be" in result.stderr and "not compared (with --through" in result.stderr
         assert "0003.legacy-note" in applied_ids(database)
+
+
+NO_REHEARSAL = """
+[environments.adopted]
+tier = "production"
+credentials = {{ kind = "url_env", variable = "DATABASE_URL" }}
+snapshot = {{ kind = "none" }}
+notify = {{ kind = "console" }}
+rehearsal = {{ kind = "none" }}
+policy = {{ snapshot_required = false, rehearsal_required = false, lint_blocks_on = "error", drift = "{drift}" }}
+"""
+
+
+@pytest.mark.parametrize("drift", ["ignore", "warn", "block"])
+def test_a_replay_that_cannot_make_its_scratch_database_refuses_only_under_block(
+        tmp_path: Path, database: Connection, login, drift: str) -> None:
+    """An application role without CREATEDB, an environment that never rehearses: `warn` and `ignore` still
+    record (the replay could not run, and the log says so); only `block` refuses, as it refuses a difference."""
+    owner = login("owner")
+    run(database, sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+        sql.Identifier(database.dbname), sql.Identifier(owner.user)).as_string(None),
+        sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(owner.user)).as_string(None))
+    run(owner, KNEX_SCHEMA)
+    write_migrations(tmp_path, FAITHFUL)
+    (tmp_path / "environments.toml").write_text(NO_REHEARSAL.format(drift=drift))
+    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(owner)}
+    result = cli("baseline", "--env", "adopted", "--through", "0002", cwd=tmp_path, env=env)
+    if drift == "block":
+        assert result.returncode == 1 and "cannot create its temporary database" in result.stderr, result.stderr
+        assert history_tables(database) == []
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "were not replayed" in result.stderr and f"policy.drift = {drift}" in result.stderr, result.stderr
+    assert applied_ids(database) == ["0001.create-customers", "0002.create-orders"]

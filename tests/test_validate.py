@@ -58,6 +58,14 @@ def test_golang_migrate_files_are_refused_with_the_names_to_give_them(tmp_path: 
     assert "000003_create_a.down.sql: golang-migrate's down file" in problems, problems
     assert "rename it 000003.create-a.rollback.sql" in problems
 
+    # A migration of ours whose name merely ends in .up or .down, with no partner: read as it always was.
+    ours = tmp_path / "ours"
+    write_migrations(ours, {"0001_create-users.sql": "CREATE TABLE users (id bigint);\n",
+                            "0002_scale.down.sql": "ALTER TABLE users ADD COLUMN scale int;\n",
+                            "0003_warm.up.sql": "ALTER TABLE users ADD COLUMN warm int;\n"})
+    catalog = read_catalog(Path("migrations"), ours)
+    assert catalog.problems == () and catalog.ids == ("0001_create-users", "0002_scale.down", "0003_warm.up")
+
     renamed = tmp_path / "renamed"
     write_migrations(renamed, {"000001.create-a.sql": golang["000001_create_a.up.sql"],
                                "000001.create-a.rollback.sql": golang["000001_create_a.down.sql"],

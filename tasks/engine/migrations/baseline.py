@@ -25,7 +25,7 @@ import psycopg
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Policy
-from tasks.engine.errors import HistoryMismatch, InvalidMigrations, UsageError
+from tasks.engine.errors import HistoryMismatch, InvalidMigrations, RehearsalUnavailable, UsageError
 from tasks.engine.logs import Log
 from tasks.engine.migrations.adopt import TITLES, AdoptionRefused, census, ignored_tables, read_applied
 from tasks.engine.migrations.adopt_mapping import map_to_catalog
@@ -135,9 +135,17 @@ def baseline(connection: Connection, catalog: Catalog, policy: Policy, *, throug
                 except AdoptionRefused as refused:  # --json still shows the mapping that was refused
                     refused.result = replace(report, through="0", adopted=(), pending=(), refused=True)
                     raise
+            check = None
             if adopted and place is not None:
-                check = replay_recorded(conn, catalog.directory, adopted, place(adopted), policy,
-                                        "whole" if tool is not None else "made", log)
+                try:
+                    check = replay_recorded(conn, catalog.directory, adopted, place(adopted), policy,
+                                            "whole" if tool is not None else "made", log)
+                except RehearsalUnavailable as exc:  # no scratch database there: only `block` makes it a refusal
+                    if policy.drift == "block":
+                        raise
+                    log.warning("The migrations recorded were not replayed (%s): what they build was not compared "
+                                "with the schema (policy.drift = %s)", exc, policy.drift)
+            if check is not None:
                 report = replace(report, replay=check)
                 if check.differs and policy.drift == "block":
                     refused = refusal(connection.describe(), check)

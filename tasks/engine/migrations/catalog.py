@@ -130,15 +130,18 @@ def read_catalog(directory: Path, project_root: Path) -> Catalog:
     rollbacks: dict[str, Path] = {}
     by_version: dict[int, list[str]] = {}
     paths = sorted(resolved.iterdir())
-    # A down file is golang-migrate's wherever it is (read as ours, it would run forward); an up file is read as
-    # golang-migrate's beside one, and as a migration of ours (`0005_warm.up`) otherwise, as it always was.
-    golang_migrate = any((found := GOLANG_MIGRATE.match(path.name)) and found["direction"] == "down"
-                         for path in paths)
+    # golang-migrate's pairs: an up file and a down file of one title (read as ours, the down file would run
+    # forward), of one version or not (a down file renumbered, as the duplicate-version message once advised).
+    # A file of either name without its partner is a migration of ours (`0005_warm.up`, `0002_scale.down`), as it
+    # always was.
+    halves = [(found["title"], found["direction"])
+              for found in map(GOLANG_MIGRATE.match, (path.name for path in paths)) if found]
+    paired = {title for title, direction in halves if direction == "down" and (title, "up") in halves}
     for path in paths:
         name = path.name
         if name.startswith(".") or path.is_dir():
             continue
-        if golang_migrate and (found := GOLANG_MIGRATE.match(name)):
+        if (found := GOLANG_MIGRATE.match(name)) and found["title"] in paired:
             problems.append(Problem(name, _golang_migrate_name(found)))
             continue
         if path.is_symlink() and not path.exists():
