@@ -10,7 +10,7 @@ from psycopg import sql
 
 from tasks.engine.connection import Connection
 from tasks.engine.migrations.adopt import census
-from tasks.engine.migrations.catalog import Catalog
+from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.hints import where_flag
 from tasks.engine.migrations.history import TABLES, History, Ledger
 from tasks.engine.migrations.indexes import InvalidIndex, find_invalid_indexes
@@ -55,7 +55,7 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
                 "(deleted or renamed); restore the file under its original name"
             )
         elif migration_id in history.checksum_lost:
-            problems.append(_checksum_lost(catalog, migration_id, environment))
+            problems.append(_checksum_lost(catalog, migration, environment))
         elif migration_id not in history.checksums:
             unverified.append(migration_id)
         elif history.checksums[migration_id] != migration.checksum:
@@ -97,18 +97,16 @@ def make_plan(catalog: Catalog, history: History, *, target: str | None = None,
 def edited_by_hand(catalog: Catalog, history: History, environment: str | None = None) -> list[str]:
     """The problems above that `resolve MIGRATION_ID --mark-applied/--mark-not-applied` mends: history rows
     deleted by hand (a checksum row of a file that is here, a yoyo row), each with its command."""
-    lost = [_checksum_lost(catalog, migration_id, environment) for migration_id in history.checksum_lost
-            if catalog.get(migration_id) is not None]
+    lost = [_checksum_lost(catalog, migration, environment) for migration in map(catalog.get, history.checksum_lost)
+            if migration is not None]
     return lost + [_yoyo_row_lost(catalog, migration_id, environment) for migration_id in history.yoyo_row_lost]
 
 
-def _checksum_lost(catalog: Catalog, migration_id: str, environment: str | None) -> str:
-    migration = catalog.get(migration_id)
-    assert migration is not None
+def _checksum_lost(catalog: Catalog, migration: Migration, environment: str | None) -> str:
     return (f"{migration.path.name}: applied by rds-migrations (yoyo's log says so), but its checksum row is gone "
             "from _rds_migrations_history: the history tables were edited by hand, so whether this file is the "
             "one applied cannot be told. Check it against the database, then record it again: "
-            f"`rds-migrations resolve {where_flag(environment, catalog.directory)} {migration_id} --mark-applied`")
+            f"`rds-migrations resolve {where_flag(environment, catalog.directory)} {migration.id} --mark-applied`")
 
 
 def _yoyo_row_lost(catalog: Catalog, migration_id: str, environment: str | None) -> str:
