@@ -49,7 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.engine.migrations.plan import plan
-    from tasks.engine.migrations.status import read_status
+    from tasks.engine.migrations.status import remembered_drift
 
     environment = environment_of(args)
     catalog = catalog_of(args)
@@ -61,19 +61,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with connection_of(environment) as connection:
         current = plan(connection, catalog, allow_out_of_order=policy.allow_out_of_order, environment=environment.name)
         # Drift as `status` reads it (against the schema remembered after the last run: cheap), which the run checks.
-        drift = read_status(connection, catalog, environment=environment.name,
-                            allow_out_of_order=policy.allow_out_of_order) if policy.drift != "ignore" else None
+        summary, drifted = remembered_drift(connection, catalog, environment.name) if policy.drift != "ignore" \
+            else (None, None)
     lines = [f"{environment.name}: {len(current.applied)} applied, {len(current.pending)} pending"]
     lines += [f"  pending {migration_id}" for migration_id in current.pending]
     lines += [f"  WARNING {index}: the run will {index_action(environment)}" for index in current.invalid_indexes]
     lines += [f"  ERROR {problem}" for problem in current.problems]
-    refused = bool(drift and drift.drifted and policy.drift == "block" and not current.pending)
-    if drift and drift.drifted:
+    refused = bool(drifted and policy.drift == "block" and not current.pending)
+    if drifted:
         then = ("the run will refuse" if refused else "the run will refuse unless a pending migration makes the "
                 "same change" if policy.drift == "block" else "the run will warn and go on")
-        lines.append(f"  {'ERROR' if refused else 'WARNING'} drift: {drift.drift} (policy.drift = {policy.drift}: "
+        lines.append(f"  {'ERROR' if refused else 'WARNING'} drift: {summary} (policy.drift = {policy.drift}: "
                      f"{then})")
-    found = {"drift": drift.to_json()["drift"]} if drift else {}
+    found = {"drift": {"checked": drifted is not None, "drifted": drifted, "summary": summary}} if summary else {}
     emit(args, "plan", {"environment": environment.name, **current.to_json(), **found}, "\n".join(lines))
     return EXIT_FAILED if current.problems or refused else EXIT_OK
 

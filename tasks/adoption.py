@@ -9,11 +9,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.engine.connection import Connection
 from tasks.engine.environments import Environment
-from tasks.engine.migrations.baseline import BaselineReport, baseline
-from tasks.engine.migrations.baseline_replay import replay_place
+from tasks.engine.migrations.baseline import BaselineReport
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import DriftReport
-from tasks.engine.runs.steps import environment_drift
+from tasks.engine.runs.steps import environment_baseline, environment_drift
 from tasks.retries import transient_retries
 
 
@@ -30,10 +29,8 @@ def baseline_task(environment: Environment, connection: Connection, catalog: Cat
         report = baseline_task(environment, connection, catalog, through=None, tool="knex", git_sha=sha,
                                dry_run=True)
     """
-    log = get_run_logger()
-    return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                    dry_run=dry_run, schema=schema, environment=environment.name, log=log,
-                    place=replay_place(environment, connection, dry_run=dry_run, log=log))
+    return environment_baseline(environment, connection, catalog, get_run_logger(), through=through, tool=tool,
+                                git_sha=git_sha, dry_run=dry_run, schema=schema)
 
 
 @task(name="drift-check", task_run_name="drift-check-{environment.name}",

@@ -198,6 +198,13 @@ def dirty_state(database: Connection) -> list[tuple]:
 PROJECT = Path(__file__).parents[1]
 
 
+def shipped_environments_and(directory: Path, more: str) -> Path:
+    """An environments file in `directory`: the shipped one, and the environments of `more` (TOML) after it."""
+    path = directory / "environments.toml"
+    path.write_text((PROJECT / "deployments/environments.toml").read_text() + more)
+    return path
+
+
 def url_of(c: Connection) -> str:
     return f"postgresql://{c.user}:{quote(c.password.get_secret_value(), safe='')}@{c.host}:{c.port}/{c.dbname}"
 

@@ -44,13 +44,16 @@ tier = "production"
 credentials = {{ kind = "url_env", variable = "DATABASE_URL" }}
 snapshot = {{ kind = "none" }}
 notify = {{ kind = "console" }}
-rehearsal = {{ kind = "target_server", start = "target_schema" }}
-policy = {{ snapshot_required = false, lint_blocks_on = "error", drift = "{drift}" }}
+rehearsal = {{ {rehearsal} }}
+policy = {{ snapshot_required = false, rehearsal_required = {required}, lint_blocks_on = "error", drift = "{drift}" }}
 """
 
 
-def environment(tmp_path: Path, database: Connection, drift: str) -> dict[str, str]:
-    (tmp_path / "environments.toml").write_text(ENVIRONMENTS.format(drift=drift))
+def environment(tmp_path: Path, database: Connection, drift: str, *, rehearsed: bool = True) -> dict[str, str]:
+    """The `adopted` environment on `database`, its policy.drift `drift`; not `rehearsed`: one that never is."""
+    rehearsal = 'kind = "target_server", start = "target_schema"' if rehearsed else 'kind = "none"'
+    (tmp_path / "environments.toml").write_text(ENVIRONMENTS.format(
+        drift=drift, rehearsal=rehearsal, required=str(rehearsed).lower()))
     return {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(database)}
 
 
@@ -220,17 +223,6 @@ def test_through_compares_only_what_the_migrations_make(tmp_path: Path, database
         assert "0003.legacy-note" in applied_ids(database)
 
 
-NO_REHEARSAL = """
-[environments.adopted]
-tier = "production"
-credentials = {{ kind = "url_env", variable = "DATABASE_URL" }}
-snapshot = {{ kind = "none" }}
-notify = {{ kind = "console" }}
-rehearsal = {{ kind = "none" }}
-policy = {{ snapshot_required = false, rehearsal_required = false, lint_blocks_on = "error", drift = "{drift}" }}
-"""
-
-
 @pytest.mark.parametrize("drift", ["ignore", "warn", "block"])
 def test_a_replay_that_cannot_make_its_scratch_database_refuses_only_under_block(
         tmp_path: Path, database: Connection, login, drift: str) -> None:
@@ -242,8 +234,7 @@ def test_a_replay_that_cannot_make_its_scratch_database_refuses_only_under_block
         sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(owner.user)).as_string(None))
     run(owner, KNEX_SCHEMA)
     write_migrations(tmp_path, FAITHFUL)
-    (tmp_path / "environments.toml").write_text(NO_REHEARSAL.format(drift=drift))
-    env = {"RDS_MIGRATIONS_ENVIRONMENTS": str(tmp_path / "environments.toml"), "DATABASE_URL": url_of(owner)}
+    env = environment(tmp_path, owner, drift, rehearsed=False)
     result = cli("baseline", "--env", "adopted", "--through", "0002", cwd=tmp_path, env=env)
     if drift == "block":
         assert result.returncode == 1 and "cannot create its temporary database" in result.stderr, result.stderr

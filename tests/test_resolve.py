@@ -284,7 +284,7 @@ def test_the_suggested_commands_work_as_printed(tmp_path: Path, database: Connec
     a target of a fleet (`--env <fleet>-<target>`, which named no environment), and, for a mark a rollback left,
     --mark-not-applied once the rollback is finished by hand (it said --mark-applied, which recorded the
     migration as applied while its objects were gone)."""
-    from tests.helpers import PROJECT
+    from tests.helpers import shipped_environments_and
 
     write_migrations(tmp_path, {"0001.t.sql": "CREATE TABLE t (id bigint);\n",
                                 "0002.half.sql": "-- transactional: false\nCREATE TABLE half (id bigint);\n",
@@ -299,8 +299,7 @@ def test_the_suggested_commands_work_as_printed(tmp_path: Path, database: Connec
             "--database-url URL 0002.half --mark-not-applied`") in said.stdout, said.stdout
     assert "--env database-url" not in said.stdout + undo.stderr
 
-    environments = tmp_path / "environments.toml"
-    environments.write_text((PROJECT / "deployments/environments.toml").read_text() + """
+    environments = shipped_environments_and(tmp_path, """
 [environments.tenants]
 tier = "staging"
 credentials = { kind = "url_env", variable = "UNUSED_URL" }

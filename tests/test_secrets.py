@@ -107,11 +107,10 @@ def test_url_from_env_keeps_the_password_out_of_everything(monkeypatch: pytest.M
 def test_an_unset_url_variable_is_a_configuration_error_with_the_next_step(tmp_path: Path) -> None:
     """An environment whose `url_env` variable is not set ended `environment variable MINE_URL is not set`, exit 1
     (a failed run): it is configuration (exit 2), named with its environment and what to do next."""
-    from tests.helpers import PROJECT, cli, write_migrations
+    from tests.helpers import cli, shipped_environments_and, write_migrations
 
     write_migrations(tmp_path, {"0001.a.sql": "CREATE TABLE a (id bigint);\n"})
-    environments = tmp_path / "environments.toml"
-    environments.write_text((PROJECT / "deployments/environments.toml").read_text() + """
+    environments = shipped_environments_and(tmp_path, """
 [environments.mine]
 tier = "staging"
 credentials = { kind = "url_env", variable = "MINE_URL" }

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import psycopg
 
-from tasks.engine.connection import Connection, connected
-from tasks.engine.environments import Environment, Policy
+from tasks.engine.connection import connected
+from tasks.engine.environments import Policy
 from tasks.engine.errors import HistoryMismatch
 from tasks.engine.logs import Log, Named
 from tasks.engine.migrations.adopt import ignored_tables
@@ -33,7 +33,7 @@ from tasks.engine.migrations.catalog import Catalog, Migration
 from tasks.engine.migrations.drift import CONTAINERS, DriftReport, compare
 from tasks.engine.migrations.results import MigrationError
 from tasks.engine.migrations.schema import SchemaSnapshot, is_ignored, read_schema
-from tasks.engine.migrations.scratch import Place, StartingPoint, choose_place, create_scratch, scratch_database
+from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch, scratch_database
 from tasks.engine.migrations.sqltext import shorten
 
 Scope = Literal["whole", "made"]
@@ -87,18 +87,6 @@ class ReplayCheck:
         return {"replayed": self.replayed, "where": self.where, "scope": self.scope, "differs": self.differs,
                 "failure": self.failure, "left_out": self.left_out, "summary": self.summary(),
                 "drift": self.drift.to_json() if self.drift else None}
-
-
-def replay_place(environment: Environment, target: Connection, *, dry_run: bool, log: Log) -> PlaceFor:
-    """Where the environment rebuilds drift's reference (steps.environment_drift): its rehearsal server, or
-    the embedded one when that would change the target's server (a dry run creates nothing there)."""
-    from tasks.engine.migrations.rehearsal import rehearsal_server
-
-    def place(migrations: Sequence[Migration]) -> Place:
-        asked = rehearsal_server(environment, target) or target
-        return choose_place(asked, target, migrations, dry_run=dry_run, log=log)
-
-    return place
 
 
 def replay_recorded(conn: psycopg.Connection, directory: Path, recorded: Sequence[Migration], place: Place,

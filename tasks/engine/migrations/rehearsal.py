@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import psycopg
 
@@ -32,7 +33,7 @@ from tasks.engine.migrations.report import RehearsalResult
 from tasks.engine.migrations.results import ApplyReport, MigrationError
 from tasks.engine.migrations.rollback import roll_back
 from tasks.engine.migrations.schema_copy import dump_schema, restore_schema
-from tasks.engine.migrations.scratch import Place, StartingPoint, create_scratch, scratch_database
+from tasks.engine.migrations.scratch import Place, StartingPoint, choose_place, create_scratch, scratch_database
 from tasks.engine.migrations.session import session
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,15 @@ def rehearsal_server(environment: Environment, target: Connection | None) -> Con
         server.start()
         return server.connection()
     return target
+
+
+def rehearsal_place(environment: Environment, target: Connection, migrations: Sequence[Migration], *,
+                    dry_run: bool, log: Log = logger) -> Place:
+    """Where `migrations` are replayed for `target` outside a rehearsal proper (drift's reference, a baseline's
+    check): the environment's rehearsal server, the target's own when it names none, or a stand-in where that
+    would change the target's server (scratch.choose_place)."""
+    asked = rehearsal_server(environment, target) or target
+    return choose_place(asked, target, migrations, dry_run=dry_run, log=log)
 
 
 def _policy(policy: Policy) -> Policy:

@@ -273,6 +273,16 @@ def _applied(record: AppliedRecord, migration: Migration | None, ui: str | None)
         transactional=record.transactional, file=file)
 
 
+def remembered_drift(connection: Connection, catalog: Catalog,
+                     environment: str | None = None) -> tuple[str, bool | None]:
+    """`status`'s drift line on its own, for `plan`: (the line, whether it drifted; None: not checked)."""
+    with session(connection, read_only=True, application_name="rds-migrations plan") as conn:
+        ledger = Ledger.open(conn)
+        if not ledger.exists()["migration"]:
+            return not_checked(environment, catalog.directory), None
+        return _drift(conn, ledger, catalog, environment)
+
+
 def _drift(conn: psycopg.Connection, ledger: Ledger, catalog: Catalog,
            environment: str | None) -> tuple[str, bool | None]:
     """Drift in one line, only when a reference is remembered for this state of history (cheap: two schemas

@@ -16,7 +16,7 @@ from tasks.engine.connection import Connection
 from tasks.engine.environments import AwsSettings, ConsoleNotify, Environment, Policy, SlackNotify
 from tasks.engine.logs import Log
 from tasks.engine.messages import Summary
-from tasks.engine.migrations.baseline import BaselineReport
+from tasks.engine.migrations.baseline import BaselineReport, baseline
 from tasks.engine.migrations.catalog import Catalog
 from tasks.engine.migrations.drift import DriftReport
 from tasks.engine.migrations.report import ValidationReport
@@ -211,12 +211,8 @@ class DirectSteps:
 
     def baseline(self, environment: Environment, connection: Connection, catalog: Catalog, *, through: str | None,
                  tool: str | None, git_sha: str, dry_run: bool, schema: str | None = None) -> BaselineReport:
-        from tasks.engine.migrations.baseline import baseline
-        from tasks.engine.migrations.baseline_replay import replay_place
-
-        return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
-                        dry_run=dry_run, schema=schema, environment=environment.name, log=self.log,
-                        place=replay_place(environment, connection, dry_run=dry_run, log=self.log))
+        return environment_baseline(environment, connection, catalog, self.log, through=through, tool=tool,
+                                    git_sha=git_sha, dry_run=dry_run, schema=schema)
 
     def drift(self, environment: Environment, connection: Connection, catalog: Catalog, *,
               dry_run: bool = False) -> tuple[DriftReport, str]:
@@ -242,9 +238,20 @@ def environment_drift(environment: Environment, connection: Connection, catalog:
     """The drift step's engine, for both kinds of steps: the reference is built (when not remembered) where
     the environment rehearses."""
     from tasks.engine.migrations.reference import check_drift
-    from tasks.engine.migrations.rehearsal import rehearsal_server
-    from tasks.engine.migrations.scratch import choose_place
+    from tasks.engine.migrations.rehearsal import rehearsal_place
 
-    asked = rehearsal_server(environment, connection) or connection
-    place = choose_place(asked, connection, catalog.migrations, dry_run=dry_run, log=log)
+    place = rehearsal_place(environment, connection, catalog.migrations, dry_run=dry_run, log=log)
     return check_drift(connection, catalog, place, environment.policy, log)
+
+
+def environment_baseline(environment: Environment, connection: Connection, catalog: Catalog, log: Log, *,
+                         through: str | None, tool: str | None, git_sha: str, dry_run: bool,
+                         schema: str | None = None) -> BaselineReport:
+    """The baseline step's engine, for both kinds of steps: what it records is replayed where the environment
+    rehearses (baseline_replay.py), as drift's reference is built."""
+    from tasks.engine.migrations.rehearsal import rehearsal_place
+
+    return baseline(connection, catalog, environment.policy, through=through, tool=tool, git_sha=git_sha,
+                    dry_run=dry_run, schema=schema, environment=environment.name, log=log,
+                    place=lambda migrations: rehearsal_place(environment, connection, migrations, dry_run=dry_run,
+                                                             log=log))
